@@ -1,0 +1,633 @@
+//! Configuration: a TOML file, overridden by environment variables, overridden by flags.
+//!
+//! Every setting exists in all three forms (product.md §2). The layering works in two steps:
+//! clap resolves "flag, else environment variable" for each setting into [`SettingsArgs`], and
+//! [`Settings::resolve`] lays that over the optional file ([`FileConfig`]) and validates the
+//! result. Validation is pure, so `check-config` and `serve` share it and tests call it with
+//! plain values. A bad value becomes a [`ConfigError`] that names the setting in all its forms, and
+//! `main` turns it into exit code 2.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+
+/// Braze drops events above 900 KB, so a one-event batch must always fit under the body limit.
+const MIN_BODY_BYTES: u64 = 1024 * 1024;
+
+/// The flag / environment forms of every setting. `None` means "not given at this layer".
+#[derive(Debug, Clone, Default, Args)]
+pub struct SettingsArgs {
+    /// TOML configuration file; flags and environment variables override it.
+    #[arg(long, env = "CURRENTS_HEAP_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Ingest + admin HTTP address [default: 127.0.0.1:8080].
+    #[arg(long, env = "CURRENTS_HEAP_LISTEN")]
+    pub listen: Option<String>,
+    /// Bearer token(s) Braze must send; a comma-separated list allows rotation.
+    #[arg(long, env = "CURRENTS_HEAP_INGEST_TOKEN", hide_env_values = true)]
+    pub ingest_token: Option<String>,
+    /// Directory of the durable queue and dead-letter store [default: ./data].
+    #[arg(long, env = "CURRENTS_HEAP_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Heap environment id (numeric) of the default route.
+    #[arg(long, env = "HEAP_APP_ID")]
+    pub heap_app_id: Option<String>,
+    /// Heap API base URL [default: https://heapanalytics.com; EU: https://c.eu.heap-api.com].
+    #[arg(long, env = "HEAP_BASE_URL")]
+    pub heap_base_url: Option<String>,
+    /// Outbound event budget per app_id, events per minute [default: 15000].
+    #[arg(long, env = "HEAP_EVENTS_PER_MINUTE")]
+    pub heap_events_per_minute: Option<String>,
+    /// Outbound event budget per identity, events per minute [default: 1000].
+    #[arg(long, env = "HEAP_IDENTITY_EVENTS_PER_MINUTE")]
+    pub heap_identity_events_per_minute: Option<String>,
+    /// Disk quota of the backlog (e.g. 10GiB); above it ingest answers 503 [default: 10GiB].
+    #[arg(long, env = "CURRENTS_HEAP_MAX_QUEUE_BYTES")]
+    pub max_queue_bytes: Option<String>,
+    /// Largest accepted request body, compressed or decompressed [default: 8MiB; at least 1MiB].
+    #[arg(long, env = "CURRENTS_HEAP_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<String>,
+    /// Free disk space kept in reserve under the data directory; below it ingest answers 503
+    /// [default: 256MiB].
+    #[arg(long, env = "CURRENTS_HEAP_MIN_FREE_DISK_BYTES")]
+    pub min_free_disk_bytes: Option<String>,
+    /// How long an accepted event id is remembered to drop Braze re-sends [default: 24h].
+    #[arg(long, env = "CURRENTS_HEAP_DEDUP_WINDOW")]
+    pub dedup_window: Option<String>,
+    /// How long shutdown waits for in-flight requests to finish [default: 30s].
+    #[arg(long, env = "CURRENTS_HEAP_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<String>,
+    /// Log format: json or text [default: json].
+    #[arg(long, env = "CURRENTS_HEAP_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Accept and store as usual, but write Heap requests to the log instead of sending them.
+    #[arg(
+        long,
+        env = "CURRENTS_HEAP_DRY_RUN",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub dry_run: Option<bool>,
+}
+
+/// The TOML file. Keys are the flag names with `_` for `-`; unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub ingest_token: Option<Tokens>,
+    pub data_dir: Option<PathBuf>,
+    pub heap_app_id: Option<Scalar>,
+    pub heap_base_url: Option<String>,
+    pub heap_events_per_minute: Option<Scalar>,
+    pub heap_identity_events_per_minute: Option<Scalar>,
+    pub max_queue_bytes: Option<Scalar>,
+    pub max_body_bytes: Option<Scalar>,
+    pub min_free_disk_bytes: Option<Scalar>,
+    pub dedup_window: Option<String>,
+    pub shutdown_grace: Option<String>,
+    pub log_format: Option<String>,
+    pub dry_run: Option<bool>,
+}
+
+/// A TOML value that may be written as a number or a string (`15000`, `"10GiB"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Scalar {
+    Int(i64),
+    Str(String),
+}
+
+impl fmt::Display for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scalar::Int(i) => write!(f, "{i}"),
+            Scalar::Str(s) => f.write_str(s),
+        }
+    }
+}
+
+/// `ingest_token = "a,b"` or `ingest_token = ["a", "b"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Tokens {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// A secret that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A Heap environment id: a non-empty string of ASCII digits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeapAppId(String);
+
+impl HeapAppId {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() || s.len() > 32 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!(
+                "{s:?} is not a Heap environment id (a numeric string)"
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Validated, effective settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub ingest_tokens: Vec<Secret>,
+    pub data_dir: PathBuf,
+    pub heap_app_id: Option<HeapAppId>,
+    pub heap_base_url: String,
+    pub heap_events_per_minute: NonZeroU32,
+    pub heap_identity_events_per_minute: NonZeroU32,
+    pub max_queue_bytes: u64,
+    pub max_body_bytes: u64,
+    pub min_free_disk_bytes: u64,
+    pub dedup_window: Duration,
+    pub shutdown_grace: Duration,
+    pub log_format: LogFormat,
+    pub dry_run: bool,
+}
+
+/// A setting that failed validation, named in every form an operator may have used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {setting}: {message}")]
+pub struct ConfigError {
+    pub setting: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: &str, env: &str, message: impl Into<String>) -> Self {
+        Self {
+            setting: format!("`{key}` (flag --{}, env {env})", key.replace('_', "-")),
+            message: message.into(),
+        }
+    }
+
+    fn file(path: &Path, message: impl Into<String>) -> Self {
+        Self {
+            setting: format!("--config {}", path.display()),
+            message: message.into(),
+        }
+    }
+}
+
+/// Picks the flag/env value if given, else the file value.
+fn pick<T>(args: Option<T>, file: Option<T>) -> Option<T> {
+    args.or(file)
+}
+
+impl Settings {
+    /// Reads the file named by `args.config` (if any) and resolves the layers.
+    pub fn load(args: &SettingsArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::file(path, format!("cannot read: {e}")))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| ConfigError::file(path, e.to_string()))?
+            }
+            None => FileConfig::default(),
+        };
+        Self::resolve(args, file)
+    }
+
+    /// Lays `args` (flags, then env) over `file` and validates every setting.
+    pub fn resolve(args: &SettingsArgs, file: FileConfig) -> Result<Self, ConfigError> {
+        let scalar = |s: Option<Scalar>| s.map(|v| v.to_string());
+
+        let listen_raw =
+            pick(args.listen.clone(), file.listen).unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+        let listen = listen_raw.parse::<SocketAddr>().map_err(|e| {
+            ConfigError::new(
+                "listen",
+                "CURRENTS_HEAP_LISTEN",
+                format!("{listen_raw:?} is not an address like 127.0.0.1:8080: {e}"),
+            )
+        })?;
+
+        let token_list: Vec<String> = match (&args.ingest_token, file.ingest_token) {
+            (Some(s), _) => split_tokens(s),
+            (None, Some(Tokens::One(s))) => split_tokens(&s),
+            (None, Some(Tokens::Many(v))) => v,
+            (None, None) => Vec::new(),
+        };
+        let mut ingest_tokens = Vec::with_capacity(token_list.len());
+        for t in token_list {
+            let t = t.trim();
+            if t.is_empty() {
+                continue;
+            }
+            if !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError::new(
+                    "ingest_token",
+                    "CURRENTS_HEAP_INGEST_TOKEN",
+                    "a token may only contain printable ASCII without spaces",
+                ));
+            }
+            ingest_tokens.push(Secret(t.to_owned()));
+        }
+
+        let data_dir =
+            pick(args.data_dir.clone(), file.data_dir).unwrap_or_else(|| "./data".into());
+        if data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::new(
+                "data_dir",
+                "CURRENTS_HEAP_DATA_DIR",
+                "must not be empty",
+            ));
+        }
+
+        let heap_app_id = match pick(args.heap_app_id.clone(), scalar(file.heap_app_id)) {
+            Some(s) => Some(
+                HeapAppId::parse(&s)
+                    .map_err(|m| ConfigError::new("heap_app_id", "HEAP_APP_ID", m))?,
+            ),
+            None => None,
+        };
+
+        let heap_base_url = pick(args.heap_base_url.clone(), file.heap_base_url)
+            .unwrap_or_else(|| "https://heapanalytics.com".to_owned());
+        let heap_base_url = validate_base_url(&heap_base_url)
+            .map_err(|m| ConfigError::new("heap_base_url", "HEAP_BASE_URL", m))?;
+
+        let per_minute = |key: &str, env: &str, raw: Option<String>, default: u32| match raw {
+            None => Ok(NonZeroU32::new(default).expect("non-zero default")),
+            Some(s) => s.trim().parse::<NonZeroU32>().map_err(|_| {
+                ConfigError::new(key, env, format!("{s:?} is not a positive integer"))
+            }),
+        };
+        let heap_events_per_minute = per_minute(
+            "heap_events_per_minute",
+            "HEAP_EVENTS_PER_MINUTE",
+            pick(
+                args.heap_events_per_minute.clone(),
+                scalar(file.heap_events_per_minute),
+            ),
+            15_000,
+        )?;
+        let heap_identity_events_per_minute = per_minute(
+            "heap_identity_events_per_minute",
+            "HEAP_IDENTITY_EVENTS_PER_MINUTE",
+            pick(
+                args.heap_identity_events_per_minute.clone(),
+                scalar(file.heap_identity_events_per_minute),
+            ),
+            1_000,
+        )?;
+
+        let max_queue_bytes = parse_size(
+            "max_queue_bytes",
+            "CURRENTS_HEAP_MAX_QUEUE_BYTES",
+            pick(args.max_queue_bytes.clone(), scalar(file.max_queue_bytes)),
+            "10GiB",
+        )?;
+        if max_queue_bytes == 0 {
+            return Err(ConfigError::new(
+                "max_queue_bytes",
+                "CURRENTS_HEAP_MAX_QUEUE_BYTES",
+                "must be greater than 0",
+            ));
+        }
+        let max_body_bytes = parse_size(
+            "max_body_bytes",
+            "CURRENTS_HEAP_MAX_BODY_BYTES",
+            pick(args.max_body_bytes.clone(), scalar(file.max_body_bytes)),
+            "8MiB",
+        )?;
+        if max_body_bytes < MIN_BODY_BYTES {
+            return Err(ConfigError::new(
+                "max_body_bytes",
+                "CURRENTS_HEAP_MAX_BODY_BYTES",
+                "must be at least 1MiB: Braze sends single events of up to 900 KB",
+            ));
+        }
+        let min_free_disk_bytes = parse_size(
+            "min_free_disk_bytes",
+            "CURRENTS_HEAP_MIN_FREE_DISK_BYTES",
+            pick(
+                args.min_free_disk_bytes.clone(),
+                scalar(file.min_free_disk_bytes),
+            ),
+            "256MiB",
+        )?;
+
+        let dedup_window = parse_duration(
+            "dedup_window",
+            "CURRENTS_HEAP_DEDUP_WINDOW",
+            pick(args.dedup_window.clone(), file.dedup_window),
+            "24h",
+        )?;
+        let shutdown_grace = parse_duration(
+            "shutdown_grace",
+            "CURRENTS_HEAP_SHUTDOWN_GRACE",
+            pick(args.shutdown_grace.clone(), file.shutdown_grace),
+            "30s",
+        )?;
+
+        let log_format = match pick(args.log_format.clone(), file.log_format)
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("json") => LogFormat::Json,
+            Some("text") => LogFormat::Text,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "log_format",
+                    "CURRENTS_HEAP_LOG_FORMAT",
+                    format!("{other:?} is neither \"json\" nor \"text\""),
+                ));
+            }
+        };
+
+        let dry_run = pick(args.dry_run, file.dry_run).unwrap_or(false);
+
+        Ok(Settings {
+            listen,
+            ingest_tokens,
+            data_dir,
+            heap_app_id,
+            heap_base_url,
+            heap_events_per_minute,
+            heap_identity_events_per_minute,
+            max_queue_bytes,
+            max_body_bytes,
+            min_free_disk_bytes,
+            dedup_window,
+            shutdown_grace,
+            log_format,
+            dry_run,
+        })
+    }
+
+    /// The checks that only `serve` needs: a destination for the default route.
+    pub fn validate_for_serve(&self) -> Result<(), ConfigError> {
+        if self.heap_app_id.is_none() && !self.dry_run {
+            return Err(ConfigError::new(
+                "heap_app_id",
+                "HEAP_APP_ID",
+                "is required to deliver to Heap (or run with --dry-run)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The effective settings as TOML, secrets redacted (printed by `check-config`).
+    pub fn to_redacted_toml(&self) -> String {
+        let tokens: Vec<&str> = self.ingest_tokens.iter().map(|_| "<redacted>").collect();
+        let mut out = String::new();
+        let mut line = |k: &str, v: String| {
+            out.push_str(k);
+            out.push_str(" = ");
+            out.push_str(&v);
+            out.push('\n');
+        };
+        let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
+        line("listen", q(&self.listen.to_string()));
+        line(
+            "ingest_token",
+            toml::Value::Array(
+                tokens
+                    .iter()
+                    .map(|t| toml::Value::String((*t).into()))
+                    .collect(),
+            )
+            .to_string(),
+        );
+        line("data_dir", q(&self.data_dir.display().to_string()));
+        match &self.heap_app_id {
+            Some(id) => line("heap_app_id", q(id.as_str())),
+            None => line("# heap_app_id", "(not set)".into()),
+        }
+        line("heap_base_url", q(&self.heap_base_url));
+        line(
+            "heap_events_per_minute",
+            self.heap_events_per_minute.to_string(),
+        );
+        line(
+            "heap_identity_events_per_minute",
+            self.heap_identity_events_per_minute.to_string(),
+        );
+        line("max_queue_bytes", self.max_queue_bytes.to_string());
+        line("max_body_bytes", self.max_body_bytes.to_string());
+        line("min_free_disk_bytes", self.min_free_disk_bytes.to_string());
+        line(
+            "dedup_window",
+            q(&humantime::format_duration(self.dedup_window).to_string()),
+        );
+        line(
+            "shutdown_grace",
+            q(&humantime::format_duration(self.shutdown_grace).to_string()),
+        );
+        line(
+            "log_format",
+            q(match self.log_format {
+                LogFormat::Json => "json",
+                LogFormat::Text => "text",
+            }),
+        );
+        line("dry_run", self.dry_run.to_string());
+        out
+    }
+}
+
+fn split_tokens(s: &str) -> Vec<String> {
+    s.split(',').map(|t| t.trim().to_owned()).collect()
+}
+
+fn validate_base_url(raw: &str) -> Result<String, String> {
+    let url = raw.trim().trim_end_matches('/');
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        _ => {
+            return Err(format!(
+                "{raw:?} must start with https:// (or http:// for a local stand-in)"
+            ));
+        }
+    }
+    if uri.host().is_none() {
+        return Err(format!("{raw:?} has no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("{raw:?} must not carry a query string"));
+    }
+    Ok(url.to_owned())
+}
+
+fn parse_size(
+    key: &str,
+    env: &str,
+    raw: Option<String>,
+    default: &str,
+) -> Result<u64, ConfigError> {
+    let s = raw.unwrap_or_else(|| default.to_owned());
+    let t = s.trim();
+    if let Ok(n) = t.parse::<u64>() {
+        return Ok(n);
+    }
+    t.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|_| {
+            ConfigError::new(
+                key,
+                env,
+                format!("{s:?} is not a size such as 8MiB or 10GiB"),
+            )
+        })
+}
+
+fn parse_duration(
+    key: &str,
+    env: &str,
+    raw: Option<String>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let s = raw.unwrap_or_else(|| default.to_owned());
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        ConfigError::new(
+            key,
+            env,
+            format!("{s:?} is not a duration such as 30s or 24h: {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> FileConfig {
+        toml::from_str(text).expect("valid toml")
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let s = Settings::resolve(&SettingsArgs::default(), FileConfig::default()).unwrap();
+        assert_eq!(s.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(s.data_dir, PathBuf::from("./data"));
+        assert_eq!(s.heap_base_url, "https://heapanalytics.com");
+        assert_eq!(s.heap_events_per_minute.get(), 15_000);
+        assert_eq!(s.heap_identity_events_per_minute.get(), 1_000);
+        assert_eq!(s.max_queue_bytes, 10 * 1024 * 1024 * 1024);
+        assert_eq!(s.max_body_bytes, 8 * 1024 * 1024);
+        assert_eq!(s.dedup_window, Duration::from_secs(24 * 3600));
+        assert!(s.ingest_tokens.is_empty());
+        assert!(!s.dry_run);
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let args = SettingsArgs {
+            heap_events_per_minute: Some("600".into()),
+            ingest_token: Some("new, old".into()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(
+            &args,
+            file("heap_events_per_minute = 100\nheap_app_id = 123\ningest_token = [\"x\"]\n"),
+        )
+        .unwrap();
+        assert_eq!(s.heap_events_per_minute.get(), 600);
+        assert_eq!(s.heap_app_id.unwrap().as_str(), "123");
+        let tokens: Vec<&str> = s.ingest_tokens.iter().map(Secret::expose).collect();
+        assert_eq!(tokens, ["new", "old"]);
+    }
+
+    #[test]
+    fn invalid_values_name_the_setting() {
+        let cases = [
+            ("heap_app_id = \"abc\"", "heap_app_id"),
+            ("max_queue_bytes = \"lots\"", "max_queue_bytes"),
+            ("max_body_bytes = \"512KiB\"", "max_body_bytes"),
+            ("listen = \"nowhere\"", "listen"),
+            ("heap_base_url = \"ftp://x\"", "heap_base_url"),
+            (
+                "heap_identity_events_per_minute = 0",
+                "heap_identity_events_per_minute",
+            ),
+            ("dedup_window = \"forever\"", "dedup_window"),
+            ("log_format = \"xml\"", "log_format"),
+        ];
+        for (text, key) in cases {
+            let err = Settings::resolve(&SettingsArgs::default(), file(text)).unwrap_err();
+            assert!(err.to_string().contains(key), "{text}: {err}");
+            assert!(
+                err.to_string()
+                    .contains(&format!("--{}", key.replace('_', "-")))
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        assert!(toml::from_str::<FileConfig>("lsiten = \"x\"").is_err());
+    }
+
+    #[test]
+    fn redacted_output_never_contains_tokens() {
+        let args = SettingsArgs {
+            ingest_token: Some("s3cr3t-one,s3cr3t-two".into()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&args, FileConfig::default()).unwrap();
+        let printed = s.to_redacted_toml();
+        assert!(!printed.contains("s3cr3t"));
+        assert!(printed.contains("<redacted>"));
+        assert!(!format!("{s:?}").contains("s3cr3t"));
+        toml::from_str::<toml::Table>(&printed).expect("printed settings are TOML");
+    }
+
+    #[test]
+    fn serve_needs_an_app_id_unless_dry_run() {
+        let s = Settings::resolve(&SettingsArgs::default(), FileConfig::default()).unwrap();
+        assert!(
+            s.validate_for_serve()
+                .unwrap_err()
+                .to_string()
+                .contains("heap_app_id")
+        );
+        let dry = SettingsArgs {
+            dry_run: Some(true),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&dry, FileConfig::default()).unwrap();
+        s.validate_for_serve().unwrap();
+    }
+}

@@ -1,0 +1,14 @@
+//! The Braze Currents wire model: parsing and structural validation of a batch.
+//!
+//! No I/O and no HTTP types live here. The check is deliberately narrow (product.md §3): an event
+//! must be an object with a string `id`, a string `event_type` and an integer `time`. Everything
+//! else — unknown event types, unknown fields, `null` or missing optional fields, an empty `user` —
+//! is accepted, because Braze adds fields and types with little notice and answers a 400 by
+//! dropping events for good. Events are kept as the exact bytes Braze sent ([`ValidEvent::raw`]):
+//! the queue stores them verbatim, so a later mapping change or a dead-letter replay sees the
+//! original event.
+
+pub mod catalogue;
+mod validate;
+
+pub use validate::{BatchError, EventError, ValidBatch, ValidEvent, parse_batch};

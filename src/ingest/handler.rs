@@ -1,0 +1,128 @@
+//! `POST /currents`: auth → decode → parse + validate → durable append → 200.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use hyper::body::Incoming;
+
+use super::IngestState;
+use super::body::{self, Encoding};
+use super::error::IngestError;
+use crate::currents::{self, catalogue};
+use crate::queue::NewEvent;
+
+/// A body that does not arrive within this time is answered with 408 (Braze retries).
+const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a 200 reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    pub accepted: usize,
+    pub duplicates: usize,
+}
+
+pub async fn accept(req: Request<Incoming>, state: &IngestState) -> Result<Accepted, IngestError> {
+    if state.is_draining() {
+        return Err(IngestError::Draining);
+    }
+    if !state.auth.allows(req.headers()) {
+        return Err(IngestError::Unauthorized);
+    }
+    let encoding = Encoding::from_headers(req.headers())?;
+    let limit = state.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(IngestError::TooLarge { limit });
+    }
+
+    // Bounds the bodies held in memory at once; waiting requests hold only their connection.
+    let _slot = state
+        .body_slots
+        .acquire()
+        .await
+        .map_err(|_| IngestError::Draining)?;
+    // Re-checked with the slot held: the drain waits for held slots only.
+    if state.is_draining() {
+        return Err(IngestError::Draining);
+    }
+    let body = body::read(req.into_body(), encoding, limit, BODY_TIMEOUT).await?;
+    append_body(body, state).await
+}
+
+/// Parses, validates and durably appends a decoded body.
+async fn append_body(body: Bytes, state: &IngestState) -> Result<Accepted, IngestError> {
+    let events = {
+        let batch = match currents::parse_batch(&body) {
+            Ok(batch) => batch,
+            Err(e) => {
+                let e = IngestError::from(e);
+                if let IngestError::InvalidEvents { total, errors } = &e {
+                    state.metrics.events_received.inc_by(*total as u64);
+                    state.metrics.reject_events("invalid_event", errors.len());
+                    state
+                        .metrics
+                        .reject_events("invalid_batch", total - errors.len());
+                }
+                return Err(e);
+            }
+        };
+        state
+            .metrics
+            .events_received
+            .inc_by(batch.events.len() as u64);
+        batch
+            .events
+            .iter()
+            .map(|ev| NewEvent {
+                route: Arc::clone(&state.route),
+                event_id: ev.id.clone().into_owned(),
+                event_type: ev.event_type.clone().into_owned(),
+                identity: ev.external_user_id.as_ref().map(|s| s.clone().into_owned()),
+                event_time: ev.time,
+                payload: body.slice_ref(ev.raw.get().as_bytes()),
+            })
+            .collect::<Vec<_>>()
+    };
+    if events.is_empty() {
+        return Ok(Accepted {
+            accepted: 0,
+            duplicates: 0,
+        });
+    }
+    let n = events.len();
+    let types: Vec<&'static str> = events
+        .iter()
+        .map(|e| catalogue::metric_label(&e.event_type))
+        .collect();
+    let receipt = match state.writer.append(events).await {
+        Ok(r) => r,
+        Err(e) => {
+            let e = IngestError::from(e);
+            if let Some(reason) = e.reject_reason() {
+                state.metrics.reject_events(reason, n);
+            }
+            return Err(e);
+        }
+    };
+    for (label, queued) in types.iter().zip(&receipt.queued) {
+        if *queued {
+            state
+                .metrics
+                .events_accepted
+                .with_label_values(&[*label])
+                .inc();
+        }
+    }
+    let duplicates = receipt.duplicates();
+    state.metrics.events_duplicate.inc_by(duplicates as u64);
+    Ok(Accepted {
+        accepted: receipt.accepted(),
+        duplicates,
+    })
+}

@@ -1,0 +1,200 @@
+//! The HTTP surface on `--listen`: `POST /currents` plus the admin endpoints.
+//!
+//! This module owns the status code of every request path (product.md §3) and the decision to
+//! shed load (503 + `Retry-After`) rather than queue it in memory: a request holds a body slot
+//! while its body is in memory, the writer refuses work beyond its bounded channel, and a
+//! draining server refuses new batches while it finishes the ones in flight.
+
+mod auth;
+pub mod body;
+pub mod error;
+mod handler;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+pub use auth::Auth;
+pub use error::IngestError;
+pub use handler::Accepted;
+
+use crate::metrics::Metrics;
+use crate::queue::{Reader, Store, Writer, unix_millis};
+use error::json_response;
+
+/// Request bodies held in memory at once (each at most 2 × `--max-body-bytes`).
+pub const BODY_SLOTS: usize = 32;
+
+/// Everything a request needs, shared by all connections.
+pub struct IngestState {
+    pub auth: Auth,
+    pub max_body_bytes: u64,
+    pub writer: Writer,
+    pub store: Store,
+    pub metrics: Metrics,
+    /// The route name stored with each event (the default route until routing exists).
+    pub route: Arc<str>,
+    pub body_slots: Semaphore,
+    draining: AtomicBool,
+    reader: Mutex<Option<Reader>>,
+}
+
+impl IngestState {
+    pub fn new(
+        auth: Auth,
+        max_body_bytes: u64,
+        writer: Writer,
+        store: Store,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            auth,
+            max_body_bytes,
+            writer,
+            store,
+            metrics,
+            route: Arc::from("default"),
+            body_slots: Semaphore::new(BODY_SLOTS),
+            draining: AtomicBool::new(false),
+            reader: Mutex::new(None),
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// From now on `POST /currents` answers 503 and `/readyz` 503.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Batches past the draining check that have not been answered yet.
+    pub fn batches_in_flight(&self) -> usize {
+        BODY_SLOTS - self.body_slots.available_permits()
+    }
+
+    fn is_ready(&self) -> bool {
+        !self.is_draining() && self.store.stats().is_healthy()
+    }
+
+    /// Refreshes the queue gauges (the oldest-event age needs one indexed query).
+    fn refresh_queue_gauges(&self) {
+        let stats = self.store.stats();
+        self.metrics.queue_events.set(stats.events() as i64);
+        self.metrics.queue_bytes.set(stats.bytes() as i64);
+        self.metrics
+            .store_healthy
+            .set(i64::from(stats.is_healthy()));
+        let mut guard = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            *guard = self.store.reader().ok();
+        }
+        let oldest = guard.as_ref().map(|r| r.oldest_received_at());
+        match oldest {
+            Some(Ok(Some(received_at))) => {
+                let age = (unix_millis() - received_at).max(0) as f64 / 1000.0;
+                self.metrics.queue_oldest_age.set(age);
+            }
+            Some(Ok(None)) => self.metrics.queue_oldest_age.set(0.0),
+            Some(Err(e)) => {
+                tracing::warn!(message = "Cannot read the oldest queued event.", error = %e);
+                *guard = None;
+            }
+            None => {}
+        }
+    }
+}
+
+/// Serves one request. Never fails: every path has a defined status.
+pub async fn serve(req: Request<Incoming>, state: Arc<IngestState>) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let path = req.uri().path();
+    let (response, outcome) = match (req.method(), path) {
+        (&Method::POST, "/currents") => match handler::accept(req, &state).await {
+            Ok(a) => {
+                let outcome = if a.accepted + a.duplicates == 0 {
+                    "empty"
+                } else {
+                    "accepted"
+                };
+                let body = json!({ "accepted": a.accepted, "duplicates": a.duplicates });
+                (json_response(StatusCode::OK, &body), outcome)
+            }
+            Err(e) => {
+                log_refusal(&e);
+                (e.to_response(), e.outcome())
+            }
+        },
+        (_, "/currents") => {
+            let mut r = json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({ "error": "method_not_allowed", "message": "use POST" }),
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+            (r, "method_not_allowed")
+        }
+        (&Method::GET | &Method::HEAD, "/healthz") => return text(StatusCode::OK, "ok\n"),
+        (&Method::GET | &Method::HEAD, "/readyz") => {
+            return if state.is_ready() {
+                text(StatusCode::OK, "ready\n")
+            } else if state.is_draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
+            };
+        }
+        (&Method::GET, "/metrics") => {
+            let st = Arc::clone(&state);
+            let rendered = tokio::task::spawn_blocking(move || {
+                st.refresh_queue_gauges();
+                st.metrics.render()
+            })
+            .await
+            .unwrap_or_default();
+            let mut r = Response::new(Full::new(Bytes::from(rendered)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            return r;
+        }
+        _ => (
+            json_response(
+                StatusCode::NOT_FOUND,
+                &json!({ "error": "not_found", "message": "Braze Currents posts to /currents" }),
+            ),
+            "not_found",
+        ),
+    };
+    state.metrics.observe_request(
+        outcome,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r
+}
+
+fn log_refusal(e: &IngestError) {
+    let status = e.status().as_u16();
+    match e {
+        IngestError::Store(_) => {
+            tracing::warn!(message = "Batch refused.", status, outcome = e.outcome(), error = %e)
+        }
+        _ => tracing::info!(message = "Batch refused.", status, outcome = e.outcome(), error = %e),
+    }
+}

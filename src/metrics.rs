@@ -1,0 +1,301 @@
+//! The metric catalogue: every metric the binary exports, its labels, and the endpoint text.
+//!
+//! Names and label sets are fixed here and nowhere else, so `deploy/` (dashboards, alerts) and
+//! the README can be checked against one list ([`CATALOGUE`]). Label values come from closed sets
+//! (outcomes, reasons, status codes, the known event-type catalogue) and every such series is
+//! created at 0 on start-up, so dashboards and alerts see it before the first event. No id,
+//! identity or free text ever becomes a label value.
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::currents::catalogue::KNOWN_EVENT_TYPES;
+
+/// `(name, type, labels, help)` of every exported metric.
+pub const CATALOGUE: &[(&str, &str, &str, &str)] = &[
+    (
+        "currents_heap_build_info",
+        "gauge",
+        "version",
+        "Always 1; the version label tells which build runs.",
+    ),
+    (
+        "currents_heap_ingest_requests_total",
+        "counter",
+        "outcome",
+        "Requests to the ingest and admin paths by outcome.",
+    ),
+    (
+        "currents_heap_ingest_request_duration_seconds",
+        "histogram",
+        "status",
+        "Ingest request latency by HTTP status, from headers received to response.",
+    ),
+    (
+        "currents_heap_events_received_total",
+        "counter",
+        "",
+        "Events in structurally parsed request bodies, before validation and dedup.",
+    ),
+    (
+        "currents_heap_events_accepted_total",
+        "counter",
+        "event_type",
+        "Events durably queued (after dedup), by event type (unknown types as `other`).",
+    ),
+    (
+        "currents_heap_events_duplicate_total",
+        "counter",
+        "",
+        "Events acknowledged but not queued again: their id was accepted within the dedup window.",
+    ),
+    (
+        "currents_heap_events_rejected_total",
+        "counter",
+        "reason",
+        "Events refused and not stored, by reason.",
+    ),
+    (
+        "currents_heap_queue_events",
+        "gauge",
+        "",
+        "Events waiting in the durable queue.",
+    ),
+    (
+        "currents_heap_queue_bytes",
+        "gauge",
+        "",
+        "Payload bytes of the events waiting in the durable queue (the quota counts these).",
+    ),
+    (
+        "currents_heap_queue_max_bytes",
+        "gauge",
+        "",
+        "The configured backlog quota (--max-queue-bytes).",
+    ),
+    (
+        "currents_heap_queue_oldest_event_age_seconds",
+        "gauge",
+        "",
+        "Time since the oldest queued event was received; 0 when the queue is empty.",
+    ),
+    (
+        "currents_heap_store_healthy",
+        "gauge",
+        "",
+        "1 while the store commits, 0 after a commit failed for a reason other than a full disk.",
+    ),
+];
+
+/// Outcomes of a request (label `outcome`).
+pub const OUTCOMES: &[&str] = &[
+    "accepted",
+    "empty",
+    "unauthorized",
+    "malformed",
+    "invalid_events",
+    "unsupported_encoding",
+    "corrupt_body",
+    "too_large",
+    "body_timeout",
+    "over_quota",
+    "disk_full",
+    "store_busy",
+    "store_unavailable",
+    "draining",
+    "not_found",
+    "method_not_allowed",
+];
+
+/// Reasons an event is refused (label `reason` of `events_rejected_total`).
+pub const REJECT_REASONS: &[&str] = &[
+    "invalid_event",
+    "invalid_batch",
+    "over_quota",
+    "disk_full",
+    "store_busy",
+    "store_unavailable",
+];
+
+/// HTTP statuses the ingest path answers with (label `status`).
+pub const STATUSES: &[&str] = &[
+    "200", "400", "401", "404", "405", "408", "413", "415", "503",
+];
+
+/// All collectors, registered in one private registry (tests run several apps per process).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub ingest_requests: IntCounterVec,
+    pub ingest_duration: HistogramVec,
+    pub events_received: IntCounter,
+    pub events_accepted: IntCounterVec,
+    pub events_duplicate: IntCounter,
+    pub events_rejected: IntCounterVec,
+    pub queue_events: IntGauge,
+    pub queue_bytes: IntGauge,
+    pub queue_max_bytes: IntGauge,
+    pub queue_oldest_age: Gauge,
+    pub store_healthy: IntGauge,
+}
+
+fn help(name: &str) -> &'static str {
+    CATALOGUE
+        .iter()
+        .find(|(n, ..)| *n == name)
+        .map(|(.., h)| *h)
+        .expect("metric is in the catalogue")
+}
+
+fn opts(name: &str) -> Opts {
+    Opts::new(name, help(name))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let m = Metrics {
+            ingest_requests: IntCounterVec::new(
+                opts("currents_heap_ingest_requests_total"),
+                &["outcome"],
+            )
+            .unwrap(),
+            ingest_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "currents_heap_ingest_request_duration_seconds",
+                    help("currents_heap_ingest_request_duration_seconds"),
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+                &["status"],
+            )
+            .unwrap(),
+            events_received: IntCounter::with_opts(opts("currents_heap_events_received_total"))
+                .unwrap(),
+            events_accepted: IntCounterVec::new(
+                opts("currents_heap_events_accepted_total"),
+                &["event_type"],
+            )
+            .unwrap(),
+            events_duplicate: IntCounter::with_opts(opts("currents_heap_events_duplicate_total"))
+                .unwrap(),
+            events_rejected: IntCounterVec::new(
+                opts("currents_heap_events_rejected_total"),
+                &["reason"],
+            )
+            .unwrap(),
+            queue_events: IntGauge::with_opts(opts("currents_heap_queue_events")).unwrap(),
+            queue_bytes: IntGauge::with_opts(opts("currents_heap_queue_bytes")).unwrap(),
+            queue_max_bytes: IntGauge::with_opts(opts("currents_heap_queue_max_bytes")).unwrap(),
+            queue_oldest_age: Gauge::with_opts(opts(
+                "currents_heap_queue_oldest_event_age_seconds",
+            ))
+            .unwrap(),
+            store_healthy: IntGauge::with_opts(opts("currents_heap_store_healthy")).unwrap(),
+            registry,
+        };
+        let build_info = IntGauge::with_opts(
+            opts("currents_heap_build_info").const_label("version", env!("CARGO_PKG_VERSION")),
+        )
+        .unwrap();
+        build_info.set(1);
+
+        let r = &m.registry;
+        r.register(Box::new(build_info)).unwrap();
+        r.register(Box::new(m.ingest_requests.clone())).unwrap();
+        r.register(Box::new(m.ingest_duration.clone())).unwrap();
+        r.register(Box::new(m.events_received.clone())).unwrap();
+        r.register(Box::new(m.events_accepted.clone())).unwrap();
+        r.register(Box::new(m.events_duplicate.clone())).unwrap();
+        r.register(Box::new(m.events_rejected.clone())).unwrap();
+        r.register(Box::new(m.queue_events.clone())).unwrap();
+        r.register(Box::new(m.queue_bytes.clone())).unwrap();
+        r.register(Box::new(m.queue_max_bytes.clone())).unwrap();
+        r.register(Box::new(m.queue_oldest_age.clone())).unwrap();
+        r.register(Box::new(m.store_healthy.clone())).unwrap();
+
+        for o in OUTCOMES {
+            m.ingest_requests.with_label_values(&[*o]);
+        }
+        for s in STATUSES {
+            m.ingest_duration.with_label_values(&[*s]);
+        }
+        for t in KNOWN_EVENT_TYPES.iter().chain(&["other"]) {
+            m.events_accepted.with_label_values(&[*t]);
+        }
+        for r in REJECT_REASONS {
+            m.events_rejected.with_label_values(&[*r]);
+        }
+        m
+    }
+
+    /// Records one finished request.
+    pub fn observe_request(&self, outcome: &'static str, status: u16, seconds: f64) {
+        debug_assert!(OUTCOMES.contains(&outcome), "{outcome} is not in OUTCOMES");
+        self.ingest_requests.with_label_values(&[outcome]).inc();
+        let status = STATUSES
+            .iter()
+            .find(|s| s.parse::<u16>().ok() == Some(status))
+            .copied()
+            .unwrap_or("503");
+        self.ingest_duration
+            .with_label_values(&[status])
+            .observe(seconds);
+    }
+
+    pub fn reject_events(&self, reason: &'static str, n: usize) {
+        debug_assert!(
+            REJECT_REASONS.contains(&reason),
+            "{reason} is not in REJECT_REASONS"
+        );
+        self.events_rejected
+            .with_label_values(&[reason])
+            .inc_by(n as u64);
+    }
+
+    /// The Prometheus text exposition of every registered metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::with_capacity(32 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_catalogue_entry_is_exported_at_start() {
+        let m = Metrics::new();
+        let text = m.render();
+        for (name, kind, ..) in CATALOGUE {
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}")),
+                "{name} missing from:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_event_types_never_become_labels() {
+        let m = Metrics::new();
+        let text = m.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("currents_heap_events_accepted_total{"))
+            .count();
+        assert_eq!(series, KNOWN_EVENT_TYPES.len() + 1);
+    }
+}

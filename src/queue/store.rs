@@ -1,0 +1,262 @@
+//! Opening the database, its schema, and read-only queries.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+const SCHEMA_VERSION: i64 = 1;
+pub(crate) const DB_FILE: &str = "queue.sqlite3";
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS queue (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    route       TEXT    NOT NULL,
+    event_id    TEXT    NOT NULL,
+    event_type  TEXT    NOT NULL,
+    identity    TEXT,
+    event_time  INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    not_before  INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    payload     BLOB    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queue_route_seq ON queue (route, seq);
+CREATE TABLE IF NOT EXISTS dead_letter (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    route       TEXT    NOT NULL,
+    event_id    TEXT    NOT NULL,
+    event_type  TEXT    NOT NULL,
+    identity    TEXT,
+    event_time  INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL,
+    reason      TEXT    NOT NULL,
+    detail      TEXT,
+    dead_at     INTEGER NOT NULL,
+    payload     BLOB    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letter_reason ON dead_letter (reason, seq);
+CREATE TABLE IF NOT EXISTS dedup (
+    event_id TEXT PRIMARY KEY,
+    seen_at  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedup_seen_at ON dedup (seen_at);
+CREATE TABLE IF NOT EXISTS stats (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    events INTEGER NOT NULL,
+    bytes  INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO stats (id, events, bytes) VALUES (1, 0, 0);
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "store {path} was written by a newer version (schema {found}, this build knows {SCHEMA_VERSION})"
+    )]
+    NewerSchema { path: PathBuf, found: i64 },
+    #[error("store {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+}
+
+/// Live totals of the queue, updated by the writer after each commit.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    pub events: AtomicU64,
+    pub bytes: AtomicU64,
+    /// False after a commit failed for a reason other than a full disk; true again after the
+    /// next successful commit. `/readyz` reports it.
+    pub healthy: AtomicBool,
+}
+
+impl QueueStats {
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// A handle on the database in a data directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    path: PathBuf,
+    stats: Arc<QueueStats>,
+}
+
+pub fn unix_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Creates the directory and schema if needed and loads the running totals.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let sql = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(sql)?;
+        configure(&conn).map_err(sql)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(sql)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: path.clone(),
+                found: version,
+            });
+        }
+        conn.execute_batch(SCHEMA).map_err(sql)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(sql)?;
+        let (events, bytes): (i64, i64) = conn
+            .query_row("SELECT events, bytes FROM stats WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(sql)?;
+        let stats = Arc::new(QueueStats {
+            events: AtomicU64::new(events.max(0) as u64),
+            bytes: AtomicU64::new(bytes.max(0) as u64),
+            healthy: AtomicBool::new(true),
+        });
+        Ok(Self { path, stats })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn stats(&self) -> &Arc<QueueStats> {
+        &self.stats
+    }
+
+    /// A new read-write connection with the store's pragmas (used by the writer thread).
+    pub(crate) fn connect(&self) -> rusqlite::Result<Connection> {
+        let conn = Connection::open(&self.path)?;
+        configure(&conn)?;
+        Ok(conn)
+    }
+
+    /// A read-only connection for queries beside the writer.
+    pub fn reader(&self) -> Result<Reader, StoreError> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .and_then(|c| {
+            c.busy_timeout(std::time::Duration::from_secs(5))?;
+            Ok(c)
+        })
+        .map_err(|source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(Reader { conn })
+    }
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // WAL + FULL: a commit returns only after the WAL is fsync'd, so an acknowledged batch
+    // survives a crash or power loss.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    // Bounded page cache (KiB when negative): memory does not grow with the backlog.
+    conn.pragma_update(None, "cache_size", -16_384)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(())
+}
+
+/// Read-only queries.
+pub struct Reader {
+    conn: Connection,
+}
+
+/// One queued event, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedEvent {
+    pub seq: i64,
+    pub route: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub identity: Option<String>,
+    pub event_time: i64,
+    pub received_at: i64,
+    pub attempts: i64,
+    pub not_before: i64,
+    pub payload: Vec<u8>,
+}
+
+impl Reader {
+    /// `received_at` (UNIX ms) of the oldest queued event.
+    pub fn oldest_received_at(&self) -> rusqlite::Result<Option<i64>> {
+        self.conn
+            .query_row(
+                "SELECT received_at FROM queue ORDER BY seq LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+    }
+
+    /// Queued events of a route in FIFO order, starting after `after_seq`.
+    pub fn queued(
+        &self,
+        route: &str,
+        after_seq: i64,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<QueuedEvent>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, route, event_id, event_type, identity, event_time, received_at,
+                    attempts, not_before, payload
+             FROM queue WHERE route = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(rusqlite::params![route, after_seq, limit as i64], |r| {
+            Ok(QueuedEvent {
+                seq: r.get(0)?,
+                route: r.get(1)?,
+                event_id: r.get(2)?,
+                event_type: r.get(3)?,
+                identity: r.get(4)?,
+                event_time: r.get(5)?,
+                received_at: r.get(6)?,
+                attempts: r.get(7)?,
+                not_before: r.get(8)?,
+                payload: r.get(9)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// Number of rows in the queue, counted (not the running total).
+    pub fn count_queued(&self) -> rusqlite::Result<u64> {
+        self.conn
+            .query_row("SELECT count(*) FROM queue", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+    }
+}

@@ -1,0 +1,486 @@
+//! The single writer thread: group commit, dedup, quota and disk-space checks.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rusqlite::{Connection, ErrorCode, params};
+use tokio::sync::oneshot;
+
+use super::store::{QueueStats, Store, StoreError, unix_millis};
+
+/// Upper bound of events committed in one transaction; keeps one commit's latency bounded.
+const MAX_EVENTS_PER_COMMIT: usize = 20_000;
+/// Requests waiting for the writer; more are refused with `Busy` (→ 503) instead of queuing in
+/// memory.
+const CHANNEL_CAPACITY: usize = 256;
+/// How often the free space of the data directory is re-read.
+const DISK_CHECK_EVERY: Duration = Duration::from_millis(500);
+/// How often expired dedup entries are pruned, and how many per transaction.
+const PRUNE_EVERY: Duration = Duration::from_secs(30);
+const PRUNE_CHUNK: i64 = 10_000;
+
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    pub max_queue_bytes: u64,
+    pub min_free_disk_bytes: u64,
+    pub dedup_window: Duration,
+}
+
+/// An event to append, already validated. `payload` is the raw Currents event JSON.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub route: Arc<str>,
+    pub event_id: String,
+    pub event_type: String,
+    pub identity: Option<String>,
+    pub event_time: i64,
+    pub payload: Bytes,
+}
+
+/// What happened to each event of an append, in order: `true` = queued, `false` = duplicate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppendReceipt {
+    pub queued: Vec<bool>,
+}
+
+impl AppendReceipt {
+    pub fn accepted(&self) -> usize {
+        self.queued.iter().filter(|q| **q).count()
+    }
+    pub fn duplicates(&self) -> usize {
+        self.queued.len() - self.accepted()
+    }
+}
+
+/// Why an append was refused. Every variant is transient: nothing was stored and the sender
+/// should retry later (503).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum AppendError {
+    #[error("the backlog is over its quota of {max} bytes")]
+    OverQuota { max: u64 },
+    #[error("the disk of the data directory is full or below its free-space reserve")]
+    DiskFull,
+    #[error("the store is busy: too many requests are waiting for a commit")]
+    Busy,
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the store is closed")]
+    Closed,
+}
+
+enum Command {
+    Append {
+        events: Vec<NewEvent>,
+        reply: oneshot::Sender<Result<AppendReceipt, AppendError>>,
+    },
+    Close,
+}
+
+impl Command {
+    fn len(&self) -> usize {
+        match self {
+            Command::Append { events, .. } => events.len(),
+            Command::Close => 0,
+        }
+    }
+}
+
+/// Cloneable handle to the writer thread.
+#[derive(Clone)]
+pub struct Writer {
+    tx: SyncSender<Command>,
+}
+
+/// Owns the writer thread; [`WriterHandle::close`] flushes, checkpoints and joins it.
+pub struct WriterHandle {
+    tx: SyncSender<Command>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the writer thread on its own connection to `store`.
+    pub fn spawn(
+        store: &Store,
+        config: WriterConfig,
+    ) -> Result<(Writer, WriterHandle), StoreError> {
+        let conn = store.connect().map_err(|source| StoreError::Sqlite {
+            path: store.path().to_owned(),
+            source,
+        })?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_CAPACITY);
+        let data_dir = store
+            .path()
+            .parent()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let mut state = WriterState {
+            conn,
+            config,
+            stats: Arc::clone(store.stats()),
+            data_dir,
+            free_bytes: u64::MAX,
+            free_checked: None,
+            last_prune: Instant::now(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("queue-writer".into())
+            .spawn(move || state.run(rx))
+            .map_err(|e| StoreError::DataDir {
+                path: store.path().to_owned(),
+                source: e,
+            })?;
+        Ok((
+            Writer { tx: tx.clone() },
+            WriterHandle {
+                tx,
+                thread: Some(thread),
+            },
+        ))
+    }
+
+    /// Appends `events` durably: returns once they are committed and fsync'd.
+    pub async fn append(&self, events: Vec<NewEvent>) -> Result<AppendReceipt, AppendError> {
+        if events.is_empty() {
+            return Ok(AppendReceipt::default());
+        }
+        let (reply, rx) = oneshot::channel();
+        match self.tx.try_send(Command::Append { events, reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(AppendError::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(AppendError::Closed),
+        }
+        rx.await.unwrap_or(Err(AppendError::Closed))
+    }
+}
+
+impl WriterHandle {
+    /// Commits what is pending, checkpoints the WAL into the database and stops the thread.
+    /// Blocking; call from a blocking context.
+    pub fn close(mut self) {
+        let _ = self.tx.send(Command::Close);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct WriterState {
+    conn: Connection,
+    config: WriterConfig,
+    stats: Arc<QueueStats>,
+    data_dir: PathBuf,
+    free_bytes: u64,
+    free_checked: Option<Instant>,
+    last_prune: Instant,
+}
+
+type Reply = oneshot::Sender<Result<AppendReceipt, AppendError>>;
+
+impl WriterState {
+    fn run(&mut self, rx: Receiver<Command>) {
+        let mut closing = false;
+        while !closing {
+            let first = match rx.recv_timeout(PRUNE_EVERY) {
+                Ok(c) => c,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.maybe_prune();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut group = Vec::new();
+            let mut n = first.len();
+            let mut push = |cmd: Command, closing: &mut bool| match cmd {
+                Command::Append { events, reply } => group.push((events, reply)),
+                Command::Close => *closing = true,
+            };
+            push(first, &mut closing);
+            while !closing && n < MAX_EVENTS_PER_COMMIT {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        n += cmd.len();
+                        push(cmd, &mut closing);
+                    }
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            self.commit_group(group);
+            self.maybe_prune();
+        }
+        // Anything sent after Close is refused (senders see `Closed` when the channel drops).
+        if let Err(e) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        {
+            tracing::warn!(message = "WAL checkpoint at shutdown failed.", error = %e);
+        }
+        tracing::info!(message = "Queue store closed.");
+    }
+
+    fn free_disk_bytes(&mut self) -> u64 {
+        let stale = self
+            .free_checked
+            .is_none_or(|t| t.elapsed() >= DISK_CHECK_EVERY);
+        if stale {
+            match rustix::fs::statvfs(&self.data_dir) {
+                Ok(s) => self.free_bytes = s.f_bavail.saturating_mul(s.f_frsize),
+                Err(e) => tracing::warn!(message = "Cannot read free disk space.", error = %e),
+            }
+            self.free_checked = Some(Instant::now());
+        }
+        self.free_bytes
+    }
+
+    fn commit_group(&mut self, group: Vec<(Vec<NewEvent>, Reply)>) {
+        let mut free = self.free_disk_bytes();
+        let outcome = self.write_group(&group, &mut free);
+        match outcome {
+            Ok((results, added_events, added_bytes)) => {
+                self.stats.events.fetch_add(added_events, Ordering::Relaxed);
+                self.stats.bytes.fetch_add(added_bytes, Ordering::Relaxed);
+                self.stats.healthy.store(true, Ordering::Relaxed);
+                self.free_bytes = free;
+                for ((_, reply), result) in group.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                let err = classify(&e);
+                if err == AppendError::DiskFull {
+                    tracing::warn!(message = "Commit failed: disk full.", error = %e);
+                    self.free_checked = None;
+                } else {
+                    tracing::error!(message = "Commit failed.", error = %e);
+                    self.stats.healthy.store(false, Ordering::Relaxed);
+                }
+                for (_, reply) in group {
+                    let _ = reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    /// One transaction for the whole group. Returns per-request results and what was added.
+    #[allow(clippy::type_complexity)]
+    fn write_group(
+        &mut self,
+        group: &[(Vec<NewEvent>, Reply)],
+        free: &mut u64,
+    ) -> rusqlite::Result<(Vec<Result<AppendReceipt, AppendError>>, u64, u64)> {
+        let now = unix_millis();
+        let cutoff = now - self.config.dedup_window.as_millis() as i64;
+        let mut queued_bytes = self.stats.bytes();
+        let mut added_events = 0u64;
+        let mut added_bytes = 0u64;
+        let mut results = Vec::with_capacity(group.len());
+
+        let tx = self.conn.transaction()?;
+        {
+            let mut dedup = tx.prepare_cached(
+                "INSERT INTO dedup (event_id, seen_at) VALUES (?1, ?2)
+                 ON CONFLICT (event_id) DO UPDATE SET seen_at = excluded.seen_at
+                 WHERE dedup.seen_at < ?3",
+            )?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO queue (route, event_id, event_type, identity, event_time, received_at, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for (events, _) in group {
+                let incoming: u64 = events.iter().map(|e| e.payload.len() as u64).sum();
+                if queued_bytes.saturating_add(incoming) > self.config.max_queue_bytes {
+                    results.push(Err(AppendError::OverQuota {
+                        max: self.config.max_queue_bytes,
+                    }));
+                    continue;
+                }
+                // Room for the rows plus their WAL copy and index entries.
+                let needed = incoming.saturating_mul(3);
+                if *free < self.config.min_free_disk_bytes.saturating_add(needed) {
+                    results.push(Err(AppendError::DiskFull));
+                    continue;
+                }
+                let mut queued = Vec::with_capacity(events.len());
+                for ev in events {
+                    let fresh = dedup.execute(params![ev.event_id, now, cutoff])? == 1;
+                    if fresh {
+                        insert.execute(params![
+                            &*ev.route,
+                            ev.event_id,
+                            ev.event_type,
+                            ev.identity,
+                            ev.event_time,
+                            now,
+                            &ev.payload[..],
+                        ])?;
+                        added_events += 1;
+                        added_bytes += ev.payload.len() as u64;
+                        queued_bytes += ev.payload.len() as u64;
+                        *free = free.saturating_sub(ev.payload.len() as u64 * 2);
+                    }
+                    queued.push(fresh);
+                }
+                results.push(Ok(AppendReceipt { queued }));
+            }
+            if added_events > 0 {
+                tx.execute(
+                    "UPDATE stats SET events = events + ?1, bytes = bytes + ?2 WHERE id = 1",
+                    params![added_events as i64, added_bytes as i64],
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok((results, added_events, added_bytes))
+    }
+
+    fn maybe_prune(&mut self) {
+        if self.last_prune.elapsed() < PRUNE_EVERY {
+            return;
+        }
+        self.last_prune = Instant::now();
+        let cutoff = unix_millis() - self.config.dedup_window.as_millis() as i64;
+        let result = self.conn.execute(
+            "DELETE FROM dedup WHERE event_id IN
+               (SELECT event_id FROM dedup WHERE seen_at < ?1 ORDER BY seen_at LIMIT ?2)",
+            params![cutoff, PRUNE_CHUNK],
+        );
+        match result {
+            Ok(n) if n as i64 == PRUNE_CHUNK => {
+                // More to do: run again at the next opportunity.
+                self.last_prune = Instant::now() - PRUNE_EVERY;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(message = "Pruning the dedup window failed.", error = %e),
+        }
+    }
+}
+
+fn classify(e: &rusqlite::Error) -> AppendError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == ErrorCode::DiskFull => {
+            AppendError::DiskFull
+        }
+        other => AppendError::Unavailable(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: &str, payload: &str) -> NewEvent {
+        NewEvent {
+            route: Arc::from("default"),
+            event_id: id.into(),
+            event_type: "users.messages.email.Send".into(),
+            identity: Some("u".into()),
+            event_time: 1,
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+        }
+    }
+
+    fn config() -> WriterConfig {
+        WriterConfig {
+            max_queue_bytes: 1 << 30,
+            min_free_disk_bytes: 0,
+            dedup_window: Duration::from_secs(3600),
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_dedups_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (writer, handle) = Writer::spawn(&store, config()).unwrap();
+        let r = writer
+            .append(vec![ev("a", "{}"), ev("b", "{1}"), ev("a", "{}")])
+            .await
+            .unwrap();
+        assert_eq!(r.queued, vec![true, true, false]);
+        let r = writer
+            .append(vec![ev("b", "{1}"), ev("c", "{22}")])
+            .await
+            .unwrap();
+        assert_eq!(r.queued, vec![false, true]);
+        assert_eq!(store.stats().events(), 3);
+        assert_eq!(store.stats().bytes(), 2 + 3 + 4);
+        tokio::task::spawn_blocking(move || handle.close())
+            .await
+            .unwrap();
+        assert_eq!(
+            writer.append(vec![ev("z", "{}")]).await,
+            Err(AppendError::Closed)
+        );
+
+        let reopened = Store::open(dir.path()).unwrap();
+        assert_eq!(reopened.stats().events(), 3);
+        assert_eq!(reopened.stats().bytes(), 9);
+        let rows = reopened.reader().unwrap().queued("default", 0, 10).unwrap();
+        let ids: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(rows[2].payload, b"{22}");
+    }
+
+    #[tokio::test]
+    async fn over_quota_and_low_disk_refuse_whole_requests() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (writer, handle) = Writer::spawn(
+            &store,
+            WriterConfig {
+                max_queue_bytes: 10,
+                ..config()
+            },
+        )
+        .unwrap();
+        writer.append(vec![ev("a", "12345678")]).await.unwrap();
+        let err = writer.append(vec![ev("b", "123")]).await.unwrap_err();
+        assert_eq!(err, AppendError::OverQuota { max: 10 });
+        assert_eq!(store.stats().events(), 1);
+        tokio::task::spawn_blocking(move || handle.close())
+            .await
+            .unwrap();
+
+        let (writer, handle) = Writer::spawn(
+            &store,
+            WriterConfig {
+                min_free_disk_bytes: u64::MAX / 2,
+                ..config()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            writer.append(vec![ev("c", "1")]).await,
+            Err(AppendError::DiskFull)
+        );
+        tokio::task::spawn_blocking(move || handle.close())
+            .await
+            .unwrap();
+        assert_eq!(store.reader().unwrap().count_queued().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn expired_dedup_entries_accept_the_id_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (writer, handle) = Writer::spawn(
+            &store,
+            WriterConfig {
+                dedup_window: Duration::from_millis(0),
+                ..config()
+            },
+        )
+        .unwrap();
+        writer.append(vec![ev("a", "{}")]).await.unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let r = writer.append(vec![ev("a", "{}")]).await.unwrap();
+        assert_eq!(r.queued, vec![true]);
+        tokio::task::spawn_blocking(move || handle.close())
+            .await
+            .unwrap();
+    }
+}
