@@ -104,7 +104,17 @@ pub fn parse_batch(body: &[u8]) -> Result<ValidBatch<'_>, BatchError> {
     }
     let envelope: Envelope<'_> =
         serde_json::from_slice(body).map_err(|e| BatchError::Malformed(e.to_string()))?;
-    let raws = envelope.events.unwrap_or_default();
+    let raws = match envelope.events {
+        Some(raws) => raws,
+        // `{}` is a credential check. An object with other keys but no `events` is not a
+        // batch (a single event posted bare, say) and must not be acknowledged as empty.
+        None if is_empty_object(body) => Vec::new(),
+        None => {
+            return Err(BatchError::Malformed(
+                "the object has no `events` array (a Currents batch is {\"events\":[...]})".into(),
+            ));
+        }
+    };
     let total = raws.len();
     let mut events = Vec::with_capacity(total);
     let mut errors = Vec::new();
@@ -120,6 +130,11 @@ pub fn parse_batch(body: &[u8]) -> Result<ValidBatch<'_>, BatchError> {
     } else {
         Err(BatchError::Invalid { total, errors })
     }
+}
+
+fn is_empty_object(body: &[u8]) -> bool {
+    serde_json::from_slice::<std::collections::BTreeMap<String, serde::de::IgnoredAny>>(body)
+        .is_ok_and(|m| m.is_empty())
 }
 
 fn validate_event(raw: &RawValue) -> Result<ValidEvent<'_>, EventError> {
@@ -197,7 +212,7 @@ mod tests {
 
     #[test]
     fn empty_forms_are_empty_batches() {
-        for body in ["", "  \n", "{}", r#"{"events":[]}"#, r#"{"events":null}"#] {
+        for body in ["", "  \n", "{}", " { } ", r#"{"events":[]}"#] {
             assert_eq!(ok(body), 0, "{body:?}");
         }
     }
