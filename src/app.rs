@@ -49,12 +49,14 @@ impl App {
                 max_queue_bytes: settings.max_queue_bytes,
                 min_free_disk_bytes: settings.min_free_disk_bytes,
                 dedup_window: settings.dedup_window,
+                dedup_capacity: settings.dedup_capacity,
             },
         )?;
         let metrics = Metrics::new();
         metrics
             .queue_max_bytes
             .set(settings.max_queue_bytes.min(i64::MAX as u64) as i64);
+        metrics.dedup_capacity.set(settings.dedup_capacity as i64);
         let auth = Auth::new(&settings.ingest_tokens);
         if auth.is_open() {
             tracing::warn!(

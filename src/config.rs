@@ -59,6 +59,10 @@ pub struct SettingsArgs {
     /// How long an accepted event id is remembered to drop Braze re-sends [default: 24h].
     #[arg(long, env = "CURRENTS_HEAP_DEDUP_WINDOW")]
     pub dedup_window: Option<String>,
+    /// Most event ids the dedup window remembers (about 10–20 bytes of memory each); past it
+    /// the oldest are forgotten early [default: 4000000].
+    #[arg(long, env = "CURRENTS_HEAP_DEDUP_CAPACITY")]
+    pub dedup_capacity: Option<String>,
     /// How long shutdown waits for in-flight requests to finish [default: 30s].
     #[arg(long, env = "CURRENTS_HEAP_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
@@ -91,6 +95,7 @@ pub struct FileConfig {
     pub max_body_bytes: Option<Scalar>,
     pub min_free_disk_bytes: Option<Scalar>,
     pub dedup_window: Option<String>,
+    pub dedup_capacity: Option<Scalar>,
     pub shutdown_grace: Option<String>,
     pub log_format: Option<String>,
     pub dry_run: Option<bool>,
@@ -177,6 +182,7 @@ pub struct Settings {
     pub max_body_bytes: u64,
     pub min_free_disk_bytes: u64,
     pub dedup_window: Duration,
+    pub dedup_capacity: usize,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
     pub dry_run: bool,
@@ -352,6 +358,21 @@ impl Settings {
             pick(args.dedup_window.clone(), file.dedup_window),
             "24h",
         )?;
+        let dedup_capacity = match pick(args.dedup_capacity.clone(), scalar(file.dedup_capacity)) {
+            None => 4_000_000,
+            Some(s) => s
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1 << 31).contains(n))
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "dedup_capacity",
+                        "CURRENTS_HEAP_DEDUP_CAPACITY",
+                        format!("{s:?} is not a whole number between 1 and 2147483648"),
+                    )
+                })?,
+        };
         let shutdown_grace = parse_duration(
             "shutdown_grace",
             "CURRENTS_HEAP_SHUTDOWN_GRACE",
@@ -388,6 +409,7 @@ impl Settings {
             max_body_bytes,
             min_free_disk_bytes,
             dedup_window,
+            dedup_capacity,
             shutdown_grace,
             log_format,
             dry_run,
@@ -449,6 +471,7 @@ impl Settings {
             "dedup_window",
             q(&humantime::format_duration(self.dedup_window).to_string()),
         );
+        line("dedup_capacity", self.dedup_capacity.to_string());
         line(
             "shutdown_grace",
             q(&humantime::format_duration(self.shutdown_grace).to_string()),
@@ -584,6 +607,7 @@ mod tests {
             ),
             ("dedup_window = \"forever\"", "dedup_window"),
             ("log_format = \"xml\"", "log_format"),
+            ("dedup_capacity = 0", "dedup_capacity"),
         ];
         for (text, key) in cases {
             let err = Settings::resolve(&SettingsArgs::default(), file(text)).unwrap_err();

@@ -138,6 +138,8 @@ pub struct Metrics {
     pub queue_bytes: IntGauge,
     pub queue_max_bytes: IntGauge,
     pub queue_oldest_age: Gauge,
+    pub dedup_ids: IntGauge,
+    pub dedup_capacity: IntGauge,
     pub store_healthy: IntGauge,
 }
 
@@ -194,6 +196,8 @@ impl Metrics {
                 "currents_heap_queue_oldest_event_age_seconds",
             ))
             .unwrap(),
+            dedup_ids: IntGauge::with_opts(opts("currents_heap_dedup_ids")).unwrap(),
+            dedup_capacity: IntGauge::with_opts(opts("currents_heap_dedup_capacity")).unwrap(),
             store_healthy: IntGauge::with_opts(opts("currents_heap_store_healthy")).unwrap(),
             registry,
         };
@@ -215,6 +219,8 @@ impl Metrics {
         r.register(Box::new(m.queue_bytes.clone())).unwrap();
         r.register(Box::new(m.queue_max_bytes.clone())).unwrap();
         r.register(Box::new(m.queue_oldest_age.clone())).unwrap();
+        r.register(Box::new(m.dedup_ids.clone())).unwrap();
+        r.register(Box::new(m.dedup_capacity.clone())).unwrap();
         r.register(Box::new(m.store_healthy.clone())).unwrap();
 
         for o in OUTCOMES {

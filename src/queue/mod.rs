@@ -18,10 +18,12 @@
 //!   `identity`, `event_time`, `received_at`, `attempts`, `not_before`, `last_error`, `payload`
 //!   (the raw Currents event JSON as received).
 //! - `dead_letter`: the same event columns plus `reason`, `detail` and `dead_at`.
-//! - `dedup`: event ids accepted within the dedup window, with the time they were first seen.
+//! - `dedup_log`: event ids accepted within the dedup window, append-only, with the time they
+//!   were first seen; see [`dedup`] for why it is not an index.
 //! - `stats`: running totals of the queue (events, payload bytes), kept in the same transactions
 //!   as the rows they count, so start-up never has to scan the backlog.
 
+pub(crate) mod dedup;
 mod store;
 mod writer;
 

@@ -40,11 +40,11 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     payload     BLOB    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letter_reason ON dead_letter (reason, seq);
-CREATE TABLE IF NOT EXISTS dedup (
-    event_id TEXT PRIMARY KEY,
-    seen_at  INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS dedup_seen_at ON dedup (seen_at);
+CREATE TABLE IF NOT EXISTS dedup_log (
+    seq      INTEGER PRIMARY KEY,
+    seen_at  INTEGER NOT NULL,
+    event_id TEXT    NOT NULL
+);
 CREATE TABLE IF NOT EXISTS stats (
     id     INTEGER PRIMARY KEY CHECK (id = 1),
     events INTEGER NOT NULL,
@@ -76,6 +76,8 @@ pub enum StoreError {
 pub struct QueueStats {
     pub events: AtomicU64,
     pub bytes: AtomicU64,
+    /// Event ids the dedup window remembers.
+    pub dedup_ids: AtomicU64,
     /// False after a commit failed for a reason other than a full disk; true again after the
     /// next successful commit. `/readyz` reports it.
     pub healthy: AtomicBool,
@@ -87,6 +89,9 @@ impl QueueStats {
     }
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+    pub fn dedup_ids(&self) -> u64 {
+        self.dedup_ids.load(Ordering::Relaxed)
     }
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
@@ -141,6 +146,7 @@ impl Store {
         let stats = Arc::new(QueueStats {
             events: AtomicU64::new(events.max(0) as u64),
             bytes: AtomicU64::new(bytes.max(0) as u64),
+            dedup_ids: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
         });
         Ok(Self { path, stats })

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use rusqlite::{Connection, ErrorCode, params};
 use tokio::sync::oneshot;
 
+use super::dedup::{DedupIndex, Undo};
 use super::store::{QueueStats, Store, StoreError, unix_millis};
 
 /// Upper bound of events committed in one transaction; keeps one commit's latency bounded.
@@ -20,15 +21,16 @@ const MAX_EVENTS_PER_COMMIT: usize = 20_000;
 const CHANNEL_CAPACITY: usize = 256;
 /// How often the free space of the data directory is re-read.
 const DISK_CHECK_EVERY: Duration = Duration::from_millis(500);
-/// How often expired dedup entries are pruned, and how many per transaction.
-const PRUNE_EVERY: Duration = Duration::from_secs(30);
-const PRUNE_CHUNK: i64 = 10_000;
+/// How often expired dedup entries are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
     pub max_queue_bytes: u64,
     pub min_free_disk_bytes: u64,
     pub dedup_window: Duration,
+    /// Most event ids remembered at once (bounds the dedup map's memory).
+    pub dedup_capacity: usize,
 }
 
 /// An event to append, already validated. `payload` is the raw Currents event JSON.
@@ -108,10 +110,13 @@ impl Writer {
         store: &Store,
         config: WriterConfig,
     ) -> Result<(Writer, WriterHandle), StoreError> {
-        let conn = store.connect().map_err(|source| StoreError::Sqlite {
+        let sql = |source| StoreError::Sqlite {
             path: store.path().to_owned(),
             source,
-        })?;
+        };
+        let conn = store.connect().map_err(sql)?;
+        let cutoff = unix_millis() - config.dedup_window.as_millis() as i64;
+        let dedup = DedupIndex::load(&conn, cutoff, config.dedup_capacity).map_err(sql)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_CAPACITY);
         let data_dir = store
             .path()
@@ -120,6 +125,7 @@ impl Writer {
             .unwrap_or_else(|| PathBuf::from("."));
         let mut state = WriterState {
             conn,
+            dedup,
             config,
             stats: Arc::clone(store.stats()),
             data_dir,
@@ -127,6 +133,10 @@ impl Writer {
             free_checked: None,
             last_prune: Instant::now(),
         };
+        state
+            .stats
+            .dedup_ids
+            .store(state.dedup.len() as u64, Ordering::Relaxed);
         let thread = std::thread::Builder::new()
             .name("queue-writer".into())
             .spawn(move || state.run(rx))
@@ -171,6 +181,7 @@ impl WriterHandle {
 
 struct WriterState {
     conn: Connection,
+    dedup: DedupIndex,
     config: WriterConfig,
     stats: Arc<QueueStats>,
     data_dir: PathBuf,
@@ -211,6 +222,9 @@ impl WriterState {
             }
             self.commit_group(group);
             self.maybe_prune();
+            self.stats
+                .dedup_ids
+                .store(self.dedup.len() as u64, Ordering::Relaxed);
         }
         // Anything sent after Close is refused (senders see `Closed` when the channel drops).
         if let Err(e) = self
@@ -274,18 +288,29 @@ impl WriterState {
     ) -> rusqlite::Result<(Vec<Result<AppendReceipt, AppendError>>, u64, u64)> {
         let now = unix_millis();
         let cutoff = now - self.config.dedup_window.as_millis() as i64;
+        let mut undo = Undo::default();
+        let result = self.write_group_tx(group, free, now, cutoff, &mut undo);
+        if result.is_err() {
+            self.dedup.rollback(undo);
+        }
+        result
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn write_group_tx(
+        &mut self,
+        group: &[(Vec<NewEvent>, Reply)],
+        free: &mut u64,
+        now: i64,
+        cutoff: i64,
+        undo: &mut Undo,
+    ) -> rusqlite::Result<(Vec<Result<AppendReceipt, AppendError>>, u64, u64)> {
         let mut queued_bytes = self.stats.bytes();
         let mut added_events = 0u64;
         let mut added_bytes = 0u64;
         let mut results = Vec::with_capacity(group.len());
-
         let tx = self.conn.transaction()?;
         {
-            let mut dedup = tx.prepare_cached(
-                "INSERT INTO dedup (event_id, seen_at) VALUES (?1, ?2)
-                 ON CONFLICT (event_id) DO UPDATE SET seen_at = excluded.seen_at
-                 WHERE dedup.seen_at < ?3",
-            )?;
             let mut insert = tx.prepare_cached(
                 "INSERT INTO queue (route, event_id, event_type, identity, event_time, received_at, payload)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -306,7 +331,9 @@ impl WriterState {
                 }
                 let mut queued = Vec::with_capacity(events.len());
                 for ev in events {
-                    let fresh = dedup.execute(params![ev.event_id, now, cutoff])? == 1;
+                    let fresh =
+                        self.dedup
+                            .check_and_record(&tx, &ev.event_id, now, cutoff, undo)?;
                     if fresh {
                         insert.execute(params![
                             &*ev.route,
@@ -343,17 +370,10 @@ impl WriterState {
         }
         self.last_prune = Instant::now();
         let cutoff = unix_millis() - self.config.dedup_window.as_millis() as i64;
-        let result = self.conn.execute(
-            "DELETE FROM dedup WHERE event_id IN
-               (SELECT event_id FROM dedup WHERE seen_at < ?1 ORDER BY seen_at LIMIT ?2)",
-            params![cutoff, PRUNE_CHUNK],
-        );
-        match result {
-            Ok(n) if n as i64 == PRUNE_CHUNK => {
-                // More to do: run again at the next opportunity.
-                self.last_prune = Instant::now() - PRUNE_EVERY;
-            }
-            Ok(_) => {}
+        match self.dedup.prune(&mut self.conn, cutoff) {
+            // More to do: continue at the next opportunity.
+            Ok(true) => self.last_prune = Instant::now() - PRUNE_EVERY,
+            Ok(false) => {}
             Err(e) => tracing::warn!(message = "Pruning the dedup window failed.", error = %e),
         }
     }
@@ -388,6 +408,7 @@ mod tests {
             max_queue_bytes: 1 << 30,
             min_free_disk_bytes: 0,
             dedup_window: Duration::from_secs(3600),
+            dedup_capacity: 1000,
         }
     }
 
