@@ -15,13 +15,14 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
+use currents_heap::loadgen::{build_batch, load_templates};
 use http_body_util::{BodyExt, Full};
 use tokio::net::TcpStream;
 
@@ -55,97 +56,6 @@ struct Args {
     /// Server process id, to report its RSS.
     #[arg(long)]
     pid: Option<u32>,
-}
-
-/// One event split around its `id` value, so a unique id costs one copy.
-struct Template {
-    before_id: Vec<u8>,
-    after_id: Vec<u8>,
-}
-
-fn load_templates(dir: &Path) -> Vec<Template> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|e| e == "json") {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
-    let mut out = Vec::new();
-    for f in files {
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&f).unwrap()) else {
-            continue;
-        };
-        let events = match v {
-            serde_json::Value::Object(ref m) if m.contains_key("events") => {
-                m["events"].as_array().cloned().unwrap_or_default()
-            }
-            serde_json::Value::Array(a) => a,
-            other => vec![other],
-        };
-        for mut ev in events {
-            if !ev.is_object() || ev.get("id").is_none() || ev.get("time").is_none() {
-                continue;
-            }
-            ev["id"] = serde_json::Value::String("@@ID@@".into());
-            let text = serde_json::to_string(&ev).unwrap();
-            let (a, b) = text.split_once("\"@@ID@@\"").unwrap();
-            out.push(Template {
-                before_id: format!("{a}\"").into_bytes(),
-                after_id: format!("\"{b}").into_bytes(),
-            });
-        }
-    }
-    out
-}
-
-fn build_batch(
-    templates: &[Template],
-    n: usize,
-    conn: usize,
-    counter: &mut u64,
-    nonce: u32,
-) -> Vec<u8> {
-    let mut body = Vec::with_capacity(n * 1100);
-    body.extend_from_slice(b"{\"events\":[");
-    for i in 0..n {
-        if i > 0 {
-            body.push(b',');
-        }
-        let t = &templates[(*counter as usize) % templates.len()];
-        body.extend_from_slice(&t.before_id);
-        // Random-looking v4-style UUIDs, like Braze's: sequential ids would flatter the
-        // dedup index, whose inserts land on random pages in production.
-        let a = splitmix(u64::from(nonce) << 32 ^ (conn as u64) << 48 ^ *counter);
-        let b = splitmix(a);
-        write!(
-            body,
-            "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-            a >> 32,
-            (a >> 16) & 0xffff,
-            a & 0xfff,
-            b >> 52,
-            b & 0xffff_ffff_ffff
-        )
-        .unwrap();
-        body.extend_from_slice(&t.after_id);
-        *counter += 1;
-    }
-    body.extend_from_slice(b"]}");
-    body
-}
-
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {

@@ -9,6 +9,7 @@
 //! | [`ingest`] | the HTTP surface: `POST /currents`, `/healthz`, `/readyz`, `/metrics`, status codes |
 //! | [`currents`] | the Braze Currents wire model and its structural validation (no I/O) |
 //! | [`queue`] | the crash-safe SQLite store: queue, dedup window, dead letters, group commit |
+//! | [`loadgen`] | realistic batches for the load generator and benchmarks |
 //! | [`metrics`] | the metric catalogue and registry |
 //! | [`shutdown`] | SIGTERM/SIGINT |
 //! | [`telemetry`] | JSON logs via `tracing-subscriber` |
@@ -20,6 +21,7 @@ pub mod app;
 pub mod config;
 pub mod currents;
 pub mod ingest;
+pub mod loadgen;
 pub mod metrics;
 pub mod queue;
 pub mod shutdown;
