@@ -20,6 +20,8 @@
 pub mod app;
 pub mod config;
 pub mod currents;
+pub mod dlq;
+pub mod heap;
 pub mod ingest;
 pub mod loadgen;
 pub mod metrics;

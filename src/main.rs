@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use currents_heap::app::App;
 use currents_heap::config::{ConfigError, Settings, SettingsArgs};
-use currents_heap::{shutdown, telemetry};
+use currents_heap::queue::Store;
+use currents_heap::{dlq, shutdown, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +26,104 @@ enum Command {
     Serve(SettingsArgs),
     /// Validate the configuration and print the effective settings (secrets redacted).
     CheckConfig(SettingsArgs),
+    /// Inspect, re-queue or delete dead-lettered events in the data directory.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Print dead letters as JSON lines (oldest first) and a count per reason.
+    List {
+        #[command(flatten)]
+        select: DlqSelect,
+        /// Print at most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Include each event's payload.
+        #[arg(long)]
+        payload: bool,
+    },
+    /// Move dead letters back to the queue, for delivery with the current configuration.
+    Replay {
+        #[command(flatten)]
+        select: DlqSelect,
+    },
+    /// Delete dead letters for good (needs --reason, --id or --all).
+    Purge {
+        #[command(flatten)]
+        select: DlqSelect,
+        /// Delete every dead letter.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct DlqSelect {
+    #[command(flatten)]
+    settings: SettingsArgs,
+    /// Only dead letters of this reason (rejected, expired, anonymous, ...).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Only this dead letter (its `seq`); repeatable.
+    #[arg(long = "id")]
+    ids: Vec<i64>,
+}
+
+fn run_dlq(action: DlqAction) -> ExitCode {
+    let select = match &action {
+        DlqAction::List { select, .. }
+        | DlqAction::Replay { select }
+        | DlqAction::Purge { select, .. } => select,
+    };
+    let settings = match Settings::load(&select.settings) {
+        Ok(s) => s,
+        Err(e) => return config_failure(&e),
+    };
+    let store = match Store::open(&settings.data_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("currents-heap: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let sel = dlq::Selection {
+        reason: select.reason.clone(),
+        ids: select.ids.clone(),
+    };
+    let result = match action {
+        DlqAction::List { limit, payload, .. } => dlq::list(
+            &store,
+            &sel,
+            limit,
+            payload,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )
+        .map(|_| ()),
+        DlqAction::Replay { .. } => dlq::replay(&store, &sel).map(|n| {
+            println!("replayed {n} dead letters into the queue");
+        }),
+        DlqAction::Purge { all, .. } => {
+            if !all && sel.reason.is_none() && sel.ids.is_empty() {
+                eprintln!(
+                    "currents-heap: dlq purge deletes for good; say which with --reason, --id or --all"
+                );
+                return ExitCode::from(2);
+            }
+            dlq::purge(&store, &sel).map(|n| println!("purged {n} dead letters"))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("currents-heap: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn config_failure(e: &ConfigError) -> ExitCode {
@@ -35,6 +134,7 @@ fn config_failure(e: &ConfigError) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Dlq { action } => run_dlq(action),
         Command::CheckConfig(args) => {
             match Settings::load(&args).and_then(|s| s.validate_for_serve().map(|()| s)) {
                 Ok(s) => {

@@ -24,8 +24,10 @@
 //!   as the rows they count, so start-up never has to scan the backlog.
 
 pub(crate) mod dedup;
+mod ops;
 mod store;
 mod writer;
 
-pub use store::{QueueStats, QueuedEvent, Reader, Store, StoreError, unix_millis};
+pub use ops::{DeadLetterItem, OpOutcome, QueueOp};
+pub use store::{DeadLetter, QueueStats, QueuedEvent, Reader, Store, StoreError, unix_millis};
 pub use writer::{AppendError, AppendReceipt, NewEvent, Writer, WriterConfig, WriterHandle};

@@ -25,6 +25,8 @@ CREATE TABLE IF NOT EXISTS queue (
     payload     BLOB    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS queue_route_seq ON queue (route, seq);
+-- Only deferred or retried rows (not_before > 0) are indexed, so appends never touch it.
+CREATE INDEX IF NOT EXISTS queue_deferred ON queue (route, not_before) WHERE not_before > 0;
 CREATE TABLE IF NOT EXISTS dead_letter (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     route       TEXT    NOT NULL,
@@ -218,6 +220,40 @@ pub struct QueuedEvent {
     pub payload: Vec<u8>,
 }
 
+const QUEUED_COLUMNS: &str = "seq, route, event_id, event_type, identity, event_time, received_at, attempts, not_before, payload";
+
+fn queued_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
+    Ok(QueuedEvent {
+        seq: r.get(0)?,
+        route: r.get(1)?,
+        event_id: r.get(2)?,
+        event_type: r.get(3)?,
+        identity: r.get(4)?,
+        event_time: r.get(5)?,
+        received_at: r.get(6)?,
+        attempts: r.get(7)?,
+        not_before: r.get(8)?,
+        payload: r.get(9)?,
+    })
+}
+
+/// One dead-lettered event, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub seq: i64,
+    pub route: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub identity: Option<String>,
+    pub event_time: i64,
+    pub received_at: i64,
+    pub attempts: i64,
+    pub reason: String,
+    pub detail: Option<String>,
+    pub dead_at: i64,
+    pub payload: Vec<u8>,
+}
+
 impl Reader {
     /// `received_at` (UNIX ms) of the oldest queued event.
     pub fn oldest_received_at(&self) -> rusqlite::Result<Option<i64>> {
@@ -256,6 +292,62 @@ impl Reader {
                 payload: r.get(9)?,
             })
         })?;
+        rows.collect()
+    }
+
+    /// Deferred or retried events of a route whose `not_before` has passed, soonest first.
+    pub fn due_deferred(
+        &self,
+        route: &str,
+        now: i64,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<QueuedEvent>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {QUEUED_COLUMNS} FROM queue
+             WHERE route = ?1 AND not_before > 0 AND not_before <= ?2
+             ORDER BY not_before, seq LIMIT ?3"
+        ))?;
+        let rows = stmt.query_map(rusqlite::params![route, now, limit as i64], queued_event)?;
+        rows.collect()
+    }
+
+    /// Dead letters, oldest first, optionally of one reason, starting after `after_seq`.
+    pub fn dead_letters(
+        &self,
+        reason: Option<&str>,
+        after_seq: i64,
+        limit: usize,
+    ) -> rusqlite::Result<Vec<DeadLetter>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, route, event_id, event_type, identity, event_time, received_at, attempts,
+                    reason, detail, dead_at, payload
+             FROM dead_letter WHERE (?1 IS NULL OR reason = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(rusqlite::params![reason, after_seq, limit as i64], |r| {
+            Ok(DeadLetter {
+                seq: r.get(0)?,
+                route: r.get(1)?,
+                event_id: r.get(2)?,
+                event_type: r.get(3)?,
+                identity: r.get(4)?,
+                event_time: r.get(5)?,
+                received_at: r.get(6)?,
+                attempts: r.get(7)?,
+                reason: r.get(8)?,
+                detail: r.get(9)?,
+                dead_at: r.get(10)?,
+                payload: r.get(11)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// Dead letters by reason.
+    pub fn dead_letter_counts(&self) -> rusqlite::Result<Vec<(String, u64)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT reason, count(*) FROM dead_letter GROUP BY reason ORDER BY reason",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
         rows.collect()
     }
 

@@ -12,6 +12,7 @@ use rusqlite::{Connection, ErrorCode, params};
 use tokio::sync::oneshot;
 
 use super::dedup::{DedupIndex, Undo};
+use super::ops::{self, OpOutcome, QueueOp};
 use super::store::{QueueStats, Store, StoreError, unix_millis};
 
 /// Upper bound of events committed in one transaction; keeps one commit's latency bounded.
@@ -80,6 +81,10 @@ enum Command {
         events: Vec<NewEvent>,
         reply: oneshot::Sender<Result<AppendReceipt, AppendError>>,
     },
+    Op {
+        op: QueueOp,
+        reply: oneshot::Sender<Result<OpOutcome, String>>,
+    },
     Close,
 }
 
@@ -87,6 +92,7 @@ impl Command {
     fn len(&self) -> usize {
         match self {
             Command::Append { events, .. } => events.len(),
+            Command::Op { .. } => 1,
             Command::Close => 0,
         }
     }
@@ -117,6 +123,31 @@ impl Writer {
         let conn = store.connect().map_err(sql)?;
         let cutoff = unix_millis() - config.dedup_window.as_millis() as i64;
         let dedup = DedupIndex::load(&conn, cutoff, config.dedup_capacity).map_err(sql)?;
+        Self::start(store, config, conn, Some(dedup))
+    }
+
+    /// A writer for maintenance (`dlq`): queue operations only. It neither loads nor prunes
+    /// the dedup window, and refuses appends.
+    pub fn spawn_maintenance(store: &Store) -> Result<(Writer, WriterHandle), StoreError> {
+        let conn = store.connect().map_err(|source| StoreError::Sqlite {
+            path: store.path().to_owned(),
+            source,
+        })?;
+        let config = WriterConfig {
+            max_queue_bytes: 0,
+            min_free_disk_bytes: 0,
+            dedup_window: Duration::ZERO,
+            dedup_capacity: 1,
+        };
+        Self::start(store, config, conn, None)
+    }
+
+    fn start(
+        store: &Store,
+        config: WriterConfig,
+        conn: Connection,
+        dedup: Option<DedupIndex>,
+    ) -> Result<(Writer, WriterHandle), StoreError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_CAPACITY);
         let data_dir = store
             .path()
@@ -133,10 +164,7 @@ impl Writer {
             free_checked: None,
             last_prune: Instant::now(),
         };
-        state
-            .stats
-            .dedup_ids
-            .store(state.dedup.len() as u64, Ordering::Relaxed);
+        state.publish_dedup_size();
         let thread = std::thread::Builder::new()
             .name("queue-writer".into())
             .spawn(move || state.run(rx))
@@ -166,6 +194,35 @@ impl Writer {
         }
         rx.await.unwrap_or(Err(AppendError::Closed))
     }
+
+    /// Applies a delivery-side change; waits (without blocking the runtime) while the writer's
+    /// channel is full, since these changes free space rather than use it.
+    pub async fn apply(&self, op: QueueOp) -> Result<OpOutcome, String> {
+        let (reply, rx) = oneshot::channel();
+        let mut cmd = Command::Op { op, reply };
+        loop {
+            match self.tx.try_send(cmd) {
+                Ok(()) => break,
+                Err(TrySendError::Full(c)) => {
+                    cmd = c;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(TrySendError::Disconnected(_)) => return Err("the store is closed".into()),
+            }
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("the store is closed".into()))
+    }
+
+    /// [`Writer::apply`] for synchronous callers (the `dlq` command).
+    pub fn apply_blocking(&self, op: QueueOp) -> Result<OpOutcome, String> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Op { op, reply })
+            .map_err(|_| "the store is closed".to_owned())?;
+        rx.blocking_recv()
+            .unwrap_or_else(|_| Err("the store is closed".into()))
+    }
 }
 
 impl WriterHandle {
@@ -181,7 +238,8 @@ impl WriterHandle {
 
 struct WriterState {
     conn: Connection,
-    dedup: DedupIndex,
+    /// None for a maintenance writer.
+    dedup: Option<DedupIndex>,
     config: WriterConfig,
     stats: Arc<QueueStats>,
     data_dir: PathBuf,
@@ -205,9 +263,11 @@ impl WriterState {
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             let mut group = Vec::new();
+            let mut op_group = Vec::new();
             let mut n = first.len();
             let mut push = |cmd: Command, closing: &mut bool| match cmd {
                 Command::Append { events, reply } => group.push((events, reply)),
+                Command::Op { op, reply } => op_group.push((op, reply)),
                 Command::Close => *closing = true,
             };
             push(first, &mut closing);
@@ -220,11 +280,14 @@ impl WriterState {
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
-            self.commit_group(group);
+            if !group.is_empty() {
+                self.commit_group(group);
+            }
+            if !op_group.is_empty() {
+                self.apply_ops(op_group);
+            }
             self.maybe_prune();
-            self.stats
-                .dedup_ids
-                .store(self.dedup.len() as u64, Ordering::Relaxed);
+            self.publish_dedup_size();
         }
         // Anything sent after Close is refused (senders see `Closed` when the channel drops).
         if let Err(e) = self
@@ -234,6 +297,11 @@ impl WriterState {
             tracing::warn!(message = "WAL checkpoint at shutdown failed.", error = %e);
         }
         tracing::info!(message = "Queue store closed.");
+    }
+
+    fn publish_dedup_size(&self) {
+        let n = self.dedup.as_ref().map_or(0, DedupIndex::len);
+        self.stats.dedup_ids.store(n as u64, Ordering::Relaxed);
     }
 
     fn free_disk_bytes(&mut self) -> u64 {
@@ -251,6 +319,12 @@ impl WriterState {
     }
 
     fn commit_group(&mut self, group: Vec<(Vec<NewEvent>, Reply)>) {
+        if self.dedup.is_none() {
+            for (_, reply) in group {
+                let _ = reply.send(Err(AppendError::Unavailable("maintenance writer".into())));
+            }
+            return;
+        }
         let mut free = self.free_disk_bytes();
         let outcome = self.write_group(&group, &mut free);
         match outcome {
@@ -290,8 +364,8 @@ impl WriterState {
         let cutoff = now - self.config.dedup_window.as_millis() as i64;
         let mut undo = Undo::default();
         let result = self.write_group_tx(group, free, now, cutoff, &mut undo);
-        if result.is_err() {
-            self.dedup.rollback(undo);
+        if let (Err(_), Some(dedup)) = (&result, self.dedup.as_mut()) {
+            dedup.rollback(undo);
         }
         result
     }
@@ -329,11 +403,13 @@ impl WriterState {
                     results.push(Err(AppendError::DiskFull));
                     continue;
                 }
+                let dedup = self
+                    .dedup
+                    .as_mut()
+                    .expect("commit_group refuses appends without a dedup index");
                 let mut queued = Vec::with_capacity(events.len());
                 for ev in events {
-                    let fresh =
-                        self.dedup
-                            .check_and_record(&tx, &ev.event_id, now, cutoff, undo)?;
+                    let fresh = dedup.check_and_record(&tx, &ev.event_id, now, cutoff, undo)?;
                     if fresh {
                         insert.execute(params![
                             &*ev.route,
@@ -364,18 +440,77 @@ impl WriterState {
         Ok((results, added_events, added_bytes))
     }
 
+    /// Applies delivery-side operations in one transaction.
+    fn apply_ops(&mut self, group: Vec<(QueueOp, oneshot::Sender<Result<OpOutcome, String>>)>) {
+        let now = unix_millis();
+        let result = (|| {
+            let tx = self.conn.transaction()?;
+            let mut outcomes = Vec::with_capacity(group.len());
+            for (op, _) in &group {
+                outcomes.push(ops::apply(&tx, op, now)?);
+            }
+            tx.commit()?;
+            Ok::<_, rusqlite::Error>(outcomes)
+        })();
+        match result {
+            Ok(outcomes) => {
+                for o in &outcomes {
+                    add_signed(&self.stats.events, o.queue_events_delta);
+                    add_signed(&self.stats.bytes, o.queue_bytes_delta);
+                }
+                for ((_, reply), o) in group.into_iter().zip(outcomes) {
+                    let _ = reply.send(Ok(o));
+                }
+            }
+            Err(e) => {
+                tracing::error!(message = "Queue update failed.", error = %e);
+                for (_, reply) in group {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Every [`PRUNE_EVERY`]: re-reads the queue totals (a `dlq replay` from another process
+    /// changes them) and forgets expired dedup ids.
     fn maybe_prune(&mut self) {
         if self.last_prune.elapsed() < PRUNE_EVERY {
             return;
         }
         self.last_prune = Instant::now();
+        match self
+            .conn
+            .query_row("SELECT events, bytes FROM stats WHERE id = 1", [], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            }) {
+            Ok((events, bytes)) => {
+                self.stats
+                    .events
+                    .store(events.max(0) as u64, Ordering::Relaxed);
+                self.stats
+                    .bytes
+                    .store(bytes.max(0) as u64, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(message = "Cannot re-read the queue totals.", error = %e),
+        }
+        let Some(dedup) = self.dedup.as_mut() else {
+            return;
+        };
         let cutoff = unix_millis() - self.config.dedup_window.as_millis() as i64;
-        match self.dedup.prune(&mut self.conn, cutoff) {
+        match dedup.prune(&mut self.conn, cutoff) {
             // More to do: continue at the next opportunity.
             Ok(true) => self.last_prune = Instant::now() - PRUNE_EVERY,
             Ok(false) => {}
             Err(e) => tracing::warn!(message = "Pruning the dedup window failed.", error = %e),
         }
+    }
+}
+
+fn add_signed(counter: &std::sync::atomic::AtomicU64, delta: i64) {
+    if delta >= 0 {
+        counter.fetch_add(delta as u64, Ordering::Relaxed);
+    } else {
+        counter.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
     }
 }
 

@@ -1,0 +1,121 @@
+//! The HTTPS client for Heap: hyper + hyper-rustls, connection reuse, a timeout per request.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+/// Heap's answer, with the body kept (bounded) for dead letters and logs.
+#[derive(Debug, Clone)]
+pub struct HeapResponse {
+    pub status: StatusCode,
+    pub retry_after: Option<HeaderValue>,
+    pub body: String,
+}
+
+/// A request that got no HTTP answer.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum HeapError {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("connection failed: {0}")]
+    Connect(String),
+}
+
+impl HeapError {
+    /// The retry-reason label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HeapError::Timeout(_) => "timeout",
+            HeapError::Connect(_) => "connect",
+        }
+    }
+}
+
+/// Bytes of a response body kept (Heap's error bodies are short; a proxy's HTML page is not).
+const MAX_BODY: usize = 4096;
+
+#[derive(Clone)]
+pub struct HeapClient {
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    base_url: String,
+    timeout: Duration,
+}
+
+impl HeapClient {
+    /// `base_url` without a trailing slash, e.g. `https://heapanalytics.com`.
+    pub fn new(base_url: &str, timeout: Duration) -> Self {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(8)
+            .build(connector);
+        Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            timeout,
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// POSTs a JSON body to `path` (e.g. `/api/track`).
+    pub async fn post(&self, path: &str, body: Bytes) -> Result<HeapResponse, HeapError> {
+        let req = Request::post(format!("{}{}", self.base_url, path))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(
+                header::USER_AGENT,
+                concat!("currents-heap/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Full::new(body))
+            .map_err(|e| HeapError::Connect(e.to_string()))?;
+        let exchange = async {
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| HeapError::Connect(error_chain(&e)))?;
+            let status = resp.status();
+            let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
+            // A body cut short by a dropped connection still leaves a status: keep what came.
+            let body = match Limited::new(resp.into_body(), 1 << 20).collect().await {
+                Ok(b) => {
+                    let b = b.to_bytes();
+                    let end = b.len().min(MAX_BODY);
+                    String::from_utf8_lossy(&b[..end]).into_owned()
+                }
+                Err(_) => String::new(),
+            };
+            Ok(HeapResponse {
+                status,
+                retry_after,
+                body,
+            })
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| HeapError::Timeout(self.timeout))?
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

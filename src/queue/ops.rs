@@ -1,0 +1,159 @@
+//! Delivery-side changes to the queue, applied by the writer thread: acknowledge (delete),
+//! defer, record a failed attempt, dead-letter, replay dead letters.
+//!
+//! Each operation keeps the running totals in `stats` exact, in the same transaction.
+
+use rusqlite::{OptionalExtension, Transaction, params};
+
+/// One change requested by the delivery loop or the `dlq` command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueOp {
+    /// Heap answered 2xx (or the event was skipped): remove the events from the queue.
+    Ack { seqs: Vec<i64> },
+    /// Not before `not_before` (UNIX ms): an identity over its budget, or a retry.
+    Defer { seqs: Vec<i64>, not_before: i64 },
+    /// A delivery attempt failed: count it and keep the error for operators.
+    Attempt { seqs: Vec<i64>, error: String },
+    /// Move events to the dead-letter store.
+    DeadLetter { items: Vec<DeadLetterItem> },
+    /// Move dead letters (all, or one reason) back to the queue as fresh events.
+    Replay {
+        reason: Option<String>,
+        ids: Option<Vec<i64>>,
+    },
+    /// Delete dead letters (all, or one reason).
+    Purge {
+        reason: Option<String>,
+        ids: Option<Vec<i64>>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterItem {
+    pub seq: i64,
+    /// A bounded label: `rejected`, `expired`, `anonymous`, `unroutable`, ...
+    pub reason: String,
+    /// Free text for operators (Heap's response body, say); never a metric label.
+    pub detail: Option<String>,
+}
+
+/// What an operation changed: rows affected and the queue totals' deltas.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpOutcome {
+    pub rows: u64,
+    pub queue_events_delta: i64,
+    pub queue_bytes_delta: i64,
+}
+
+fn filter_sql(
+    reason: &Option<String>,
+    ids: &Option<Vec<i64>>,
+) -> (String, Vec<rusqlite::types::Value>) {
+    let mut clauses = Vec::new();
+    let mut values: Vec<rusqlite::types::Value> = Vec::new();
+    if let Some(r) = reason {
+        clauses.push("reason = ?".to_owned());
+        values.push(r.clone().into());
+    }
+    if let Some(ids) = ids {
+        let marks = vec!["?"; ids.len()].join(",");
+        clauses.push(format!("seq IN ({marks})"));
+        values.extend(ids.iter().map(|i| rusqlite::types::Value::Integer(*i)));
+    }
+    if clauses.is_empty() {
+        (String::new(), values)
+    } else {
+        (format!("WHERE {}", clauses.join(" AND ")), values)
+    }
+}
+
+pub(crate) fn apply(tx: &Transaction<'_>, op: &QueueOp, now: i64) -> rusqlite::Result<OpOutcome> {
+    let mut out = OpOutcome::default();
+    match op {
+        QueueOp::Ack { seqs } => {
+            let mut del =
+                tx.prepare_cached("DELETE FROM queue WHERE seq = ?1 RETURNING length(payload)")?;
+            for seq in seqs {
+                if let Some(len) = del.query_row([seq], |r| r.get::<_, i64>(0)).optional()? {
+                    out.rows += 1;
+                    out.queue_events_delta -= 1;
+                    out.queue_bytes_delta -= len;
+                }
+            }
+        }
+        QueueOp::Defer { seqs, not_before } => {
+            let mut upd = tx.prepare_cached("UPDATE queue SET not_before = ?2 WHERE seq = ?1")?;
+            for seq in seqs {
+                out.rows += upd.execute(params![seq, not_before])? as u64;
+            }
+        }
+        QueueOp::Attempt { seqs, error } => {
+            let mut upd = tx.prepare_cached(
+                "UPDATE queue SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
+            )?;
+            for seq in seqs {
+                out.rows += upd.execute(params![seq, error])? as u64;
+            }
+        }
+        QueueOp::DeadLetter { items } => {
+            let mut copy = tx.prepare_cached(
+                "INSERT INTO dead_letter (route, event_id, event_type, identity, event_time,
+                     received_at, attempts, reason, detail, dead_at, payload)
+                 SELECT route, event_id, event_type, identity, event_time, received_at, attempts,
+                        ?2, ?3, ?4, payload
+                 FROM queue WHERE seq = ?1",
+            )?;
+            let mut del =
+                tx.prepare_cached("DELETE FROM queue WHERE seq = ?1 RETURNING length(payload)")?;
+            for item in items {
+                if copy.execute(params![item.seq, item.reason, item.detail, now])? == 1 {
+                    let len: i64 = del.query_row([item.seq], |r| r.get(0))?;
+                    out.rows += 1;
+                    out.queue_events_delta -= 1;
+                    out.queue_bytes_delta -= len;
+                }
+            }
+        }
+        QueueOp::Replay { reason, ids } => {
+            let (filter, values) = filter_sql(reason, ids);
+            let (n, bytes): (i64, i64) = tx.query_row(
+                &format!(
+                    "SELECT count(*), coalesce(sum(length(payload)), 0) FROM dead_letter {filter}"
+                ),
+                rusqlite::params_from_iter(values.iter()),
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO queue (route, event_id, event_type, identity, event_time, received_at, payload)
+                     SELECT route, event_id, event_type, identity, event_time, ?, payload
+                     FROM dead_letter {filter} ORDER BY seq"
+                ),
+                rusqlite::params_from_iter(
+                    std::iter::once(rusqlite::types::Value::Integer(now)).chain(values.iter().cloned()),
+                ),
+            )?;
+            tx.execute(
+                &format!("DELETE FROM dead_letter {filter}"),
+                rusqlite::params_from_iter(values.iter()),
+            )?;
+            out.rows = n as u64;
+            out.queue_events_delta = n;
+            out.queue_bytes_delta = bytes;
+        }
+        QueueOp::Purge { reason, ids } => {
+            let (filter, values) = filter_sql(reason, ids);
+            out.rows = tx.execute(
+                &format!("DELETE FROM dead_letter {filter}"),
+                rusqlite::params_from_iter(values.iter()),
+            )? as u64;
+        }
+    }
+    if out.queue_events_delta != 0 || out.queue_bytes_delta != 0 {
+        tx.execute(
+            "UPDATE stats SET events = events + ?1, bytes = bytes + ?2 WHERE id = 1",
+            params![out.queue_events_delta, out.queue_bytes_delta],
+        )?;
+    }
+    Ok(out)
+}
