@@ -17,7 +17,12 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
 use crate::config::Settings;
+use crate::delivery::{Delivery, DeliveryConfig, Sender};
+use crate::heap::client::HeapClient;
 use crate::ingest::{self, Auth, IngestState};
 use crate::metrics::Metrics;
 use crate::queue::{Store, StoreError, Writer, WriterConfig, WriterHandle};
@@ -36,6 +41,7 @@ pub enum AppError {
 pub struct App {
     listener: TcpListener,
     state: Arc<IngestState>,
+    delivery: Delivery,
     writer: WriterHandle,
     grace: Duration,
 }
@@ -76,16 +82,20 @@ impl App {
             queued_events = store.stats().events(),
             queued_bytes = store.stats().bytes(),
         );
+        let new_data = Arc::new(Notify::new());
+        let delivery = build_delivery(settings, &store, &writer, &metrics, &new_data)?;
         let state = Arc::new(IngestState::new(
             auth,
             settings.max_body_bytes,
             writer,
             store,
             metrics,
+            new_data,
         ));
         Ok(App {
             listener,
             state,
+            delivery,
             writer: writer_handle,
             grace: settings.shutdown_grace,
         })
@@ -106,9 +116,12 @@ impl App {
         let App {
             listener,
             state,
+            delivery,
             writer,
             grace,
         } = self;
+        let stop_delivery = CancellationToken::new();
+        let delivery_task = tokio::spawn(delivery.run(stop_delivery.clone()));
         tracing::info!(message = "Listening.", addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
         let graceful = GracefulShutdown::new();
 
@@ -141,9 +154,72 @@ impl App {
             tracing::warn!(message = "Some connections did not close within 2s; dropping them.");
         }
         state.body_slots.close();
+
+        // Phase 4: stop delivery (a request in flight finishes), then close the store.
+        stop_delivery.cancel();
+        if tokio::time::timeout(grace.max(Duration::from_secs(1)), delivery_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                message = "Delivery did not stop within the grace period; undelivered events stay queued."
+            );
+        }
         let _ = tokio::task::spawn_blocking(move || writer.close()).await;
         tracing::info!(message = "Stopped.");
     }
+}
+
+fn build_delivery(
+    settings: &Settings,
+    store: &Store,
+    writer: &Writer,
+    metrics: &Metrics,
+    new_data: &Arc<Notify>,
+) -> Result<Delivery, AppError> {
+    let sender = if settings.dry_run {
+        Sender::DryRun
+    } else {
+        Sender::Heap(Box::new(HeapClient::new(
+            &settings.heap_base_url,
+            settings.heap_timeout,
+        )))
+    };
+    let app_id = settings
+        .heap_app_id
+        .as_ref()
+        .map(|a| a.as_str().to_owned())
+        // Only reachable with --dry-run (validate_for_serve requires an id otherwise).
+        .unwrap_or_else(|| "0".to_owned());
+    let cfg = DeliveryConfig {
+        route: Arc::from(crate::ingest::DEFAULT_ROUTE),
+        app_id,
+        batch_size: settings.heap_batch_size,
+        linger: settings.heap_linger,
+        events_per_window: settings.heap_events_per_minute,
+        identity_events_per_window: settings.heap_identity_events_per_minute,
+        window: settings.heap_budget_window,
+        backoff: settings.retry_backoff,
+        max_event_age: settings.max_event_age,
+        mapping: settings.mapping.clone(),
+        dead_letter_skipped: settings.dead_letter_skipped,
+    };
+    metrics
+        .budget_per_minute
+        .with_label_values(&["app"])
+        .set(i64::from(settings.heap_events_per_minute.get()));
+    metrics
+        .budget_per_minute
+        .with_label_values(&["identity"])
+        .set(i64::from(settings.heap_identity_events_per_minute.get()));
+    Ok(Delivery::new(
+        cfg,
+        sender,
+        writer.clone(),
+        store.reader()?,
+        metrics.clone(),
+        Arc::clone(new_data),
+    ))
 }
 
 /// Accepts connections forever, serving each on its own task under `graceful`.

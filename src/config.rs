@@ -16,6 +16,9 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
+use crate::delivery::Backoff;
+use crate::transform::MappingOptions;
+
 /// Braze drops events above 900 KB, so a one-event batch must always fit under the body limit.
 const MIN_BODY_BYTES: u64 = 1024 * 1024;
 
@@ -69,6 +72,62 @@ pub struct SettingsArgs {
     /// Log format: json or text [default: json].
     #[arg(long, env = "CURRENTS_HEAP_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// Most events per bulk request to Heap (1..=1000) [default: 1000; the app budget's burst,
+    /// 1/60 of it, may lower it further].
+    #[arg(long, env = "HEAP_BATCH_SIZE")]
+    pub heap_batch_size: Option<String>,
+    /// How long a partial batch waits for more events before it is sent [default: 1s].
+    #[arg(long, env = "HEAP_LINGER")]
+    pub heap_linger: Option<String>,
+    /// Timeout of one Heap request, connection included [default: 30s].
+    #[arg(long, env = "HEAP_TIMEOUT")]
+    pub heap_timeout: Option<String>,
+    /// The window of the Heap budgets [default: 60s, Heap's minute]. Only tests change it, to
+    /// scale budgets down in time.
+    #[arg(long, env = "HEAP_BUDGET_WINDOW")]
+    pub heap_budget_window: Option<String>,
+    /// First retry delay after a transient Heap failure; doubles per failure, full jitter
+    /// [default: 1s].
+    #[arg(long, env = "CURRENTS_HEAP_RETRY_INITIAL_BACKOFF")]
+    pub retry_initial_backoff: Option<String>,
+    /// Cap of the retry delay [default: 5m].
+    #[arg(long, env = "CURRENTS_HEAP_RETRY_MAX_BACKOFF")]
+    pub retry_max_backoff: Option<String>,
+    /// Events not delivered this long after they were received are dead-lettered as
+    /// `expired` [default: 72h].
+    #[arg(long, env = "CURRENTS_HEAP_MAX_EVENT_AGE")]
+    pub max_event_age: Option<String>,
+    /// Heap event names: `friendly` (the mapping table, e.g. "Email Sent") or `raw` (the
+    /// Currents event_type) [default: friendly].
+    #[arg(long, env = "CURRENTS_HEAP_EVENT_NAMING")]
+    pub event_naming: Option<String>,
+    /// Prefix added to every Heap event name, e.g. `braze-` [default: none].
+    #[arg(long, env = "CURRENTS_HEAP_EVENT_PREFIX")]
+    pub event_prefix: Option<String>,
+    /// Events without an external_user_id: `skip` (counted) or `synthetic_user_id` (a Heap
+    /// user_id hashed from the Braze user_id) [default: skip].
+    #[arg(long, env = "CURRENTS_HEAP_ANONYMOUS")]
+    pub anonymous: Option<String>,
+    /// Only these event types (comma-separated globs, e.g. `users.messages.email.*`).
+    #[arg(long, env = "CURRENTS_HEAP_INCLUDE_EVENT_TYPES")]
+    pub include_event_types: Option<String>,
+    /// Never these event types (comma-separated globs).
+    #[arg(long, env = "CURRENTS_HEAP_EXCLUDE_EVENT_TYPES")]
+    pub exclude_event_types: Option<String>,
+    /// Property keys (after flattening) never sent to Heap, comma-separated, e.g.
+    /// `email_address,phone_number`.
+    #[arg(long, env = "CURRENTS_HEAP_DROP_PROPERTIES")]
+    pub drop_properties: Option<String>,
+    /// Keep skipped events (anonymous, excluded, ...) in the dead-letter store, not only count
+    /// them [default: false].
+    #[arg(
+        long,
+        env = "CURRENTS_HEAP_DEAD_LETTER_SKIPPED",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub dead_letter_skipped: Option<bool>,
     /// Accept and store as usual, but write Heap requests to the log instead of sending them.
     #[arg(
         long,
@@ -98,6 +157,20 @@ pub struct FileConfig {
     pub dedup_capacity: Option<Scalar>,
     pub shutdown_grace: Option<String>,
     pub log_format: Option<String>,
+    pub heap_batch_size: Option<Scalar>,
+    pub heap_linger: Option<String>,
+    pub heap_timeout: Option<String>,
+    pub heap_budget_window: Option<String>,
+    pub retry_initial_backoff: Option<String>,
+    pub retry_max_backoff: Option<String>,
+    pub max_event_age: Option<String>,
+    pub event_naming: Option<String>,
+    pub event_prefix: Option<String>,
+    pub anonymous: Option<String>,
+    pub include_event_types: Option<Tokens>,
+    pub exclude_event_types: Option<Tokens>,
+    pub drop_properties: Option<Tokens>,
+    pub dead_letter_skipped: Option<bool>,
     pub dry_run: Option<bool>,
 }
 
@@ -118,7 +191,7 @@ impl fmt::Display for Scalar {
     }
 }
 
-/// `ingest_token = "a,b"` or `ingest_token = ["a", "b"]`.
+/// A list written as `"a,b"` or `["a", "b"]` (tokens, globs, property keys).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum Tokens {
@@ -185,6 +258,21 @@ pub struct Settings {
     pub dedup_capacity: usize,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
+    pub heap_batch_size: usize,
+    pub heap_linger: Duration,
+    pub heap_timeout: Duration,
+    pub heap_budget_window: Duration,
+    pub retry_backoff: Backoff,
+    pub max_event_age: Duration,
+    pub event_naming: String,
+    pub event_prefix: String,
+    pub anonymous: String,
+    pub include_event_types: Vec<String>,
+    pub exclude_event_types: Vec<String>,
+    pub drop_properties: Vec<String>,
+    /// Built from the six mapping settings above.
+    pub mapping: MappingOptions,
+    pub dead_letter_skipped: bool,
     pub dry_run: bool,
 }
 
@@ -246,12 +334,7 @@ impl Settings {
             )
         })?;
 
-        let token_list: Vec<String> = match (&args.ingest_token, file.ingest_token) {
-            (Some(s), _) => split_tokens(s),
-            (None, Some(Tokens::One(s))) => split_tokens(&s),
-            (None, Some(Tokens::Many(v))) => v,
-            (None, None) => Vec::new(),
-        };
+        let token_list = list(&args.ingest_token, file.ingest_token);
         let mut ingest_tokens = Vec::with_capacity(token_list.len());
         for t in token_list {
             let t = t.trim();
@@ -395,6 +478,101 @@ impl Settings {
             }
         };
 
+        let heap_batch_size = match pick(args.heap_batch_size.clone(), scalar(file.heap_batch_size))
+        {
+            None => 1000,
+            Some(s) => s
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "heap_batch_size",
+                        "HEAP_BATCH_SIZE",
+                        format!("{s:?} is not a whole number from 1 to 1000 (Heap's bulk limit)"),
+                    )
+                })?,
+        };
+        let heap_linger = parse_duration(
+            "heap_linger",
+            "HEAP_LINGER",
+            pick(args.heap_linger.clone(), file.heap_linger),
+            "1s",
+        )?;
+        let heap_timeout = parse_duration(
+            "heap_timeout",
+            "HEAP_TIMEOUT",
+            pick(args.heap_timeout.clone(), file.heap_timeout),
+            "30s",
+        )?;
+        let heap_budget_window = parse_duration(
+            "heap_budget_window",
+            "HEAP_BUDGET_WINDOW",
+            pick(args.heap_budget_window.clone(), file.heap_budget_window),
+            "60s",
+        )?;
+        for (key, env, d) in [
+            ("heap_timeout", "HEAP_TIMEOUT", heap_timeout),
+            (
+                "heap_budget_window",
+                "HEAP_BUDGET_WINDOW",
+                heap_budget_window,
+            ),
+        ] {
+            if d < Duration::from_millis(10) {
+                return Err(ConfigError::new(key, env, "must be at least 10ms"));
+            }
+        }
+        let retry_initial = parse_duration(
+            "retry_initial_backoff",
+            "CURRENTS_HEAP_RETRY_INITIAL_BACKOFF",
+            pick(
+                args.retry_initial_backoff.clone(),
+                file.retry_initial_backoff,
+            ),
+            "1s",
+        )?;
+        let retry_max = parse_duration(
+            "retry_max_backoff",
+            "CURRENTS_HEAP_RETRY_MAX_BACKOFF",
+            pick(args.retry_max_backoff.clone(), file.retry_max_backoff),
+            "5m",
+        )?;
+        let retry_backoff = Backoff::try_new(retry_initial, retry_max).map_err(|m| {
+            ConfigError::new("retry_max_backoff", "CURRENTS_HEAP_RETRY_MAX_BACKOFF", m)
+        })?;
+        let max_event_age = parse_duration(
+            "max_event_age",
+            "CURRENTS_HEAP_MAX_EVENT_AGE",
+            pick(args.max_event_age.clone(), file.max_event_age),
+            "72h",
+        )?;
+
+        let event_naming =
+            pick(args.event_naming.clone(), file.event_naming).unwrap_or_else(|| "friendly".into());
+        let event_prefix = pick(args.event_prefix.clone(), file.event_prefix).unwrap_or_default();
+        let anonymous =
+            pick(args.anonymous.clone(), file.anonymous).unwrap_or_else(|| "skip".into());
+        let include_event_types = list(&args.include_event_types, file.include_event_types);
+        let exclude_event_types = list(&args.exclude_event_types, file.exclude_event_types);
+        let drop_properties = list(&args.drop_properties, file.drop_properties);
+        let mapping = MappingOptions::from_parts(
+            Some(&event_naming),
+            Some(&event_prefix),
+            Some(&anonymous),
+            &include_event_types,
+            &exclude_event_types,
+            &drop_properties,
+        )
+        .map_err(|m| {
+            ConfigError {
+                setting: "mapping (`event_naming`, `event_prefix`, `anonymous`, `include_event_types`, `exclude_event_types`, `drop_properties`)".into(),
+                message: m,
+            }
+        })?;
+        let dead_letter_skipped =
+            pick(args.dead_letter_skipped, file.dead_letter_skipped).unwrap_or(false);
         let dry_run = pick(args.dry_run, file.dry_run).unwrap_or(false);
 
         Ok(Settings {
@@ -412,6 +590,20 @@ impl Settings {
             dedup_capacity,
             shutdown_grace,
             log_format,
+            heap_batch_size,
+            heap_linger,
+            heap_timeout,
+            heap_budget_window,
+            retry_backoff,
+            max_event_age,
+            event_naming,
+            event_prefix,
+            anonymous,
+            include_event_types,
+            exclude_event_types,
+            drop_properties,
+            mapping,
+            dead_letter_skipped,
             dry_run,
         })
     }
@@ -483,13 +675,47 @@ impl Settings {
                 LogFormat::Text => "text",
             }),
         );
+        let dur = |d: Duration| q(&humantime::format_duration(d).to_string());
+        let arr = |v: &[String]| {
+            toml::Value::Array(v.iter().map(|t| toml::Value::String(t.clone())).collect())
+                .to_string()
+        };
+        line("heap_batch_size", self.heap_batch_size.to_string());
+        line("heap_linger", dur(self.heap_linger));
+        line("heap_timeout", dur(self.heap_timeout));
+        line("heap_budget_window", dur(self.heap_budget_window));
+        line("retry_initial_backoff", dur(self.retry_backoff.ceiling(0)));
+        line(
+            "retry_max_backoff",
+            dur(self.retry_backoff.ceiling(u32::MAX)),
+        );
+        line("max_event_age", dur(self.max_event_age));
+        line("event_naming", q(&self.event_naming));
+        line("event_prefix", q(&self.event_prefix));
+        line("anonymous", q(&self.anonymous));
+        line("include_event_types", arr(&self.include_event_types));
+        line("exclude_event_types", arr(&self.exclude_event_types));
+        line("drop_properties", arr(&self.drop_properties));
+        line("dead_letter_skipped", self.dead_letter_skipped.to_string());
         line("dry_run", self.dry_run.to_string());
         out
     }
 }
 
-fn split_tokens(s: &str) -> Vec<String> {
-    s.split(',').map(|t| t.trim().to_owned()).collect()
+/// A list setting: the flag/env value (comma-separated) wins over the file's; empty items
+/// are dropped.
+fn list(arg: &Option<String>, file: Option<Tokens>) -> Vec<String> {
+    let items = match (arg, file) {
+        (Some(s), _) => s.split(',').map(str::to_owned).collect(),
+        (None, Some(Tokens::One(s))) => s.split(',').map(str::to_owned).collect(),
+        (None, Some(Tokens::Many(v))) => v,
+        (None, None) => Vec::new(),
+    };
+    items
+        .into_iter()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .collect()
 }
 
 fn validate_base_url(raw: &str) -> Result<String, String> {

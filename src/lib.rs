@@ -8,10 +8,13 @@
 //! | [`app`] | process wiring: build the store, writer and HTTP server; run until a signal; drain |
 //! | [`ingest`] | the HTTP surface: `POST /currents`, `/healthz`, `/readyz`, `/metrics`, status codes |
 //! | [`currents`] | the Braze Currents wire model and its structural validation (no I/O) |
+//! | [`transform`] | the pure, documented mapping of one Currents event to Heap items (`docs/MAPPING.md`) |
+//! | [`heap`] | Heap's server-side API: request shapes and limits ([`heap::model`]), HTTPS client, retry classification |
 //! | [`queue`] | the crash-safe SQLite store: queue, dedup window, dead letters, group commit |
 //! | [`loadgen`] | realistic batches for the load generator and benchmarks |
 //! | [`metrics`] | the metric catalogue and registry |
 //! | [`shutdown`] | SIGTERM/SIGINT |
+//! | [`standin`] | a local Heap stand-in HTTP server for tests and the load harness (not Heap) |
 //! | [`telemetry`] | JSON logs via `tracing-subscriber` |
 //!
 //! Dependency direction: `ingest` → `currents`, `queue`, `metrics`; `currents` and `queue` know
@@ -20,6 +23,7 @@
 pub mod app;
 pub mod config;
 pub mod currents;
+pub mod delivery;
 pub mod dlq;
 pub mod heap;
 pub mod ingest;
@@ -27,4 +31,6 @@ pub mod loadgen;
 pub mod metrics;
 pub mod queue;
 pub mod shutdown;
+pub mod standin;
 pub mod telemetry;
+pub mod transform;

@@ -7,8 +7,8 @@
 //! identity or free text ever becomes a label value.
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::currents::catalogue::KNOWN_EVENT_TYPES;
@@ -82,6 +82,84 @@ pub const CATALOGUE: &[(&str, &str, &str, &str)] = &[
         "Time since the oldest queued event was received; 0 when the queue is empty.",
     ),
     (
+        "currents_heap_dedup_ids",
+        "gauge",
+        "",
+        "Event ids remembered by the dedup window.",
+    ),
+    (
+        "currents_heap_dedup_capacity",
+        "gauge",
+        "",
+        "Most ids the dedup window remembers (--dedup-capacity); at it, the oldest are forgotten early.",
+    ),
+    (
+        "currents_heap_events_delivered_total",
+        "counter",
+        "",
+        "Events Heap acknowledged (2xx on /api/track).",
+    ),
+    (
+        "currents_heap_events_skipped_total",
+        "counter",
+        "reason",
+        "Events accepted but not sent to Heap, by reason (anonymous, excluded, ...).",
+    ),
+    (
+        "currents_heap_events_dead_lettered_total",
+        "counter",
+        "reason",
+        "Events moved to the dead-letter store, by reason.",
+    ),
+    (
+        "currents_heap_dead_letter_events",
+        "gauge",
+        "reason",
+        "Events in the dead-letter store, by reason.",
+    ),
+    (
+        "currents_heap_heap_requests_total",
+        "counter",
+        "endpoint,status_class",
+        "Requests to Heap by endpoint and status class (`error` = no HTTP answer).",
+    ),
+    (
+        "currents_heap_heap_request_duration_seconds",
+        "histogram",
+        "endpoint",
+        "Heap request latency by endpoint.",
+    ),
+    (
+        "currents_heap_delivery_retries_total",
+        "counter",
+        "reason",
+        "Heap requests that failed transiently and will be retried, by reason.",
+    ),
+    (
+        "currents_heap_delivery_paused",
+        "gauge",
+        "",
+        "1 while delivery waits out a Retry-After or a backoff after a failure.",
+    ),
+    (
+        "currents_heap_rate_limit_waits_total",
+        "counter",
+        "budget",
+        "Times a send waited for the app budget (`app`) or an identity was deferred (`identity`).",
+    ),
+    (
+        "currents_heap_rate_limit_wait_seconds_total",
+        "counter",
+        "budget",
+        "Time spent waiting for the app budget.",
+    ),
+    (
+        "currents_heap_heap_budget_events_per_minute",
+        "gauge",
+        "budget",
+        "The configured outbound budgets (app, identity).",
+    ),
+    (
         "currents_heap_store_healthy",
         "gauge",
         "",
@@ -119,6 +197,19 @@ pub const REJECT_REASONS: &[&str] = &[
     "store_unavailable",
 ];
 
+/// Reasons an event is dead-lettered (label `reason`).
+pub const DEAD_LETTER_REASONS: &[&str] = &[
+    "rejected",
+    "rejected_user_properties",
+    "too_large",
+    "expired",
+    "invalid_mapping",
+    "anonymous",
+    "invalid_identity",
+    "excluded",
+    "unparseable",
+];
+
 /// HTTP statuses the ingest path answers with (label `status`).
 pub const STATUSES: &[&str] = &[
     "200", "400", "401", "404", "405", "408", "413", "415", "503",
@@ -141,6 +232,17 @@ pub struct Metrics {
     pub dedup_ids: IntGauge,
     pub dedup_capacity: IntGauge,
     pub store_healthy: IntGauge,
+    pub events_delivered: IntCounter,
+    pub events_skipped: IntCounterVec,
+    pub events_dead_lettered: IntCounterVec,
+    pub dead_letter_events: IntGaugeVec,
+    pub heap_requests: IntCounterVec,
+    pub heap_request_duration: HistogramVec,
+    pub delivery_retries: IntCounterVec,
+    pub delivery_paused: IntGauge,
+    pub rate_limit_waits: IntCounterVec,
+    pub rate_limit_wait_seconds: CounterVec,
+    pub budget_per_minute: IntGaugeVec,
 }
 
 fn help(name: &str) -> &'static str {
@@ -199,6 +301,60 @@ impl Metrics {
             dedup_ids: IntGauge::with_opts(opts("currents_heap_dedup_ids")).unwrap(),
             dedup_capacity: IntGauge::with_opts(opts("currents_heap_dedup_capacity")).unwrap(),
             store_healthy: IntGauge::with_opts(opts("currents_heap_store_healthy")).unwrap(),
+            events_delivered: IntCounter::with_opts(opts("currents_heap_events_delivered_total"))
+                .unwrap(),
+            events_skipped: IntCounterVec::new(
+                opts("currents_heap_events_skipped_total"),
+                &["reason"],
+            )
+            .unwrap(),
+            events_dead_lettered: IntCounterVec::new(
+                opts("currents_heap_events_dead_lettered_total"),
+                &["reason"],
+            )
+            .unwrap(),
+            dead_letter_events: IntGaugeVec::new(
+                opts("currents_heap_dead_letter_events"),
+                &["reason"],
+            )
+            .unwrap(),
+            heap_requests: IntCounterVec::new(
+                opts("currents_heap_heap_requests_total"),
+                &["endpoint", "status_class"],
+            )
+            .unwrap(),
+            heap_request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "currents_heap_heap_request_duration_seconds",
+                    help("currents_heap_heap_request_duration_seconds"),
+                )
+                .buckets(vec![
+                    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
+                &["endpoint"],
+            )
+            .unwrap(),
+            delivery_retries: IntCounterVec::new(
+                opts("currents_heap_delivery_retries_total"),
+                &["reason"],
+            )
+            .unwrap(),
+            delivery_paused: IntGauge::with_opts(opts("currents_heap_delivery_paused")).unwrap(),
+            rate_limit_waits: IntCounterVec::new(
+                opts("currents_heap_rate_limit_waits_total"),
+                &["budget"],
+            )
+            .unwrap(),
+            rate_limit_wait_seconds: CounterVec::new(
+                opts("currents_heap_rate_limit_wait_seconds_total"),
+                &["budget"],
+            )
+            .unwrap(),
+            budget_per_minute: IntGaugeVec::new(
+                opts("currents_heap_heap_budget_events_per_minute"),
+                &["budget"],
+            )
+            .unwrap(),
             registry,
         };
         let build_info = IntGauge::with_opts(
@@ -222,6 +378,20 @@ impl Metrics {
         r.register(Box::new(m.dedup_ids.clone())).unwrap();
         r.register(Box::new(m.dedup_capacity.clone())).unwrap();
         r.register(Box::new(m.store_healthy.clone())).unwrap();
+        r.register(Box::new(m.events_delivered.clone())).unwrap();
+        r.register(Box::new(m.events_skipped.clone())).unwrap();
+        r.register(Box::new(m.events_dead_lettered.clone()))
+            .unwrap();
+        r.register(Box::new(m.dead_letter_events.clone())).unwrap();
+        r.register(Box::new(m.heap_requests.clone())).unwrap();
+        r.register(Box::new(m.heap_request_duration.clone()))
+            .unwrap();
+        r.register(Box::new(m.delivery_retries.clone())).unwrap();
+        r.register(Box::new(m.delivery_paused.clone())).unwrap();
+        r.register(Box::new(m.rate_limit_waits.clone())).unwrap();
+        r.register(Box::new(m.rate_limit_wait_seconds.clone()))
+            .unwrap();
+        r.register(Box::new(m.budget_per_minute.clone())).unwrap();
 
         for o in OUTCOMES {
             m.ingest_requests.with_label_values(&[*o]);
@@ -235,7 +405,41 @@ impl Metrics {
         for r in REJECT_REASONS {
             m.events_rejected.with_label_values(&[*r]);
         }
+        for r in crate::transform::SKIP_REASONS {
+            m.events_skipped.with_label_values(&[*r]);
+        }
+        for r in DEAD_LETTER_REASONS {
+            m.events_dead_lettered.with_label_values(&[*r]);
+            m.dead_letter_events.with_label_values(&[*r]);
+        }
+        for e in [
+            crate::heap::model::TRACK_PATH,
+            crate::heap::model::USER_PROPERTIES_PATH,
+        ] {
+            m.heap_request_duration.with_label_values(&[e]);
+            for c in crate::heap::retry::STATUS_CLASSES {
+                m.heap_requests.with_label_values(&[e, *c]);
+            }
+        }
+        for r in crate::heap::retry::RETRY_REASONS {
+            m.delivery_retries.with_label_values(&[*r]);
+        }
+        for b in ["app", "identity"] {
+            m.rate_limit_waits.with_label_values(&[b]);
+            m.rate_limit_wait_seconds.with_label_values(&[b]);
+            m.budget_per_minute.with_label_values(&[b]);
+        }
         m
+    }
+
+    /// Counts a dead letter; an unexpected reason is counted as `other` (bounded labels).
+    pub fn dead_letter_inc(&self, reason: &str) {
+        let label = DEAD_LETTER_REASONS
+            .iter()
+            .find(|r| **r == reason)
+            .copied()
+            .unwrap_or("other");
+        self.events_dead_lettered.with_label_values(&[label]).inc();
     }
 
     /// Records one finished request.
@@ -290,6 +494,18 @@ mod tests {
             assert!(
                 text.contains(&format!("# TYPE {name} {kind}")),
                 "{name} missing from:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn everything_exported_is_in_the_catalogue() {
+        let text = Metrics::new().render();
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split_whitespace().nth(2).unwrap();
+            assert!(
+                CATALOGUE.iter().any(|(n, ..)| *n == name),
+                "{name} is not in CATALOGUE"
             );
         }
     }

@@ -119,6 +119,9 @@ async fn append_body(body: Bytes, state: &IngestState) -> Result<Accepted, Inges
                 .inc();
         }
     }
+    if receipt.accepted() > 0 {
+        state.new_data.notify_one();
+    }
     let duplicates = receipt.duplicates();
     state.metrics.events_duplicate.inc_by(duplicates as u64);
     Ok(Accepted {

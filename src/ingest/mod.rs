@@ -19,7 +19,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::json;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 pub use auth::Auth;
 pub use error::IngestError;
@@ -28,6 +28,9 @@ pub use handler::Accepted;
 use crate::metrics::Metrics;
 use crate::queue::{Reader, Store, Writer, unix_millis};
 use error::json_response;
+
+/// The route name of events when no routing is configured.
+pub const DEFAULT_ROUTE: &str = "default";
 
 /// Request bodies held in memory at once (each at most 2 × `--max-body-bytes`).
 pub const BODY_SLOTS: usize = 32;
@@ -42,6 +45,8 @@ pub struct IngestState {
     /// The route name stored with each event (the default route until routing exists).
     pub route: Arc<str>,
     pub body_slots: Semaphore,
+    /// Woken after each successful append, so delivery starts without polling.
+    pub new_data: Arc<Notify>,
     draining: AtomicBool,
     reader: Mutex<Option<Reader>>,
 }
@@ -53,6 +58,7 @@ impl IngestState {
         writer: Writer,
         store: Store,
         metrics: Metrics,
+        new_data: Arc<Notify>,
     ) -> Self {
         Self {
             auth,
@@ -60,8 +66,9 @@ impl IngestState {
             writer,
             store,
             metrics,
-            route: Arc::from("default"),
+            route: Arc::from(DEFAULT_ROUTE),
             body_slots: Semaphore::new(BODY_SLOTS),
+            new_data,
             draining: AtomicBool::new(false),
             reader: Mutex::new(None),
         }
@@ -93,22 +100,36 @@ impl IngestState {
         self.metrics
             .store_healthy
             .set(i64::from(stats.is_healthy()));
+        self.metrics.dedup_ids.set(stats.dedup_ids() as i64);
         let mut guard = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
             *guard = self.store.reader().ok();
         }
-        let oldest = guard.as_ref().map(|r| r.oldest_received_at());
-        match oldest {
-            Some(Ok(Some(received_at))) => {
-                let age = (unix_millis() - received_at).max(0) as f64 / 1000.0;
+        let Some(reader) = guard.as_ref() else {
+            return;
+        };
+        let read = reader
+            .oldest_received_at()
+            .and_then(|oldest| Ok((oldest, reader.dead_letter_counts()?)));
+        match read {
+            Ok((oldest, dead)) => {
+                let age = oldest.map_or(0.0, |t| (unix_millis() - t).max(0) as f64 / 1000.0);
                 self.metrics.queue_oldest_age.set(age);
+                for reason in crate::metrics::DEAD_LETTER_REASONS {
+                    let n = dead
+                        .iter()
+                        .find(|(r, _)| r == reason)
+                        .map_or(0, |(_, n)| *n);
+                    self.metrics
+                        .dead_letter_events
+                        .with_label_values(&[*reason])
+                        .set(n as i64);
+                }
             }
-            Some(Ok(None)) => self.metrics.queue_oldest_age.set(0.0),
-            Some(Err(e)) => {
-                tracing::warn!(message = "Cannot read the oldest queued event.", error = %e);
+            Err(e) => {
+                tracing::warn!(message = "Cannot read the queue for metrics.", error = %e);
                 *guard = None;
             }
-            None => {}
         }
     }
 }

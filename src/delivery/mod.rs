@@ -1,0 +1,52 @@
+//! The delivery loop: durable queue → mapping → budgets → Heap → acknowledge, retry or
+//! dead-letter.
+//!
+//! One [`Delivery`] task per Heap app id owns its budgets, its pause (`Retry-After`, backoff)
+//! and its position in the queue, so one environment's outage or backlog never delays
+//! another's. An event leaves the queue only when Heap answered 2xx for it (or it was
+//! dead-lettered or skipped with a reason); a crash at any point leaves it queued, and a
+//! re-send is harmless because every item carries the Currents `id` as `idempotency_key`.
+//!
+//! Budgets ([`budget`]) are checked before every send, retries and bisected halves included.
+//! An identity over its budget is *deferred*: its events get a `not_before` in the store, one
+//! budget slot apart, and come back through the deferred index when due, while the other
+//! identities' events keep flowing.
+
+pub mod backoff;
+pub mod budget;
+mod scheduler;
+mod sender;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use backoff::Backoff;
+pub use budget::{BudgetShape, Budgets};
+pub use scheduler::Delivery;
+pub use sender::Sender;
+
+use crate::transform::MappingOptions;
+
+/// Everything one delivery task needs to know about its route.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// The route name stored with queued events.
+    pub route: Arc<str>,
+    pub app_id: String,
+    /// Upper bound of items per bulk request (Heap's cap is 1000).
+    pub batch_size: usize,
+    /// How long a partial batch may wait for more events.
+    pub linger: Duration,
+    pub events_per_window: NonZeroU32,
+    pub identity_events_per_window: NonZeroU32,
+    /// Heap's budget window: one minute. Tests shrink it to scale budgets.
+    pub window: Duration,
+    pub backoff: Backoff,
+    /// Events older than this (since they were received) are dead-lettered as `expired`.
+    pub max_event_age: Duration,
+    pub mapping: MappingOptions,
+    /// Keep skipped events (anonymous, excluded, ...) in the dead-letter store instead of
+    /// dropping them after counting.
+    pub dead_letter_skipped: bool,
+}

@@ -1,0 +1,683 @@
+//! [`Delivery`]: the loop of one route. See the module docs of [`crate::delivery`].
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{Budgets, DeliveryConfig, Sender};
+use crate::heap::client::HeapError;
+use crate::heap::model::{
+    BulkTrack, BulkUserProperties, TRACK_PATH, TrackItem, USER_PROPERTIES_PATH, UserPropertiesItem,
+    validate_track_item, validate_user_properties_item,
+};
+use crate::heap::retry::{Verdict, classify, status_class};
+use crate::metrics::Metrics;
+use crate::queue::{DeadLetterItem, QueueOp, QueuedEvent, Reader, Writer, unix_millis};
+use crate::transform::map_event;
+
+/// Events held in memory per route, as a multiple of the batch size.
+const PENDING_BATCHES: usize = 4;
+
+/// An event on its way to Heap.
+#[derive(Debug, Clone)]
+struct Item {
+    seq: i64,
+    received_at: i64,
+    loaded_at: Instant,
+    track: TrackItem,
+    user_properties: Option<UserPropertiesItem>,
+    /// The track part was delivered; only the user properties remain.
+    track_done: bool,
+}
+
+/// An identity over its budget: skip it until `until`; its deferred events are given
+/// `not_before` slots starting at `next_slot` (UNIX ms), one budget period apart.
+struct Deferral {
+    until: Instant,
+    next_slot: i64,
+}
+
+/// The delivery loop of one route.
+pub struct Delivery {
+    cfg: DeliveryConfig,
+    budgets: Budgets,
+    sender: Sender,
+    writer: Writer,
+    reader: Arc<Mutex<Reader>>,
+    metrics: Metrics,
+    new_data: Arc<Notify>,
+    pending: VecDeque<Item>,
+    in_memory: HashSet<i64>,
+    cursor: i64,
+    deferred: HashMap<String, Deferral>,
+    forced: VecDeque<Vec<Item>>,
+    paused_until: Option<Instant>,
+    failures: u32,
+    last_housekeeping: Instant,
+}
+
+/// What one Heap request did with its items.
+enum Sent {
+    Delivered,
+    Retried,
+    Split,
+}
+
+impl Delivery {
+    pub fn new(
+        cfg: DeliveryConfig,
+        sender: Sender,
+        writer: Writer,
+        reader: Reader,
+        metrics: Metrics,
+        new_data: Arc<Notify>,
+    ) -> Self {
+        let budgets = Budgets::new(
+            cfg.events_per_window,
+            cfg.identity_events_per_window,
+            cfg.window,
+            cfg.batch_size.clamp(1, crate::heap::model::MAX_BULK_ITEMS),
+        );
+        Self {
+            cfg,
+            budgets,
+            sender,
+            writer,
+            reader: Arc::new(Mutex::new(reader)),
+            metrics,
+            new_data,
+            pending: VecDeque::new(),
+            in_memory: HashSet::new(),
+            cursor: 0,
+            deferred: HashMap::new(),
+            forced: VecDeque::new(),
+            paused_until: None,
+            failures: 0,
+            last_housekeeping: Instant::now(),
+        }
+    }
+
+    fn max_batch(&self) -> usize {
+        self.budgets.max_batch()
+    }
+
+    /// Runs until `shutdown` is cancelled. A request in flight is finished first; whatever is
+    /// not acknowledged stays in the store for the next start.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        tracing::info!(
+            message = "Delivery started.",
+            route = %self.cfg.route,
+            app_id = %self.cfg.app_id,
+            max_batch = self.max_batch(),
+            app_events_per_second = self.budgets.app_shape().rate(),
+        );
+        while !shutdown.is_cancelled() {
+            if let Some(until) = self.paused_until {
+                if until > Instant::now() {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until.into()) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+                self.paused_until = None;
+                self.metrics.delivery_paused.set(0);
+            }
+            self.housekeeping();
+            if self.pending.len() < self.max_batch() * PENDING_BATCHES / 2
+                && let Err(e) = self.refill().await
+            {
+                tracing::error!(message = "Reading the queue failed.", error = %e);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            let batch = if let Some(forced) = self.forced.pop_front() {
+                tokio::select! {
+                    b = self.admit_forced(forced) => b,
+                    _ = shutdown.cancelled() => break,
+                }
+            } else {
+                match self.next_wait() {
+                    Some(wait) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = self.new_data.notified() => {}
+                            _ = shutdown.cancelled() => break,
+                        }
+                        continue;
+                    }
+                    None => {
+                        let n = self.eligible().min(self.max_batch());
+                        let waited = tokio::select! {
+                            w = self.budgets.take_app(n) => w,
+                            _ = shutdown.cancelled() => break,
+                        };
+                        self.record_wait("app", waited);
+                        self.select(n).await
+                    }
+                }
+            };
+            if !batch.is_empty() {
+                self.send(batch).await;
+            }
+        }
+        tracing::info!(message = "Delivery stopped.", route = %self.cfg.route);
+    }
+
+    /// None when a batch should go now; else how long to wait for more events (linger) or
+    /// for a deferred identity.
+    fn next_wait(&mut self) -> Option<Duration> {
+        let eligible = self.eligible();
+        if eligible >= self.max_batch() {
+            return None;
+        }
+        let oldest = self
+            .pending
+            .iter()
+            .filter(|i| self.is_eligible(i))
+            .map(|i| i.loaded_at)
+            .min();
+        match oldest {
+            Some(t) if t.elapsed() >= self.cfg.linger => None,
+            Some(t) => Some(self.cfg.linger - t.elapsed()),
+            // Nothing ready: wake for new data, a due deferral, or a periodic look.
+            None => Some(self.cfg.linger.max(Duration::from_millis(100))),
+        }
+    }
+
+    fn is_eligible(&self, item: &Item) -> bool {
+        self.deferred
+            .get(item.track.budget_key())
+            .is_none_or(|d| d.until <= Instant::now())
+    }
+
+    fn eligible(&self) -> usize {
+        self.pending.iter().filter(|i| self.is_eligible(i)).count()
+    }
+
+    fn record_wait(&self, budget: &'static str, waited: Duration) {
+        if !waited.is_zero() {
+            self.metrics
+                .rate_limit_waits
+                .with_label_values(&[budget])
+                .inc();
+            self.metrics
+                .rate_limit_wait_seconds
+                .with_label_values(&[budget])
+                .inc_by(waited.as_secs_f64());
+        }
+    }
+
+    /// Periodic upkeep: forget idle identities (bounded memory) and expired deferrals.
+    fn housekeeping(&mut self) {
+        if self.last_housekeeping.elapsed() < Duration::from_secs(10) {
+            return;
+        }
+        self.last_housekeeping = Instant::now();
+        self.budgets.forget_idle_identities();
+        let now = unix_millis();
+        self.deferred.retain(|_, d| d.next_slot > now);
+    }
+
+    /// Tops up `pending` from the store: due deferred events first, then new ones.
+    async fn refill(&mut self) -> Result<(), String> {
+        let want = (self.max_batch() * PENDING_BATCHES).saturating_sub(self.pending.len());
+        if want == 0 {
+            return Ok(());
+        }
+        let now = unix_millis();
+        let reader = Arc::clone(&self.reader);
+        let route = self.cfg.route.to_string();
+        let cursor = self.cursor;
+        let (due, fresh) = tokio::task::spawn_blocking(move || {
+            let r = reader.lock().unwrap_or_else(|p| p.into_inner());
+            let due = r.due_deferred(&route, now, want)?;
+            let fresh = r.queued(&route, cursor, want)?;
+            Ok::<_, rusqlite::Error>((due, fresh))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+
+        let mut dead = Vec::new();
+        let mut skipped = Vec::new();
+        let mut rows = due;
+        for row in fresh {
+            // Every fresh row moves the cursor; a future-dated one (deferred before a restart)
+            // comes back through the deferred index when due.
+            self.cursor = self.cursor.max(row.seq);
+            if row.not_before <= now {
+                rows.push(row);
+            }
+        }
+        let mut loaded = 0usize;
+        for row in rows {
+            if loaded >= want || !self.in_memory.insert(row.seq) {
+                continue;
+            }
+            loaded += 1;
+            match self.prepare(&row, now) {
+                Ok(item) => self.pending.push_back(item),
+                Err(Prepared::Dead(d)) => dead.push(d),
+                Err(Prepared::Skipped(seq, reason)) => skipped.push((seq, reason)),
+            }
+        }
+        self.finish_unsendable(dead, skipped).await;
+        Ok(())
+    }
+
+    /// Maps one stored event, or says why it will not be sent.
+    fn prepare(&self, row: &QueuedEvent, now: i64) -> Result<Item, Prepared> {
+        if self.is_expired(row.received_at, now) {
+            return Err(Prepared::Dead(DeadLetterItem {
+                seq: row.seq,
+                reason: "expired".into(),
+                detail: Some(format!("not delivered within {:?}", self.cfg.max_event_age)),
+            }));
+        }
+        let mapped = match map_event(&row.payload, &self.cfg.mapping) {
+            Ok(m) => m,
+            Err(reason) => return Err(Prepared::Skipped(row.seq, reason.as_str())),
+        };
+        let invalid = validate_track_item(&mapped.track).err().or_else(|| {
+            mapped
+                .user_properties
+                .as_ref()
+                .and_then(|u| validate_user_properties_item(u).err())
+        });
+        if let Some(why) = invalid {
+            return Err(Prepared::Dead(DeadLetterItem {
+                seq: row.seq,
+                reason: "invalid_mapping".into(),
+                detail: Some(why),
+            }));
+        }
+        Ok(Item {
+            seq: row.seq,
+            received_at: row.received_at,
+            loaded_at: Instant::now(),
+            track: mapped.track,
+            user_properties: mapped.user_properties,
+            track_done: false,
+        })
+    }
+
+    fn is_expired(&self, received_at: i64, now: i64) -> bool {
+        now.saturating_sub(received_at) > self.cfg.max_event_age.as_millis() as i64
+    }
+
+    /// Dead-letters and drops (or dead-letters) skipped events, then forgets them.
+    async fn finish_unsendable(
+        &mut self,
+        dead: Vec<DeadLetterItem>,
+        skipped: Vec<(i64, &'static str)>,
+    ) {
+        let mut dead = dead;
+        let mut acks = Vec::new();
+        for (seq, reason) in &skipped {
+            self.metrics
+                .events_skipped
+                .with_label_values(&[*reason])
+                .inc();
+            if self.cfg.dead_letter_skipped {
+                dead.push(DeadLetterItem {
+                    seq: *seq,
+                    reason: (*reason).to_owned(),
+                    detail: None,
+                });
+            } else {
+                acks.push(*seq);
+            }
+        }
+        for d in &dead {
+            self.metrics.dead_letter_inc(&d.reason);
+        }
+        let seqs: Vec<i64> = dead
+            .iter()
+            .map(|d| d.seq)
+            .chain(acks.iter().copied())
+            .collect();
+        if !dead.is_empty() {
+            self.apply(QueueOp::DeadLetter { items: dead }).await;
+        }
+        if !acks.is_empty() {
+            self.apply(QueueOp::Ack { seqs: acks }).await;
+        }
+        for seq in seqs {
+            self.in_memory.remove(&seq);
+        }
+    }
+
+    /// Applies a store change, retrying until it succeeds: losing an ack would re-send (fine,
+    /// idempotent), but losing a dead letter must not happen silently.
+    async fn apply(&self, op: QueueOp) {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.writer.apply(op.clone()).await {
+                Ok(_) => return,
+                Err(e) if e.contains("closed") => {
+                    tracing::warn!(message = "Store closed; the change is left for the next start.", error = %e);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(message = "Store update failed; retrying.", error = %e);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Takes up to `n` eligible events, passing each identity's budget; defers (in the store)
+    /// the events of identities that are over budget.
+    async fn select(&mut self, n: usize) -> Vec<Item> {
+        let mut taken = Vec::with_capacity(n);
+        let mut keep = VecDeque::with_capacity(self.pending.len());
+        let now = Instant::now();
+        while let Some(item) = self.pending.pop_front() {
+            if taken.len() >= n {
+                keep.push_back(item);
+                continue;
+            }
+            let key = item.track.budget_key();
+            if self.deferred.get(key).is_some_and(|d| d.until > now) {
+                keep.push_back(item);
+                continue;
+            }
+            match self.budgets.take_identity(key) {
+                Ok(()) => taken.push(item),
+                Err(wait) => {
+                    self.metrics
+                        .rate_limit_waits
+                        .with_label_values(&["identity"])
+                        .inc();
+                    let slot = unix_millis() + wait.as_millis() as i64;
+                    let entry = self.deferred.entry(key.to_owned()).or_insert(Deferral {
+                        until: now + wait,
+                        next_slot: slot,
+                    });
+                    entry.until = entry.until.max(now + wait);
+                    entry.next_slot = entry.next_slot.max(slot);
+                    keep.push_back(item);
+                }
+            }
+        }
+        self.pending = keep;
+        self.park_deferred().await;
+        taken
+    }
+
+    /// Moves the pending events of deferred identities to the store, each with its own
+    /// `not_before` slot, so memory stays bounded and other identities keep flowing.
+    async fn park_deferred(&mut self) {
+        let now = Instant::now();
+        let period = self.budgets.identity_shape().period.as_millis().max(1) as i64;
+        let mut parked: HashMap<i64, Vec<i64>> = HashMap::new();
+        let mut keep = VecDeque::with_capacity(self.pending.len());
+        while let Some(item) = self.pending.pop_front() {
+            match self.deferred.get_mut(item.track.budget_key()) {
+                Some(d) if d.until > now => {
+                    parked.entry(d.next_slot).or_default().push(item.seq);
+                    d.next_slot += period;
+                    self.in_memory.remove(&item.seq);
+                }
+                _ => keep.push_back(item),
+            }
+        }
+        self.pending = keep;
+        for (not_before, seqs) in parked {
+            self.apply(QueueOp::Defer { seqs, not_before }).await;
+        }
+    }
+
+    /// A bisected or split part: it passes the app budget again, and the identity budget
+    /// item by item (items over it are deferred like any other).
+    async fn admit_forced(&mut self, items: Vec<Item>) -> Vec<Item> {
+        let waited = self.budgets.take_app(items.len()).await;
+        self.record_wait("app", waited);
+        let mut taken = Vec::with_capacity(items.len());
+        for item in items {
+            let key = item.track.budget_key().to_owned();
+            match self.budgets.take_identity(&key) {
+                Ok(()) => taken.push(item),
+                Err(wait) => {
+                    let now = Instant::now();
+                    self.deferred.entry(key).or_insert(Deferral {
+                        until: now + wait,
+                        next_slot: unix_millis() + wait.as_millis() as i64,
+                    });
+                    self.pending.push_back(item);
+                }
+            }
+        }
+        self.park_deferred().await;
+        taken
+    }
+
+    /// Sends one batch: track first, then the user properties of the same events.
+    async fn send(&mut self, items: Vec<Item>) {
+        let now = unix_millis();
+        let (expired, items): (Vec<Item>, Vec<Item>) = items
+            .into_iter()
+            .partition(|i| self.is_expired(i.received_at, now));
+        if !expired.is_empty() {
+            let dead = expired
+                .iter()
+                .map(|i| DeadLetterItem {
+                    seq: i.seq,
+                    reason: "expired".into(),
+                    detail: Some(format!("not delivered within {:?}", self.cfg.max_event_age)),
+                })
+                .collect();
+            self.finish_unsendable(dead, Vec::new()).await;
+        }
+        if items.is_empty() {
+            return;
+        }
+
+        let (to_track, mut done): (Vec<Item>, Vec<Item>) =
+            items.into_iter().partition(|i| !i.track_done);
+        if !to_track.is_empty() {
+            let tracks: Vec<TrackItem> = to_track.iter().map(|i| i.track.clone()).collect();
+            let body = serde_json::to_vec(&BulkTrack {
+                app_id: &self.cfg.app_id,
+                events: &tracks,
+            })
+            .expect("track items serialize");
+            match self.request(TRACK_PATH, body, to_track, "rejected").await {
+                (Sent::Delivered, mut items) => {
+                    self.metrics.events_delivered.inc_by(items.len() as u64);
+                    for i in &mut items {
+                        i.track_done = true;
+                    }
+                    done.extend(items);
+                }
+                (Sent::Retried | Sent::Split, _) => {}
+            }
+        }
+
+        let (with_props, finished): (Vec<Item>, Vec<Item>) =
+            done.into_iter().partition(|i| i.user_properties.is_some());
+        self.ack(finished).await;
+        if with_props.is_empty() {
+            return;
+        }
+        let users: Vec<UserPropertiesItem> = with_props
+            .iter()
+            .filter_map(|i| i.user_properties.clone())
+            .collect();
+        let body = serde_json::to_vec(&BulkUserProperties {
+            app_id: &self.cfg.app_id,
+            users: &users,
+        })
+        .expect("user properties serialize");
+        if let (Sent::Delivered, items) = self
+            .request(
+                USER_PROPERTIES_PATH,
+                body,
+                with_props,
+                "rejected_user_properties",
+            )
+            .await
+        {
+            self.ack(items).await;
+        }
+    }
+
+    /// Sends one request and handles every non-success outcome (retry, bisect, split, dead
+    /// letter). Returns the items back only when Heap accepted them.
+    async fn request(
+        &mut self,
+        path: &'static str,
+        body: Vec<u8>,
+        items: Vec<Item>,
+        reject_reason: &'static str,
+    ) -> (Sent, Vec<Item>) {
+        let started = Instant::now();
+        let result = self.sender.post(path, Bytes::from(body)).await;
+        self.metrics
+            .heap_request_duration
+            .with_label_values(&[path])
+            .observe(started.elapsed().as_secs_f64());
+        let (verdict, detail) = match &result {
+            Ok(resp) => {
+                self.metrics
+                    .heap_requests
+                    .with_label_values(&[path, status_class(resp.status)])
+                    .inc();
+                let verdict = classify(resp.status, resp.retry_after.as_ref(), SystemTime::now());
+                (
+                    verdict,
+                    format!("HTTP {}: {}", resp.status.as_u16(), resp.body),
+                )
+            }
+            Err(e) => {
+                self.metrics
+                    .heap_requests
+                    .with_label_values(&[path, "error"])
+                    .inc();
+                (
+                    Verdict::Retry {
+                        reason: e.reason(),
+                        retry_after: None,
+                    },
+                    e.to_string(),
+                )
+            }
+        };
+        match verdict {
+            Verdict::Delivered => {
+                if self.failures > 0 {
+                    tracing::info!(message = "Heap accepts requests again.", route = %self.cfg.route, after_failures = self.failures);
+                }
+                self.failures = 0;
+                (Sent::Delivered, items)
+            }
+            Verdict::Retry {
+                reason,
+                retry_after,
+            } => {
+                self.retry(items, reason, retry_after, detail, result.err())
+                    .await;
+                (Sent::Retried, Vec::new())
+            }
+            Verdict::Bisect | Verdict::Split => {
+                let (dead_reason, kind) = if matches!(verdict, Verdict::Bisect) {
+                    (reject_reason, "Heap rejected the request (400); bisecting.")
+                } else {
+                    (
+                        "too_large",
+                        "Heap refused the request as too large (413); splitting.",
+                    )
+                };
+                if items.len() == 1 {
+                    tracing::warn!(message = "Heap rejected an event; dead-lettering it.", route = %self.cfg.route, endpoint = path, detail = %detail);
+                    let dead = items
+                        .iter()
+                        .map(|i| DeadLetterItem {
+                            seq: i.seq,
+                            reason: dead_reason.into(),
+                            detail: Some(detail.clone()),
+                        })
+                        .collect();
+                    self.finish_unsendable(dead, Vec::new()).await;
+                } else {
+                    tracing::info!(message = kind, route = %self.cfg.route, endpoint = path, items = items.len());
+                    let mut first = items;
+                    let second = first.split_off(first.len() / 2);
+                    self.forced.push_front(second);
+                    self.forced.push_front(first);
+                }
+                (Sent::Split, Vec::new())
+            }
+        }
+    }
+
+    /// A transient failure: count the attempt in the store, pause the route (Retry-After, or
+    /// backoff with full jitter), and put the events back at the front of the line.
+    async fn retry(
+        &mut self,
+        items: Vec<Item>,
+        reason: &'static str,
+        retry_after: Option<Duration>,
+        detail: String,
+        transport: Option<HeapError>,
+    ) {
+        self.metrics
+            .delivery_retries
+            .with_label_values(&[reason])
+            .inc();
+        let pause = retry_after.unwrap_or_else(|| self.cfg.backoff.delay(self.failures));
+        self.failures = self.failures.saturating_add(1);
+        self.paused_until = Some(Instant::now() + pause);
+        self.metrics.delivery_paused.set(1);
+        tracing::warn!(
+            message = "Heap request failed; retrying after a pause.",
+            route = %self.cfg.route,
+            reason,
+            pause_ms = pause.as_millis() as u64,
+            retry_after = retry_after.is_some(),
+            consecutive_failures = self.failures,
+            detail = %detail,
+            transport = transport.is_some(),
+        );
+        let seqs = items.iter().map(|i| i.seq).collect();
+        self.apply(QueueOp::Attempt {
+            seqs,
+            error: truncate(&detail, 1000),
+        })
+        .await;
+        for item in items.into_iter().rev() {
+            self.pending.push_front(item);
+        }
+    }
+
+    async fn ack(&mut self, items: Vec<Item>) {
+        if items.is_empty() {
+            return;
+        }
+        let seqs: Vec<i64> = items.iter().map(|i| i.seq).collect();
+        self.apply(QueueOp::Ack { seqs: seqs.clone() }).await;
+        for seq in seqs {
+            self.in_memory.remove(&seq);
+        }
+    }
+}
+
+enum Prepared {
+    Dead(DeadLetterItem),
+    Skipped(i64, &'static str),
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => s[..i].to_owned(),
+        None => s.to_owned(),
+    }
+}

@@ -1,0 +1,194 @@
+//! Who a Heap item is about (identity or synthetic `user_id`) and when it happened.
+//!
+//! Why so careful: an identity sent to Heap is irreversible. Heap merges every event sent with
+//! the same identity into one user, so a placeholder such as `"null"` would glue thousands of
+//! unrelated users together for good (`heap-api.md`, "Identity vs user_id"). Anything doubtful is
+//! skipped and counted instead.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::SkipReason;
+use super::options::AnonymousMode;
+use crate::heap::model::{MAX_IDENTITY_CHARS, USER_ID_BOUND, is_placeholder_identity};
+
+/// The user a mapped event is sent for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `user.external_user_id`, verbatim.
+    Identity(String),
+    /// A synthetic Heap `user_id` (see [`synthetic_user_id`]).
+    UserId(String),
+}
+
+/// Resolves the Heap target of an event from its `user` object.
+///
+/// | `user.external_user_id` | skip mode | `synthetic_user_id` mode |
+/// |---|---|---|
+/// | usable string | identity | identity |
+/// | placeholder (blank, `null`/`undefined`/`none` any case) or over 255 characters | `InvalidIdentity` | synthetic `user_id` from `user.user_id`, else `InvalidIdentity` |
+/// | missing, `null`, not a string | `Anonymous` | synthetic `user_id` from `user.user_id`, else `Anonymous` |
+///
+/// A `user.user_id` that is not a string, or is itself a placeholder, does not count (hashing
+/// `"null"` would merge users just the same).
+pub fn resolve(
+    user: Option<&Map<String, Value>>,
+    mode: AnonymousMode,
+) -> Result<Target, SkipReason> {
+    let reason = match user.and_then(|u| u.get("external_user_id")) {
+        Some(Value::String(id)) if is_usable_identity(id) => {
+            return Ok(Target::Identity(id.clone()));
+        }
+        Some(Value::String(_)) => SkipReason::InvalidIdentity,
+        _ => SkipReason::Anonymous,
+    };
+    match (mode, user.and_then(|u| u.get("user_id"))) {
+        (AnonymousMode::SyntheticUserId, Some(Value::String(braze_id)))
+            if !is_placeholder_identity(braze_id) =>
+        {
+            Ok(Target::UserId(synthetic_user_id(braze_id)))
+        }
+        _ => Err(reason),
+    }
+}
+
+/// Whether an `external_user_id` may be sent to Heap as an identity.
+pub fn is_usable_identity(id: &str) -> bool {
+    !is_placeholder_identity(id) && id.chars().count() <= MAX_IDENTITY_CHARS
+}
+
+/// The synthetic Heap `user_id` of a Braze user id: the first 8 bytes of the SHA-256 of its
+/// UTF-8 bytes, read big-endian, masked to the low 53 bits, in decimal. Stable across versions
+/// and hosts, so one anonymous Braze user is always one Heap user.
+pub fn synthetic_user_id(braze_user_id: &str) -> String {
+    let digest = Sha256::digest(braze_user_id.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    (u64::from_be_bytes(first) & (USER_ID_BOUND - 1)).to_string()
+}
+
+/// Latest second Heap timestamps are written for: 9999-12-31T23:59:59Z.
+pub const MAX_TIMESTAMP_SECS: i64 = 253_402_300_799;
+/// A `time` at or above this is read as milliseconds: as seconds it would be after the year
+/// 5138, as milliseconds it is after 1973.
+pub const MILLIS_THRESHOLD: i64 = 100_000_000_000;
+
+/// `time` (UNIX seconds) as RFC 3339 UTC, `YYYY-MM-DDTHH:MM:SSZ`.
+///
+/// Deterministic for every `i64`: values from [`MILLIS_THRESHOLD`] up are taken as
+/// milliseconds (truncated to the second); the result is then clamped to
+/// `1970-01-01T00:00:00Z ..= 9999-12-31T23:59:59Z` (negative times give the epoch).
+pub fn heap_timestamp(time: i64) -> String {
+    let secs = if time >= MILLIS_THRESHOLD {
+        time / 1000
+    } else {
+        time
+    };
+    let secs = secs.clamp(0, MAX_TIMESTAMP_SECS).unsigned_abs();
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn user(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn identity_rules() {
+        let skip = AnonymousMode::Skip;
+        let r = |v: Value| resolve(Some(&user(v)), skip);
+        assert_eq!(
+            r(json!({"external_user_id": "alice", "user_id": "b"})),
+            Ok(Target::Identity("alice".into()))
+        );
+        // Verbatim: Heap identities are case-sensitive and we do not trim.
+        assert_eq!(
+            r(json!({"external_user_id": " Alice "})),
+            Ok(Target::Identity(" Alice ".into()))
+        );
+        assert_eq!(
+            r(json!({"external_user_id": "é".repeat(255)})),
+            Ok(Target::Identity("é".repeat(255)))
+        );
+        for bad in [
+            json!(""),
+            json!("  "),
+            json!("NULL"),
+            json!("Undefined"),
+            json!("none"),
+            json!("x".repeat(256)),
+        ] {
+            assert_eq!(
+                r(json!({"external_user_id": bad, "user_id": "b"})),
+                Err(SkipReason::InvalidIdentity)
+            );
+        }
+        for anon in [json!(null), json!(42), json!({"a": 1})] {
+            assert_eq!(
+                r(json!({"external_user_id": anon, "user_id": "b"})),
+                Err(SkipReason::Anonymous)
+            );
+        }
+        assert_eq!(r(json!({"user_id": "b"})), Err(SkipReason::Anonymous));
+        assert_eq!(resolve(None, skip), Err(SkipReason::Anonymous));
+    }
+
+    #[test]
+    fn synthetic_mode() {
+        let synth = AnonymousMode::SyntheticUserId;
+        let r = |v: Value| resolve(Some(&user(v)), synth);
+        let expected = Target::UserId(synthetic_user_id("639a35d192b0df004d06514c"));
+        assert_eq!(
+            r(json!({"user_id": "639a35d192b0df004d06514c"})),
+            Ok(expected.clone())
+        );
+        assert_eq!(
+            r(json!({"external_user_id": "null", "user_id": "639a35d192b0df004d06514c"})),
+            Ok(expected)
+        );
+        assert_eq!(
+            r(json!({"external_user_id": "ok", "user_id": "b"})),
+            Ok(Target::Identity("ok".into()))
+        );
+        assert_eq!(r(json!({})), Err(SkipReason::Anonymous));
+        assert_eq!(
+            r(json!({"user_id": "undefined"})),
+            Err(SkipReason::Anonymous)
+        );
+        assert_eq!(r(json!({"user_id": 7})), Err(SkipReason::Anonymous));
+        assert_eq!(
+            r(json!({"external_user_id": ""})),
+            Err(SkipReason::InvalidIdentity)
+        );
+    }
+
+    #[test]
+    fn synthetic_user_id_is_stable_and_in_range() {
+        // Pinned: changing the derivation would split every anonymous user in Heap in two.
+        let digest = Sha256::digest(b"639a35d192b0df004d06514c");
+        let n = u64::from_be_bytes(digest[..8].try_into().unwrap()) & ((1 << 53) - 1);
+        assert_eq!(synthetic_user_id("639a35d192b0df004d06514c"), n.to_string());
+        assert_eq!(synthetic_user_id("abc"), "6780411434881002");
+        assert_ne!(synthetic_user_id("a"), synthetic_user_id("b"));
+        assert!(synthetic_user_id("").parse::<u64>().unwrap() < USER_ID_BOUND);
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(heap_timestamp(0), "1970-01-01T00:00:00Z");
+        assert_eq!(heap_timestamp(1_795_860_000), "2026-11-28T10:00:00Z");
+        assert_eq!(heap_timestamp(2_033_802_504), "2034-06-13T09:08:24Z");
+        assert_eq!(heap_timestamp(-1), "1970-01-01T00:00:00Z");
+        assert_eq!(heap_timestamp(i64::MIN), "1970-01-01T00:00:00Z");
+        assert_eq!(heap_timestamp(MILLIS_THRESHOLD - 1), "5138-11-16T09:46:39Z");
+        assert_eq!(heap_timestamp(2_033_802_504_999), "2034-06-13T09:08:24Z");
+        assert_eq!(heap_timestamp(i64::MAX), "9999-12-31T23:59:59Z");
+    }
+}
