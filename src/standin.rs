@@ -1497,7 +1497,7 @@ mod tests {
             assert_eq!(http.status(TRACK_PATH, &body).await, 400, "{app_id:?}");
         }
 
-        let body = serde_json::to_vec(&track_body(APP, &[item("alice", "ct")])).unwrap();
+        let body = serde_json::to_vec(&track_body(APP, &[item("dave", "ct")])).unwrap();
         let got = http
             .send(Method::POST, TRACK_PATH, Some("text/plain"), body.clone())
             .await
@@ -1552,10 +1552,10 @@ mod tests {
         let report = heap.report();
         assert_eq!(report.events_accepted, 1001);
         assert_eq!(report.user_property_items_accepted, 1);
-        assert_eq!(report.shape_violation_count, 11);
-        assert_eq!(report.shape_violations.len(), 11);
+        assert_eq!(report.shape_violation_count, 12);
+        assert_eq!(report.shape_violations.len(), 12);
         assert_eq!(report.requests_with(TRACK_PATH, 200), 2);
-        assert_eq!(report.requests_with(TRACK_PATH, 400), 9);
+        assert_eq!(report.requests_with(TRACK_PATH, 400), 10);
         assert_eq!(report.requests_with("/api/v1/track", 404), 1);
         assert_eq!(report.requests_with(USER_PROPERTIES_PATH, 400), 2);
         let (app, user) = report.user_property_items().next().unwrap();

@@ -89,6 +89,9 @@ impl Budgets {
     /// Returns how long it waited. Cancel-safe: nothing is taken if the future is dropped.
     pub async fn take_app(&self, n: usize) -> Duration {
         let n = NonZeroU32::new(n.clamp(1, self.max_batch()) as u32).expect("n >= 1");
+        if let Ok(Ok(())) = self.app.check_n(n) {
+            return Duration::ZERO;
+        }
         let started = std::time::Instant::now();
         // n <= burst, so the capacity error cannot happen.
         let _ = self.app.until_n_ready(n).await;
@@ -114,10 +117,11 @@ impl Budgets {
 mod tests {
     use super::*;
 
-    /// Most cells a GCRA limiter of this shape admits in any window: the burst, then one per
-    /// period (+1 for a cell exactly on the window's edge).
+    /// Most cells a GCRA limiter of this shape admits in any half-open window `(t - W, t]`:
+    /// the burst at once, then one per period.
     fn worst_window(shape: BudgetShape, window: Duration) -> u64 {
-        shape.burst as u64 + (window.as_secs_f64() / shape.period.as_secs_f64()).floor() as u64 + 1
+        shape.burst as u64 - 1
+            + (window.as_secs_f64() / shape.period.as_secs_f64()).ceil() as u64
     }
 
     #[test]
