@@ -215,7 +215,7 @@ pub struct Report {
     pub requests: BTreeMap<(String, u16), u64>,
     /// Requests whose connection was closed without an answer, by path.
     pub dropped_connections: BTreeMap<String, u64>,
-    /// Requests refused for their shape (the first [`MAX_KEPT_VIOLATIONS`]).
+    /// Requests refused for their shape (the first 1000; all are counted below).
     pub shape_violations: Vec<ShapeViolation>,
     /// All requests refused for their shape.
     pub shape_violation_count: u64,

@@ -247,29 +247,46 @@ impl Delivery {
 
         let mut dead = Vec::new();
         let mut skipped = Vec::new();
-        let mut rows = due;
-        for row in fresh {
-            // Every fresh row moves the cursor; a future-dated one (deferred before a restart)
-            // comes back through the deferred index when due.
-            self.cursor = self.cursor.max(row.seq);
-            if row.not_before <= now {
-                rows.push(row);
-            }
-        }
         let mut loaded = 0usize;
-        for row in rows {
-            if loaded >= want || !self.in_memory.insert(row.seq) {
-                continue;
+        for row in due {
+            if loaded >= want {
+                break;
             }
-            loaded += 1;
-            match self.prepare(&row, now) {
-                Ok(item) => self.pending.push_back(item),
-                Err(Prepared::Dead(d)) => dead.push(d),
-                Err(Prepared::Skipped(seq, reason)) => skipped.push((seq, reason)),
+            loaded += usize::from(self.take_row(row, now, &mut dead, &mut skipped));
+        }
+        for row in fresh {
+            // The cursor moves only past rows handled here, so none is ever stepped over.
+            if loaded >= want {
+                break;
+            }
+            self.cursor = self.cursor.max(row.seq);
+            // A future-dated row (deferred before a restart) comes back through the deferred
+            // index when due.
+            if row.not_before <= now {
+                loaded += usize::from(self.take_row(row, now, &mut dead, &mut skipped));
             }
         }
         self.finish_unsendable(dead, skipped).await;
         Ok(())
+    }
+
+    /// Loads one row unless it is already in memory; returns whether it was loaded.
+    fn take_row(
+        &mut self,
+        row: QueuedEvent,
+        now: i64,
+        dead: &mut Vec<DeadLetterItem>,
+        skipped: &mut Vec<(i64, &'static str)>,
+    ) -> bool {
+        if !self.in_memory.insert(row.seq) {
+            return false;
+        }
+        match self.prepare(&row, now) {
+            Ok(item) => self.pending.push_back(item),
+            Err(Prepared::Dead(d)) => dead.push(d),
+            Err(Prepared::Skipped(seq, reason)) => skipped.push((seq, reason)),
+        }
+        true
     }
 
     /// Maps one stored event, or says why it will not be sent.

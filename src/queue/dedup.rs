@@ -106,6 +106,35 @@ impl DedupIndex {
         self.hasher.hash_one(id) as u32
     }
 
+    /// True if `id` was accepted at or after `cutoff` (nothing is recorded).
+    pub fn is_duplicate(
+        &self,
+        tx: &Transaction<'_>,
+        id: &str,
+        cutoff: i64,
+    ) -> rusqlite::Result<bool> {
+        match self.map.get(&self.fingerprint(id)) {
+            Some(low) => self.logged_since(tx, self.full_seq(*low), id, cutoff),
+            None => Ok(false),
+        }
+    }
+
+    /// Whether log row `seq` holds exactly `id`, seen at or after `cutoff`.
+    fn logged_since(
+        &self,
+        tx: &Transaction<'_>,
+        seq: i64,
+        id: &str,
+        cutoff: i64,
+    ) -> rusqlite::Result<bool> {
+        let mut stmt =
+            tx.prepare_cached("SELECT seen_at, event_id FROM dedup_log WHERE seq = ?1")?;
+        let row: Option<(i64, String)> = stmt
+            .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        Ok(row.is_some_and(|(seen_at, logged)| seen_at >= cutoff && logged == id))
+    }
+
     /// True if `id` is new (and is now recorded in the open transaction); false if it was
     /// accepted at or after `cutoff`.
     pub fn check_and_record(
@@ -118,16 +147,10 @@ impl DedupIndex {
     ) -> rusqlite::Result<bool> {
         let fp = self.fingerprint(id);
         let previous = self.map.get(&fp).copied();
-        if let Some(low) = previous {
-            let seq = self.full_seq(low);
-            let mut stmt =
-                tx.prepare_cached("SELECT seen_at, event_id FROM dedup_log WHERE seq = ?1")?;
-            let row: Option<(i64, String)> = stmt
-                .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            if row.is_some_and(|(seen_at, logged)| seen_at >= cutoff && logged == id) {
-                return Ok(false);
-            }
+        if let Some(low) = previous
+            && self.logged_since(tx, self.full_seq(low), id, cutoff)?
+        {
+            return Ok(false);
         }
         let seq = self.next_seq;
         tx.prepare_cached("INSERT INTO dedup_log (seq, seen_at, event_id) VALUES (?1, ?2, ?3)")?

@@ -390,8 +390,21 @@ impl WriterState {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for (events, _) in group {
-                let incoming: u64 = events.iter().map(|e| e.payload.len() as u64).sum();
-                if queued_bytes.saturating_add(incoming) > self.config.max_queue_bytes {
+                let dedup = self
+                    .dedup
+                    .as_mut()
+                    .expect("commit_group refuses appends without a dedup index");
+                // Only events new to the dedup window count against the quota and the disk: a
+                // pure re-send adds nothing and is acknowledged even with a full backlog.
+                let mut incoming = 0u64;
+                for e in events {
+                    if !dedup.is_duplicate(&tx, &e.event_id, cutoff)? {
+                        incoming += e.payload.len() as u64;
+                    }
+                }
+                if incoming > 0
+                    && queued_bytes.saturating_add(incoming) > self.config.max_queue_bytes
+                {
                     results.push(Err(AppendError::OverQuota {
                         max: self.config.max_queue_bytes,
                     }));
@@ -399,14 +412,10 @@ impl WriterState {
                 }
                 // Room for the rows plus their WAL copy and index entries.
                 let needed = incoming.saturating_mul(3);
-                if *free < self.config.min_free_disk_bytes.saturating_add(needed) {
+                if incoming > 0 && *free < self.config.min_free_disk_bytes.saturating_add(needed) {
                     results.push(Err(AppendError::DiskFull));
                     continue;
                 }
-                let dedup = self
-                    .dedup
-                    .as_mut()
-                    .expect("commit_group refuses appends without a dedup index");
                 let mut queued = Vec::with_capacity(events.len());
                 for ev in events {
                     let fresh = dedup.check_and_record(&tx, &ev.event_id, now, cutoff, undo)?;

@@ -48,7 +48,8 @@ pub enum SkipReason {
     InvalidIdentity,
     /// The event type is not included, or is excluded, by the settings.
     Excluded,
-    /// Not a JSON object with a string `id`, a string `event_type` and an integer `time`.
+    /// Not a JSON object with a non-empty string `id`, a non-empty string `event_type` and an
+    /// integer `time`.
     Unparseable,
 }
 
@@ -93,7 +94,8 @@ pub struct Mapped {
 /// Maps one stored Currents event (its raw JSON bytes) to Heap items, or says why it is skipped.
 ///
 /// Checks run in this order: [`SkipReason::Unparseable`] (not an object with a non-empty string
-/// `id`, a string `event_type` and an `i64` `time`, the same rules as ingest), then
+/// `id`, a string `event_type` and an `i64` `time` — ingest's rules — or an empty `event_type`),
+/// then
 /// [`SkipReason::Excluded`], then the identity ([`target::resolve`]). Never panics.
 pub fn map_event(raw: &[u8], opts: &MappingOptions) -> Result<Mapped, SkipReason> {
     let Ok(Value::Object(event)) = serde_json::from_slice::<Value>(raw) else {
@@ -103,8 +105,10 @@ pub fn map_event(raw: &[u8], opts: &MappingOptions) -> Result<Mapped, SkipReason
         Some(Value::String(id)) if !id.is_empty() => id,
         _ => return Err(SkipReason::Unparseable),
     };
-    let Some(Value::String(event_type)) = event.get("event_type") else {
-        return Err(SkipReason::Unparseable);
+    // Ingest accepts an empty `event_type`; with no type there is nothing to name the event.
+    let event_type = match event.get("event_type") {
+        Some(Value::String(t)) if !t.is_empty() => t,
+        _ => return Err(SkipReason::Unparseable),
     };
     let time = event
         .get("time")
@@ -210,6 +214,7 @@ mod tests {
             ("id", json!(1)),
             ("id", json!(null)),
             ("event_type", json!(1)),
+            ("event_type", json!("")),
             ("time", json!(1.5)),
             ("time", json!("1")),
             ("time", json!(u64::MAX)),

@@ -9,7 +9,7 @@
 //! |---|---|
 //! | string | itself, cut to 1023 characters on a character boundary |
 //! | number with \|n\| < 2^53 | itself |
-//! | number with \|n\| ≥ 2^53 | its decimal text (a JavaScript double would round it) |
+//! | number with \|n\| ≥ 2^53 | its JSON text, `"9007199254740993"`, `"1e+300"` (beyond ±2^53 a double loses integer precision) |
 //! | `true` / `false` | `"true"` / `"false"` |
 //! | `null` | dropped |
 //! | array | elements joined with `\|\|` (strings as is, numbers as text, booleans as `true`/`false`, nested arrays/objects as compact JSON, nulls skipped), cut to 1023 characters; an empty result is dropped |
@@ -341,6 +341,16 @@ mod tests {
         assert_eq!(out["braze_event_type"], json!("t"));
         assert_eq!(out["braze_event_id"], json!("i"));
         assert_eq!(out["custom_properties.braze_event_id"], json!("spoof"));
+    }
+
+    #[test]
+    fn empty_keys_inside_objects_keep_their_dot() {
+        let out = props(
+            json!({"properties": {"": {"a": 1}, "b": {"": 2}}}),
+            &MappingOptions::default(),
+        );
+        assert_eq!(out[".a"], json!(1));
+        assert_eq!(out["b."], json!(2));
     }
 
     #[test]

@@ -1,0 +1,13 @@
+//! Black-box tests of the accept path (product.md §2–§3), over real HTTP against an in-process
+//! server bound to port 0. One binary for all modules keeps link time down.
+
+mod admin;
+mod auth;
+mod backpressure;
+mod dedup;
+mod encoding;
+mod helpers;
+mod ingest;
+mod samples;
+mod shutdown;
+mod validation;

@@ -1,0 +1,412 @@
+//! An acknowledgement is a promise (product.md §1.3): the real binary is `kill -9`ed while six
+//! clients stream batches at it, restarted on the same data directory, and every event whose
+//! batch got a 2xx must still be queued — and no event of a batch that got a 400 may be. Three
+//! rounds, so acknowledged events also survive repeated crashes and crash recovery itself.
+//!
+//! The server delivers to a Heap that refuses every connection (a local port bound but never
+//! listening, retried only after an hour), so no event leaves the store by delivery; "queued"
+//! means a row of `queue` or, for an event the mapping skipped, of `dead_letter`.
+
+use std::collections::{BTreeSet, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+const TOKEN: &str = "crash-token";
+const CLIENTS: usize = 6;
+const ROUNDS: usize = 3;
+const EVENTS_PER_BATCH: usize = 20;
+/// Acknowledged batches (all clients together) to wait for before each kill.
+const ACKS_BEFORE_KILL: usize = 150;
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// The real binary, serving on an ephemeral port.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(data_dir: &Path, heap: SocketAddr) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_currents-heap"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--ingest-token", TOKEN])
+            .args(["--heap-app-id", "1", "--dead-letter-skipped"])
+            .args(["--retry-initial-backoff", "1h", "--retry-max-backoff", "1h"])
+            .arg("--heap-base-url")
+            .arg(format!("http://{heap}"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .env_remove("CURRENTS_HEAP_CONFIG")
+            .env_remove("CURRENTS_HEAP_LOG_FORMAT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the currents-heap binary");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let lines = Arc::clone(&log);
+        // Reads stderr to its end, so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && v["message"] == "Listening."
+                    && let Some(addr) = v["addr"].as_str().and_then(|a| a.parse().ok())
+                {
+                    let _ = tx.send(addr);
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr: SocketAddr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "no \"Listening.\" line; stderr:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Server { child, addr, log }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/currents", self.addr)
+    }
+
+    /// SIGKILL: no drain, no checkpoint, no destructor.
+    fn kill_9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    fn terminate(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill -TERM");
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "exit {status} after SIGTERM; stderr:\n{}",
+                    self.log.lock().unwrap().join("\n")
+                );
+                return;
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What each client learnt about its batches.
+#[derive(Default)]
+struct Ledger {
+    /// Events of batches answered 2xx: must be queued forever after.
+    acked: Vec<String>,
+    /// The bodies of acknowledged batches, for re-sending.
+    acked_bodies: Vec<Bytes>,
+    /// Events of batches answered 400: must never be queued.
+    rejected: Vec<String>,
+    /// Batches on the wire when the server died: stored whole or not at all.
+    in_flight: Vec<Vec<String>>,
+}
+
+fn event(id: &str) -> Value {
+    json!({
+        "event_type": "users.messages.email.Send",
+        "id": id,
+        "time": 1_780_000_000,
+        "user": { "user_id": "65a0c0ffee0000000000e001", "external_user_id": format!("u-{id}") },
+        "properties": { "campaign_name": "crash test", "send_id": id }
+    })
+}
+
+async fn post(http: &HttpClient, url: &str, body: Bytes) -> Result<(StatusCode, Value), String> {
+    let req = Request::post(url)
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .unwrap();
+    let fut = async {
+        let resp = http.request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
+    };
+    tokio::time::timeout(Duration::from_secs(20), fut)
+        .await
+        .map_err(|_| "no answer within 20 s".to_owned())?
+}
+
+/// Streams batches until the server dies or `stop` is set; every 4th batch is invalid.
+async fn client(
+    round: usize,
+    me: usize,
+    url: String,
+    stop: Arc<AtomicBool>,
+    acks: Arc<AtomicUsize>,
+) -> Ledger {
+    let http: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let mut ledger = Ledger::default();
+    for n in 0.. {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let ids: Vec<String> = (0..EVENTS_PER_BATCH)
+            .map(|k| format!("r{round}-c{me}-b{n}-e{k}"))
+            .collect();
+        let mut events: Vec<Value> = ids.iter().map(|id| event(id)).collect();
+        let invalid = n % 4 == 3;
+        if invalid {
+            events[7].as_object_mut().unwrap().remove("time");
+        }
+        let body = Bytes::from(serde_json::to_vec(&json!({ "events": events })).unwrap());
+        match post(&http, &url, body.clone()).await {
+            Ok((status, reply)) if status.is_success() => {
+                assert!(!invalid, "an invalid batch was acknowledged: {reply}");
+                assert_eq!(
+                    reply,
+                    json!({ "accepted": EVENTS_PER_BATCH, "duplicates": 0 })
+                );
+                ledger.acked.extend(ids);
+                ledger.acked_bodies.push(body);
+                acks.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok((StatusCode::BAD_REQUEST, reply)) => {
+                assert!(invalid, "a valid batch got 400: {reply}");
+                assert_eq!(reply["invalid_events"][0]["index"], 7);
+                ledger.rejected.extend(ids);
+            }
+            Ok((status, reply)) => panic!("unexpected {status}: {reply}"),
+            // The server is gone (killed): whether this batch was stored is unknown.
+            Err(_) => {
+                ledger.in_flight.push(ids);
+                break;
+            }
+        }
+    }
+    ledger
+}
+
+/// The SQLite file the server keeps in its data directory.
+fn database(data_dir: &Path) -> PathBuf {
+    std::fs::read_dir(data_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "sqlite3"))
+        .unwrap_or_else(|| panic!("no *.sqlite3 in {}", data_dir.display()))
+}
+
+/// `event_id` of every row of `table` (`queue` or `dead_letter`).
+fn ids_in(data_dir: &Path, table: &str) -> Vec<String> {
+    let conn = rusqlite::Connection::open_with_flags(
+        database(data_dir),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the store read-only");
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    let mut stmt = conn
+        .prepare(&format!("SELECT event_id FROM {table}"))
+        .unwrap();
+    stmt.query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Every stored event id: queued, or dead-lettered by the mapping.
+fn queued_ids(data_dir: &Path) -> Vec<String> {
+    let mut ids = ids_in(data_dir, "queue");
+    ids.extend(ids_in(data_dir, "dead_letter"));
+    ids
+}
+
+async fn metric(server: &Server, series: &str) -> f64 {
+    let http: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let uri = format!("http://{}/metrics", server.addr).parse().unwrap();
+    let resp = http.get(uri).await.expect("GET /metrics");
+    let text = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&text).into_owned();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{series} not in /metrics"))
+}
+
+/// Checks the promise against the store of a freshly restarted server.
+async fn check_promise(server: &Server, data_dir: &Path, ledger: &Ledger) {
+    let Ledger {
+        acked,
+        rejected,
+        in_flight,
+        ..
+    } = ledger;
+    let rows = queued_ids(data_dir);
+    let stored: HashSet<&str> = rows.iter().map(String::as_str).collect();
+    assert_eq!(stored.len(), rows.len(), "an event id is queued twice");
+    let lost: Vec<&String> = acked
+        .iter()
+        .filter(|id| !stored.contains(id.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged events lost after kill -9, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    let leaked: Vec<&String> = rejected
+        .iter()
+        .filter(|id| stored.contains(id.as_str()))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "events of 400 batches were stored: {leaked:?}"
+    );
+    for batch in in_flight {
+        let kept = batch
+            .iter()
+            .filter(|id| stored.contains(id.as_str()))
+            .count();
+        assert!(
+            kept == 0 || kept == batch.len(),
+            "a batch cut by kill -9 was stored in part ({kept} of {})",
+            batch.len()
+        );
+    }
+    let sent: HashSet<&str> = acked
+        .iter()
+        .chain(in_flight.iter().flatten())
+        .map(String::as_str)
+        .collect();
+    assert!(
+        stored.iter().all(|id| sent.contains(id)),
+        "the queue holds events no acknowledged or in-flight batch carried"
+    );
+    // The running totals the server loads at start agree with the rows after the crash.
+    assert_eq!(
+        metric(server, "currents_heap_queue_events").await,
+        ids_in(data_dir, "queue").len() as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_event_survives_kill_9_and_no_rejected_one_is_stored() {
+    let data = tempfile::tempdir().unwrap();
+    // Heap: a port bound but never listening, so every delivery attempt is refused.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let heap = closed.local_addr().unwrap();
+    let mut all = Ledger::default();
+    let mut server = Server::start(data.path(), heap);
+
+    for round in 0..ROUNDS {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(AtomicUsize::new(0));
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|me| {
+                tokio::spawn(client(
+                    round,
+                    me,
+                    server.url(),
+                    Arc::clone(&stop),
+                    Arc::clone(&acks),
+                ))
+            })
+            .collect();
+
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while acks.load(Ordering::SeqCst) < ACKS_BEFORE_KILL {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: too few acknowledgements"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Mid-stream: every client has a batch on the wire or about to be.
+        tokio::task::spawn_blocking(move || server.kill_9())
+            .await
+            .unwrap();
+        stop.store(true, Ordering::SeqCst);
+        for c in clients {
+            let ledger = c.await.expect("client task");
+            all.acked.extend(ledger.acked);
+            all.rejected.extend(ledger.rejected);
+            all.acked_bodies.extend(ledger.acked_bodies);
+            all.in_flight.extend(ledger.in_flight);
+        }
+        assert!(
+            !all.rejected.is_empty(),
+            "round {round}: no invalid batch was sent"
+        );
+
+        server = Server::start(data.path(), heap);
+        check_promise(&server, data.path(), &all).await;
+        eprintln!(
+            "round {round}: {} events acknowledged, {} rejected, {} batches cut, {} queued",
+            all.acked.len(),
+            all.rejected.len(),
+            all.in_flight.len(),
+            queued_ids(data.path()).len()
+        );
+    }
+
+    // The dedup memory survived the crashes too: re-sent acknowledged batches are duplicates.
+    let http: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    for body in all.acked_bodies.iter().step_by(7) {
+        let (status, reply) = post(&http, &server.url(), body.clone()).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            reply,
+            json!({ "accepted": 0, "duplicates": EVENTS_PER_BATCH })
+        );
+    }
+
+    // A graceful stop after all that keeps the same set.
+    let before: BTreeSet<String> = queued_ids(data.path()).into_iter().collect();
+    tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    let after: BTreeSet<String> = queued_ids(data.path()).into_iter().collect();
+    assert_eq!(before, after);
+    assert!(after.len() >= all.acked.len());
+}

@@ -1,0 +1,365 @@
+//! Property tests of the mapping: for arbitrary Currents events (long and multi-byte strings,
+//! deep nesting, booleans, arrays of anything, nulls, reserved keys, huge numbers, arbitrary
+//! event types and identities) and arbitrary settings, every item `map_event` returns satisfies
+//! Heap's documented limits, no placeholder identity ever leaves, the result is deterministic,
+//! and distinct event types never share a Heap event name.
+
+use currents_heap::currents::catalogue::KNOWN_EVENT_TYPES;
+use currents_heap::heap::model::{
+    MAX_BULK_ITEMS, TrackItem, UserPropertiesItem, is_placeholder_identity, validate_track_item,
+    validate_user_properties_item,
+};
+use currents_heap::transform::names::{CUSTOM_EVENT_TYPE, EVENT_NAMES, FALLBACK_PREFIX};
+use currents_heap::transform::{
+    MappingOptions, SkipReason, event_name_for, map_event, transform_payload,
+};
+use proptest::prelude::*;
+use serde_json::{Map, Value, json};
+
+const PLACEHOLDERS: &[&str] = &["", " ", "null", "NULL", "Null", "undefined", " None ", "\t"];
+const RESERVED_KEYS: &[&str] = &[
+    "id",
+    "ID",
+    "Id",
+    "iD",
+    "user_id",
+    "email",
+    "Email",
+    "EMAIL",
+    "",
+    "name",
+    "custom_properties",
+    "purchase_properties",
+    "custom_attributes",
+    "braze_event_type",
+    "braze_user_id",
+    "a.b",
+];
+
+/// 1030 characters made of two arbitrary (often multi-byte) characters switching at an
+/// arbitrary point: exercises the 1023-character cut at every kind of boundary.
+fn boundary_string() -> impl Strategy<Value = String> {
+    (0usize..=1030, any::<char>(), any::<char>()).prop_map(|(n, a, b)| {
+        std::iter::repeat_n(a, n)
+            .chain(std::iter::repeat_n(b, 1030 - n))
+            .collect()
+    })
+}
+
+fn any_string() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => any::<String>(),
+        2 => "[a-z_.]{0,12}",
+        1 => boundary_string(),
+        1 => (1usize..3000, any::<char>()).prop_map(|(n, c)| std::iter::repeat_n(c, n).collect()),
+        1 => prop::sample::select(PLACEHOLDERS).prop_map(str::to_string),
+    ]
+}
+
+fn key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => prop::sample::select(RESERVED_KEYS).prop_map(str::to_string),
+        3 => "[a-zA-Z_.]{0,10}",
+        1 => any::<String>(),
+        1 => (1000usize..1100).prop_map(|n| "k".repeat(n)),
+    ]
+}
+
+fn number() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
+        prop::sample::select(vec![
+            9_007_199_254_740_991i64,
+            9_007_199_254_740_992,
+            -9_007_199_254_740_993,
+            0,
+        ])
+        .prop_map(Value::from),
+    ]
+}
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        number(),
+        any_string().prop_map(Value::String),
+    ];
+    leaf.prop_recursive(6, 48, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::vec((key(), inner), 0..6)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}
+
+/// A linear nesting up to 140 levels (serde_json refuses more than 128).
+fn deep_value() -> impl Strategy<Value = Value> {
+    (1usize..140, key(), json_value())
+        .prop_map(|(depth, k, leaf)| (0..depth).fold(leaf, |acc, _| json!({ k.clone(): acc })))
+}
+
+fn event_type() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => prop::sample::select(KNOWN_EVENT_TYPES).prop_map(str::to_string),
+        1 => any_string(),
+        1 => Just(String::new()),
+        1 => prop::sample::select(EVENT_NAMES.iter().map(|(_, n)| n.to_string()).collect::<Vec<_>>()),
+    ]
+}
+
+fn id_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        6 => any_string().prop_map(Value::String),
+        1 => Just(Value::Null),
+        1 => number(),
+        1 => json_value(),
+    ]
+}
+
+/// Properties with the fields the mapping looks at, plus arbitrary ones.
+fn properties() -> impl Strategy<Value = Value> {
+    (
+        prop::collection::vec((key(), json_value()), 0..8),
+        prop::option::of(id_value()),
+        prop::option::of(json_value()),
+        prop::option::of(json_value()),
+        prop::option::of(json_value()),
+        prop::option::of(prop_oneof![
+            json_value().prop_map(|v| Value::String(v.to_string())),
+            json_value()
+        ]),
+        prop::option::of(deep_value()),
+    )
+        .prop_map(|(fields, name, custom, channel, status, attrs, deep)| {
+            let mut map: Map<String, Value> = fields.into_iter().collect();
+            let mut put = |k: &str, v: Option<Value>| {
+                if let Some(v) = v {
+                    map.insert(k.to_string(), v);
+                }
+            };
+            put("name", name);
+            put("custom_properties", custom.clone());
+            put("purchase_properties", custom);
+            put("channel", channel.clone());
+            put("subscription_group_id", channel.clone());
+            put("subscription_status", status.clone());
+            put("source", status.clone());
+            put("email_address", status);
+            put("custom_attributes", attrs);
+            put("deep", deep);
+            Value::Object(map)
+        })
+}
+
+fn event() -> impl Strategy<Value = Value> {
+    (
+        event_type(),
+        any_string(),
+        prop_oneof![
+            any::<i64>(),
+            0i64..4_000_000_000,
+            99_999_999_990i64..100_000_000_010
+        ],
+        prop::option::of(id_value()),
+        prop::option::of(id_value()),
+        prop::option::of(any_string()),
+        properties(),
+    )
+        .prop_map(|(t, id, time, external, braze_id, tz, props)| {
+            let mut user = Map::new();
+            if let Some(x) = external {
+                user.insert("external_user_id".into(), x);
+            }
+            if let Some(b) = braze_id {
+                user.insert("user_id".into(), b);
+            }
+            if let Some(tz) = tz {
+                user.insert("timezone".into(), Value::String(tz));
+            }
+            json!({"event_type": t, "id": id, "time": time, "user": user, "properties": props})
+        })
+}
+
+fn options() -> impl Strategy<Value = MappingOptions> {
+    (
+        prop::sample::select(vec!["friendly", "raw"]),
+        prop_oneof![
+            Just(String::new()),
+            Just("braze-".to_string()),
+            "\\PC{0,128}"
+        ],
+        prop::sample::select(vec!["skip", "synthetic_user_id"]),
+        prop::sample::select(vec![vec![], vec!["users.*".to_string()]]),
+        prop::sample::select(vec![vec![], vec!["*.Abort".to_string()]]),
+        prop::collection::vec(key(), 0..3),
+    )
+        .prop_map(|(naming, prefix, anonymous, include, exclude, drop)| {
+            MappingOptions::from_parts(
+                Some(naming),
+                Some(&prefix),
+                Some(anonymous),
+                &include,
+                &exclude,
+                &drop,
+            )
+            .expect("generated settings are valid")
+        })
+}
+
+fn check_track(item: &TrackItem) -> Result<(), TestCaseError> {
+    prop_assert_eq!(validate_track_item(item), Ok(()));
+    if let Some(identity) = &item.identity {
+        prop_assert!(
+            !is_placeholder_identity(identity),
+            "placeholder {identity:?}"
+        );
+    }
+    Ok(())
+}
+
+fn check_users(item: &UserPropertiesItem) -> Result<(), TestCaseError> {
+    prop_assert_eq!(validate_user_properties_item(item), Ok(()));
+    prop_assert!(!is_placeholder_identity(&item.identity));
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn mapped_items_are_always_valid(event in event(), opts in options()) {
+        let raw = event.to_string();
+        let first = map_event(raw.as_bytes(), &opts);
+        prop_assert_eq!(&first, &map_event(raw.as_bytes(), &opts), "not deterministic");
+        match first {
+            Ok(mapped) => {
+                check_track(&mapped.track)?;
+                prop_assert_eq!(Some(mapped.track.idempotency_key.as_str()), event["id"].as_str());
+                prop_assert!(mapped.track.event.starts_with(opts.prefix()));
+                match (&mapped.track.identity, event["user"].get("external_user_id")) {
+                    (Some(identity), Some(Value::String(x))) => prop_assert_eq!(identity, x),
+                    (Some(_), other) => prop_assert!(false, "identity from {other:?}"),
+                    (None, _) => prop_assert_eq!(opts.anonymous().as_str(), "synthetic_user_id"),
+                }
+                for key in mapped.track.properties.keys() {
+                    prop_assert!(!opts.drops(key), "dropped key {key:?} sent");
+                }
+                if let Some(users) = &mapped.user_properties {
+                    check_users(users)?;
+                    prop_assert_eq!(Some(&users.identity), mapped.track.identity.as_ref());
+                    prop_assert!(!users.properties.is_empty());
+                }
+            }
+            Err(SkipReason::Unparseable) => {
+                let structurally_ok = event["id"].as_str().is_some_and(|s| !s.is_empty())
+                    && event["event_type"].as_str().is_some_and(|s| !s.is_empty())
+                    && event["time"].is_i64()
+                    && serde_json::from_str::<Value>(&raw).is_ok();
+                prop_assert!(!structurally_ok, "well-formed event called unparseable");
+            }
+            Err(SkipReason::Excluded) => {
+                prop_assert!(!opts.includes(event["event_type"].as_str().unwrap()));
+            }
+            Err(SkipReason::Anonymous | SkipReason::InvalidIdentity) => {
+                let usable = event["user"]["external_user_id"].as_str().is_some_and(|x| {
+                    !is_placeholder_identity(x) && x.chars().count() <= 255
+                });
+                prop_assert!(!usable, "usable identity skipped");
+            }
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256), opts in options()) {
+        let _ = map_event(&bytes, &opts);
+        let _ = transform_payload(&bytes, &opts, "11");
+    }
+
+    #[test]
+    fn payload_requests_are_valid_and_chunked(events in prop::collection::vec(event(), 0..12), opts in options()) {
+        let payload = Value::Array(events).to_string();
+        let Ok(out) = transform_payload(payload.as_bytes(), &opts, "11") else {
+            return Ok(());
+        };
+        for request in &out.requests {
+            let body = &request["body"];
+            prop_assert_eq!(&body["app_id"], "11");
+            match request["endpoint"].as_str() {
+                Some("/api/track") => {
+                    let items: Vec<TrackItem> = serde_json::from_value(body["events"].clone()).unwrap();
+                    prop_assert!(!items.is_empty() && items.len() <= MAX_BULK_ITEMS);
+                    for item in &items {
+                        check_track(item)?;
+                    }
+                }
+                Some("/api/add_user_properties") => {
+                    let items: Vec<UserPropertiesItem> = serde_json::from_value(body["users"].clone()).unwrap();
+                    prop_assert!(!items.is_empty() && items.len() <= MAX_BULK_ITEMS);
+                    for item in &items {
+                        check_users(item)?;
+                    }
+                }
+                other => prop_assert!(false, "unexpected endpoint {other:?}"),
+            }
+        }
+    }
+
+    /// Distinct event types never share a name, whatever the custom event names are.
+    #[test]
+    fn distinct_types_never_share_a_name(
+        a in event_type(), b in event_type(),
+        name_a in name_candidate(), name_b in name_candidate(),
+        opts in options(),
+    ) {
+        let a = if a.len() % 3 == 0 { CUSTOM_EVENT_TYPE.to_string() } else { a };
+        prop_assume!(a != b);
+        let na = event_name_for(&a, name_a.as_deref(), &opts);
+        let nb = event_name_for(&b, name_b.as_deref(), &opts);
+        prop_assert_ne!(na, nb, "{:?} and {:?} collide", a, b);
+    }
+}
+
+/// Custom event names that try hard to collide: table names, fallback names, escapes.
+fn name_candidate() -> impl Strategy<Value = Option<String>> {
+    let table: Vec<String> = EVENT_NAMES.iter().map(|(_, n)| n.to_string()).collect();
+    prop::option::of(prop_oneof![
+        prop::sample::select(table.clone()),
+        prop::sample::select(KNOWN_EVENT_TYPES).prop_map(|t| format!("{FALLBACK_PREFIX}{t}")),
+        prop::sample::select(table).prop_map(|n| format!("Custom Event: {n}")),
+        any_string(),
+    ])
+}
+
+#[test]
+fn every_known_type_maps_with_every_reserved_key_and_placeholder() {
+    for event_type in KNOWN_EVENT_TYPES {
+        let props: Map<String, Value> = RESERVED_KEYS
+            .iter()
+            .map(|k| {
+                (
+                    k.to_string(),
+                    json!({"nested": [true, null, 1e300], "x": "é".repeat(1100)}),
+                )
+            })
+            .collect();
+        let event = json!({"event_type": event_type, "id": "i", "time": -5,
+            "user": {"external_user_id": "alice", "user_id": "b"}, "properties": props});
+        let mapped = map_event(event.to_string().as_bytes(), &MappingOptions::default()).unwrap();
+        validate_track_item(&mapped.track).unwrap();
+        assert_eq!(mapped.track.timestamp, "1970-01-01T00:00:00Z");
+        for placeholder in PLACEHOLDERS {
+            let mut e = event.clone();
+            e["user"]["external_user_id"] = json!(placeholder);
+            assert_eq!(
+                map_event(e.to_string().as_bytes(), &MappingOptions::default()),
+                Err(SkipReason::InvalidIdentity)
+            );
+        }
+    }
+}
