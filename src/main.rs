@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use currents_heap::app::App;
 use currents_heap::config::{ConfigError, Settings, SettingsArgs};
+use currents_heap::delivery::BudgetShape;
 use currents_heap::queue::Store;
-use currents_heap::{dlq, shutdown, telemetry};
+use currents_heap::{dlq, shutdown, telemetry, transform};
+use std::io::Write;
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +28,14 @@ enum Command {
     Serve(SettingsArgs),
     /// Validate the configuration and print the effective settings (secrets redacted).
     CheckConfig(SettingsArgs),
+    /// Print, one JSON object per line, the Heap requests `serve` would send for a Currents
+    /// payload (`{"events":[...]}`, one event, or an array of events); no network.
+    Transform {
+        /// The payload file; `-` reads standard input.
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
     /// Inspect, re-queue or delete dead-lettered events in the data directory.
     Dlq {
         #[command(subcommand)]
@@ -71,6 +81,69 @@ struct DlqSelect {
     /// Only this dead letter (its `seq`); repeatable.
     #[arg(long = "id")]
     ids: Vec<i64>,
+}
+
+fn run_transform(file: &std::path::Path, args: &SettingsArgs) -> ExitCode {
+    let settings = match Settings::load(args) {
+        Ok(s) => s,
+        Err(e) => return config_failure(&e),
+    };
+    let payload = if file.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map(|_| buf)
+    } else {
+        std::fs::read(file)
+    };
+    let payload = match payload {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("currents-heap: cannot read {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let app_id = settings.heap_app_id.as_ref().map_or("0", |a| a.as_str());
+    // The same batch size serve uses: the app budget's burst caps it.
+    let batch = BudgetShape::new(
+        settings.heap_events_per_minute,
+        settings.heap_budget_window,
+        settings.heap_batch_size as u32,
+    )
+    .burst as usize;
+    match transform::transform_payload(&payload, &settings.mapping, app_id, batch) {
+        Ok(out) => {
+            let mut stdout = std::io::stdout().lock();
+            for r in &out.requests {
+                let _ = writeln!(
+                    stdout,
+                    "{{\"endpoint\":{},\"body\":{}}}",
+                    r["endpoint"], r["body"]
+                );
+            }
+            let mapped = out
+                .requests
+                .iter()
+                .filter(|r| r["endpoint"] == "/api/track")
+                .map(|r| r["body"]["events"].as_array().map_or(0, Vec::len))
+                .sum::<usize>();
+            eprintln!(
+                "{mapped} events mapped, {} skipped, {} duplicates in {} requests",
+                out.skipped.len(),
+                out.duplicates.len(),
+                out.requests.len()
+            );
+            for (index, id, reason) in &out.skipped {
+                eprintln!("skipped event {index} (id {id:?}): {}", reason.as_str());
+            }
+            for (index, id) in &out.duplicates {
+                eprintln!("duplicate event {index} (id {id:?}): an earlier event has the same id");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(reasons) => {
+            eprintln!("{reasons}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run_dlq(action: DlqAction) -> ExitCode {
@@ -135,6 +208,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Dlq { action } => run_dlq(action),
+        Command::Transform { file, settings } => run_transform(&file, &settings),
         Command::CheckConfig(args) => {
             match Settings::load(&args).and_then(|s| s.validate_for_serve().map(|()| s)) {
                 Ok(s) => {

@@ -32,7 +32,9 @@ pub struct TransformOutput {
 }
 
 /// Maps a Currents payload — `{"events":[...]}`, a single event object, or a JSON array of
-/// events — to the Heap request bodies `serve` would send for it under `app_id`.
+/// events — to the Heap request bodies `serve` would send for it under `app_id`, in the order
+/// it sends them: per batch of at most `batch_size` events (serve's effective batch: see
+/// `delivery::Budgets::max_batch`), the track body, then the user properties of those events.
 ///
 /// `Err` holds one line per reason (naming event indexes) when the payload fails the
 /// structural check that makes ingest answer 400.
@@ -40,33 +42,35 @@ pub fn transform_payload(
     payload: &[u8],
     opts: &MappingOptions,
     app_id: &str,
+    batch_size: usize,
 ) -> Result<TransformOutput, String> {
     let body = as_batch(payload);
     let batch = parse_batch(&body).map_err(|e| describe(&e))?;
     let mut out = TransformOutput::default();
     let mut seen = HashSet::new();
-    let mut track = Vec::new();
-    let mut users = Vec::new();
+    let mut mapped = Vec::new();
     for (index, event) in batch.events.iter().enumerate() {
         if !seen.insert(event.id.as_ref()) {
             out.duplicates.push((index, event.id.to_string()));
             continue;
         }
         match map_event(event.raw.get().as_bytes(), opts) {
-            Ok(mapped) => {
-                track.push(mapped.track);
-                users.extend(mapped.user_properties);
-            }
+            Ok(m) => mapped.push(m),
             Err(reason) => out.skipped.push((index, event.id.to_string(), reason)),
         }
     }
-    for chunk in track.chunks(MAX_BULK_ITEMS) {
+    for chunk in mapped.chunks(batch_size.clamp(1, MAX_BULK_ITEMS)) {
+        let track: Vec<TrackItem> = chunk.iter().map(|m| m.track.clone()).collect();
         out.requests
-            .push(request(TRACK_PATH, &track_body(app_id, chunk)));
-    }
-    for chunk in users.chunks(MAX_BULK_ITEMS) {
-        out.requests
-            .push(request(USER_PROPERTIES_PATH, &users_body(app_id, chunk)));
+            .push(request(TRACK_PATH, &track_body(app_id, &track)));
+        let users: Vec<UserPropertiesItem> = chunk
+            .iter()
+            .filter_map(|m| m.user_properties.clone())
+            .collect();
+        if !users.is_empty() {
+            out.requests
+                .push(request(USER_PROPERTIES_PATH, &users_body(app_id, &users)));
+        }
     }
     Ok(out)
 }
@@ -141,6 +145,7 @@ mod tests {
             payload.to_string().as_bytes(),
             &MappingOptions::default(),
             "11",
+            MAX_BULK_ITEMS,
         )
     }
 
@@ -167,7 +172,8 @@ mod tests {
     #[test]
     fn empty_payloads_send_nothing() {
         for p in [&b""[..], b"{}", b"[]", b" {\"events\":[]} "] {
-            let out = transform_payload(p, &MappingOptions::default(), "11").unwrap();
+            let out =
+                transform_payload(p, &MappingOptions::default(), "11", MAX_BULK_ITEMS).unwrap();
             assert!(out.requests.is_empty() && out.skipped.is_empty(), "{p:?}");
         }
     }
@@ -219,10 +225,10 @@ mod tests {
             sizes,
             vec![
                 (t.clone(), 1000),
+                (u.clone(), 1000),
                 (t.clone(), 1000),
+                (u.clone(), 1000),
                 (t, 1),
-                (u.clone(), 1000),
-                (u.clone(), 1000),
                 (u, 1)
             ]
         );

@@ -1,0 +1,183 @@
+//! The command line as an operator uses it: `check-config`, `transform` and `dlq` exit codes
+//! and output, driven through the real binary.
+
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_currents-heap"));
+    // The environment must not leak settings into the tests.
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CURRENTS_HEAP_") || k.starts_with("HEAP_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("binary runs")
+}
+
+fn fixture(name: &str) -> String {
+    format!("{}/fixtures/currents/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn check_config_prints_effective_settings_with_tokens_redacted() {
+    let out = run(&[
+        "check-config",
+        "--heap-app-id",
+        "123",
+        "--ingest-token",
+        "s3cr3t,0ld",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("s3cr3t") && !text.contains("0ld"));
+    let table: toml::Table = toml::from_str(&text).expect("the output is TOML");
+    assert_eq!(table["heap_app_id"].as_str(), Some("123"));
+    assert_eq!(table["ingest_token"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn check_config_exits_2_naming_the_bad_setting() {
+    let out = run(&[
+        "check-config",
+        "--heap-app-id",
+        "123",
+        "--max-queue-bytes",
+        "lots",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("max-queue-bytes") && err.contains("CURRENTS_HEAP_MAX_QUEUE_BYTES"),
+        "{err}"
+    );
+
+    let out = bin()
+        .args(["check-config"])
+        .env("HEAP_APP_ID", "abc")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("heap_app_id")
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "heap_app_id = \"1\"\nlisten_addr = \"x\"\n").unwrap();
+    let out = run(&["check-config", "--config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("listen_addr")
+    );
+}
+
+#[test]
+fn layers_are_file_then_env_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(
+        &file,
+        "heap_app_id = \"1\"\nheap_events_per_minute = 100\nheap_linger = \"3s\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args([
+            "check-config",
+            "--config",
+            file.to_str().unwrap(),
+            "--heap-linger",
+            "5s",
+        ])
+        .env("HEAP_EVENTS_PER_MINUTE", "200")
+        .env("HEAP_LINGER", "4s")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let table: toml::Table = toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    assert_eq!(table["heap_app_id"].as_str(), Some("1"));
+    assert_eq!(table["heap_events_per_minute"].as_integer(), Some(200));
+    assert_eq!(table["heap_linger"].as_str(), Some("5s"));
+}
+
+#[test]
+fn transform_prints_the_heap_requests_and_the_skipped_events() {
+    let out = run(&[
+        "transform",
+        &fixture("mixed_known_unknown.json"),
+        "--heap-app-id",
+        "42",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert!(!lines.is_empty());
+    assert!(stdout.starts_with("{\"endpoint\":\"/api/track\",\"body\":"));
+    for l in &lines {
+        assert_eq!(l["body"]["app_id"], "42");
+    }
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("skipped") && stderr.contains("anonymous"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn transform_exits_1_with_the_reasons_serve_would_answer_400_for() {
+    let out = run(&["transform", &fixture("invalid_events.json")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("event 2: missing `id`"), "{stderr}");
+}
+
+#[test]
+fn transform_with_raw_names_and_prefix() {
+    let out = run(&[
+        "transform",
+        &fixture("email_send_batch.json"),
+        "--event-naming",
+        "raw",
+        "--event-prefix",
+        "braze-",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let first: serde_json::Value = serde_json::from_str(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        first["body"]["events"][0]["event"],
+        "braze-users.messages.email.Send"
+    );
+}
+
+#[test]
+fn dlq_purge_needs_a_selection_and_list_reports_an_empty_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let out = run(&["dlq", "purge", "--data-dir", d]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(&["dlq", "list", "--data-dir", d]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("dead letters: 0")
+    );
+}
