@@ -244,7 +244,7 @@ mod tests {
         assert!(err.contains("event 0: missing `time`"), "{err}");
         for bad in [&b"nope"[..], b"[1,", b"{\"events\":{}}", b"[] x", b"3"] {
             assert!(
-                transform_payload(bad, &MappingOptions::default(), "11").is_err(),
+                transform_payload(bad, &MappingOptions::default(), "11", MAX_BULK_ITEMS).is_err(),
                 "{bad:?}"
             );
         }
