@@ -1,0 +1,14 @@
+//! Black-box tests of the delivery side (product.md §4–§6): Braze batches go in over real HTTP,
+//! the in-process server delivers them to the Heap stand-in (`currents_heap::standin`), and
+//! the tests look at what the stand-in received, at `/metrics` and at the dead-letter store.
+//! One binary for all modules keeps link time down.
+//!
+//! Budgets are the production ones unless a test scales them (`heap_budget_window`); backoffs
+//! are shortened to milliseconds; every wait polls with a deadline.
+
+mod dlq;
+mod end_to_end;
+mod helpers;
+mod pacing;
+mod rejections;
+mod retries;
