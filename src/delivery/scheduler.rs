@@ -430,17 +430,33 @@ impl Delivery {
         taken
     }
 
-    /// Moves the pending events of deferred identities to the store, each with its own
-    /// `not_before` slot, so memory stays bounded and other identities keep flowing.
+    /// Keeps a small reserve of each deferred identity's events in memory — enough for what
+    /// its budget admits between two batches — and moves the rest to the store, each with its
+    /// own `not_before` slot one budget period apart, so memory stays bounded, the identity
+    /// still drains at its own budget, and the other identities keep flowing.
     async fn park_deferred(&mut self) {
         let now = Instant::now();
-        let period = self.budgets.identity_shape().period.as_millis().max(1) as i64;
-        let mut parked: HashMap<i64, Vec<i64>> = HashMap::new();
+        let shape = self.budgets.identity_shape();
+        let period = shape.period.as_millis().max(1) as i64;
+        let reserve = (shape.burst as usize * 2).max(2);
+        let mut kept: HashMap<String, usize> = HashMap::new();
+        let mut parked: Vec<(i64, i64)> = Vec::new();
         let mut keep = VecDeque::with_capacity(self.pending.len());
+        let now_ms = unix_millis();
         while let Some(item) = self.pending.pop_front() {
-            match self.deferred.get_mut(item.track.budget_key()) {
+            let key = item.track.budget_key();
+            match self.deferred.get_mut(key) {
                 Some(d) if d.until > now => {
-                    parked.entry(d.next_slot).or_default().push(item.seq);
+                    let n = kept.entry(key.to_owned()).or_default();
+                    if *n < reserve {
+                        *n += 1;
+                        keep.push_back(item);
+                        continue;
+                    }
+                    // The reserve drains first; parked events come due after it.
+                    let wait_ms = d.until.saturating_duration_since(now).as_millis() as i64;
+                    d.next_slot = d.next_slot.max(now_ms + wait_ms + reserve as i64 * period);
+                    parked.push((item.seq, d.next_slot));
                     d.next_slot += period;
                     self.in_memory.remove(&item.seq);
                 }
@@ -448,8 +464,8 @@ impl Delivery {
             }
         }
         self.pending = keep;
-        for (not_before, seqs) in parked {
-            self.apply(QueueOp::Defer { seqs, not_before }).await;
+        if !parked.is_empty() {
+            self.apply(QueueOp::Defer { items: parked }).await;
         }
     }
 

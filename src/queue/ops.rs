@@ -11,7 +11,8 @@ pub enum QueueOp {
     /// Heap answered 2xx (or the event was skipped): remove the events from the queue.
     Ack { seqs: Vec<i64> },
     /// Not before `not_before` (UNIX ms): an identity over its budget, or a retry.
-    Defer { seqs: Vec<i64>, not_before: i64 },
+    /// `(seq, not_before)` pairs, applied in one transaction.
+    Defer { items: Vec<(i64, i64)> },
     /// A delivery attempt failed: count it and keep the error for operators.
     Attempt { seqs: Vec<i64>, error: String },
     /// Move events to the dead-letter store.
@@ -81,9 +82,9 @@ pub(crate) fn apply(tx: &Transaction<'_>, op: &QueueOp, now: i64) -> rusqlite::R
                 }
             }
         }
-        QueueOp::Defer { seqs, not_before } => {
+        QueueOp::Defer { items } => {
             let mut upd = tx.prepare_cached("UPDATE queue SET not_before = ?2 WHERE seq = ?1")?;
-            for seq in seqs {
+            for (seq, not_before) in items {
                 out.rows += upd.execute(params![seq, not_before])? as u64;
             }
         }
