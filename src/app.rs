@@ -20,8 +20,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
-use crate::delivery::{Delivery, DeliveryConfig, Sender};
+use std::collections::HashMap;
+
+use crate::config::{DEFAULT_ROUTE, Settings};
+use crate::delivery::{Delivery, DeliveryConfig, RouteMapping, Sender};
+use crate::metrics::UNROUTABLE;
+use crate::queue::QueueOp;
+use crate::routing::{DRY_RUN_APP_ID, Router};
 use crate::heap::client::HeapClient;
 use crate::ingest::{self, Auth, IngestState};
 use crate::metrics::Metrics;
@@ -41,7 +46,7 @@ pub enum AppError {
 pub struct App {
     listener: TcpListener,
     state: Arc<IngestState>,
-    delivery: Delivery,
+    lanes: Vec<Delivery>,
     writer: WriterHandle,
     grace: Duration,
 }
@@ -58,12 +63,21 @@ impl App {
                 dedup_capacity: settings.dedup_capacity,
             },
         )?;
-        let metrics = Metrics::new();
+        let route_names: Vec<&str> = std::iter::once(DEFAULT_ROUTE)
+            .chain(settings.routes.iter().map(|r| r.name.as_str()))
+            .collect();
+        let metrics = Metrics::with_routes(&route_names);
         metrics
             .queue_max_bytes
             .set(settings.max_queue_bytes.min(i64::MAX as u64) as i64);
         metrics.dedup_capacity.set(settings.dedup_capacity as i64);
-        let auth = Auth::new(&settings.ingest_tokens);
+        let route_tokens: Vec<(Option<&str>, &[crate::config::Secret])> = settings
+            .routes
+            .iter()
+            .filter(|r| !r.ingest_tokens.is_empty())
+            .map(|r| (r.workspace.as_deref(), r.ingest_tokens.as_slice()))
+            .collect();
+        let auth = Auth::with_routes(&settings.ingest_tokens, &route_tokens);
         if auth.is_open() {
             tracing::warn!(
                 message = "No ingest token configured: POST /currents accepts unauthenticated requests. Set --ingest-token / CURRENTS_HEAP_INGEST_TOKEN."
@@ -82,8 +96,16 @@ impl App {
             queued_events = store.stats().events(),
             queued_bytes = store.stats().bytes(),
         );
-        let new_data = Arc::new(Notify::new());
-        let delivery = build_delivery(settings, &store, &writer, &metrics, &new_data)?;
+        let lanes = build_lanes(settings, &store, &writer, &metrics)?;
+        orphans_to_dead_letters(&store, &writer, &lanes).await?;
+        let router = Router::from_settings(settings);
+        if router.targets().next().is_none() {
+            tracing::warn!(message = "No default route and no [[route]]: every event will be kept as an unroutable dead letter.");
+        }
+        let new_data = lanes
+            .iter()
+            .map(|(_, app_id, n)| (Arc::clone(app_id), Arc::clone(n)))
+            .collect();
         let state = Arc::new(IngestState::new(
             auth,
             settings.max_body_bytes,
@@ -91,11 +113,12 @@ impl App {
             store,
             metrics,
             new_data,
+            router,
         ));
         Ok(App {
             listener,
             state,
-            delivery,
+            lanes: lanes.into_iter().map(|(d, ..)| d).collect(),
             writer: writer_handle,
             grace: settings.shutdown_grace,
         })
@@ -116,12 +139,15 @@ impl App {
         let App {
             listener,
             state,
-            delivery,
+            lanes,
             writer,
             grace,
         } = self;
         let stop_delivery = CancellationToken::new();
-        let delivery_task = tokio::spawn(delivery.run(stop_delivery.clone()));
+        let delivery_tasks: Vec<_> = lanes
+            .into_iter()
+            .map(|lane| tokio::spawn(lane.run(stop_delivery.clone())))
+            .collect();
         tracing::info!(message = "Listening.", addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
         let graceful = GracefulShutdown::new();
 
@@ -157,7 +183,12 @@ impl App {
 
         // Phase 4: stop delivery (a request in flight finishes), then close the store.
         stop_delivery.cancel();
-        if tokio::time::timeout(grace.max(Duration::from_secs(1)), delivery_task)
+        let all_stopped = async {
+            for task in delivery_tasks {
+                let _ = task.await;
+            }
+        };
+        if tokio::time::timeout(grace.max(Duration::from_secs(1)), all_stopped)
             .await
             .is_err()
         {
@@ -170,56 +201,145 @@ impl App {
     }
 }
 
-fn build_delivery(
+/// One delivery lane per Heap app id, serving every route that delivers there (the default
+/// route first, then `[[route]]` tables in file order).
+fn build_lanes(
     settings: &Settings,
     store: &Store,
     writer: &Writer,
     metrics: &Metrics,
-    new_data: &Arc<Notify>,
-) -> Result<Delivery, AppError> {
-    let sender = if settings.dry_run {
-        Sender::DryRun
-    } else {
-        Sender::Heap(Box::new(HeapClient::new(
+) -> Result<Vec<(Delivery, Arc<str>, Arc<Notify>)>, AppError> {
+    struct Lane {
+        name: String,
+        app_id: String,
+        base_url: String,
+        per_minute: std::num::NonZeroU32,
+        identity_per_minute: std::num::NonZeroU32,
+        routes: HashMap<String, RouteMapping>,
+        fallback: RouteMapping,
+    }
+    let mut lanes: Vec<Lane> = Vec::new();
+    let mut add = |name: &str, app_id: &str, base_url: &str, pm, ipm, mapping: RouteMapping| {
+        match lanes.iter_mut().find(|l| l.app_id == app_id) {
+            Some(l) => {
+                l.routes.insert(name.to_owned(), mapping);
+            }
+            None => lanes.push(Lane {
+                name: name.to_owned(),
+                app_id: app_id.to_owned(),
+                base_url: base_url.to_owned(),
+                per_minute: pm,
+                identity_per_minute: ipm,
+                routes: HashMap::from([(name.to_owned(), mapping.clone())]),
+                fallback: mapping,
+            }),
+        }
+    };
+    let default_app_id = match (&settings.heap_app_id, settings.dry_run) {
+        (Some(id), _) => Some(id.as_str()),
+        (None, true) => Some(DRY_RUN_APP_ID),
+        (None, false) => None,
+    };
+    if let Some(app_id) = default_app_id {
+        add(
+            DEFAULT_ROUTE,
+            app_id,
             &settings.heap_base_url,
-            settings.heap_timeout,
-        )))
-    };
-    let app_id = settings
-        .heap_app_id
-        .as_ref()
-        .map(|a| a.as_str().to_owned())
-        // Only reachable with --dry-run (validate_for_serve requires an id otherwise).
-        .unwrap_or_else(|| "0".to_owned());
-    let cfg = DeliveryConfig {
-        route: Arc::from(crate::ingest::DEFAULT_ROUTE),
-        app_id,
-        batch_size: settings.heap_batch_size,
-        linger: settings.heap_linger,
-        events_per_window: settings.heap_events_per_minute,
-        identity_events_per_window: settings.heap_identity_events_per_minute,
-        window: settings.heap_budget_window,
-        backoff: settings.retry_backoff,
-        max_event_age: settings.max_event_age,
-        mapping: settings.mapping.clone(),
-        dead_letter_skipped: settings.dead_letter_skipped,
-    };
-    metrics
-        .budget_per_minute
-        .with_label_values(&["app"])
-        .set(i64::from(settings.heap_events_per_minute.get()));
-    metrics
-        .budget_per_minute
-        .with_label_values(&["identity"])
-        .set(i64::from(settings.heap_identity_events_per_minute.get()));
-    Ok(Delivery::new(
-        cfg,
-        sender,
-        writer.clone(),
-        store.reader()?,
-        metrics.clone(),
-        Arc::clone(new_data),
-    ))
+            settings.heap_events_per_minute,
+            settings.heap_identity_events_per_minute,
+            RouteMapping {
+                mapping: settings.mapping.clone(),
+                dead_letter_skipped: settings.dead_letter_skipped,
+            },
+        );
+    }
+    for r in &settings.routes {
+        add(
+            &r.name,
+            r.heap_app_id.as_str(),
+            &r.heap_base_url,
+            r.heap_events_per_minute,
+            r.heap_identity_events_per_minute,
+            RouteMapping {
+                mapping: r.mapping.clone(),
+                dead_letter_skipped: r.dead_letter_skipped,
+            },
+        );
+    }
+    let mut out = Vec::with_capacity(lanes.len());
+    for lane in lanes {
+        let sender = if settings.dry_run {
+            Sender::DryRun
+        } else {
+            Sender::Heap(Box::new(HeapClient::new(&lane.base_url, settings.heap_timeout)))
+        };
+        for (budget, v) in [("app", lane.per_minute), ("identity", lane.identity_per_minute)] {
+            metrics
+                .budget_per_minute
+                .with_label_values(&[&lane.name, budget])
+                .set(i64::from(v.get()));
+        }
+        let cfg = DeliveryConfig {
+            lane: Arc::from(lane.name.as_str()),
+            app_id: lane.app_id.clone(),
+            routes: lane.routes,
+            fallback: lane.fallback,
+            batch_size: settings.heap_batch_size,
+            linger: settings.heap_linger,
+            events_per_window: lane.per_minute,
+            identity_events_per_window: lane.identity_per_minute,
+            window: settings.heap_budget_window,
+            backoff: settings.retry_backoff,
+            max_event_age: settings.max_event_age,
+        };
+        let notify = Arc::new(Notify::new());
+        let delivery = Delivery::new(
+            cfg,
+            sender,
+            writer.clone(),
+            store.reader()?,
+            metrics.clone(),
+            Arc::clone(&notify),
+        );
+        out.push((delivery, Arc::from(lane.app_id.as_str()), notify));
+    }
+    Ok(out)
+}
+
+/// Queued events whose app id no lane serves any more (the configuration changed) become
+/// dead letters `unroutable`: visible, counted, and replayable once the configuration routes
+/// them again.
+async fn orphans_to_dead_letters(
+    store: &Store,
+    writer: &Writer,
+    lanes: &[(Delivery, Arc<str>, Arc<Notify>)],
+) -> Result<(), AppError> {
+    let queued = store.reader()?.queued_app_ids().map_err(|source| {
+        AppError::Store(StoreError::Sqlite {
+            path: store.path().to_owned(),
+            source,
+        })
+    })?;
+    for app_id in queued {
+        if lanes.iter().any(|(_, a, _)| **a == *app_id) {
+            continue;
+        }
+        match writer
+            .apply(QueueOp::DeadLetterApp {
+                app_id: app_id.clone(),
+                reason: UNROUTABLE.to_owned(),
+            })
+            .await
+        {
+            Ok(o) => tracing::warn!(
+                message = "Queued events for a Heap app id no route delivers to; kept as dead letters (reason unroutable). Fix the routes, then `dlq replay --reason unroutable`.",
+                app_id = %app_id,
+                events = o.rows,
+            ),
+            Err(e) => tracing::error!(message = "Cannot dead-letter orphaned events.", app_id = %app_id, error = %e),
+        }
+    }
+    Ok(())
 }
 
 /// Accepts connections forever, serving each on its own task under `graceful`.

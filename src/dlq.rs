@@ -8,7 +8,8 @@ use std::io::Write;
 
 use serde_json::json;
 
-use crate::queue::{QueueOp, Store, Writer};
+use crate::queue::{QueueOp, ReplayItem, Store, Writer};
+use crate::routing::Router;
 
 /// What to act on.
 #[derive(Debug, Clone, Default)]
@@ -103,15 +104,60 @@ fn with_writer<T>(
     result
 }
 
-/// Moves the selected dead letters back to the queue. Returns how many.
-pub fn replay(store: &Store, sel: &Selection) -> Result<u64, String> {
+/// What a replay did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Moved back to the queue.
+    pub requeued: u64,
+    /// Left in the dead-letter store: the configuration routes them nowhere.
+    pub still_unroutable: u64,
+}
+
+/// Moves the selected dead letters back to the queue, each routed again with the current
+/// configuration (`router`): the route of its stored `workspace` and its `app_group_id`.
+pub fn replay(store: &Store, sel: &Selection, router: &Router) -> Result<Replayed, String> {
+    let reader = store.reader().map_err(|e| e.to_string())?;
     with_writer(store, |w| {
-        w.apply_blocking(QueueOp::Replay {
-            reason: sel.reason.clone(),
-            ids: sel.ids(),
-        })
-        .map(|o| o.rows)
+        let mut done = Replayed::default();
+        let mut after = 0i64;
+        loop {
+            let page = reader
+                .dead_letters(sel.reason.as_deref(), after, 1000)
+                .map_err(|e| e.to_string())?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = last.seq;
+            let mut items = Vec::with_capacity(page.len());
+            for d in page {
+                if !sel.ids.is_empty() && !sel.ids.contains(&d.seq) {
+                    continue;
+                }
+                let group = app_group_id(&d.payload);
+                match router.route(d.workspace.as_deref(), group.as_deref()) {
+                    Some(t) => items.push(ReplayItem {
+                        seq: d.seq,
+                        route: t.name.to_string(),
+                        app_id: t.app_id.to_string(),
+                    }),
+                    None => done.still_unroutable += 1,
+                }
+            }
+            if !items.is_empty() {
+                done.requeued += w.apply_blocking(QueueOp::Replay { items })?.rows;
+            }
+        }
+        Ok(done)
     })
+}
+
+/// `properties.app_group_id` of a stored event.
+fn app_group_id(payload: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    v.get("properties")?
+        .get("app_group_id")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// Deletes the selected dead letters for good. Returns how many.

@@ -30,6 +30,7 @@ pub mod ingest;
 pub mod loadgen;
 pub mod metrics;
 pub mod queue;
+pub mod routing;
 pub mod shutdown;
 pub mod standin;
 pub mod telemetry;

@@ -8,6 +8,7 @@ use currents_heap::app::App;
 use currents_heap::config::{ConfigError, Settings, SettingsArgs};
 use currents_heap::delivery::BudgetShape;
 use currents_heap::queue::Store;
+use currents_heap::routing::Router;
 use currents_heap::{dlq, shutdown, telemetry, transform};
 use std::io::Write;
 
@@ -177,9 +178,17 @@ fn run_dlq(action: DlqAction) -> ExitCode {
             &mut std::io::stderr().lock(),
         )
         .map(|_| ()),
-        DlqAction::Replay { .. } => dlq::replay(&store, &sel).map(|n| {
-            println!("replayed {n} dead letters into the queue");
-        }),
+        DlqAction::Replay { .. } => {
+            dlq::replay(&store, &sel, &Router::from_settings(&settings)).map(|r| {
+                println!("replayed {} dead letters into the queue", r.requeued);
+                if r.still_unroutable > 0 {
+                    eprintln!(
+                        "{} dead letters stay: no route of the current configuration takes them",
+                        r.still_unroutable
+                    );
+                }
+            })
+        }
         DlqAction::Purge { all, .. } => {
             if !all && sel.reason.is_none() && sel.ids.is_empty() {
                 eprintln!(

@@ -42,7 +42,7 @@ pub const CATALOGUE: &[(&str, &str, &str, &str)] = &[
     (
         "currents_heap_events_accepted_total",
         "counter",
-        "event_type",
+        "event_type,route",
         "Events durably queued (after dedup), by event type (unknown types as `other`).",
     ),
     (
@@ -96,19 +96,19 @@ pub const CATALOGUE: &[(&str, &str, &str, &str)] = &[
     (
         "currents_heap_events_delivered_total",
         "counter",
-        "",
+        "route",
         "Events Heap acknowledged (2xx on /api/track).",
     ),
     (
         "currents_heap_events_skipped_total",
         "counter",
-        "reason",
+        "route,reason",
         "Events accepted but not sent to Heap, by reason (anonymous, excluded, ...).",
     ),
     (
         "currents_heap_events_dead_lettered_total",
         "counter",
-        "reason",
+        "route,reason",
         "Events moved to the dead-letter store, by reason.",
     ),
     (
@@ -120,43 +120,43 @@ pub const CATALOGUE: &[(&str, &str, &str, &str)] = &[
     (
         "currents_heap_heap_requests_total",
         "counter",
-        "endpoint,status_class",
+        "route,endpoint,status_class",
         "Requests to Heap by endpoint and status class (`error` = no HTTP answer).",
     ),
     (
         "currents_heap_heap_request_duration_seconds",
         "histogram",
-        "endpoint",
+        "route,endpoint",
         "Heap request latency by endpoint.",
     ),
     (
         "currents_heap_delivery_retries_total",
         "counter",
-        "reason",
+        "route,reason",
         "Heap requests that failed transiently and will be retried, by reason.",
     ),
     (
         "currents_heap_delivery_paused",
         "gauge",
-        "",
+        "route",
         "1 while delivery waits out a Retry-After or a backoff after a failure.",
     ),
     (
         "currents_heap_rate_limit_waits_total",
         "counter",
-        "budget",
+        "route,budget",
         "Times a send waited for the app budget (`app`) or an identity was deferred (`identity`).",
     ),
     (
         "currents_heap_rate_limit_wait_seconds_total",
         "counter",
-        "budget",
+        "route,budget",
         "Time spent waiting for the app budget.",
     ),
     (
         "currents_heap_heap_budget_events_per_minute",
         "gauge",
-        "budget",
+        "route,budget",
         "The configured outbound budgets (app, identity).",
     ),
     (
@@ -197,8 +197,12 @@ pub const REJECT_REASONS: &[&str] = &[
     "store_unavailable",
 ];
 
+/// The `route` label of events no route takes (and their dead-letter reason).
+pub const UNROUTABLE: &str = "unroutable";
+
 /// Reasons an event is dead-lettered (label `reason`).
 pub const DEAD_LETTER_REASONS: &[&str] = &[
+    "unroutable",
     "rejected",
     "rejected_user_properties",
     "too_large",
@@ -232,14 +236,14 @@ pub struct Metrics {
     pub dedup_ids: IntGauge,
     pub dedup_capacity: IntGauge,
     pub store_healthy: IntGauge,
-    pub events_delivered: IntCounter,
+    pub events_delivered: IntCounterVec,
     pub events_skipped: IntCounterVec,
     pub events_dead_lettered: IntCounterVec,
     pub dead_letter_events: IntGaugeVec,
     pub heap_requests: IntCounterVec,
     pub heap_request_duration: HistogramVec,
     pub delivery_retries: IntCounterVec,
-    pub delivery_paused: IntGauge,
+    pub delivery_paused: IntGaugeVec,
     pub rate_limit_waits: IntCounterVec,
     pub rate_limit_wait_seconds: CounterVec,
     pub budget_per_minute: IntGaugeVec,
@@ -258,7 +262,14 @@ fn opts(name: &str) -> Opts {
 }
 
 impl Metrics {
+    /// Metrics of a forwarder with only the default route.
     pub fn new() -> Self {
+        Self::with_routes(&[crate::config::DEFAULT_ROUTE])
+    }
+
+    /// Metrics whose `route` label takes the values `routes` (and `unroutable` for ingest);
+    /// every series with a known label value is created at 0.
+    pub fn with_routes(routes: &[&str]) -> Self {
         let registry = Registry::new();
         let m = Metrics {
             ingest_requests: IntCounterVec::new(
@@ -281,7 +292,7 @@ impl Metrics {
                 .unwrap(),
             events_accepted: IntCounterVec::new(
                 opts("currents_heap_events_accepted_total"),
-                &["event_type"],
+                &["event_type", "route"],
             )
             .unwrap(),
             events_duplicate: IntCounter::with_opts(opts("currents_heap_events_duplicate_total"))
@@ -301,16 +312,19 @@ impl Metrics {
             dedup_ids: IntGauge::with_opts(opts("currents_heap_dedup_ids")).unwrap(),
             dedup_capacity: IntGauge::with_opts(opts("currents_heap_dedup_capacity")).unwrap(),
             store_healthy: IntGauge::with_opts(opts("currents_heap_store_healthy")).unwrap(),
-            events_delivered: IntCounter::with_opts(opts("currents_heap_events_delivered_total"))
-                .unwrap(),
+            events_delivered: IntCounterVec::new(
+                opts("currents_heap_events_delivered_total"),
+                &["route"],
+            )
+            .unwrap(),
             events_skipped: IntCounterVec::new(
                 opts("currents_heap_events_skipped_total"),
-                &["reason"],
+                &["route", "reason"],
             )
             .unwrap(),
             events_dead_lettered: IntCounterVec::new(
                 opts("currents_heap_events_dead_lettered_total"),
-                &["reason"],
+                &["route", "reason"],
             )
             .unwrap(),
             dead_letter_events: IntGaugeVec::new(
@@ -320,7 +334,7 @@ impl Metrics {
             .unwrap(),
             heap_requests: IntCounterVec::new(
                 opts("currents_heap_heap_requests_total"),
-                &["endpoint", "status_class"],
+                &["route", "endpoint", "status_class"],
             )
             .unwrap(),
             heap_request_duration: HistogramVec::new(
@@ -331,28 +345,29 @@ impl Metrics {
                 .buckets(vec![
                     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                 ]),
-                &["endpoint"],
+                &["route", "endpoint"],
             )
             .unwrap(),
             delivery_retries: IntCounterVec::new(
                 opts("currents_heap_delivery_retries_total"),
-                &["reason"],
+                &["route", "reason"],
             )
             .unwrap(),
-            delivery_paused: IntGauge::with_opts(opts("currents_heap_delivery_paused")).unwrap(),
+            delivery_paused: IntGaugeVec::new(opts("currents_heap_delivery_paused"), &["route"])
+                .unwrap(),
             rate_limit_waits: IntCounterVec::new(
                 opts("currents_heap_rate_limit_waits_total"),
-                &["budget"],
+                &["route", "budget"],
             )
             .unwrap(),
             rate_limit_wait_seconds: CounterVec::new(
                 opts("currents_heap_rate_limit_wait_seconds_total"),
-                &["budget"],
+                &["route", "budget"],
             )
             .unwrap(),
             budget_per_minute: IntGaugeVec::new(
                 opts("currents_heap_heap_budget_events_per_minute"),
-                &["budget"],
+                &["route", "budget"],
             )
             .unwrap(),
             registry,
@@ -399,47 +414,60 @@ impl Metrics {
         for s in STATUSES {
             m.ingest_duration.with_label_values(&[*s]);
         }
-        for t in KNOWN_EVENT_TYPES.iter().chain(&["other"]) {
-            m.events_accepted.with_label_values(&[*t]);
+        let ingest_routes: Vec<&str> = routes.iter().copied().chain([UNROUTABLE]).collect();
+        for route in &ingest_routes {
+            for t in KNOWN_EVENT_TYPES.iter().chain(&["other"]) {
+                m.events_accepted.with_label_values(&[*t, route]);
+            }
         }
         for r in REJECT_REASONS {
             m.events_rejected.with_label_values(&[*r]);
         }
-        for r in crate::transform::SKIP_REASONS {
-            m.events_skipped.with_label_values(&[*r]);
-        }
         for r in DEAD_LETTER_REASONS {
-            m.events_dead_lettered.with_label_values(&[*r]);
             m.dead_letter_events.with_label_values(&[*r]);
         }
-        for e in [
-            crate::heap::model::TRACK_PATH,
-            crate::heap::model::USER_PROPERTIES_PATH,
-        ] {
-            m.heap_request_duration.with_label_values(&[e]);
-            for c in crate::heap::retry::STATUS_CLASSES {
-                m.heap_requests.with_label_values(&[e, *c]);
+        m.events_dead_lettered
+            .with_label_values(&[UNROUTABLE, UNROUTABLE]);
+        for route in routes {
+            m.events_delivered.with_label_values(&[route]);
+            m.delivery_paused.with_label_values(&[route]);
+            for r in crate::transform::SKIP_REASONS {
+                m.events_skipped.with_label_values(&[route, *r]);
             }
-        }
-        for r in crate::heap::retry::RETRY_REASONS {
-            m.delivery_retries.with_label_values(&[*r]);
-        }
-        for b in ["app", "identity"] {
-            m.rate_limit_waits.with_label_values(&[b]);
-            m.rate_limit_wait_seconds.with_label_values(&[b]);
-            m.budget_per_minute.with_label_values(&[b]);
+            for r in DEAD_LETTER_REASONS {
+                m.events_dead_lettered.with_label_values(&[route, *r]);
+            }
+            for e in [
+                crate::heap::model::TRACK_PATH,
+                crate::heap::model::USER_PROPERTIES_PATH,
+            ] {
+                m.heap_request_duration.with_label_values(&[route, e]);
+                for c in crate::heap::retry::STATUS_CLASSES {
+                    m.heap_requests.with_label_values(&[route, e, *c]);
+                }
+            }
+            for r in crate::heap::retry::RETRY_REASONS {
+                m.delivery_retries.with_label_values(&[route, *r]);
+            }
+            for b in ["app", "identity"] {
+                m.rate_limit_waits.with_label_values(&[route, b]);
+                m.rate_limit_wait_seconds.with_label_values(&[route, b]);
+                m.budget_per_minute.with_label_values(&[route, b]);
+            }
         }
         m
     }
 
     /// Counts a dead letter; an unexpected reason is counted as `other` (bounded labels).
-    pub fn dead_letter_inc(&self, reason: &str) {
+    pub fn dead_letter_inc(&self, route: &str, reason: &str) {
         let label = DEAD_LETTER_REASONS
             .iter()
             .find(|r| **r == reason)
             .copied()
             .unwrap_or("other");
-        self.events_dead_lettered.with_label_values(&[label]).inc();
+        self.events_dead_lettered
+            .with_label_values(&[route, label])
+            .inc();
     }
 
     /// Records one finished request.
@@ -518,6 +546,7 @@ mod tests {
             .lines()
             .filter(|l| l.starts_with("currents_heap_events_accepted_total{"))
             .count();
-        assert_eq!(series, KNOWN_EVENT_TYPES.len() + 1);
+        // Known types and `other`, for the default route and `unroutable`.
+        assert_eq!(series, (KNOWN_EVENT_TYPES.len() + 1) * 2);
     }
 }

@@ -6,6 +6,7 @@
 //! result. Validation is pure, so `check-config` and `serve` share it and tests call it with
 //! plain values. A bad value becomes a [`ConfigError`] that names the setting in all its forms, and
 //! `main` turns it into exit code 2.
+mod routes;
 mod sources;
 mod values;
 
@@ -18,6 +19,7 @@ use crate::delivery::Backoff;
 use crate::transform::MappingOptions;
 
 use sources::list;
+pub use routes::{DEFAULT_ROUTE, RouteFile, RouteSettings};
 pub use sources::{FileConfig, Scalar, SettingsArgs, Tokens};
 pub use values::{ConfigError, HeapAppId, LogFormat, Secret};
 use values::{parse_duration, parse_size, validate_base_url};
@@ -58,6 +60,8 @@ pub struct Settings {
     pub mapping: MappingOptions,
     pub dead_letter_skipped: bool,
     pub dry_run: bool,
+    /// `[[route]]` tables, in file order.
+    pub routes: Vec<RouteSettings>,
 }
 
 /// Picks the flag/env value if given, else the file value.
@@ -333,6 +337,46 @@ impl Settings {
         })?;
         let dead_letter_skipped =
             pick(args.dead_letter_skipped, file.dead_letter_skipped).unwrap_or(false);
+        let routes = routes::validate_routes(
+            &file.route,
+            &routes::Inherited {
+                heap_base_url: &heap_base_url,
+                heap_events_per_minute,
+                heap_identity_events_per_minute,
+                event_naming: &event_naming,
+                event_prefix: &event_prefix,
+                anonymous: &anonymous,
+                include_event_types: &include_event_types,
+                exclude_event_types: &exclude_event_types,
+                drop_properties: &drop_properties,
+                dead_letter_skipped,
+            },
+        )?;
+        let mut lanes: Vec<_> = routes
+            .iter()
+            .map(|r| {
+                (
+                    r.name.as_str(),
+                    &r.heap_app_id,
+                    r.heap_base_url.as_str(),
+                    r.heap_events_per_minute,
+                    r.heap_identity_events_per_minute,
+                )
+            })
+            .collect();
+        if let Some(id) = &heap_app_id {
+            lanes.insert(
+                0,
+                (
+                    DEFAULT_ROUTE,
+                    id,
+                    heap_base_url.as_str(),
+                    heap_events_per_minute,
+                    heap_identity_events_per_minute,
+                ),
+            );
+        }
+        routes::check_shared_app_ids(&lanes)?;
         let dry_run = pick(args.dry_run, file.dry_run).unwrap_or(false);
 
         Ok(Settings {
@@ -365,16 +409,17 @@ impl Settings {
             mapping,
             dead_letter_skipped,
             dry_run,
+            routes,
         })
     }
 
     /// The checks that only `serve` needs: a destination for the default route.
     pub fn validate_for_serve(&self) -> Result<(), ConfigError> {
-        if self.heap_app_id.is_none() && !self.dry_run {
+        if self.heap_app_id.is_none() && !self.dry_run && self.routes.is_empty() {
             return Err(ConfigError::new(
                 "heap_app_id",
                 "HEAP_APP_ID",
-                "is required to deliver to Heap (or run with --dry-run)",
+                "is required to deliver to Heap (or configure [[route]] tables, or run with --dry-run)",
             ));
         }
         Ok(())
@@ -458,8 +503,47 @@ impl Settings {
         line("drop_properties", arr(&self.drop_properties));
         line("dead_letter_skipped", self.dead_letter_skipped.to_string());
         line("dry_run", self.dry_run.to_string());
+        for r in &self.routes {
+            out.push('\n');
+            out.push_str(&route_toml(r));
+        }
         out
     }
+}
+
+fn route_toml(r: &RouteSettings) -> String {
+    let mut t = toml::Table::new();
+    let s = |v: &str| toml::Value::String(v.to_owned());
+    let a = |v: &[String]| toml::Value::Array(v.iter().map(|x| s(x)).collect());
+    t.insert("name".into(), s(&r.name));
+    if let Some(w) = &r.workspace {
+        t.insert("workspace".into(), s(w));
+    }
+    if let Some(g) = &r.app_group_id {
+        t.insert("app_group_id".into(), s(g));
+    }
+    t.insert("heap_app_id".into(), s(r.heap_app_id.as_str()));
+    t.insert("heap_base_url".into(), s(&r.heap_base_url));
+    t.insert(
+        "heap_events_per_minute".into(),
+        toml::Value::Integer(i64::from(r.heap_events_per_minute.get())),
+    );
+    t.insert(
+        "heap_identity_events_per_minute".into(),
+        toml::Value::Integer(i64::from(r.heap_identity_events_per_minute.get())),
+    );
+    t.insert(
+        "ingest_token".into(),
+        toml::Value::Array(r.ingest_tokens.iter().map(|_| s("<redacted>")).collect()),
+    );
+    t.insert("event_naming".into(), s(&r.event_naming));
+    t.insert("event_prefix".into(), s(&r.event_prefix));
+    t.insert("anonymous".into(), s(&r.anonymous));
+    t.insert("include_event_types".into(), a(&r.include_event_types));
+    t.insert("exclude_event_types".into(), a(&r.exclude_event_types));
+    t.insert("drop_properties".into(), a(&r.drop_properties));
+    t.insert("dead_letter_skipped".into(), toml::Value::Boolean(r.dead_letter_skipped));
+    format!("[[route]]\n{t}")
 }
 
 #[cfg(test)]

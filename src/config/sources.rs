@@ -156,6 +156,9 @@ pub struct FileConfig {
     pub drop_properties: Option<Tokens>,
     pub dead_letter_skipped: Option<bool>,
     pub dry_run: Option<bool>,
+    /// `[[route]]` tables.
+    #[serde(default)]
+    pub route: Vec<super::routes::RouteFile>,
 }
 
 /// A TOML value that may be written as a number or a string (`15000`, `"10GiB"`).

@@ -23,6 +23,26 @@ pub struct ValidEvent<'a> {
     pub external_user_id: Option<Cow<'a, str>>,
     /// The event exactly as received.
     pub raw: &'a RawValue,
+    /// Its `properties`, unparsed (read only when routing needs `app_group_id`).
+    pub properties: Option<&'a RawValue>,
+}
+
+impl ValidEvent<'_> {
+    /// `properties.app_group_id` when it is a string (the Braze workspace's API id).
+    pub fn app_group_id(&self) -> Option<Cow<'_, str>> {
+        #[derive(Deserialize)]
+        struct Head<'a> {
+            #[serde(borrow, default)]
+            app_group_id: Option<&'a RawValue>,
+        }
+        let props = self.properties?;
+        if !props.get().starts_with('{') {
+            return None;
+        }
+        let head: Head<'_> = serde_json::from_str(props.get()).ok()?;
+        let mut de = serde_json::Deserializer::from_str(head.app_group_id?.get());
+        Cow::<str>::deserialize(&mut de).ok()
+    }
 }
 
 /// Why a whole request is refused with 400.
@@ -82,6 +102,8 @@ struct EventHead<'a> {
     time: Option<&'a RawValue>,
     #[serde(borrow, default)]
     user: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    properties: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -165,6 +187,7 @@ fn validate_event(raw: &RawValue) -> Result<ValidEvent<'_>, EventError> {
         time,
         external_user_id: head.user.and_then(external_user_id),
         raw,
+        properties: head.properties,
     })
 }
 
@@ -237,6 +260,10 @@ mod tests {
         let ev = &batch.events[0];
         assert_eq!(ev.id, "i\"d");
         assert_eq!(ev.external_user_id.as_deref(), Some("u-1"));
+        assert_eq!(ev.app_group_id(), None);
+        let with_group = r#"{"events":[{"id":"a","event_type":"e","time":2,"properties":{"x":{"app_group_id":"no"},"app_group_id":"g-1"}}]}"#;
+        let batch = parse_batch(with_group.as_bytes()).unwrap();
+        assert_eq!(batch.events[0].app_group_id().as_deref(), Some("g-1"));
         assert!(ev.raw.get().starts_with("{\"id\""));
     }
 

@@ -17,6 +17,7 @@ pub mod budget;
 mod scheduler;
 mod sender;
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,12 +29,24 @@ pub use sender::Sender;
 
 use crate::transform::MappingOptions;
 
-/// Everything one delivery task needs to know about its route.
+/// How the events of one route are mapped.
+#[derive(Debug, Clone)]
+pub struct RouteMapping {
+    pub mapping: MappingOptions,
+    /// Keep skipped events (anonymous, excluded, ...) in the dead-letter store instead of
+    /// dropping them after counting.
+    pub dead_letter_skipped: bool,
+}
+
+/// Everything one delivery lane (one Heap app id, one or more routes) needs.
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
-    /// The route name stored with queued events.
-    pub route: Arc<str>,
+    /// The lane's name in logs and in the `route` metric label: its first route's name.
+    pub lane: Arc<str>,
     pub app_id: String,
+    /// Mapping per route name; events of a route not listed (renamed since) use `fallback`.
+    pub routes: HashMap<String, RouteMapping>,
+    pub fallback: RouteMapping,
     /// Upper bound of items per bulk request (Heap's cap is 1000).
     pub batch_size: usize,
     /// How long a partial batch may wait for more events.
@@ -45,8 +58,10 @@ pub struct DeliveryConfig {
     pub backoff: Backoff,
     /// Events older than this (since they were received) are dead-lettered as `expired`.
     pub max_event_age: Duration,
-    pub mapping: MappingOptions,
-    /// Keep skipped events (anonymous, excluded, ...) in the dead-letter store instead of
-    /// dropping them after counting.
-    pub dead_letter_skipped: bool,
+}
+
+impl DeliveryConfig {
+    pub fn mapping_for(&self, route: &str) -> &RouteMapping {
+        self.routes.get(route).unwrap_or(&self.fallback)
+    }
 }

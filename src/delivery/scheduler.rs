@@ -110,7 +110,7 @@ impl Delivery {
     pub async fn run(mut self, shutdown: CancellationToken) {
         tracing::info!(
             message = "Delivery started.",
-            route = %self.cfg.route,
+            route = %self.cfg.lane,
             app_id = %self.cfg.app_id,
             max_batch = self.max_batch(),
             app_events_per_second = self.budgets.app_shape().rate(),
@@ -124,7 +124,7 @@ impl Delivery {
                     }
                 }
                 self.paused_until = None;
-                self.metrics.delivery_paused.set(0);
+                self.metrics.delivery_paused.with_label_values(&[&self.cfg.lane]).set(0);
             }
             self.housekeeping();
             if self.pending.len() < self.max_batch() * PENDING_BATCHES / 2
@@ -167,7 +167,7 @@ impl Delivery {
                 self.send(batch).await;
             }
         }
-        tracing::info!(message = "Delivery stopped.", route = %self.cfg.route);
+        tracing::info!(message = "Delivery stopped.", route = %self.cfg.lane);
     }
 
     /// None when a batch should go now; else how long to wait for more events (linger) or
@@ -204,12 +204,10 @@ impl Delivery {
     fn record_wait(&self, budget: &'static str, waited: Duration) {
         if !waited.is_zero() {
             self.metrics
-                .rate_limit_waits
-                .with_label_values(&[budget])
+                .rate_limit_waits.with_label_values(&[&self.cfg.lane, budget])
                 .inc();
             self.metrics
-                .rate_limit_wait_seconds
-                .with_label_values(&[budget])
+                .rate_limit_wait_seconds.with_label_values(&[&self.cfg.lane, budget])
                 .inc_by(waited.as_secs_f64());
         }
     }
@@ -233,12 +231,12 @@ impl Delivery {
         }
         let now = unix_millis();
         let reader = Arc::clone(&self.reader);
-        let route = self.cfg.route.to_string();
+        let app_id = self.cfg.app_id.clone();
         let cursor = self.cursor;
         let (due, fresh) = tokio::task::spawn_blocking(move || {
             let r = reader.lock().unwrap_or_else(|p| p.into_inner());
-            let due = r.due_deferred(&route, now, want)?;
-            let fresh = r.queued(&route, cursor, want)?;
+            let due = r.due_deferred(&app_id, now, want)?;
+            let fresh = r.queued(&app_id, cursor, want)?;
             Ok::<_, rusqlite::Error>((due, fresh))
         })
         .await
@@ -276,7 +274,7 @@ impl Delivery {
         row: QueuedEvent,
         now: i64,
         dead: &mut Vec<DeadLetterItem>,
-        skipped: &mut Vec<(i64, &'static str)>,
+        skipped: &mut Vec<(i64, &'static str, bool)>,
     ) -> bool {
         if !self.in_memory.insert(row.seq) {
             return false;
@@ -284,7 +282,7 @@ impl Delivery {
         match self.prepare(&row, now) {
             Ok(item) => self.pending.push_back(item),
             Err(Prepared::Dead(d)) => dead.push(d),
-            Err(Prepared::Skipped(seq, reason)) => skipped.push((seq, reason)),
+            Err(Prepared::Skipped(seq, reason, keep)) => skipped.push((seq, reason, keep)),
         }
         true
     }
@@ -298,9 +296,16 @@ impl Delivery {
                 detail: Some(format!("not delivered within {:?}", self.cfg.max_event_age)),
             }));
         }
-        let mapped = match map_event(&row.payload, &self.cfg.mapping) {
+        let options = self.cfg.mapping_for(&row.route);
+        let mapped = match map_event(&row.payload, &options.mapping) {
             Ok(m) => m,
-            Err(reason) => return Err(Prepared::Skipped(row.seq, reason.as_str())),
+            Err(reason) => {
+                return Err(Prepared::Skipped(
+                    row.seq,
+                    reason.as_str(),
+                    options.dead_letter_skipped,
+                ));
+            }
         };
         let invalid = validate_track_item(&mapped.track).err().or_else(|| {
             mapped
@@ -333,16 +338,16 @@ impl Delivery {
     async fn finish_unsendable(
         &mut self,
         dead: Vec<DeadLetterItem>,
-        skipped: Vec<(i64, &'static str)>,
+        skipped: Vec<(i64, &'static str, bool)>,
     ) {
         let mut dead = dead;
         let mut acks = Vec::new();
-        for (seq, reason) in &skipped {
+        for (seq, reason, keep) in &skipped {
             self.metrics
                 .events_skipped
-                .with_label_values(&[*reason])
+                .with_label_values(&[&self.cfg.lane, *reason])
                 .inc();
-            if self.cfg.dead_letter_skipped {
+            if *keep {
                 dead.push(DeadLetterItem {
                     seq: *seq,
                     reason: (*reason).to_owned(),
@@ -353,7 +358,7 @@ impl Delivery {
             }
         }
         for d in &dead {
-            self.metrics.dead_letter_inc(&d.reason);
+            self.metrics.dead_letter_inc(&self.cfg.lane, &d.reason);
         }
         let seqs: Vec<i64> = dead
             .iter()
@@ -411,8 +416,7 @@ impl Delivery {
                 Ok(()) => taken.push(item),
                 Err(wait) => {
                     self.metrics
-                        .rate_limit_waits
-                        .with_label_values(&["identity"])
+                        .rate_limit_waits.with_label_values(&[&self.cfg.lane, "identity"])
                         .inc();
                     let slot = unix_millis() + wait.as_millis() as i64;
                     let entry = self.deferred.entry(key.to_owned()).or_insert(Deferral {
@@ -525,7 +529,7 @@ impl Delivery {
             .expect("track items serialize");
             match self.request(TRACK_PATH, body, to_track, "rejected").await {
                 (Sent::Delivered, mut items) => {
-                    self.metrics.events_delivered.inc_by(items.len() as u64);
+                    self.metrics.events_delivered.with_label_values(&[&self.cfg.lane]).inc_by(items.len() as u64);
                     for i in &mut items {
                         i.track_done = true;
                     }
@@ -575,14 +579,12 @@ impl Delivery {
         let started = Instant::now();
         let result = self.sender.post(path, Bytes::from(body)).await;
         self.metrics
-            .heap_request_duration
-            .with_label_values(&[path])
+            .heap_request_duration.with_label_values(&[&self.cfg.lane, path])
             .observe(started.elapsed().as_secs_f64());
         let (verdict, detail) = match &result {
             Ok(resp) => {
                 self.metrics
-                    .heap_requests
-                    .with_label_values(&[path, status_class(resp.status)])
+                    .heap_requests.with_label_values(&[&self.cfg.lane, path, status_class(resp.status)])
                     .inc();
                 let verdict = classify(resp.status, resp.retry_after.as_ref(), SystemTime::now());
                 (
@@ -592,8 +594,7 @@ impl Delivery {
             }
             Err(e) => {
                 self.metrics
-                    .heap_requests
-                    .with_label_values(&[path, "error"])
+                    .heap_requests.with_label_values(&[&self.cfg.lane, path, "error"])
                     .inc();
                 (
                     Verdict::Retry {
@@ -607,7 +608,7 @@ impl Delivery {
         match verdict {
             Verdict::Delivered => {
                 if self.failures > 0 {
-                    tracing::info!(message = "Heap accepts requests again.", route = %self.cfg.route, after_failures = self.failures);
+                    tracing::info!(message = "Heap accepts requests again.", route = %self.cfg.lane, after_failures = self.failures);
                 }
                 self.failures = 0;
                 (Sent::Delivered, items)
@@ -630,7 +631,7 @@ impl Delivery {
                     )
                 };
                 if items.len() == 1 {
-                    tracing::warn!(message = "Heap rejected an event; dead-lettering it.", route = %self.cfg.route, endpoint = path, detail = %detail);
+                    tracing::warn!(message = "Heap rejected an event; dead-lettering it.", route = %self.cfg.lane, endpoint = path, detail = %detail);
                     let dead = items
                         .iter()
                         .map(|i| DeadLetterItem {
@@ -641,7 +642,7 @@ impl Delivery {
                         .collect();
                     self.finish_unsendable(dead, Vec::new()).await;
                 } else {
-                    tracing::info!(message = kind, route = %self.cfg.route, endpoint = path, items = items.len());
+                    tracing::info!(message = kind, route = %self.cfg.lane, endpoint = path, items = items.len());
                     let mut first = items;
                     let second = first.split_off(first.len() / 2);
                     self.forced.push_front(second);
@@ -663,16 +664,15 @@ impl Delivery {
         transport: Option<HeapError>,
     ) {
         self.metrics
-            .delivery_retries
-            .with_label_values(&[reason])
+            .delivery_retries.with_label_values(&[&self.cfg.lane, reason])
             .inc();
         let pause = retry_after.unwrap_or_else(|| self.cfg.backoff.delay(self.failures));
         self.failures = self.failures.saturating_add(1);
         self.paused_until = Some(Instant::now() + pause);
-        self.metrics.delivery_paused.set(1);
+        self.metrics.delivery_paused.with_label_values(&[&self.cfg.lane]).set(1);
         tracing::warn!(
             message = "Heap request failed; retrying after a pause.",
-            route = %self.cfg.route,
+            route = %self.cfg.lane,
             reason,
             pause_ms = pause.as_millis() as u64,
             retry_after = retry_after.is_some(),
@@ -705,7 +705,8 @@ impl Delivery {
 
 enum Prepared {
     Dead(DeadLetterItem),
-    Skipped(i64, &'static str),
+    /// Sequence, reason, and whether to keep it as a dead letter.
+    Skipped(i64, &'static str, bool),
 }
 
 fn truncate(s: &str, max: usize) -> String {

@@ -12,7 +12,10 @@ use subtle::{Choice, ConstantTimeEq};
 use crate::config::Secret;
 
 pub struct Auth {
+    /// Accepted without a routing hint: the global tokens and every route's own tokens.
     digests: Vec<[u8; 32]>,
+    /// Requests whose `?workspace=` names a route with its own tokens accept only those.
+    by_workspace: Vec<(String, Vec<[u8; 32]>)>,
 }
 
 fn digest(token: &[u8]) -> [u8; 32] {
@@ -22,11 +25,27 @@ fn digest(token: &[u8]) -> [u8; 32] {
 impl Auth {
     pub fn new(tokens: &[Secret]) -> Self {
         Self {
-            digests: tokens
-                .iter()
-                .map(|t| digest(t.expose().as_bytes()))
-                .collect(),
+            digests: tokens.iter().map(|t| digest(t.expose().as_bytes())).collect(),
+            by_workspace: Vec::new(),
         }
+    }
+
+    /// Global tokens plus routes' own tokens: `(workspace, tokens)` of each route that has
+    /// tokens (workspace `None` for routes matching on app_group_id only).
+    pub fn with_routes(global: &[Secret], routes: &[(Option<&str>, &[Secret])]) -> Self {
+        let mut auth = Self::new(global);
+        for (workspace, tokens) in routes {
+            let digests: Vec<[u8; 32]> =
+                tokens.iter().map(|t| digest(t.expose().as_bytes())).collect();
+            auth.digests.extend(digests.iter().copied());
+            if let Some(w) = workspace {
+                match auth.by_workspace.iter_mut().find(|(x, _)| x == w) {
+                    Some((_, d)) => d.extend(digests),
+                    None => auth.by_workspace.push(((*w).to_owned(), digests)),
+                }
+            }
+        }
+        auth
     }
 
     /// No token configured: every request is accepted (with a warning at start-up).
@@ -36,9 +55,18 @@ impl Auth {
 
     /// True when the request carries `Authorization: Bearer <one of the tokens>`.
     pub fn allows(&self, headers: &HeaderMap) -> bool {
+        self.allows_for(headers, None)
+    }
+
+    /// As [`Auth::allows`] for a request naming `workspace`: a route of that workspace with
+    /// its own tokens accepts only those; otherwise any configured token is accepted.
+    pub fn allows_for(&self, headers: &HeaderMap, workspace: Option<&str>) -> bool {
         if self.is_open() {
             return true;
         }
+        let allowed = workspace
+            .and_then(|w| self.by_workspace.iter().find(|(x, _)| x == w))
+            .map_or(&self.digests, |(_, d)| d);
         let Some(presented) = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| bearer_token(v.as_bytes()))
@@ -47,7 +75,7 @@ impl Auth {
         };
         let presented = digest(presented);
         let mut ok = Choice::from(0);
-        for d in &self.digests {
+        for d in allowed {
             ok |= d.ct_eq(&presented);
         }
         ok.into()
@@ -101,6 +129,30 @@ mod tests {
         assert!(!a.allows(&headers("Bearer ")));
         assert!(!a.allows(&headers("Bearernew-token")));
         assert!(!a.allows(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn a_workspace_route_with_its_own_tokens_accepts_only_those() {
+        let global = auth(&["global"]).digests;
+        let a = Auth {
+            digests: global,
+            by_workspace: Vec::new(),
+        };
+        let route_token = crate::config::Settings::resolve(
+            &crate::config::SettingsArgs {
+                ingest_token: Some("brand-a-token".into()),
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .unwrap()
+        .ingest_tokens;
+        let mut with = Auth::with_routes(&[], &[(Some("brand-a"), &route_token)]);
+        with.digests.extend(a.digests.iter().copied());
+        assert!(with.allows_for(&headers("Bearer brand-a-token"), Some("brand-a")));
+        assert!(!with.allows_for(&headers("Bearer global"), Some("brand-a")));
+        assert!(with.allows_for(&headers("Bearer global"), Some("brand-b")));
+        assert!(with.allows_for(&headers("Bearer brand-a-token"), None));
     }
 
     #[test]

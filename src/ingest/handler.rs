@@ -13,6 +13,8 @@ use super::error::IngestError;
 use crate::currents::{self, catalogue};
 use crate::queue::NewEvent;
 
+pub use crate::metrics::UNROUTABLE;
+
 /// A body that does not arrive within this time is answered with 408 (Braze retries).
 const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -27,7 +29,12 @@ pub async fn accept(req: Request<Incoming>, state: &IngestState) -> Result<Accep
     if state.is_draining() {
         return Err(IngestError::Draining);
     }
-    if !state.auth.allows(req.headers()) {
+    let workspace = req.uri().query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "workspace")
+            .map(|(_, v)| Arc::<str>::from(v.as_ref()))
+    });
+    if !state.auth.allows_for(req.headers(), workspace.as_deref()) {
         return Err(IngestError::Unauthorized);
     }
     let encoding = Encoding::from_headers(req.headers())?;
@@ -52,11 +59,16 @@ pub async fn accept(req: Request<Incoming>, state: &IngestState) -> Result<Accep
         return Err(IngestError::Draining);
     }
     let body = body::read(req.into_body(), encoding, limit, BODY_TIMEOUT).await?;
-    append_body(body, state).await
+    append_body(body, workspace, state).await
 }
 
-/// Parses, validates and durably appends a decoded body.
-async fn append_body(body: Bytes, state: &IngestState) -> Result<Accepted, IngestError> {
+/// Parses, validates, routes and durably appends a decoded body.
+async fn append_body(
+    body: Bytes,
+    workspace: Option<Arc<str>>,
+    state: &IngestState,
+) -> Result<Accepted, IngestError> {
+    let by_group = state.router.needs_app_group_id();
     let events = {
         let batch = match currents::parse_batch(&body) {
             Ok(batch) => batch,
@@ -79,13 +91,20 @@ async fn append_body(body: Bytes, state: &IngestState) -> Result<Accepted, Inges
         batch
             .events
             .iter()
-            .map(|ev| NewEvent {
-                route: Arc::clone(&state.route),
-                event_id: ev.id.clone().into_owned(),
-                event_type: ev.event_type.clone().into_owned(),
-                identity: ev.external_user_id.as_ref().map(|s| s.clone().into_owned()),
-                event_time: ev.time,
-                payload: body.slice_ref(ev.raw.get().as_bytes()),
+            .map(|ev| {
+                let group = if by_group { ev.app_group_id() } else { None };
+                let target = state.router.route(workspace.as_deref(), group.as_deref());
+                NewEvent {
+                    route: target.map_or_else(|| Arc::from(UNROUTABLE), |t| Arc::clone(&t.name)),
+                    app_id: target.map_or_else(|| Arc::from(""), |t| Arc::clone(&t.app_id)),
+                    workspace: workspace.clone(),
+                    dead_letter: target.is_none().then_some(UNROUTABLE),
+                    event_id: ev.id.clone().into_owned(),
+                    event_type: ev.event_type.clone().into_owned(),
+                    identity: ev.external_user_id.as_ref().map(|s| s.clone().into_owned()),
+                    event_time: ev.time,
+                    payload: body.slice_ref(ev.raw.get().as_bytes()),
+                }
             })
             .collect::<Vec<_>>()
     };
@@ -96,9 +115,16 @@ async fn append_body(body: Bytes, state: &IngestState) -> Result<Accepted, Inges
         });
     }
     let n = events.len();
-    let types: Vec<&'static str> = events
+    let labels: Vec<(&'static str, Arc<str>, Arc<str>, bool)> = events
         .iter()
-        .map(|e| catalogue::metric_label(&e.event_type))
+        .map(|e| {
+            (
+                catalogue::metric_label(&e.event_type),
+                Arc::clone(&e.route),
+                Arc::clone(&e.app_id),
+                e.dead_letter.is_some(),
+            )
+        })
         .collect();
     let receipt = match state.writer.append(events).await {
         Ok(r) => r,
@@ -110,17 +136,35 @@ async fn append_body(body: Bytes, state: &IngestState) -> Result<Accepted, Inges
             return Err(e);
         }
     };
-    for (label, queued) in types.iter().zip(&receipt.queued) {
+    let mut unroutable = 0;
+    let mut woken: Vec<&str> = Vec::new();
+    for ((event_type, route, app_id, dead), queued) in labels.iter().zip(&receipt.queued) {
         if *queued {
             state
                 .metrics
                 .events_accepted
-                .with_label_values(&[*label])
+                .with_label_values(&[*event_type, route])
                 .inc();
+            unroutable += usize::from(*dead);
+            if !*dead && !woken.contains(&&**app_id) {
+                woken.push(app_id);
+                if let Some(n) = state.new_data.get(&**app_id) {
+                    n.notify_one();
+                }
+            }
         }
     }
-    if receipt.accepted() > 0 {
-        state.new_data.notify_one();
+    if unroutable > 0 {
+        tracing::warn!(
+            message = "Events match no route and there is no default route; kept as dead letters (reason unroutable).",
+            events = unroutable,
+            workspace = workspace.as_deref().unwrap_or(""),
+        );
+        state
+            .metrics
+            .events_dead_lettered
+            .with_label_values(&[UNROUTABLE, UNROUTABLE])
+            .inc_by(unroutable as u64);
     }
     let duplicates = receipt.duplicates();
     state.metrics.events_duplicate.inc_by(duplicates as u64);

@@ -10,6 +10,7 @@ pub mod body;
 pub mod error;
 mod handler;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -23,14 +24,12 @@ use tokio::sync::{Notify, Semaphore};
 
 pub use auth::Auth;
 pub use error::IngestError;
-pub use handler::Accepted;
+pub use handler::{Accepted, UNROUTABLE};
 
 use crate::metrics::Metrics;
+use crate::routing::Router;
 use crate::queue::{Reader, Store, Writer, unix_millis};
 use error::json_response;
-
-/// The route name of events when no routing is configured.
-pub const DEFAULT_ROUTE: &str = "default";
 
 /// Request bodies held in memory at once (each at most 2 × `--max-body-bytes`).
 pub const BODY_SLOTS: usize = 32;
@@ -42,11 +41,11 @@ pub struct IngestState {
     pub writer: Writer,
     pub store: Store,
     pub metrics: Metrics,
-    /// The route name stored with each event (the default route until routing exists).
-    pub route: Arc<str>,
+    /// Which route (and Heap app id) each event takes.
+    pub router: Router,
     pub body_slots: Semaphore,
-    /// Woken after each successful append, so delivery starts without polling.
-    pub new_data: Arc<Notify>,
+    /// Per Heap app id: woken after each append for it, so delivery starts without polling.
+    pub new_data: HashMap<Arc<str>, Arc<Notify>>,
     draining: AtomicBool,
     reader: Mutex<Option<Reader>>,
 }
@@ -58,7 +57,8 @@ impl IngestState {
         writer: Writer,
         store: Store,
         metrics: Metrics,
-        new_data: Arc<Notify>,
+        new_data: HashMap<Arc<str>, Arc<Notify>>,
+        router: Router,
     ) -> Self {
         Self {
             auth,
@@ -66,7 +66,7 @@ impl IngestState {
             writer,
             store,
             metrics,
-            route: Arc::from(DEFAULT_ROUTE),
+            router,
             body_slots: Semaphore::new(BODY_SLOTS),
             new_data,
             draining: AtomicBool::new(false),

@@ -28,6 +28,6 @@ mod ops;
 mod store;
 mod writer;
 
-pub use ops::{DeadLetterItem, OpOutcome, QueueOp};
+pub use ops::{DeadLetterItem, OpOutcome, QueueOp, ReplayItem};
 pub use store::{DeadLetter, QueueStats, QueuedEvent, Reader, Store, StoreError, unix_millis};
 pub use writer::{AppendError, AppendReceipt, NewEvent, Writer, WriterConfig, WriterHandle};

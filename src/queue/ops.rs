@@ -17,16 +17,24 @@ pub enum QueueOp {
     Attempt { seqs: Vec<i64>, error: String },
     /// Move events to the dead-letter store.
     DeadLetter { items: Vec<DeadLetterItem> },
-    /// Move dead letters (all, or one reason) back to the queue as fresh events.
-    Replay {
-        reason: Option<String>,
-        ids: Option<Vec<i64>>,
-    },
+    /// Move every queued event of a Heap app id to the dead-letter store (no lane serves it).
+    DeadLetterApp { app_id: String, reason: String },
+    /// Move dead letters back to the queue as fresh events, each to the route and app id
+    /// the current configuration gives it.
+    Replay { items: Vec<ReplayItem> },
     /// Delete dead letters (all, or one reason).
     Purge {
         reason: Option<String>,
         ids: Option<Vec<i64>>,
     },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayItem {
+    /// The dead letter's `seq`.
+    pub seq: i64,
+    pub route: String,
+    pub app_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,10 +106,10 @@ pub(crate) fn apply(tx: &Transaction<'_>, op: &QueueOp, now: i64) -> rusqlite::R
         }
         QueueOp::DeadLetter { items } => {
             let mut copy = tx.prepare_cached(
-                "INSERT INTO dead_letter (route, event_id, event_type, identity, event_time,
-                     received_at, attempts, reason, detail, dead_at, payload)
-                 SELECT route, event_id, event_type, identity, event_time, received_at, attempts,
-                        ?2, ?3, ?4, payload
+                "INSERT INTO dead_letter (route, app_id, workspace, event_id, event_type, identity,
+                     event_time, received_at, attempts, reason, detail, dead_at, payload)
+                 SELECT route, app_id, workspace, event_id, event_type, identity, event_time,
+                        received_at, attempts, ?2, ?3, ?4, payload
                  FROM queue WHERE seq = ?1",
             )?;
             let mut del =
@@ -115,32 +123,43 @@ pub(crate) fn apply(tx: &Transaction<'_>, op: &QueueOp, now: i64) -> rusqlite::R
                 }
             }
         }
-        QueueOp::Replay { reason, ids } => {
-            let (filter, values) = filter_sql(reason, ids);
+        QueueOp::DeadLetterApp { app_id, reason } => {
             let (n, bytes): (i64, i64) = tx.query_row(
-                &format!(
-                    "SELECT count(*), coalesce(sum(length(payload)), 0) FROM dead_letter {filter}"
-                ),
-                rusqlite::params_from_iter(values.iter()),
+                "SELECT count(*), coalesce(sum(length(payload)), 0) FROM queue WHERE app_id = ?1",
+                [app_id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             tx.execute(
-                &format!(
-                    "INSERT INTO queue (route, event_id, event_type, identity, event_time, received_at, payload)
-                     SELECT route, event_id, event_type, identity, event_time, ?, payload
-                     FROM dead_letter {filter} ORDER BY seq"
-                ),
-                rusqlite::params_from_iter(
-                    std::iter::once(rusqlite::types::Value::Integer(now)).chain(values.iter().cloned()),
-                ),
+                "INSERT INTO dead_letter (route, app_id, workspace, event_id, event_type, identity,
+                     event_time, received_at, attempts, reason, detail, dead_at, payload)
+                 SELECT route, app_id, workspace, event_id, event_type, identity, event_time,
+                        received_at, attempts, ?2, 'no route delivers to this Heap app id', ?3, payload
+                 FROM queue WHERE app_id = ?1 ORDER BY seq",
+                params![app_id, reason, now],
             )?;
-            tx.execute(
-                &format!("DELETE FROM dead_letter {filter}"),
-                rusqlite::params_from_iter(values.iter()),
-            )?;
+            tx.execute("DELETE FROM queue WHERE app_id = ?1", [app_id])?;
             out.rows = n as u64;
-            out.queue_events_delta = n;
-            out.queue_bytes_delta = bytes;
+            out.queue_events_delta = -n;
+            out.queue_bytes_delta = -bytes;
+        }
+        QueueOp::Replay { items } => {
+            let mut copy = tx.prepare_cached(
+                "INSERT INTO queue (route, app_id, workspace, event_id, event_type, identity,
+                                    event_time, received_at, payload)
+                 SELECT ?2, ?3, workspace, event_id, event_type, identity, event_time, ?4, payload
+                 FROM dead_letter WHERE seq = ?1",
+            )?;
+            let mut del = tx.prepare_cached(
+                "DELETE FROM dead_letter WHERE seq = ?1 RETURNING length(payload)",
+            )?;
+            for item in items {
+                if copy.execute(params![item.seq, item.route, item.app_id, now])? == 1 {
+                    let len: i64 = del.query_row([item.seq], |r| r.get(0))?;
+                    out.rows += 1;
+                    out.queue_events_delta += 1;
+                    out.queue_bytes_delta += len;
+                }
+            }
         }
         QueueOp::Purge { reason, ids } => {
             let (filter, values) = filter_sql(reason, ids);

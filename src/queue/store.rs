@@ -14,6 +14,8 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS queue (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     route       TEXT    NOT NULL,
+    app_id      TEXT    NOT NULL,
+    workspace   TEXT,
     event_id    TEXT    NOT NULL,
     event_type  TEXT    NOT NULL,
     identity    TEXT,
@@ -24,12 +26,15 @@ CREATE TABLE IF NOT EXISTS queue (
     last_error  TEXT,
     payload     BLOB    NOT NULL
 );
-CREATE INDEX IF NOT EXISTS queue_route_seq ON queue (route, seq);
+-- One delivery lane per Heap app id reads its events in FIFO order.
+CREATE INDEX IF NOT EXISTS queue_app_seq ON queue (app_id, seq);
 -- Only deferred or retried rows (not_before > 0) are indexed, so appends never touch it.
-CREATE INDEX IF NOT EXISTS queue_deferred ON queue (route, not_before) WHERE not_before > 0;
+CREATE INDEX IF NOT EXISTS queue_deferred ON queue (app_id, not_before) WHERE not_before > 0;
 CREATE TABLE IF NOT EXISTS dead_letter (
     seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     route       TEXT    NOT NULL,
+    app_id      TEXT    NOT NULL,
+    workspace   TEXT,
     event_id    TEXT    NOT NULL,
     event_type  TEXT    NOT NULL,
     identity    TEXT,
@@ -210,6 +215,8 @@ pub struct Reader {
 pub struct QueuedEvent {
     pub seq: i64,
     pub route: String,
+    pub app_id: String,
+    pub workspace: Option<String>,
     pub event_id: String,
     pub event_type: String,
     pub identity: Option<String>,
@@ -220,20 +227,23 @@ pub struct QueuedEvent {
     pub payload: Vec<u8>,
 }
 
-const QUEUED_COLUMNS: &str = "seq, route, event_id, event_type, identity, event_time, received_at, attempts, not_before, payload";
+const QUEUED_COLUMNS: &str = "seq, route, app_id, workspace, event_id, event_type, identity, \
+     event_time, received_at, attempts, not_before, payload";
 
 fn queued_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
     Ok(QueuedEvent {
         seq: r.get(0)?,
         route: r.get(1)?,
-        event_id: r.get(2)?,
-        event_type: r.get(3)?,
-        identity: r.get(4)?,
-        event_time: r.get(5)?,
-        received_at: r.get(6)?,
-        attempts: r.get(7)?,
-        not_before: r.get(8)?,
-        payload: r.get(9)?,
+        app_id: r.get(2)?,
+        workspace: r.get(3)?,
+        event_id: r.get(4)?,
+        event_type: r.get(5)?,
+        identity: r.get(6)?,
+        event_time: r.get(7)?,
+        received_at: r.get(8)?,
+        attempts: r.get(9)?,
+        not_before: r.get(10)?,
+        payload: r.get(11)?,
     })
 }
 
@@ -242,6 +252,8 @@ fn queued_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
 pub struct DeadLetter {
     pub seq: i64,
     pub route: String,
+    pub app_id: String,
+    pub workspace: Option<String>,
     pub event_id: String,
     pub event_type: String,
     pub identity: Option<String>,
@@ -266,48 +278,45 @@ impl Reader {
             .optional()
     }
 
-    /// Queued events of a route in FIFO order, starting after `after_seq`.
+    /// Queued events for a Heap app id in FIFO order, starting after `after_seq`.
     pub fn queued(
         &self,
-        route: &str,
+        app_id: &str,
         after_seq: i64,
         limit: usize,
     ) -> rusqlite::Result<Vec<QueuedEvent>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, route, event_id, event_type, identity, event_time, received_at,
-                    attempts, not_before, payload
-             FROM queue WHERE route = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {QUEUED_COLUMNS} FROM queue WHERE app_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+        ))?;
+        let rows = stmt.query_map(
+            rusqlite::params![app_id, after_seq, limit as i64],
+            queued_event,
         )?;
-        let rows = stmt.query_map(rusqlite::params![route, after_seq, limit as i64], |r| {
-            Ok(QueuedEvent {
-                seq: r.get(0)?,
-                route: r.get(1)?,
-                event_id: r.get(2)?,
-                event_type: r.get(3)?,
-                identity: r.get(4)?,
-                event_time: r.get(5)?,
-                received_at: r.get(6)?,
-                attempts: r.get(7)?,
-                not_before: r.get(8)?,
-                payload: r.get(9)?,
-            })
-        })?;
         rows.collect()
     }
 
-    /// Deferred or retried events of a route whose `not_before` has passed, soonest first.
+    /// Heap app ids that have queued events (one index scan).
+    pub fn queued_app_ids(&self) -> rusqlite::Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT DISTINCT app_id FROM queue ORDER BY app_id")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.collect()
+    }
+
+    /// Deferred or retried events of an app id whose `not_before` has passed, soonest first.
     pub fn due_deferred(
         &self,
-        route: &str,
+        app_id: &str,
         now: i64,
         limit: usize,
     ) -> rusqlite::Result<Vec<QueuedEvent>> {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {QUEUED_COLUMNS} FROM queue
-             WHERE route = ?1 AND not_before > 0 AND not_before <= ?2
+             WHERE app_id = ?1 AND not_before > 0 AND not_before <= ?2
              ORDER BY not_before, seq LIMIT ?3"
         ))?;
-        let rows = stmt.query_map(rusqlite::params![route, now, limit as i64], queued_event)?;
+        let rows = stmt.query_map(rusqlite::params![app_id, now, limit as i64], queued_event)?;
         rows.collect()
     }
 
@@ -319,24 +328,26 @@ impl Reader {
         limit: usize,
     ) -> rusqlite::Result<Vec<DeadLetter>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, route, event_id, event_type, identity, event_time, received_at, attempts,
-                    reason, detail, dead_at, payload
+            "SELECT seq, route, app_id, workspace, event_id, event_type, identity, event_time,
+                    received_at, attempts, reason, detail, dead_at, payload
              FROM dead_letter WHERE (?1 IS NULL OR reason = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
         let rows = stmt.query_map(rusqlite::params![reason, after_seq, limit as i64], |r| {
             Ok(DeadLetter {
                 seq: r.get(0)?,
                 route: r.get(1)?,
-                event_id: r.get(2)?,
-                event_type: r.get(3)?,
-                identity: r.get(4)?,
-                event_time: r.get(5)?,
-                received_at: r.get(6)?,
-                attempts: r.get(7)?,
-                reason: r.get(8)?,
-                detail: r.get(9)?,
-                dead_at: r.get(10)?,
-                payload: r.get(11)?,
+                app_id: r.get(2)?,
+                workspace: r.get(3)?,
+                event_id: r.get(4)?,
+                event_type: r.get(5)?,
+                identity: r.get(6)?,
+                event_time: r.get(7)?,
+                received_at: r.get(8)?,
+                attempts: r.get(9)?,
+                reason: r.get(10)?,
+                detail: r.get(11)?,
+                dead_at: r.get(12)?,
+                payload: r.get(13)?,
             })
         })?;
         rows.collect()

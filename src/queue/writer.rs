@@ -37,7 +37,14 @@ pub struct WriterConfig {
 /// An event to append, already validated. `payload` is the raw Currents event JSON.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
+    /// The route name (configuration), or empty when unroutable.
     pub route: Arc<str>,
+    /// The Heap app id whose delivery lane sends it (empty when unroutable).
+    pub app_id: Arc<str>,
+    /// The `workspace` query parameter of the request, kept so a replay can route again.
+    pub workspace: Option<Arc<str>>,
+    /// Store straight into the dead-letter store with this reason (e.g. `unroutable`).
+    pub dead_letter: Option<&'static str>,
     pub event_id: String,
     pub event_type: String,
     pub identity: Option<String>,
@@ -386,8 +393,14 @@ impl WriterState {
         let tx = self.conn.transaction()?;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO queue (route, event_id, event_type, identity, event_time, received_at, payload)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO queue (route, app_id, workspace, event_id, event_type, identity,
+                                    event_time, received_at, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            let mut insert_dead = tx.prepare_cached(
+                "INSERT INTO dead_letter (route, app_id, workspace, event_id, event_type, identity,
+                                          event_time, received_at, attempts, reason, dead_at, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?8, ?10)",
             )?;
             for (events, _) in group {
                 let dedup = self
@@ -419,9 +432,24 @@ impl WriterState {
                 let mut queued = Vec::with_capacity(events.len());
                 for ev in events {
                     let fresh = dedup.check_and_record(&tx, &ev.event_id, now, cutoff, undo)?;
-                    if fresh {
+                    if fresh && let Some(reason) = ev.dead_letter {
+                        insert_dead.execute(params![
+                            &*ev.route,
+                            &*ev.app_id,
+                            ev.workspace.as_deref(),
+                            ev.event_id,
+                            ev.event_type,
+                            ev.identity,
+                            ev.event_time,
+                            now,
+                            reason,
+                            &ev.payload[..],
+                        ])?;
+                    } else if fresh {
                         insert.execute(params![
                             &*ev.route,
+                            &*ev.app_id,
+                            ev.workspace.as_deref(),
                             ev.event_id,
                             ev.event_type,
                             ev.identity,
@@ -539,6 +567,9 @@ mod tests {
     fn ev(id: &str, payload: &str) -> NewEvent {
         NewEvent {
             route: Arc::from("default"),
+            app_id: Arc::from("1"),
+            workspace: None,
+            dead_letter: None,
             event_id: id.into(),
             event_type: "users.messages.email.Send".into(),
             identity: Some("u".into()),
@@ -584,7 +615,7 @@ mod tests {
         let reopened = Store::open(dir.path()).unwrap();
         assert_eq!(reopened.stats().events(), 3);
         assert_eq!(reopened.stats().bytes(), 9);
-        let rows = reopened.reader().unwrap().queued("default", 0, 10).unwrap();
+        let rows = reopened.reader().unwrap().queued("1", 0, 10).unwrap();
         let ids: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "c"]);
         assert_eq!(rows[2].payload, b"{22}");

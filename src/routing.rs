@@ -1,0 +1,136 @@
+//! Which route an event takes: by the request's `workspace` query parameter and/or the event's
+//! `properties.app_group_id`, else the default route (the flat settings), else none
+//! (*unroutable*: acknowledged, kept as a dead letter, replayable after a config fix).
+//!
+//! Order: routes that name both a workspace and an app group id are tried first, then the
+//! others, each group in file order; the first whose criteria all match wins. `check-config`
+//! refuses two routes with identical criteria.
+
+use std::sync::Arc;
+
+use crate::config::{DEFAULT_ROUTE, Settings};
+
+/// Where an event goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteTarget {
+    pub name: Arc<str>,
+    pub app_id: Arc<str>,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    target: RouteTarget,
+    workspace: Option<String>,
+    app_group_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Router {
+    rules: Vec<Rule>,
+    default: Option<RouteTarget>,
+}
+
+/// The app id of the default route under `--dry-run` without `--heap-app-id`.
+pub const DRY_RUN_APP_ID: &str = "0";
+
+impl Router {
+    pub fn from_settings(settings: &Settings) -> Self {
+        let mut rules: Vec<Rule> = settings
+            .routes
+            .iter()
+            .map(|r| Rule {
+                target: RouteTarget {
+                    name: Arc::from(r.name.as_str()),
+                    app_id: Arc::from(r.heap_app_id.as_str()),
+                },
+                workspace: r.workspace.clone(),
+                app_group_id: r.app_group_id.clone(),
+            })
+            .collect();
+        // Stable: both-criteria routes first, file order kept within each group.
+        rules.sort_by_key(|r| !(r.workspace.is_some() && r.app_group_id.is_some()));
+        let default = match (&settings.heap_app_id, settings.dry_run) {
+            (Some(id), _) => Some(id.as_str()),
+            (None, true) => Some(DRY_RUN_APP_ID),
+            (None, false) => None,
+        }
+        .map(|app_id| RouteTarget {
+            name: Arc::from(DEFAULT_ROUTE),
+            app_id: Arc::from(app_id),
+        });
+        Self { rules, default }
+    }
+
+    /// True when some route matches on `app_group_id` (ingest then reads it from each event).
+    pub fn needs_app_group_id(&self) -> bool {
+        self.rules.iter().any(|r| r.app_group_id.is_some())
+    }
+
+    pub fn route(&self, workspace: Option<&str>, app_group_id: Option<&str>) -> Option<&RouteTarget> {
+        self.rules
+            .iter()
+            .find(|r| {
+                r.workspace.as_deref().is_none_or(|w| Some(w) == workspace)
+                    && r.app_group_id.as_deref().is_none_or(|g| Some(g) == app_group_id)
+            })
+            .map(|r| &r.target)
+            .or(self.default.as_ref())
+    }
+
+    /// Every route target (default first), for metric labels and delivery lanes.
+    pub fn targets(&self) -> impl Iterator<Item = &RouteTarget> {
+        self.default.iter().chain(self.rules.iter().map(|r| &r.target))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileConfig, SettingsArgs};
+
+    fn router(toml: &str, app_id: Option<&str>) -> Router {
+        let args = SettingsArgs {
+            heap_app_id: app_id.map(str::to_owned),
+            ..Default::default()
+        };
+        let file: FileConfig = toml::from_str(toml).unwrap();
+        Router::from_settings(&Settings::resolve(&args, file).unwrap())
+    }
+
+    const TWO: &str = r#"
+        [[route]]
+        name = "brand-a"
+        workspace = "brand-a"
+        heap_app_id = "1111"
+        [[route]]
+        name = "brand-b"
+        app_group_id = "grp-b"
+        heap_app_id = "2222"
+        [[route]]
+        name = "brand-b-eu"
+        workspace = "eu"
+        app_group_id = "grp-b"
+        heap_app_id = "3333"
+        heap_base_url = "https://c.eu.heap-api.com"
+    "#;
+
+    #[test]
+    fn matches_by_workspace_by_app_group_and_by_both() {
+        let r = router(TWO, Some("9999"));
+        let name = |w, g| r.route(w, g).map(|t| t.name.to_string());
+        assert_eq!(name(Some("brand-a"), None).as_deref(), Some("brand-a"));
+        assert_eq!(name(Some("brand-a"), Some("grp-b")).as_deref(), Some("brand-a"));
+        assert_eq!(name(None, Some("grp-b")).as_deref(), Some("brand-b"));
+        assert_eq!(name(Some("eu"), Some("grp-b")).as_deref(), Some("brand-b-eu"));
+        assert_eq!(name(Some("other"), Some("grp-x")).as_deref(), Some("default"));
+        assert!(r.needs_app_group_id());
+        assert_eq!(r.route(Some("eu"), Some("grp-b")).unwrap().app_id.as_ref(), "3333");
+    }
+
+    #[test]
+    fn without_a_default_unmatched_events_are_unroutable() {
+        let r = router(TWO, None);
+        assert!(r.route(Some("nope"), None).is_none());
+        assert!(r.route(Some("brand-a"), None).is_some());
+    }
+}
