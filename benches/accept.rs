@@ -37,6 +37,9 @@ fn to_new_events(body: &Bytes, route: &Arc<str>) -> Vec<NewEvent> {
         .iter()
         .map(|ev| NewEvent {
             route: Arc::clone(route),
+            app_id: Arc::clone(route),
+            workspace: None,
+            dead_letter: None,
             event_id: ev.id.clone().into_owned(),
             event_type: ev.event_type.clone().into_owned(),
             identity: ev.external_user_id.as_ref().map(|s| s.clone().into_owned()),

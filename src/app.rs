@@ -201,6 +201,9 @@ impl App {
     }
 }
 
+/// A delivery loop, the Heap app id it serves, and the bell ingest rings for it.
+type Lane = (Delivery, Arc<str>, Arc<Notify>);
+
 /// One delivery lane per Heap app id, serving every route that delivers there (the default
 /// route first, then `[[route]]` tables in file order).
 fn build_lanes(
@@ -208,8 +211,8 @@ fn build_lanes(
     store: &Store,
     writer: &Writer,
     metrics: &Metrics,
-) -> Result<Vec<(Delivery, Arc<str>, Arc<Notify>)>, AppError> {
-    struct Lane {
+) -> Result<Vec<Lane>, AppError> {
+    struct LaneSpec {
         name: String,
         app_id: String,
         base_url: String,
@@ -218,13 +221,13 @@ fn build_lanes(
         routes: HashMap<String, RouteMapping>,
         fallback: RouteMapping,
     }
-    let mut lanes: Vec<Lane> = Vec::new();
+    let mut lanes: Vec<LaneSpec> = Vec::new();
     let mut add = |name: &str, app_id: &str, base_url: &str, pm, ipm, mapping: RouteMapping| {
         match lanes.iter_mut().find(|l| l.app_id == app_id) {
             Some(l) => {
                 l.routes.insert(name.to_owned(), mapping);
             }
-            None => lanes.push(Lane {
+            None => lanes.push(LaneSpec {
                 name: name.to_owned(),
                 app_id: app_id.to_owned(),
                 base_url: base_url.to_owned(),
@@ -312,7 +315,7 @@ fn build_lanes(
 async fn orphans_to_dead_letters(
     store: &Store,
     writer: &Writer,
-    lanes: &[(Delivery, Arc<str>, Arc<Notify>)],
+    lanes: &[Lane],
 ) -> Result<(), AppError> {
     let queued = store.reader()?.queued_app_ids().map_err(|source| {
         AppError::Store(StoreError::Sqlite {

@@ -34,6 +34,9 @@ enum Command {
     Transform {
         /// The payload file; `-` reads standard input.
         file: std::path::PathBuf,
+        /// Map with this route's app id and mapping options (`default`: the flat settings).
+        #[arg(long)]
+        route: Option<String>,
         #[command(flatten)]
         settings: SettingsArgs,
     },
@@ -84,10 +87,29 @@ struct DlqSelect {
     ids: Vec<i64>,
 }
 
-fn run_transform(file: &std::path::Path, args: &SettingsArgs) -> ExitCode {
+fn run_transform(file: &std::path::Path, route: Option<&str>, args: &SettingsArgs) -> ExitCode {
     let settings = match Settings::load(args) {
         Ok(s) => s,
         Err(e) => return config_failure(&e),
+    };
+    let (app_id, mapping, per_minute) = match route {
+        None | Some(currents_heap::config::DEFAULT_ROUTE) => (
+            settings.heap_app_id.as_ref().map_or("0", |a| a.as_str()),
+            &settings.mapping,
+            settings.heap_events_per_minute,
+        ),
+        Some(name) => match settings.routes.iter().find(|r| r.name == name) {
+            Some(r) => (r.heap_app_id.as_str(), &r.mapping, r.heap_events_per_minute),
+            None => {
+                let known: Vec<&str> = settings.routes.iter().map(|r| r.name.as_str()).collect();
+                eprintln!(
+                    "currents-heap: no route named {name:?} (configured: default{}{})",
+                    if known.is_empty() { "" } else { ", " },
+                    known.join(", ")
+                );
+                return ExitCode::from(2);
+            }
+        },
     };
     let payload = if file.as_os_str() == "-" {
         let mut buf = Vec::new();
@@ -102,15 +124,14 @@ fn run_transform(file: &std::path::Path, args: &SettingsArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let app_id = settings.heap_app_id.as_ref().map_or("0", |a| a.as_str());
     // The same batch size serve uses: the app budget's burst caps it.
     let batch = BudgetShape::new(
-        settings.heap_events_per_minute,
+        per_minute,
         settings.heap_budget_window,
         settings.heap_batch_size as u32,
     )
     .burst as usize;
-    match transform::transform_payload(&payload, &settings.mapping, app_id, batch) {
+    match transform::transform_payload(&payload, mapping, app_id, batch) {
         Ok(out) => {
             let mut stdout = std::io::stdout().lock();
             for r in &out.requests {
@@ -178,8 +199,8 @@ fn run_dlq(action: DlqAction) -> ExitCode {
             &mut std::io::stderr().lock(),
         )
         .map(|_| ()),
-        DlqAction::Replay { .. } => {
-            dlq::replay(&store, &sel, &Router::from_settings(&settings)).map(|r| {
+        DlqAction::Replay { .. } => dlq::replay(&store, &sel, &Router::from_settings(&settings))
+            .map(|r| {
                 println!("replayed {} dead letters into the queue", r.requeued);
                 if r.still_unroutable > 0 {
                     eprintln!(
@@ -187,8 +208,7 @@ fn run_dlq(action: DlqAction) -> ExitCode {
                         r.still_unroutable
                     );
                 }
-            })
-        }
+            }),
         DlqAction::Purge { all, .. } => {
             if !all && sel.reason.is_none() && sel.ids.is_empty() {
                 eprintln!(
@@ -217,7 +237,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Dlq { action } => run_dlq(action),
-        Command::Transform { file, settings } => run_transform(&file, &settings),
+        Command::Transform {
+            file,
+            route,
+            settings,
+        } => run_transform(&file, route.as_deref(), &settings),
         Command::CheckConfig(args) => {
             match Settings::load(&args).and_then(|s| s.validate_for_serve().map(|()| s)) {
                 Ok(s) => {

@@ -181,3 +181,44 @@ fn dlq_purge_needs_a_selection_and_list_reports_an_empty_store() {
             .contains("dead letters: 0")
     );
 }
+
+#[test]
+fn transform_takes_a_route_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.toml");
+    std::fs::write(
+        &file,
+        "[[route]]\nname = \"brand-a\"\nworkspace = \"brand-a\"\nheap_app_id = \"1111\"\nevent_prefix = \"braze-\"\n",
+    )
+    .unwrap();
+    let config = file.to_str().unwrap();
+    let out = run(&[
+        "transform",
+        &fixture("email_send_batch.json"),
+        "--config",
+        config,
+        "--route",
+        "brand-a",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let first: serde_json::Value = serde_json::from_str(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["body"]["app_id"], "1111");
+    assert_eq!(first["body"]["events"][0]["event"], "braze-Email Sent");
+    let out = run(&[
+        "transform",
+        &fixture("email_send_batch.json"),
+        "--config",
+        config,
+        "--route",
+        "nope",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("brand-a"));
+}

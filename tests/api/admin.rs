@@ -68,7 +68,7 @@ async fn every_labelled_series_with_known_values_starts_at_zero() {
         assert_eq!(metric_value(&text, &series), 0.0, "{series}");
     }
     for event_type in KNOWN_EVENT_TYPES.iter().chain(&["other"]) {
-        let series = format!("currents_heap_events_accepted_total{{event_type=\"{event_type}\"}}");
+        let series = format!("currents_heap_events_accepted_total{{event_type=\"{event_type}\",route=\"default\"}}");
         assert_eq!(metric_value(&text, &series), 0.0, "{series}");
     }
     // The rows dashboards and alerts rely on, spelled out independently of the constants.
@@ -80,8 +80,8 @@ async fn every_labelled_series_with_known_values_starts_at_zero() {
         r#"currents_heap_ingest_requests_total{outcome="disk_full"}"#,
         r#"currents_heap_ingest_requests_total{outcome="too_large"}"#,
         r#"currents_heap_events_rejected_total{reason="invalid_event"}"#,
-        r#"currents_heap_events_accepted_total{event_type="users.messages.email.Send"}"#,
-        r#"currents_heap_events_accepted_total{event_type="other"}"#,
+        r#"currents_heap_events_accepted_total{event_type="users.messages.email.Send",route="default"}"#,
+        r#"currents_heap_events_accepted_total{event_type="other",route="default"}"#,
         "currents_heap_events_received_total",
         "currents_heap_events_duplicate_total",
         "currents_heap_queue_events",
@@ -126,7 +126,7 @@ async fn request_outcomes_and_queue_gauges_follow_the_traffic() {
         1.0
     );
     assert_eq!(
-        value(r#"currents_heap_events_accepted_total{event_type="users.messages.email.Send"}"#),
+        value(r#"currents_heap_events_accepted_total{event_type="users.messages.email.Send",route="default"}"#),
         3.0
     );
     assert_eq!(value("currents_heap_queue_events"), 3.0);

@@ -87,7 +87,7 @@ async fn unknown_event_types_are_counted_under_other() {
     let accepted = |t: &str| {
         metric_value(
             &metrics,
-            &format!("currents_heap_events_accepted_total{{event_type=\"{t}\"}}"),
+            &format!("currents_heap_events_accepted_total{{event_type=\"{t}\",route=\"default\"}}"),
         )
     };
     assert_eq!(accepted("other"), 2.0);

@@ -1,0 +1,461 @@
+//! Routing: several Braze workspaces → several Heap environments from one deployment.
+//!
+//! In-process servers on port 0 with `[[route]]` tables, delivering to Heap stand-ins.
+
+use std::time::{Duration, Instant};
+
+use currents_heap::app::App;
+use currents_heap::config::{FileConfig, Settings, SettingsArgs};
+use currents_heap::dlq;
+use currents_heap::queue::Store;
+use currents_heap::routing::Router;
+use currents_heap::standin::{HeapStandIn, StandInConfig};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+struct Running {
+    addr: std::net::SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    async fn start(settings: &Settings) -> Self {
+        let app = App::build(settings).await.expect("app builds");
+        let addr = app.local_addr();
+        let (stop, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    async fn post(&self, query: &str, token: Option<&str>, events: &[Value]) -> (u16, Value) {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+        let mut req = http::Request::post(format!("http://{}/currents{query}", self.addr))
+            .header("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let body = json!({ "events": events }).to_string();
+        let resp = client
+            .request(req.body(Full::new(body.into())).unwrap())
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn metrics(&self) -> String {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+        let resp = client
+            .get(format!("http://{}/metrics", self.addr).parse().unwrap())
+            .await
+            .unwrap();
+        String::from_utf8(
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+fn settings(data_dir: &std::path::Path, toml: &str, args: SettingsArgs) -> Settings {
+    let args = SettingsArgs {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(data_dir.to_owned()),
+        heap_linger: Some("50ms".into()),
+        retry_initial_backoff: Some("20ms".into()),
+        retry_max_backoff: Some("200ms".into()),
+        ..args
+    };
+    let file: FileConfig = toml::from_str(toml).expect("test config is TOML");
+    Settings::resolve(&args, file).expect("test config is valid")
+}
+
+fn event(id: &str, user: &str, app_group_id: &str) -> Value {
+    json!({
+        "event_type": "users.messages.email.Send",
+        "id": id,
+        "time": 1_780_000_000,
+        "user": { "user_id": "65a0c0ffee0000000000a001", "external_user_id": user },
+        "properties": { "app_group_id": app_group_id, "campaign_id": "c-1" }
+    })
+}
+
+fn events(prefix: &str, n: usize, app_group_id: &str) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            event(
+                &format!("{prefix}-{i}"),
+                &format!("user-{}", i % 50),
+                app_group_id,
+            )
+        })
+        .collect()
+}
+
+async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn routes_toml(base_url: &str) -> String {
+    format!(
+        r#"
+        [[route]]
+        name = "brand-a"
+        workspace = "brand-a"
+        heap_app_id = "1111"
+        heap_base_url = "{base_url}"
+
+        [[route]]
+        name = "brand-b"
+        app_group_id = "grp-b"
+        heap_app_id = "2222"
+        heap_base_url = "{base_url}"
+        "#
+    )
+}
+
+fn delivered(heap: &HeapStandIn, app_id: &str) -> u64 {
+    heap.report().apps.get(app_id).map_or(0, |a| a.events)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_take_the_route_of_their_workspace_their_app_group_or_the_default() {
+    let heap = HeapStandIn::start(StandInConfig::heap());
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(
+        dir.path(),
+        &routes_toml(&heap.base_url()),
+        SettingsArgs {
+            heap_app_id: Some("9999".into()),
+            heap_base_url: Some(heap.base_url()),
+            ..Default::default()
+        },
+    );
+    let app = Running::start(&s).await;
+
+    let (st, body) = app
+        .post("?workspace=brand-a", None, &events("a", 30, "grp-x"))
+        .await;
+    assert_eq!((st, body["accepted"].as_u64()), (200, Some(30)));
+    let (st, _) = app.post("", None, &events("b", 20, "grp-b")).await;
+    assert_eq!(st, 200);
+    let (st, _) = app
+        .post("?workspace=other&x=1", None, &events("d", 10, "grp-z"))
+        .await;
+    assert_eq!(st, 200);
+
+    wait_for("every route delivered", Duration::from_secs(20), || {
+        delivered(&heap, "1111") == 30
+            && delivered(&heap, "2222") == 20
+            && delivered(&heap, "9999") == 10
+    })
+    .await;
+    let report = heap.report();
+    assert!(report.keys.keys().filter(|k| k.starts_with("a-")).count() == 30);
+    for (app_id, a) in &report.apps {
+        for k in &a.identities {
+            let _ = k;
+        }
+        assert!(["1111", "2222", "9999"].contains(&app_id.as_str()));
+    }
+    let text = app.metrics().await;
+    for (route, n) in [("brand-a", 30), ("brand-b", 20), ("default", 10)] {
+        let series = format!("currents_heap_events_delivered_total{{route=\"{route}\"}} {n}");
+        assert!(text.contains(&series), "missing {series}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_percent_encoded_workspace_matches_and_route_tokens_guard_their_workspace() {
+    let heap = HeapStandIn::start(StandInConfig::heap());
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+        [[route]]
+        name = "brand-a"
+        workspace = "Brand A"
+        heap_app_id = "1111"
+        heap_base_url = "{}"
+        ingest_token = ["tok-brand-a"]
+        "#,
+        heap.base_url()
+    );
+    let s = settings(
+        dir.path(),
+        &toml,
+        SettingsArgs {
+            ingest_token: Some("tok-global".into()),
+            heap_app_id: Some("9999".into()),
+            heap_base_url: Some(heap.base_url()),
+            ..Default::default()
+        },
+    );
+    let app = Running::start(&s).await;
+    let one = [event("t-1", "u", "g")];
+    assert_eq!(
+        app.post("?workspace=Brand%20A", Some("tok-global"), &one)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(app.post("?workspace=Brand+A", None, &one).await.0, 401);
+    assert_eq!(
+        app.post("?workspace=Brand%20A", Some("tok-brand-a"), &one)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        app.post("", Some("tok-global"), &[event("t-2", "u", "g")])
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        app.post("?workspace=zzz", Some("nope"), &[event("t-3", "u", "g")])
+            .await
+            .0,
+        401
+    );
+    wait_for("both delivered", Duration::from_secs(20), || {
+        delivered(&heap, "1111") == 1 && delivered(&heap, "9999") == 1
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_events_are_acknowledged_dead_lettered_and_replayed_after_a_config_fix() {
+    let heap = HeapStandIn::start(StandInConfig::heap());
+    let dir = tempfile::tempdir().unwrap();
+    // Routes but no default route: a workspace nobody configured is unroutable.
+    let s = settings(
+        dir.path(),
+        &routes_toml(&heap.base_url()),
+        SettingsArgs::default(),
+    );
+    let app = Running::start(&s).await;
+    let lost = events("c", 25, "grp-c");
+    let (st, body) = app.post("?workspace=brand-c", None, &lost).await;
+    assert_eq!(st, 200, "never bounced to Braze: {body}");
+    assert_eq!(body["accepted"], 25);
+    let text = app.metrics().await;
+    assert!(
+        text.contains(
+            r#"currents_heap_events_dead_lettered_total{reason="unroutable",route="unroutable"} 25"#
+        ) || text.contains(
+            r#"currents_heap_events_dead_lettered_total{route="unroutable",reason="unroutable"} 25"#
+        ),
+        "{}",
+        text.lines()
+            .filter(|l| l.contains("dead_lettered"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // A re-send is a duplicate, not a second dead letter.
+    let (_, body) = app.post("?workspace=brand-c", None, &lost).await;
+    assert_eq!(body["duplicates"], 25);
+    app.stop().await;
+
+    let store = Store::open(dir.path()).unwrap();
+    let mut listed = Vec::new();
+    let mut summary = Vec::new();
+    dlq::list(
+        &store,
+        &dlq::Selection::default(),
+        100,
+        false,
+        &mut listed,
+        &mut summary,
+    )
+    .unwrap();
+    let listed = String::from_utf8(listed).unwrap();
+    assert_eq!(listed.lines().count(), 25);
+    assert!(
+        listed
+            .lines()
+            .all(|l| l.contains("\"reason\":\"unroutable\""))
+    );
+
+    // Replaying with the old configuration keeps them where they are.
+    let sel = dlq::Selection {
+        reason: Some("unroutable".into()),
+        ids: Vec::new(),
+    };
+    let r = tokio::task::block_in_place(|| dlq::replay(&store, &sel, &Router::from_settings(&s)))
+        .unwrap();
+    assert_eq!((r.requeued, r.still_unroutable), (0, 25));
+
+    // The fix: a route for brand-c. Replay, restart, delivered.
+    let fixed_toml = format!(
+        "{}\n[[route]]\nname = \"brand-c\"\nworkspace = \"brand-c\"\nheap_app_id = \"3333\"\nheap_base_url = \"{}\"\n",
+        routes_toml(&heap.base_url()),
+        heap.base_url()
+    );
+    let fixed = settings(dir.path(), &fixed_toml, SettingsArgs::default());
+    let r =
+        tokio::task::block_in_place(|| dlq::replay(&store, &sel, &Router::from_settings(&fixed)))
+            .unwrap();
+    assert_eq!((r.requeued, r.still_unroutable), (25, 0));
+    drop(store);
+    let app = Running::start(&fixed).await;
+    wait_for("replayed events delivered", Duration::from_secs(20), || {
+        delivered(&heap, "3333") == 25
+    })
+    .await;
+    heap.report()
+        .check_exactly_once(lost.iter().map(|e| e["id"].as_str().unwrap()))
+        .unwrap();
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_environment_down_never_slows_the_other() {
+    // Scaled budgets: 600 events per 2 s window per app id.
+    let window = Duration::from_secs(2);
+    let cfg = StandInConfig {
+        events_per_window: 600,
+        identity_events_per_window: 600,
+        window,
+        enforce: true,
+    };
+    let heap_a = HeapStandIn::start(cfg.clone());
+    let heap_b = HeapStandIn::start(cfg);
+    heap_b.set_down(true);
+    let toml = format!(
+        r#"
+        [[route]]
+        name = "brand-a"
+        workspace = "brand-a"
+        heap_app_id = "1111"
+        heap_base_url = "{}"
+        [[route]]
+        name = "brand-b"
+        workspace = "brand-b"
+        heap_app_id = "2222"
+        heap_base_url = "{}"
+        "#,
+        heap_a.base_url(),
+        heap_b.base_url()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(
+        dir.path(),
+        &toml,
+        SettingsArgs {
+            heap_events_per_minute: Some("600".into()),
+            heap_identity_events_per_minute: Some("600".into()),
+            heap_budget_window: Some("2s".into()),
+            ..Default::default()
+        },
+    );
+    let app = Running::start(&s).await;
+    let a_events = events("a", 1200, "g");
+    let b_events = events("b", 1200, "g");
+    for chunk in b_events.chunks(100) {
+        assert_eq!(app.post("?workspace=brand-b", None, chunk).await.0, 200);
+    }
+    let started = Instant::now();
+    for chunk in a_events.chunks(100) {
+        assert_eq!(app.post("?workspace=brand-a", None, chunk).await.0, 200);
+    }
+    wait_for(
+        "brand-a drained while brand-b is down",
+        Duration::from_secs(30),
+        || delivered(&heap_a, "1111") == 1200,
+    )
+    .await;
+    let took = started.elapsed();
+    // 1,200 events at ~97 % of 600 per 2 s need ~4.1 s; B's outage must not stretch that.
+    println!("brand-a: 1200 events in {took:?} while brand-b was down");
+    assert!(took < Duration::from_secs(12), "brand-a took {took:?}");
+    assert_eq!(delivered(&heap_b, "2222"), 0);
+    let ra = heap_a.report();
+    assert_eq!(ra.limit_rejections, 0);
+    assert!(ra.max_app_window.events <= 600, "{:?}", ra.max_app_window);
+
+    heap_b.set_down(false);
+    wait_for("brand-b catches up", Duration::from_secs(30), || {
+        delivered(&heap_b, "2222") == 1200
+    })
+    .await;
+    ra.check_exactly_once(a_events.iter().map(|e| e["id"].as_str().unwrap()))
+        .unwrap();
+    let rb = heap_b.report();
+    rb.check_exactly_once(b_events.iter().map(|e| e["id"].as_str().unwrap()))
+        .unwrap();
+    assert_eq!(rb.limit_rejections, 0);
+    app.stop().await;
+}
+
+#[test]
+fn check_config_refuses_ambiguous_or_invalid_routes() {
+    let cases = [
+        (
+            "[[route]]\nname = \"a\"\nworkspace = \"w\"\nheap_app_id = \"1\"\n[[route]]\nname = \"b\"\nworkspace = \"w\"\nheap_app_id = \"2\"\n",
+            "matches exactly what route \"a\" matches",
+        ),
+        (
+            "[[route]]\nname = \"a\"\nworkspace = \"w\"\nheap_app_id = \"abc\"\n",
+            "heap_app_id",
+        ),
+        (
+            "[[route]]\nname = \"a\"\nheap_app_id = \"1\"\n",
+            "needs `workspace`",
+        ),
+        (
+            "[[route]]\nname = \"a b\"\nworkspace = \"w\"\nheap_app_id = \"1\"\n",
+            "name",
+        ),
+        (
+            "[[route]]\nname = \"a\"\nworkspace = \"w\"\nheap_app_id = \"1\"\n[[route]]\nname = \"a\"\nworkspace = \"v\"\nheap_app_id = \"2\"\n",
+            "used by an earlier route",
+        ),
+        (
+            "[[route]]\nname = \"a\"\nworkspace = \"w\"\nheap_app_id = \"1\"\n[[route]]\nname = \"b\"\nworkspace = \"v\"\nheap_app_id = \"1\"\nheap_events_per_minute = 10\n",
+            "disagree",
+        ),
+    ];
+    for (toml, expected) in cases {
+        let file: FileConfig = toml::from_str(toml).unwrap();
+        let err = Settings::resolve(&SettingsArgs::default(), file)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "{toml}\n→ {err}");
+    }
+    let unknown =
+        "[[route]]\nname = \"a\"\nworkspace = \"w\"\nheap_app_id = \"1\"\nhaep_base_url = \"x\"\n";
+    let err = toml::from_str::<FileConfig>(unknown)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("haep_base_url"), "{err}");
+}
