@@ -180,10 +180,7 @@ async fn events_take_the_route_of_their_workspace_their_app_group_or_the_default
     .await;
     let report = heap.report();
     assert!(report.keys.keys().filter(|k| k.starts_with("a-")).count() == 30);
-    for (app_id, a) in &report.apps {
-        for k in &a.identities {
-            let _ = k;
-        }
+    for app_id in report.apps.keys() {
         assert!(["1111", "2222", "9999"].contains(&app_id.as_str()));
     }
     let text = app.metrics().await;
@@ -348,7 +345,7 @@ async fn one_environment_down_never_slows_the_other() {
         window,
         enforce: true,
     };
-    let heap_a = HeapStandIn::start(cfg.clone());
+    let heap_a = HeapStandIn::start(cfg);
     let heap_b = HeapStandIn::start(cfg);
     heap_b.set_down(true);
     let toml = format!(
