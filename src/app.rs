@@ -24,13 +24,13 @@ use std::collections::HashMap;
 
 use crate::config::{DEFAULT_ROUTE, Settings};
 use crate::delivery::{Delivery, DeliveryConfig, RouteMapping, Sender};
-use crate::metrics::UNROUTABLE;
-use crate::queue::QueueOp;
-use crate::routing::{DRY_RUN_APP_ID, Router};
 use crate::heap::client::HeapClient;
 use crate::ingest::{self, Auth, IngestState};
 use crate::metrics::Metrics;
+use crate::metrics::UNROUTABLE;
+use crate::queue::QueueOp;
 use crate::queue::{Store, StoreError, Writer, WriterConfig, WriterHandle};
+use crate::routing::{DRY_RUN_APP_ID, Router};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -100,13 +100,16 @@ impl App {
         orphans_to_dead_letters(&store, &writer, &lanes).await?;
         let router = Router::from_settings(settings);
         if router.targets().next().is_none() {
-            tracing::warn!(message = "No default route and no [[route]]: every event will be kept as an unroutable dead letter.");
+            tracing::warn!(
+                message = "No default route and no [[route]]: every event will be kept as an unroutable dead letter."
+            );
         }
         let new_data = lanes
             .iter()
             .map(|(_, app_id, n)| (Arc::clone(app_id), Arc::clone(n)))
             .collect();
-        let state = Arc::new(IngestState::new(
+        let drain_rate: f64 = lanes.iter().map(|(d, ..)| d.budget_rate()).sum();
+        let mut state = IngestState::new(
             auth,
             settings.max_body_bytes,
             writer,
@@ -114,7 +117,9 @@ impl App {
             metrics,
             new_data,
             router,
-        ));
+        );
+        state.drain_rate = drain_rate;
+        let state = Arc::new(state);
         Ok(App {
             listener,
             state,
@@ -222,8 +227,11 @@ fn build_lanes(
         fallback: RouteMapping,
     }
     let mut lanes: Vec<LaneSpec> = Vec::new();
-    let mut add = |name: &str, app_id: &str, base_url: &str, pm, ipm, mapping: RouteMapping| {
-        match lanes.iter_mut().find(|l| l.app_id == app_id) {
+    let mut add =
+        |name: &str, app_id: &str, base_url: &str, pm, ipm, mapping: RouteMapping| match lanes
+            .iter_mut()
+            .find(|l| l.app_id == app_id)
+        {
             Some(l) => {
                 l.routes.insert(name.to_owned(), mapping);
             }
@@ -236,8 +244,7 @@ fn build_lanes(
                 routes: HashMap::from([(name.to_owned(), mapping.clone())]),
                 fallback: mapping,
             }),
-        }
-    };
+        };
     let default_app_id = match (&settings.heap_app_id, settings.dry_run) {
         (Some(id), _) => Some(id.as_str()),
         (None, true) => Some(DRY_RUN_APP_ID),
@@ -274,9 +281,15 @@ fn build_lanes(
         let sender = if settings.dry_run {
             Sender::DryRun
         } else {
-            Sender::Heap(Box::new(HeapClient::new(&lane.base_url, settings.heap_timeout)))
+            Sender::Heap(Box::new(HeapClient::new(
+                &lane.base_url,
+                settings.heap_timeout,
+            )))
         };
-        for (budget, v) in [("app", lane.per_minute), ("identity", lane.identity_per_minute)] {
+        for (budget, v) in [
+            ("app", lane.per_minute),
+            ("identity", lane.identity_per_minute),
+        ] {
             metrics
                 .budget_per_minute
                 .with_label_values(&[&lane.name, budget])
@@ -339,7 +352,9 @@ async fn orphans_to_dead_letters(
                 app_id = %app_id,
                 events = o.rows,
             ),
-            Err(e) => tracing::error!(message = "Cannot dead-letter orphaned events.", app_id = %app_id, error = %e),
+            Err(e) => {
+                tracing::error!(message = "Cannot dead-letter orphaned events.", app_id = %app_id, error = %e)
+            }
         }
     }
     Ok(())

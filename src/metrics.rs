@@ -82,6 +82,12 @@ pub const CATALOGUE: &[(&str, &str, &str, &str)] = &[
         "Time since the oldest queued event was received; 0 when the queue is empty.",
     ),
     (
+        "currents_heap_queue_drain_seconds_estimate",
+        "gauge",
+        "",
+        "Estimated time to empty the queue: queued events over the summed app budgets of all delivery lanes (at the ~97 % of the budget delivery uses).",
+    ),
+    (
         "currents_heap_dedup_ids",
         "gauge",
         "",
@@ -233,6 +239,7 @@ pub struct Metrics {
     pub queue_bytes: IntGauge,
     pub queue_max_bytes: IntGauge,
     pub queue_oldest_age: Gauge,
+    pub queue_drain_estimate: Gauge,
     pub dedup_ids: IntGauge,
     pub dedup_capacity: IntGauge,
     pub store_healthy: IntGauge,
@@ -307,6 +314,10 @@ impl Metrics {
             queue_max_bytes: IntGauge::with_opts(opts("currents_heap_queue_max_bytes")).unwrap(),
             queue_oldest_age: Gauge::with_opts(opts(
                 "currents_heap_queue_oldest_event_age_seconds",
+            ))
+            .unwrap(),
+            queue_drain_estimate: Gauge::with_opts(opts(
+                "currents_heap_queue_drain_seconds_estimate",
             ))
             .unwrap(),
             dedup_ids: IntGauge::with_opts(opts("currents_heap_dedup_ids")).unwrap(),
@@ -390,6 +401,8 @@ impl Metrics {
         r.register(Box::new(m.queue_bytes.clone())).unwrap();
         r.register(Box::new(m.queue_max_bytes.clone())).unwrap();
         r.register(Box::new(m.queue_oldest_age.clone())).unwrap();
+        r.register(Box::new(m.queue_drain_estimate.clone()))
+            .unwrap();
         r.register(Box::new(m.dedup_ids.clone())).unwrap();
         r.register(Box::new(m.dedup_capacity.clone())).unwrap();
         r.register(Box::new(m.store_healthy.clone())).unwrap();

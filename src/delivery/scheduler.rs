@@ -101,6 +101,11 @@ impl Delivery {
         }
     }
 
+    /// Events per second this lane sends while it has a backlog.
+    pub fn budget_rate(&self) -> f64 {
+        self.budgets.app_shape().rate()
+    }
+
     fn max_batch(&self) -> usize {
         self.budgets.max_batch()
     }
@@ -124,7 +129,10 @@ impl Delivery {
                     }
                 }
                 self.paused_until = None;
-                self.metrics.delivery_paused.with_label_values(&[&self.cfg.lane]).set(0);
+                self.metrics
+                    .delivery_paused
+                    .with_label_values(&[&self.cfg.lane])
+                    .set(0);
             }
             self.housekeeping();
             if self.pending.len() < self.max_batch() * PENDING_BATCHES / 2
@@ -204,10 +212,12 @@ impl Delivery {
     fn record_wait(&self, budget: &'static str, waited: Duration) {
         if !waited.is_zero() {
             self.metrics
-                .rate_limit_waits.with_label_values(&[&self.cfg.lane, budget])
+                .rate_limit_waits
+                .with_label_values(&[&self.cfg.lane, budget])
                 .inc();
             self.metrics
-                .rate_limit_wait_seconds.with_label_values(&[&self.cfg.lane, budget])
+                .rate_limit_wait_seconds
+                .with_label_values(&[&self.cfg.lane, budget])
                 .inc_by(waited.as_secs_f64());
         }
     }
@@ -416,7 +426,8 @@ impl Delivery {
                 Ok(()) => taken.push(item),
                 Err(wait) => {
                     self.metrics
-                        .rate_limit_waits.with_label_values(&[&self.cfg.lane, "identity"])
+                        .rate_limit_waits
+                        .with_label_values(&[&self.cfg.lane, "identity"])
                         .inc();
                     let slot = unix_millis() + wait.as_millis() as i64;
                     let entry = self.deferred.entry(key.to_owned()).or_insert(Deferral {
@@ -529,7 +540,10 @@ impl Delivery {
             .expect("track items serialize");
             match self.request(TRACK_PATH, body, to_track, "rejected").await {
                 (Sent::Delivered, mut items) => {
-                    self.metrics.events_delivered.with_label_values(&[&self.cfg.lane]).inc_by(items.len() as u64);
+                    self.metrics
+                        .events_delivered
+                        .with_label_values(&[&self.cfg.lane])
+                        .inc_by(items.len() as u64);
                     for i in &mut items {
                         i.track_done = true;
                     }
@@ -579,12 +593,14 @@ impl Delivery {
         let started = Instant::now();
         let result = self.sender.post(path, Bytes::from(body)).await;
         self.metrics
-            .heap_request_duration.with_label_values(&[&self.cfg.lane, path])
+            .heap_request_duration
+            .with_label_values(&[&self.cfg.lane, path])
             .observe(started.elapsed().as_secs_f64());
         let (verdict, detail) = match &result {
             Ok(resp) => {
                 self.metrics
-                    .heap_requests.with_label_values(&[&self.cfg.lane, path, status_class(resp.status)])
+                    .heap_requests
+                    .with_label_values(&[&self.cfg.lane, path, status_class(resp.status)])
                     .inc();
                 let verdict = classify(resp.status, resp.retry_after.as_ref(), SystemTime::now());
                 (
@@ -594,7 +610,8 @@ impl Delivery {
             }
             Err(e) => {
                 self.metrics
-                    .heap_requests.with_label_values(&[&self.cfg.lane, path, "error"])
+                    .heap_requests
+                    .with_label_values(&[&self.cfg.lane, path, "error"])
                     .inc();
                 (
                     Verdict::Retry {
@@ -664,12 +681,16 @@ impl Delivery {
         transport: Option<HeapError>,
     ) {
         self.metrics
-            .delivery_retries.with_label_values(&[&self.cfg.lane, reason])
+            .delivery_retries
+            .with_label_values(&[&self.cfg.lane, reason])
             .inc();
         let pause = retry_after.unwrap_or_else(|| self.cfg.backoff.delay(self.failures));
         self.failures = self.failures.saturating_add(1);
         self.paused_until = Some(Instant::now() + pause);
-        self.metrics.delivery_paused.with_label_values(&[&self.cfg.lane]).set(1);
+        self.metrics
+            .delivery_paused
+            .with_label_values(&[&self.cfg.lane])
+            .set(1);
         tracing::warn!(
             message = "Heap request failed; retrying after a pause.",
             route = %self.cfg.lane,

@@ -25,7 +25,10 @@ fn digest(token: &[u8]) -> [u8; 32] {
 impl Auth {
     pub fn new(tokens: &[Secret]) -> Self {
         Self {
-            digests: tokens.iter().map(|t| digest(t.expose().as_bytes())).collect(),
+            digests: tokens
+                .iter()
+                .map(|t| digest(t.expose().as_bytes()))
+                .collect(),
             by_workspace: Vec::new(),
         }
     }
@@ -35,8 +38,10 @@ impl Auth {
     pub fn with_routes(global: &[Secret], routes: &[(Option<&str>, &[Secret])]) -> Self {
         let mut auth = Self::new(global);
         for (workspace, tokens) in routes {
-            let digests: Vec<[u8; 32]> =
-                tokens.iter().map(|t| digest(t.expose().as_bytes())).collect();
+            let digests: Vec<[u8; 32]> = tokens
+                .iter()
+                .map(|t| digest(t.expose().as_bytes()))
+                .collect();
             auth.digests.extend(digests.iter().copied());
             if let Some(w) = workspace {
                 match auth.by_workspace.iter_mut().find(|(x, _)| x == w) {

@@ -27,8 +27,8 @@ pub use error::IngestError;
 pub use handler::{Accepted, UNROUTABLE};
 
 use crate::metrics::Metrics;
-use crate::routing::Router;
 use crate::queue::{Reader, Store, Writer, unix_millis};
+use crate::routing::Router;
 use error::json_response;
 
 /// Request bodies held in memory at once (each at most 2 × `--max-body-bytes`).
@@ -43,6 +43,9 @@ pub struct IngestState {
     pub metrics: Metrics,
     /// Which route (and Heap app id) each event takes.
     pub router: Router,
+    /// Events per second all delivery lanes together send with a backlog (for the drain
+    /// estimate); 0 when nothing delivers.
+    pub drain_rate: f64,
     pub body_slots: Semaphore,
     /// Per Heap app id: woken after each append for it, so delivery starts without polling.
     pub new_data: HashMap<Arc<str>, Arc<Notify>>,
@@ -67,6 +70,7 @@ impl IngestState {
             store,
             metrics,
             router,
+            drain_rate: 0.0,
             body_slots: Semaphore::new(BODY_SLOTS),
             new_data,
             draining: AtomicBool::new(false),
@@ -101,6 +105,14 @@ impl IngestState {
             .store_healthy
             .set(i64::from(stats.is_healthy()));
         self.metrics.dedup_ids.set(stats.dedup_ids() as i64);
+        let drain = if stats.events() == 0 {
+            0.0
+        } else if self.drain_rate > 0.0 {
+            stats.events() as f64 / self.drain_rate
+        } else {
+            f64::INFINITY
+        };
+        self.metrics.queue_drain_estimate.set(drain);
         let mut guard = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
             *guard = self.store.reader().ok();
