@@ -114,7 +114,8 @@ pub struct Replayed {
 }
 
 /// Moves the selected dead letters back to the queue, each routed again with the current
-/// configuration (`router`): the route of its stored `workspace` and its `app_group_id`.
+/// configuration (`router`): the route of its stored `workspace` and its `app_group_id`, or,
+/// when no route takes it, the route it had.
 pub fn replay(store: &Store, sel: &Selection, router: &Router) -> Result<Replayed, String> {
     let reader = store.reader().map_err(|e| e.to_string())?;
     with_writer(store, |w| {
@@ -134,11 +135,18 @@ pub fn replay(store: &Store, sel: &Selection, router: &Router) -> Result<Replaye
                     continue;
                 }
                 let group = app_group_id(&d.payload);
+                // The current configuration decides; without a route for it, an event keeps
+                // the destination it had (none, if it was unroutable from the start).
                 match router.route(d.workspace.as_deref(), group.as_deref()) {
                     Some(t) => items.push(ReplayItem {
                         seq: d.seq,
                         route: t.name.to_string(),
                         app_id: t.app_id.to_string(),
+                    }),
+                    None if !d.app_id.is_empty() => items.push(ReplayItem {
+                        seq: d.seq,
+                        route: d.route.clone(),
+                        app_id: d.app_id.clone(),
                     }),
                     None => done.still_unroutable += 1,
                 }

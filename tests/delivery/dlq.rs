@@ -148,11 +148,12 @@ async fn dead_letters_replayed_while_the_server_runs_are_delivered() {
         reason: None,
         ids: vec![dead[0].seq],
     };
-    let n = tokio::task::spawn_blocking(move || currents_heap::dlq::replay(&store, &sel))
+    let router = currents_heap::routing::Router::from_settings(&h.settings());
+    let n = tokio::task::spawn_blocking(move || currents_heap::dlq::replay(&store, &sel, &router))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(n, 1);
+    assert_eq!(n.requeued, 1);
     let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
     report
         .check_exactly_once(ids.iter().map(String::as_str))

@@ -109,20 +109,25 @@ async fn braze_batches_reach_heap_exactly_once_and_anonymous_events_are_skipped(
     assert_eq!(
         metric_value(
             &text,
-            r#"currents_heap_events_skipped_total{reason="anonymous"}"#
+            r#"currents_heap_events_skipped_total{reason="anonymous",route="default"}"#
         ),
         anonymous as f64
     );
     assert_eq!(metric_value(&text, "currents_heap_queue_events"), 0.0);
     assert_eq!(
-        metric_value(&text, "currents_heap_events_delivered_total"),
+        metric_value(
+            &text,
+            r#"currents_heap_events_delivered_total{route="default"}"#
+        ),
         identified.len() as f64
     );
     for reason in ["rejected", "expired", "anonymous", "too_large"] {
         assert_eq!(
             metric_value(
                 &text,
-                &format!("currents_heap_events_dead_lettered_total{{reason=\"{reason}\"}}")
+                &format!(
+                    "currents_heap_events_dead_lettered_total{{reason=\"{reason}\",route=\"default\"}}"
+                )
             ),
             0.0,
             "{reason}"
@@ -131,7 +136,7 @@ async fn braze_batches_reach_heap_exactly_once_and_anonymous_events_are_skipped(
     assert_eq!(
         metric_value(
             &text,
-            r#"currents_heap_heap_requests_total{endpoint="/api/track",status_class="2xx"}"#
+            r#"currents_heap_heap_requests_total{endpoint="/api/track",route="default",status_class="2xx"}"#
         ),
         report.requests_with(TRACK, 200) as f64
     );
@@ -171,7 +176,7 @@ async fn anonymous_events_are_dead_lettered_when_dead_letter_skipped_is_set() {
     assert_eq!(
         metric_value(
             &text,
-            r#"currents_heap_events_skipped_total{reason="anonymous"}"#
+            r#"currents_heap_events_skipped_total{reason="anonymous",route="default"}"#
         ),
         2.0
     );
@@ -240,8 +245,10 @@ async fn placeholder_identities_never_reach_heap() {
         report.shape_violations
     );
     assert_eq!(
-        h.metric(r#"currents_heap_events_skipped_total{reason="invalid_identity"}"#)
-            .await,
+        h.metric(
+            r#"currents_heap_events_skipped_total{reason="invalid_identity",route="default"}"#
+        )
+        .await,
         5.0
     );
 }
@@ -266,7 +273,7 @@ async fn excluded_event_types_are_skipped_and_counted() {
         .unwrap();
     assert_eq!(report.user_property_items_accepted, 0);
     assert_eq!(
-        h.metric(r#"currents_heap_events_skipped_total{reason="excluded"}"#)
+        h.metric(r#"currents_heap_events_skipped_total{reason="excluded",route="default"}"#)
             .await,
         2.0
     );

@@ -127,6 +127,11 @@ impl Harness {
         self.data_dir.path()
     }
 
+    /// The settings the server runs with.
+    pub fn settings(&self) -> Settings {
+        Settings::resolve(&self.args, FileConfig::default()).expect("valid test settings")
+    }
+
     /// Starts (or restarts) the server on the data directory.
     pub async fn start_app(&mut self) {
         assert!(self.running.is_none(), "the server is already running");
@@ -228,10 +233,7 @@ impl Harness {
         let now = currents_heap::queue::unix_millis();
         let rows = Store::open(self.data_dir())
             .and_then(|s| s.reader())
-            .map(|r| {
-                r.queued(currents_heap::ingest::DEFAULT_ROUTE, 0, n)
-                    .unwrap_or_default()
-            })
+            .map(|r| r.queued(APP_ID, 0, n).unwrap_or_default())
             .unwrap_or_default();
         rows.iter()
             .map(|r| {

@@ -85,7 +85,8 @@ fn backlog(s: &Scenario) -> (Vec<NewEvent>, Vec<String>, Vec<String>) {
     // The hot identity's events are spread through the backlog (a bot or a test user firing
     // all day); the others cycle over their identities.
     let stride = total / s.hot_events.max(1);
-    let route: Arc<str> = Arc::from(currents_heap::ingest::DEFAULT_ROUTE);
+    let route: Arc<str> = Arc::from(currents_heap::config::DEFAULT_ROUTE);
+    let app_id: Arc<str> = Arc::from(APP_ID);
     let mut events = Vec::with_capacity(total);
     let mut cold = Vec::with_capacity(s.cold_events());
     let mut hot = Vec::with_capacity(s.hot_events);
@@ -104,6 +105,9 @@ fn backlog(s: &Scenario) -> (Vec<NewEvent>, Vec<String>, Vec<String>) {
         let payload = serde_json::to_vec(&email_send(&id, &user)).unwrap();
         events.push(NewEvent {
             route: Arc::clone(&route),
+            app_id: Arc::clone(&app_id),
+            workspace: None,
+            dead_letter: None,
             event_id: id,
             event_type: "users.messages.email.Send".into(),
             identity: Some(user),

@@ -12,7 +12,9 @@ use crate::helpers::*;
 fn dead_lettered(text: &str, reason: &str) -> f64 {
     metric_value(
         text,
-        &format!("currents_heap_events_dead_lettered_total{{reason=\"{reason}\"}}"),
+        &format!(
+            "currents_heap_events_dead_lettered_total{{reason=\"{reason}\",route=\"default\"}}"
+        ),
     )
 }
 
@@ -86,7 +88,10 @@ async fn a_poison_event_is_isolated_by_bisection_and_dead_lettered_alone() {
     );
     assert_eq!(metric_value(&text, "currents_heap_queue_events"), 0.0);
     assert_eq!(
-        metric_value(&text, "currents_heap_events_delivered_total"),
+        metric_value(
+            &text,
+            r#"currents_heap_events_delivered_total{route="default"}"#
+        ),
         99.0
     );
 }

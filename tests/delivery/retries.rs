@@ -12,7 +12,7 @@ use crate::helpers::*;
 fn retries(text: &str, reason: &str) -> f64 {
     metric_value(
         text,
-        &format!("currents_heap_delivery_retries_total{{reason=\"{reason}\"}}"),
+        &format!("currents_heap_delivery_retries_total{{reason=\"{reason}\",route=\"default\"}}"),
     )
 }
 
@@ -36,11 +36,14 @@ async fn server_errors_are_retried_until_heap_accepts() {
     assert_eq!(
         metric_value(
             &text,
-            r#"currents_heap_heap_requests_total{endpoint="/api/track",status_class="5xx"}"#
+            r#"currents_heap_heap_requests_total{endpoint="/api/track",route="default",status_class="5xx"}"#
         ),
         3.0
     );
-    assert_eq!(metric_value(&text, "currents_heap_delivery_paused"), 0.0);
+    assert_eq!(
+        metric_value(&text, r#"currents_heap_delivery_paused{route="default"}"#),
+        0.0
+    );
     assert!(h.dead_letters().is_empty());
 }
 
@@ -233,7 +236,7 @@ async fn everything_queued_while_heap_is_down_arrives_after_it_recovers() {
         "the backoff is visible",
         Duration::from_secs(10),
         || async {
-            h.metric(r#"currents_heap_delivery_retries_total{reason="status_5xx"}"#)
+            h.metric(r#"currents_heap_delivery_retries_total{reason="status_5xx",route="default"}"#)
                 .await
                 >= 5.0
         },
