@@ -9,21 +9,24 @@ use std::path::Path;
 use currents_heap::currents::catalogue::KNOWN_EVENT_TYPES;
 use currents_heap::transform::{MappingOptions, docs, event_name};
 
+/// docs/MAPPING.md and the README carry the same generated tables.
 #[test]
 fn mapping_doc_tables_match_the_code() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/MAPPING.md");
-    let doc = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let rendered = docs::render(&doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &rendered).unwrap();
-        return;
+    for file in ["docs/MAPPING.md", "README.md"] {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let doc = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let rendered = docs::render(&doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, &rendered).unwrap();
+            continue;
+        }
+        assert!(
+            doc == rendered,
+            "{} is out of date; run `UPDATE_GOLDEN=1 cargo test --test transform_docs`",
+            path.display()
+        );
     }
-    assert!(
-        doc == rendered,
-        "{} is out of date; run `UPDATE_GOLDEN=1 cargo test --test transform_docs`",
-        path.display()
-    );
 }
 
 /// Independent of the renderer: every known type's name, as `event_name` computes it, is in
