@@ -86,6 +86,14 @@ fn is_yaml(path: &Path) -> bool {
 // ---------------------------------------------------------------------------------------------
 // External tools
 
+/// A skip note on the real standard error: libtest captures `eprintln!` of passing tests, and a
+/// skipped check must stay visible in the output of `cargo test`.
+macro_rules! skip_note {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 fn on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
@@ -106,8 +114,8 @@ fn tool(name: &str, install: &str) -> Option<PathBuf> {
             panic!("`{name}` is not on PATH under CI: .ci/run must install it ({install})")
         }
         None => {
-            eprintln!(
-                "SKIPPED (part of this test): `{name}` is not on PATH; install it with {install}"
+            skip_note!(
+                "SKIPPED: `{name}` is not on PATH, the checks needing it did not run; install it with {install}"
             );
             None
         }
@@ -132,7 +140,9 @@ fn python_with_yaml() -> Option<&'static str> {
         if in_ci() {
             panic!("no python3 with PyYAML under CI: .ci/run must install it ({install})");
         }
-        eprintln!("SKIPPED (part of this test): no python3 with PyYAML; install it with {install}");
+        skip_note!(
+            "SKIPPED: no python3 with PyYAML, the YAML checks did not run; install it with {install}"
+        );
     }
     found
 }
@@ -265,7 +275,8 @@ fn label_values(metric: &str, label: &str) -> Option<Vec<String>> {
     Some(values)
 }
 
-/// `(label, op, value)` of each matcher of a selector body such as `route="a", reason=~"b|c"`.
+/// `(label, op, value)` of each matcher of a selector body such as `route="a", reason=~"b|c"`;
+/// a bare label name (the notation `metric{label}` of prose) has an empty op and value.
 fn matchers(selector: &str) -> Vec<(String, String, String)> {
     let mut parts = Vec::new();
     let (mut cur, mut quoted) = (String::new(), false);
@@ -290,6 +301,9 @@ fn matchers(selector: &str) -> Vec<(String, String, String)> {
                 .unwrap_or(p.len());
             let (name, rest) = p.split_at(name_len);
             let rest = rest.trim_start();
+            if rest.is_empty() {
+                return (name.to_owned(), String::new(), String::new());
+            }
             let op = ["=~", "!~", "!=", "="]
                 .into_iter()
                 .find(|op| rest.starts_with(op))
@@ -323,7 +337,7 @@ fn check_ref(name: &str, selector: Option<&str>) -> Vec<String> {
         let Some(allowed) = label_values(base, &label) else {
             continue;
         };
-        if value.contains('$') {
+        if op.is_empty() || value.contains('$') {
             continue;
         }
         let alternatives: Vec<&str> = if op.ends_with('~') {
@@ -450,6 +464,48 @@ fn the_metric_checker_catches_mistakes() {
             Some("x=\"1\"".to_owned())
         )]
     );
+}
+
+/// The README's metric table documents every metric of the catalogue with its type and labels.
+#[test]
+fn readme_documents_the_whole_metric_catalogue() {
+    let readme = read(&root().join("README.md"));
+    let rows: Vec<Vec<String>> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_owned())
+                .collect()
+        })
+        .collect();
+    let mut problems = Vec::new();
+    for (name, kind, labels, _) in CATALOGUE {
+        let short = name.strip_prefix("currents_heap_").unwrap();
+        let Some(row) = rows
+            .iter()
+            .find(|r| r.len() >= 4 && r[0].split('/').any(|n| n.trim() == format!("`{short}`")))
+        else {
+            problems.push(format!("{short} has no row in the README's metric table"));
+            continue;
+        };
+        if row[1] != *kind {
+            problems.push(format!("{short}: README says {}, CATALOGUE {kind}", row[1]));
+        }
+        let documented: BTreeSet<&str> = row[2]
+            .split(',')
+            .map(|l| l.trim().trim_matches('`'))
+            .filter(|l| !l.is_empty())
+            .collect();
+        let exported: BTreeSet<&str> = labels.split(',').filter(|l| !l.is_empty()).collect();
+        if documented != exported {
+            problems.push(format!(
+                "{short}: README labels {documented:?}, CATALOGUE {exported:?}"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 /// The series of the promtool unit tests carry every label the binary exports for them, so a
@@ -701,6 +757,46 @@ fn statefulset_keeps_the_queue_on_a_volume_and_probes_the_right_endpoints() {
     assert_eq!(annotations["prometheus.io/scrape"], "true");
     assert_eq!(annotations["prometheus.io/port"], "8080");
     assert_eq!(annotations["prometheus.io/path"], "/metrics");
+}
+
+/// `kubectl kustomize` (when kubectl is installed; optional even under CI) renders the
+/// manifests with the generated, content-hashed ConfigMap wired into the StatefulSet.
+#[test]
+fn kustomize_renders_the_manifests() {
+    let Some(kubectl) = on_path("kubectl") else {
+        skip_note!("SKIPPED: `kubectl` is not on PATH; `kubectl kustomize deploy/k8s` not checked");
+        return;
+    };
+    let out = Command::new(kubectl)
+        .args(["kustomize"])
+        .arg(deploy().join("k8s"))
+        .output()
+        .expect("run kubectl kustomize");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize deploy/k8s:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = String::from_utf8_lossy(&out.stdout);
+    let hashed = rendered
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("name: currents-heap-config-"))
+        .collect::<BTreeSet<_>>();
+    assert_eq!(
+        hashed.len(),
+        1,
+        "one hashed ConfigMap name, used by the StatefulSet: {hashed:?}"
+    );
+    for kind in ["StatefulSet", "Service", "ServiceMonitor", "ConfigMap"] {
+        assert!(
+            rendered.contains(&format!("kind: {kind}\n")),
+            "{kind} missing"
+        );
+    }
+    assert!(
+        !rendered.contains("kind: Secret\n"),
+        "the Secret is created by hand"
+    );
 }
 
 fn run_binary(args: &[&str]) -> std::process::Output {
@@ -1045,6 +1141,27 @@ fn every_alert_has_a_runbook_section_and_a_firing_unit_test() {
         assert!(
             tests.contains(&format!("alertname: {name}\n")),
             "alerts_test.yml has no test of {name}"
+        );
+    }
+    // Every in-page link of the runbook leads to a heading (GitHub's anchor rule).
+    let slugs: BTreeSet<String> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .map(|h| {
+            h.trim_start_matches('#')
+                .trim()
+                .to_lowercase()
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+                .map(|c| if c == ' ' { '-' } else { c })
+                .collect()
+        })
+        .collect();
+    for link in runbook.split("](#").skip(1) {
+        let target = &link[..link.find(')').unwrap()];
+        assert!(
+            slugs.contains(target),
+            "docs/OPERATIONS.md links to missing #{target}"
         );
     }
     // With PyYAML: every alert has a test case where it fires, and one where it does not.
