@@ -29,7 +29,7 @@ use crate::ingest::{self, Auth, IngestState};
 use crate::metrics::Metrics;
 use crate::metrics::UNROUTABLE;
 use crate::queue::QueueOp;
-use crate::queue::{Store, StoreError, Writer, WriterConfig, WriterHandle};
+use crate::queue::{DataDirLock, Store, StoreError, Writer, WriterConfig, WriterHandle};
 use crate::routing::{DRY_RUN_APP_ID, Router};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,10 +49,13 @@ pub struct App {
     lanes: Vec<Delivery>,
     writer: WriterHandle,
     grace: Duration,
+    /// Released when the app (after its drain) is dropped.
+    _lock: DataDirLock,
 }
 
 impl App {
     pub async fn build(settings: &Settings) -> Result<App, AppError> {
+        let lock = DataDirLock::acquire(&settings.data_dir)?;
         let store = Store::open(&settings.data_dir)?;
         let (writer, writer_handle) = Writer::spawn(
             &store,
@@ -126,6 +129,7 @@ impl App {
             lanes: lanes.into_iter().map(|(d, ..)| d).collect(),
             writer: writer_handle,
             grace: settings.shutdown_grace,
+            _lock: lock,
         })
     }
 
@@ -147,6 +151,7 @@ impl App {
             lanes,
             writer,
             grace,
+            _lock: lock,
         } = self;
         let stop_delivery = CancellationToken::new();
         let delivery_tasks: Vec<_> = lanes
@@ -202,6 +207,7 @@ impl App {
             );
         }
         let _ = tokio::task::spawn_blocking(move || writer.close()).await;
+        drop(lock);
         tracing::info!(message = "Stopped.");
     }
 }

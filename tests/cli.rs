@@ -222,3 +222,43 @@ fn transform_takes_a_route_by_name() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8(out.stderr).unwrap().contains("brand-a"));
 }
+
+#[test]
+fn a_second_server_on_the_same_data_dir_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let mut first = bin()
+        .args([
+            "serve",
+            "--dry-run",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            d,
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first holds the lock once its store is open.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !dir.path().join("queue.sqlite3").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first server did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = run(&[
+        "serve",
+        "--dry-run",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        d,
+    ]);
+    let _ = first.kill();
+    let _ = first.wait();
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8(second.stderr).unwrap();
+    assert!(err.contains("in use by another"), "{err}");
+}

@@ -71,6 +71,11 @@ pub enum StoreError {
         "store {path} was written by a newer version (schema {found}, this build knows {SCHEMA_VERSION})"
     )]
     NewerSchema { path: PathBuf, found: i64 },
+    #[error(
+        "data directory {path} is in use by another `currents-heap serve` (it holds {path}/LOCK); \
+         run one process per data directory"
+    )]
+    Locked { path: PathBuf },
     #[error("store {path}: {source}")]
     Sqlite {
         path: PathBuf,
@@ -102,6 +107,38 @@ impl QueueStats {
     }
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// An exclusive lock on a data directory, held by `serve` for its lifetime: two forwarders on
+/// one queue would deliver the same events twice and fight over the dedup window.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+impl DataDirLock {
+    pub fn acquire(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let path = data_dir.join("LOCK");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| StoreError::DataDir {
+                path: path.clone(),
+                source,
+            })?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |_| StoreError::Locked {
+                path: data_dir.to_owned(),
+            },
+        )?;
+        Ok(Self { _file: file })
     }
 }
 
