@@ -66,12 +66,18 @@ impl Router {
         self.rules.iter().any(|r| r.app_group_id.is_some())
     }
 
-    pub fn route(&self, workspace: Option<&str>, app_group_id: Option<&str>) -> Option<&RouteTarget> {
+    pub fn route(
+        &self,
+        workspace: Option<&str>,
+        app_group_id: Option<&str>,
+    ) -> Option<&RouteTarget> {
         self.rules
             .iter()
             .find(|r| {
                 r.workspace.as_deref().is_none_or(|w| Some(w) == workspace)
-                    && r.app_group_id.as_deref().is_none_or(|g| Some(g) == app_group_id)
+                    && r.app_group_id
+                        .as_deref()
+                        .is_none_or(|g| Some(g) == app_group_id)
             })
             .map(|r| &r.target)
             .or(self.default.as_ref())
@@ -79,7 +85,9 @@ impl Router {
 
     /// Every route target (default first), for metric labels and delivery lanes.
     pub fn targets(&self) -> impl Iterator<Item = &RouteTarget> {
-        self.default.iter().chain(self.rules.iter().map(|r| &r.target))
+        self.default
+            .iter()
+            .chain(self.rules.iter().map(|r| &r.target))
     }
 }
 
@@ -119,12 +127,24 @@ mod tests {
         let r = router(TWO, Some("9999"));
         let name = |w, g| r.route(w, g).map(|t| t.name.to_string());
         assert_eq!(name(Some("brand-a"), None).as_deref(), Some("brand-a"));
-        assert_eq!(name(Some("brand-a"), Some("grp-b")).as_deref(), Some("brand-a"));
+        assert_eq!(
+            name(Some("brand-a"), Some("grp-b")).as_deref(),
+            Some("brand-a")
+        );
         assert_eq!(name(None, Some("grp-b")).as_deref(), Some("brand-b"));
-        assert_eq!(name(Some("eu"), Some("grp-b")).as_deref(), Some("brand-b-eu"));
-        assert_eq!(name(Some("other"), Some("grp-x")).as_deref(), Some("default"));
+        assert_eq!(
+            name(Some("eu"), Some("grp-b")).as_deref(),
+            Some("brand-b-eu")
+        );
+        assert_eq!(
+            name(Some("other"), Some("grp-x")).as_deref(),
+            Some("default")
+        );
         assert!(r.needs_app_group_id());
-        assert_eq!(r.route(Some("eu"), Some("grp-b")).unwrap().app_id.as_ref(), "3333");
+        assert_eq!(
+            r.route(Some("eu"), Some("grp-b")).unwrap().app_id.as_ref(),
+            "3333"
+        );
     }
 
     #[test]

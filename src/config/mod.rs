@@ -18,8 +18,8 @@ use std::time::Duration;
 use crate::delivery::Backoff;
 use crate::transform::MappingOptions;
 
-use sources::list;
 pub use routes::{DEFAULT_ROUTE, RouteFile, RouteSettings};
+use sources::list;
 pub use sources::{FileConfig, Scalar, SettingsArgs, Tokens};
 pub use values::{ConfigError, HeapAppId, LogFormat, Secret};
 use values::{parse_duration, parse_size, validate_base_url};
@@ -542,7 +542,10 @@ fn route_toml(r: &RouteSettings) -> String {
     t.insert("include_event_types".into(), a(&r.include_event_types));
     t.insert("exclude_event_types".into(), a(&r.exclude_event_types));
     t.insert("drop_properties".into(), a(&r.drop_properties));
-    t.insert("dead_letter_skipped".into(), toml::Value::Boolean(r.dead_letter_skipped));
+    t.insert(
+        "dead_letter_skipped".into(),
+        toml::Value::Boolean(r.dead_letter_skipped),
+    );
     format!("[[route]]\n{t}")
 }
 

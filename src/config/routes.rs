@@ -73,7 +73,12 @@ pub(super) struct Inherited<'a> {
     pub dead_letter_skipped: bool,
 }
 
-fn route_error(index: usize, name: Option<&str>, key: &str, message: impl Into<String>) -> ConfigError {
+fn route_error(
+    index: usize,
+    name: Option<&str>,
+    key: &str,
+    message: impl Into<String>,
+) -> ConfigError {
     let which = match name {
         Some(n) => format!("[[route]] #{} (name = {n:?})", index + 1),
         None => format!("[[route]] #{}", index + 1),
@@ -118,12 +123,19 @@ pub(super) fn validate_routes(
             ));
         }
         if name == DEFAULT_ROUTE {
-            return Err(err("name", "\"default\" is the route of the flat settings".into()));
+            return Err(err(
+                "name",
+                "\"default\" is the route of the flat settings".into(),
+            ));
         }
         if routes.iter().any(|o| o.name == name) {
             return Err(err("name", format!("{name:?} is used by an earlier route")));
         }
-        let non_empty = |v: &Option<String>| v.as_ref().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+        let non_empty = |v: &Option<String>| {
+            v.as_ref()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        };
         let workspace = non_empty(&r.workspace);
         let app_group_id = non_empty(&r.app_group_id);
         if workspace.is_none() && app_group_id.is_none() {
@@ -138,7 +150,10 @@ pub(super) fn validate_routes(
         {
             return Err(err(
                 "workspace",
-                format!("matches exactly what route {:?} matches; one of them would never be used", o.name),
+                format!(
+                    "matches exactly what route {:?} matches; one of them would never be used",
+                    o.name
+                ),
             ));
         }
         let heap_app_id = match &r.heap_app_id {
@@ -149,8 +164,11 @@ pub(super) fn validate_routes(
             Some(u) => validate_base_url(u).map_err(|m| err("heap_base_url", m))?,
             None => inherited.heap_base_url.to_owned(),
         };
-        let heap_events_per_minute = positive(r.heap_events_per_minute.as_ref(), inherited.heap_events_per_minute)
-            .map_err(|m| err("heap_events_per_minute", m))?;
+        let heap_events_per_minute = positive(
+            r.heap_events_per_minute.as_ref(),
+            inherited.heap_events_per_minute,
+        )
+        .map_err(|m| err("heap_events_per_minute", m))?;
         let heap_identity_events_per_minute = positive(
             r.heap_identity_events_per_minute.as_ref(),
             inherited.heap_identity_events_per_minute,
@@ -162,7 +180,10 @@ pub(super) fn validate_routes(
                 if t.bytes().all(|b| b.is_ascii_graphic()) {
                     Ok(Secret(t))
                 } else {
-                    Err(err("ingest_token", "a token may only contain printable ASCII without spaces".into()))
+                    Err(err(
+                        "ingest_token",
+                        "a token may only contain printable ASCII without spaces".into(),
+                    ))
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -170,9 +191,18 @@ pub(super) fn validate_routes(
             Some(t) => list(&None, Some(t.clone())),
             None => d.to_vec(),
         };
-        let event_naming = r.event_naming.clone().unwrap_or_else(|| inherited.event_naming.to_owned());
-        let event_prefix = r.event_prefix.clone().unwrap_or_else(|| inherited.event_prefix.to_owned());
-        let anonymous = r.anonymous.clone().unwrap_or_else(|| inherited.anonymous.to_owned());
+        let event_naming = r
+            .event_naming
+            .clone()
+            .unwrap_or_else(|| inherited.event_naming.to_owned());
+        let event_prefix = r
+            .event_prefix
+            .clone()
+            .unwrap_or_else(|| inherited.event_prefix.to_owned());
+        let anonymous = r
+            .anonymous
+            .clone()
+            .unwrap_or_else(|| inherited.anonymous.to_owned());
         let include_event_types = or_list(&r.include_event_types, inherited.include_event_types);
         let exclude_event_types = or_list(&r.exclude_event_types, inherited.exclude_event_types);
         let drop_properties = or_list(&r.drop_properties, inherited.drop_properties);
@@ -201,7 +231,9 @@ pub(super) fn validate_routes(
             exclude_event_types,
             drop_properties,
             mapping,
-            dead_letter_skipped: r.dead_letter_skipped.unwrap_or(inherited.dead_letter_skipped),
+            dead_letter_skipped: r
+                .dead_letter_skipped
+                .unwrap_or(inherited.dead_letter_skipped),
         });
     }
     Ok(routes)

@@ -120,8 +120,7 @@ mod tests {
     /// Most cells a GCRA limiter of this shape admits in any half-open window `(t - W, t]`:
     /// the burst at once, then one per period.
     fn worst_window(shape: BudgetShape, window: Duration) -> u64 {
-        shape.burst as u64 - 1
-            + (window.as_secs_f64() / shape.period.as_secs_f64()).ceil() as u64
+        shape.burst as u64 - 1 + (window.as_secs_f64() / shape.period.as_secs_f64()).ceil() as u64
     }
 
     #[test]

@@ -29,5 +29,7 @@ mod store;
 mod writer;
 
 pub use ops::{DeadLetterItem, OpOutcome, QueueOp, ReplayItem};
-pub use store::{DataDirLock, DeadLetter, QueueStats, QueuedEvent, Reader, Store, StoreError, unix_millis};
+pub use store::{
+    DataDirLock, DeadLetter, QueueStats, QueuedEvent, Reader, Store, StoreError, unix_millis,
+};
 pub use writer::{AppendError, AppendReceipt, NewEvent, Writer, WriterConfig, WriterHandle};

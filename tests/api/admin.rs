@@ -68,7 +68,9 @@ async fn every_labelled_series_with_known_values_starts_at_zero() {
         assert_eq!(metric_value(&text, &series), 0.0, "{series}");
     }
     for event_type in KNOWN_EVENT_TYPES.iter().chain(&["other"]) {
-        let series = format!("currents_heap_events_accepted_total{{event_type=\"{event_type}\",route=\"default\"}}");
+        let series = format!(
+            "currents_heap_events_accepted_total{{event_type=\"{event_type}\",route=\"default\"}}"
+        );
         assert_eq!(metric_value(&text, &series), 0.0, "{series}");
     }
     // The rows dashboards and alerts rely on, spelled out independently of the constants.
@@ -126,7 +128,9 @@ async fn request_outcomes_and_queue_gauges_follow_the_traffic() {
         1.0
     );
     assert_eq!(
-        value(r#"currents_heap_events_accepted_total{event_type="users.messages.email.Send",route="default"}"#),
+        value(
+            r#"currents_heap_events_accepted_total{event_type="users.messages.email.Send",route="default"}"#
+        ),
         3.0
     );
     assert_eq!(value("currents_heap_queue_events"), 3.0);
