@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::metrics::UNROUTABLE;
 use crate::queue::QueueOp;
 use crate::queue::{DataDirLock, Store, StoreError, Writer, WriterConfig, WriterHandle};
-use crate::routing::{DRY_RUN_APP_ID, Router};
+use crate::routing::{Router, default_app_id};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -251,11 +251,7 @@ fn build_lanes(
                 fallback: mapping,
             }),
         };
-    let default_app_id = match (&settings.heap_app_id, settings.dry_run) {
-        (Some(id), _) => Some(id.as_str()),
-        (None, true) => Some(DRY_RUN_APP_ID),
-        (None, false) => None,
-    };
+    let default_app_id = default_app_id(settings);
     if let Some(app_id) = default_app_id {
         add(
             DEFAULT_ROUTE,

@@ -115,7 +115,8 @@ pub struct Replayed {
 
 /// Moves the selected dead letters back to the queue, each routed again with the current
 /// configuration (`router`): the route of its stored `workspace` and its `app_group_id`, or,
-/// when no route takes it, the route it had.
+/// when no route takes it, the route it had if its Heap app id is still delivered to. Others
+/// stay (counted in `still_unroutable`): replaying them would only send them back.
 pub fn replay(store: &Store, sel: &Selection, router: &Router) -> Result<Replayed, String> {
     let reader = store.reader().map_err(|e| e.to_string())?;
     with_writer(store, |w| {
@@ -143,7 +144,7 @@ pub fn replay(store: &Store, sel: &Selection, router: &Router) -> Result<Replaye
                         route: t.name.to_string(),
                         app_id: t.app_id.to_string(),
                     }),
-                    None if !d.app_id.is_empty() => items.push(ReplayItem {
+                    None if router.serves(&d.app_id) => items.push(ReplayItem {
                         seq: d.seq,
                         route: d.route.clone(),
                         app_id: d.app_id.clone(),

@@ -178,6 +178,23 @@ fn run_dlq(action: DlqAction) -> ExitCode {
         Ok(s) => s,
         Err(e) => return config_failure(&e),
     };
+    if let Some(reason) = &select.reason
+        && !currents_heap::metrics::DEAD_LETTER_REASONS.contains(&reason.as_str())
+    {
+        eprintln!(
+            "currents-heap: --reason {reason:?} is not a dead-letter reason; reasons are: {}",
+            currents_heap::metrics::DEAD_LETTER_REASONS.join(", ")
+        );
+        return ExitCode::from(2);
+    }
+    // A typo in --data-dir must not read as "no dead letters".
+    if !settings.data_dir.join("queue.sqlite3").exists() {
+        eprintln!(
+            "currents-heap: no store in {} (is --data-dir / CURRENTS_HEAP_DATA_DIR right?)",
+            settings.data_dir.display()
+        );
+        return ExitCode::FAILURE;
+    }
     let store = match Store::open(&settings.data_dir) {
         Ok(s) => s,
         Err(e) => {

@@ -33,6 +33,17 @@ pub struct Router {
 /// The app id of the default route under `--dry-run` without `--heap-app-id`.
 pub const DRY_RUN_APP_ID: &str = "0";
 
+/// The Heap app id of the default route, if there is one: `--heap-app-id`; or, under
+/// `--dry-run` with no `[[route]]` at all, a placeholder so a newcomer sees the whole flow.
+/// With routes configured, a dry run routes exactly as the real run would.
+pub fn default_app_id(settings: &Settings) -> Option<&str> {
+    match &settings.heap_app_id {
+        Some(id) => Some(id.as_str()),
+        None if settings.dry_run && settings.routes.is_empty() => Some(DRY_RUN_APP_ID),
+        None => None,
+    }
+}
+
 impl Router {
     pub fn from_settings(settings: &Settings) -> Self {
         let mut rules: Vec<Rule> = settings
@@ -49,12 +60,7 @@ impl Router {
             .collect();
         // Stable: both-criteria routes first, file order kept within each group.
         rules.sort_by_key(|r| !(r.workspace.is_some() && r.app_group_id.is_some()));
-        let default = match (&settings.heap_app_id, settings.dry_run) {
-            (Some(id), _) => Some(id.as_str()),
-            (None, true) => Some(DRY_RUN_APP_ID),
-            (None, false) => None,
-        }
-        .map(|app_id| RouteTarget {
+        let default = default_app_id(settings).map(|app_id| RouteTarget {
             name: Arc::from(DEFAULT_ROUTE),
             app_id: Arc::from(app_id),
         });
@@ -81,6 +87,11 @@ impl Router {
             })
             .map(|r| &r.target)
             .or(self.default.as_ref())
+    }
+
+    /// True when some route delivers to Heap app id `app_id`.
+    pub fn serves(&self, app_id: &str) -> bool {
+        !app_id.is_empty() && self.targets().any(|t| &*t.app_id == app_id)
     }
 
     /// Every route target (default first), for metric labels and delivery lanes.

@@ -15,7 +15,9 @@ pub fn init(format: LogFormat) {
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
     };
     // A second init (tests) keeps the first subscriber.
     drop(result);

@@ -171,8 +171,18 @@ fn transform_with_raw_names_and_prefix() {
 fn dlq_purge_needs_a_selection_and_list_reports_an_empty_store() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
+    // A mistyped data directory is an error, not "no dead letters".
+    let out = run(&["dlq", "list", "--data-dir", d]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("no store"));
+    assert!(!dir.path().join("queue.sqlite3").exists());
+
+    currents_heap::queue::Store::open(dir.path()).unwrap();
     let out = run(&["dlq", "purge", "--data-dir", d]);
     assert_eq!(out.status.code(), Some(2));
+    let out = run(&["dlq", "list", "--data-dir", d, "--reason", "bogus"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr).unwrap().contains("rejected"));
     let out = run(&["dlq", "list", "--data-dir", d]);
     assert!(out.status.success());
     assert!(

@@ -313,6 +313,13 @@ impl Settings {
             "72h",
         )?;
 
+        if max_event_age < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "max_event_age",
+                "CURRENTS_HEAP_MAX_EVENT_AGE",
+                "must be at least 1s (0 would dead-letter every event)",
+            ));
+        }
         let event_naming =
             pick(args.event_naming.clone(), file.event_naming).unwrap_or_else(|| "friendly".into());
         let event_prefix = pick(args.event_prefix.clone(), file.event_prefix).unwrap_or_default();
@@ -330,10 +337,14 @@ impl Settings {
             &drop_properties,
         )
         .map_err(|m| {
-            ConfigError {
-                setting: "mapping (`event_naming`, `event_prefix`, `anonymous`, `include_event_types`, `exclude_event_types`, `drop_properties`)".into(),
-                message: m,
-            }
+            let key = mapping_culprit(
+                &event_naming,
+                &event_prefix,
+                &anonymous,
+                &include_event_types,
+                &exclude_event_types,
+            );
+            ConfigError::new(key, &env_of(key), m)
         })?;
         let dead_letter_skipped =
             pick(args.dead_letter_skipped, file.dead_letter_skipped).unwrap_or(false);
@@ -511,6 +522,37 @@ impl Settings {
     }
 }
 
+/// Which mapping setting `MappingOptions::from_parts` refused: each is tried alone.
+fn mapping_culprit(
+    naming: &str,
+    prefix: &str,
+    anonymous: &str,
+    include: &[String],
+    exclude: &[String],
+) -> &'static str {
+    let alone = |n, p, a, i: &[String], e: &[String]| {
+        MappingOptions::from_parts(n, p, a, i, e, &[]).is_err()
+    };
+    if alone(Some(naming), None, None, &[], &[]) {
+        "event_naming"
+    } else if alone(None, Some(prefix), None, &[], &[]) {
+        "event_prefix"
+    } else if alone(None, None, Some(anonymous), &[], &[]) {
+        "anonymous"
+    } else if alone(None, None, None, include, &[]) {
+        "include_event_types"
+    } else if alone(None, None, None, &[], exclude) {
+        "exclude_event_types"
+    } else {
+        "drop_properties"
+    }
+}
+
+/// The environment variable of a mapping setting.
+fn env_of(key: &str) -> String {
+    format!("CURRENTS_HEAP_{}", key.to_ascii_uppercase())
+}
+
 fn route_toml(r: &RouteSettings) -> String {
     let mut t = toml::Table::new();
     let s = |v: &str| toml::Value::String(v.to_owned());
@@ -605,6 +647,10 @@ mod tests {
             ("dedup_window = \"forever\"", "dedup_window"),
             ("log_format = \"xml\"", "log_format"),
             ("dedup_capacity = 0", "dedup_capacity"),
+            ("event_naming = \"weird\"", "event_naming"),
+            ("anonymous = \"maybe\"", "anonymous"),
+            ("include_event_types = [\"[\"]", "include_event_types"),
+            ("max_event_age = \"0s\"", "max_event_age"),
         ];
         for (text, key) in cases {
             let err = Settings::resolve(&SettingsArgs::default(), file(text)).unwrap_err();

@@ -122,10 +122,12 @@ pub(super) fn validate_routes(
                 format!("{name:?} must be 1–64 characters of letters, digits, '-', '_' or '.'"),
             ));
         }
-        if name == DEFAULT_ROUTE {
+        if name == DEFAULT_ROUTE || name == "unroutable" {
             return Err(err(
                 "name",
-                "\"default\" is the route of the flat settings".into(),
+                format!(
+                    "{name:?} is reserved (the flat settings' route, or events no route takes)"
+                ),
             ));
         }
         if routes.iter().any(|o| o.name == name) {
