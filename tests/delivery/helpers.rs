@@ -465,11 +465,15 @@ pub async fn run_binary(args: Vec<String>) -> std::process::Output {
 }
 
 /// `currents-heap dlq <args> --data-dir DIR`.
+/// `currents-heap dlq ARGS --data-dir DIR`, with the same Heap app id as the server (so a
+/// replay routes to it, as an operator passing the server's configuration would).
 pub async fn dlq(data_dir: &Path, args: &[&str]) -> std::process::Output {
     let mut all: Vec<String> = vec!["dlq".into()];
     all.extend(args.iter().map(|a| (*a).to_owned()));
     all.push("--data-dir".into());
     all.push(PathBuf::from(data_dir).display().to_string());
+    all.push("--heap-app-id".into());
+    all.push(APP_ID.into());
     run_binary(all).await
 }
 
