@@ -76,11 +76,36 @@ pub enum StoreError {
          run one process per data directory"
     )]
     Locked { path: PathBuf },
+    #[error(
+        "store {path} is damaged ({detail}); currents-heap will not start on it and changed nothing. \
+         Keep a copy, then try `sqlite3 {path} .recover | sqlite3 recovered.sqlite3` and put the result \
+         in its place, or move the file aside to start with an empty queue"
+    )]
+    Corrupt { path: PathBuf, detail: String },
     #[error("store {path}: {source}")]
     Sqlite {
         path: PathBuf,
         source: rusqlite::Error,
     },
+}
+
+impl StoreError {
+    /// A SQLite error on the store at `path`; damage (corrupt or not a database) gets its own
+    /// variant, with what to do about it.
+    pub(crate) fn sqlite(path: &Path, source: rusqlite::Error) -> Self {
+        match source.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+                StoreError::Corrupt {
+                    path: path.to_owned(),
+                    detail: source.to_string(),
+                }
+            }
+            _ => StoreError::Sqlite {
+                path: path.to_owned(),
+                source,
+            },
+        }
+    }
 }
 
 /// Live totals of the queue, updated by the writer after each commit.
@@ -164,10 +189,7 @@ impl Store {
             source,
         })?;
         let path = data_dir.join(DB_FILE);
-        let sql = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
+        let sql = |source| StoreError::sqlite(&path, source);
         let conn = Connection::open(&path).map_err(sql)?;
         configure(&conn).map_err(sql)?;
         let version: i64 = conn

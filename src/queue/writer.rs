@@ -123,10 +123,7 @@ impl Writer {
         store: &Store,
         config: WriterConfig,
     ) -> Result<(Writer, WriterHandle), StoreError> {
-        let sql = |source| StoreError::Sqlite {
-            path: store.path().to_owned(),
-            source,
-        };
+        let sql = |source| StoreError::sqlite(store.path(), source);
         let conn = store.connect().map_err(sql)?;
         let cutoff = unix_millis() - config.dedup_window.as_millis() as i64;
         let dedup = DedupIndex::load(&conn, cutoff, config.dedup_capacity).map_err(sql)?;
