@@ -10,5 +10,6 @@ mod dlq;
 mod end_to_end;
 mod helpers;
 mod pacing;
+mod quota;
 mod rejections;
 mod retries;
