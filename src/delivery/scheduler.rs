@@ -559,10 +559,11 @@ impl Delivery {
         if with_props.is_empty() {
             return;
         }
-        let users: Vec<UserPropertiesItem> = with_props
-            .iter()
-            .filter_map(|i| i.user_properties.clone())
-            .collect();
+        let users = merge_by_identity(
+            with_props
+                .iter()
+                .filter_map(|i| Some((i.track.timestamp.as_str(), i.user_properties.as_ref()?))),
+        );
         let body = serde_json::to_vec(&BulkUserProperties {
             app_id: &self.cfg.app_id,
             users: &users,
@@ -724,6 +725,31 @@ impl Delivery {
     }
 }
 
+/// One user-properties item per identity: Heap applies the items of one bulk request in no
+/// stated order, so two updates of one profile in a batch are merged first, the later event
+/// (by its Currents `time`) winning each property.
+fn merge_by_identity<'a>(
+    items: impl Iterator<Item = (&'a str, &'a UserPropertiesItem)>,
+) -> Vec<UserPropertiesItem> {
+    let mut items: Vec<(&str, &UserPropertiesItem)> = items.collect();
+    // RFC 3339 UTC timestamps of one format sort as text; stable, so ties keep arrival order.
+    items.sort_by(|a, b| a.0.cmp(b.0));
+    let mut merged: Vec<UserPropertiesItem> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (_, item) in items {
+        match index.get(item.identity.as_str()) {
+            Some(&i) => merged[i]
+                .properties
+                .extend(item.properties.iter().map(|(k, v)| (k.clone(), v.clone()))),
+            None => {
+                index.insert(&item.identity, merged.len());
+                merged.push(item.clone());
+            }
+        }
+    }
+    merged
+}
+
 enum Prepared {
     Dead(DeadLetterItem),
     /// Sequence, reason, and whether to keep it as a dead letter.
@@ -734,5 +760,43 @@ fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => s[..i].to_owned(),
         None => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::heap::model::PropertyValue;
+
+    fn props(identity: &str, pairs: &[(&str, &str)]) -> UserPropertiesItem {
+        UserPropertiesItem {
+            identity: identity.to_owned(),
+            properties: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), PropertyValue::Str((*v).to_owned())))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn two_updates_of_one_profile_merge_and_the_later_event_wins() {
+        let newer = props("alice", &[("email", "new@x"), ("city", "Paris")]);
+        let older = props("alice", &[("email", "old@x"), ("phone", "1")]);
+        let bob = props("bob", &[("email", "b@x")]);
+        let merged = merge_by_identity(
+            [
+                ("2026-01-02T00:00:00Z", &newer),
+                ("2026-01-01T00:00:00Z", &bob),
+                ("2026-01-01T00:00:00Z", &older),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(merged.len(), 2);
+        let alice = merged.iter().find(|m| m.identity == "alice").unwrap();
+        assert_eq!(
+            alice.properties.get("email"),
+            Some(&PropertyValue::Str("new@x".into()))
+        );
+        assert_eq!(alice.properties.len(), 3);
     }
 }
