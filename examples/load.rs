@@ -1,35 +1,45 @@
-//! End-to-end load generator for `POST /currents`.
+//! Load harness for currents-heap.
 //!
-//! Sends Braze-shaped batches (the Custom HTTP samples, each with a unique `id`) over N
-//! keep-alive connections and reports acknowledged events/s, request latency percentiles, the
-//! statuses seen and, with `--pid`, the server's resident memory (current and peak).
+//! Sends Braze-shaped batches (the Custom HTTP samples plus, with `--all-types`, a minimal event
+//! of every catalogue type; each with a unique random `id` and a user drawn from `--users`,
+//! `--anonymous-share` and `--hot-share`) over N keep-alive connections, and reports
+//! acknowledged events/s, request latency percentiles, the statuses seen and the server's RSS.
+//!
+//! With `--standin` it also runs the whole pipeline: a local Heap stand-in that enforces Heap's
+//! limits (`currents_heap::standin`), and the forwarder binary spawned against it on a fresh
+//! data directory; after sending it waits for delivery and reports delivered events/s,
+//! duplicates and losses (acknowledged identified events Heap never received), and the fullest
+//! budget windows Heap saw.
 //!
 //! ```text
-//! cargo run --release --example load -- --url http://127.0.0.1:8080/currents \
-//!     --connections 8 --batch 100 --duration 20s --pid $(pgrep -f 'currents-heap serve')
+//! cargo build --release --bin currents-heap --example load
+//! # ingest only, against a running server:
+//! ./target/release/examples/load --url http://127.0.0.1:8080/currents --duration 20s --pid $(pgrep -f 'currents-heap serve')
+//! # the whole pipeline, budgets scaled 10x in time:
+//! ./target/release/examples/load --standin --all-types --events 20000 --anonymous-share 0.1 \
+//!     --hot-share 0.05 --budget-window 6s
 //! ```
-//!
-//! Templates come from `--samples DIR` (default `../shared/currents-samples/custom-http`, falling
-//! back to `fixtures/currents`): every `*.json` file holding one event, an array of events, or a
-//! `{"events":[...]}` batch.
 
-use std::collections::BTreeMap;
-use std::io::Write;
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use currents_heap::loadgen::{build_batch, load_templates};
+use currents_heap::loadgen::{UserMix, build_batch_with, complete_with_catalogue, load_templates};
+use currents_heap::standin::{HeapStandIn, StandInConfig};
 use http_body_util::{BodyExt, Full};
 use tokio::net::TcpStream;
 
 #[derive(Parser, Debug)]
-#[command(about = "Load generator for currents-heap's POST /currents")]
+#[command(about = "Load harness for currents-heap")]
 struct Args {
-    /// Ingest URL.
+    /// Ingest URL (ignored with --standin).
     #[arg(long, default_value = "http://127.0.0.1:8080/currents")]
     url: String,
     /// Concurrent keep-alive connections.
@@ -53,9 +63,33 @@ struct Args {
     /// Directory of template events.
     #[arg(long)]
     samples: Option<PathBuf>,
-    /// Server process id, to report its RSS.
+    /// Add a minimal event of every catalogue type the samples lack.
+    #[arg(long)]
+    all_types: bool,
+    /// Distinct identified users.
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Share of anonymous events (no external_user_id), 0..1.
+    #[arg(long, default_value_t = 0.0)]
+    anonymous_share: f64,
+    /// Share of events of one hot user, 0..1.
+    #[arg(long, default_value_t = 0.0)]
+    hot_share: f64,
+    /// Server process id, to report its RSS (without --standin).
     #[arg(long)]
     pid: Option<u32>,
+    /// Run a Heap stand-in and spawn the forwarder against it; report delivery too.
+    #[arg(long)]
+    standin: bool,
+    /// The forwarder binary for --standin [default: currents-heap next to this example's dir].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Budget window of the stand-in and the forwarder (Heap's is 60s; smaller scales time).
+    #[arg(long, default_value = "60s")]
+    budget_window: humantime::Duration,
+    /// With --standin: how long to wait for delivery after sending.
+    #[arg(long, default_value = "10m")]
+    drain_timeout: humantime::Duration,
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -83,25 +117,122 @@ struct ConnStats {
     errors: u64,
 }
 
+/// The forwarder spawned for --standin, on its own data directory.
+struct Forwarder {
+    child: Child,
+    addr: SocketAddr,
+    _data_dir: tempfile::TempDir,
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_forwarder(bin: &PathBuf, heap: &str, window: Duration, token: Option<&str>) -> Forwarder {
+    let data_dir = tempfile::tempdir().expect("temp data dir");
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--heap-app-id",
+        "1",
+        "--heap-base-url",
+        heap,
+    ])
+    .arg("--data-dir")
+    .arg(data_dir.path())
+    .arg("--heap-budget-window")
+    .arg(humantime::format_duration(window).to_string())
+    .env("RUST_LOG", "info")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    if let Some(t) = token {
+        cmd.arg("--ingest-token").arg(t);
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["message"] == "Listening."
+                && let Some(addr) = v["addr"].as_str().and_then(|a| a.parse().ok())
+            {
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the forwarder did not start listening");
+    Forwarder {
+        child,
+        addr,
+        _data_dir: data_dir,
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = Args::parse();
-    let default_dir =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/currents-samples/custom-http");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let shared = root.join("../shared/currents-samples/custom-http");
     let dir = args.samples.clone().unwrap_or_else(|| {
-        if default_dir.is_dir() {
-            default_dir
+        if shared.is_dir() {
+            shared
         } else {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/currents")
+            root.join("fixtures/currents")
         }
     });
-    let templates = Arc::new(load_templates(&dir));
+    let mut templates = load_templates(&dir);
+    if args.all_types {
+        complete_with_catalogue(&mut templates);
+    }
     assert!(
         !templates.is_empty(),
         "no template events under {}",
         dir.display()
     );
-    let uri: http::Uri = args.url.parse().expect("--url");
+    let types: HashSet<&str> = templates.iter().map(|t| t.event_type.as_str()).collect();
+    let types = types.len();
+    let templates = Arc::new(templates);
+    let mix = UserMix {
+        users: args.users,
+        anonymous_share: args.anonymous_share,
+        hot_share: args.hot_share,
+    };
+
+    // --standin: the stand-in and the forwarder.
+    let window = *args.budget_window;
+    let heap = args.standin.then(|| {
+        HeapStandIn::start(StandInConfig {
+            window,
+            ..StandInConfig::heap()
+        })
+    });
+    let forwarder = heap.as_ref().map(|h| {
+        let bin = args.server_bin.clone().unwrap_or_else(|| {
+            let exe = std::env::current_exe().unwrap();
+            exe.parent()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .join("currents-heap")
+        });
+        spawn_forwarder(&bin, &h.base_url(), window, args.token.as_deref())
+    });
+    let uri: http::Uri = match &forwarder {
+        Some(f) => format!("http://{}/currents", f.addr).parse().unwrap(),
+        None => args.url.parse().expect("--url"),
+    };
+    let pid = forwarder.as_ref().map(|f| f.child.id()).or(args.pid);
     let authority = uri.authority().expect("--url needs host:port").clone();
     let nonce = std::process::id()
         ^ (std::time::SystemTime::now()
@@ -110,17 +241,19 @@ async fn main() {
             .as_secs() as u32);
 
     let acked = Arc::new(AtomicU64::new(0));
+    let acked_ids: Arc<Mutex<Vec<(String, bool)>>> = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for conn in 0..args.connections {
         let templates = Arc::clone(&templates);
         let acked = Arc::clone(&acked);
+        let acked_ids = Arc::clone(&acked_ids);
         let stop = Arc::clone(&stop);
         let uri = uri.clone();
         let authority = authority.clone();
         let token = args.token.clone();
-        let (batch, gz, limit) = (args.batch, args.gzip, args.events);
+        let (batch, gz, limit, track_ids) = (args.batch, args.gzip, args.events, args.standin);
         tasks.push(tokio::spawn(async move {
             let mut stats = ConnStats::default();
             let stream = TcpStream::connect(authority.as_str())
@@ -133,8 +266,11 @@ async fn main() {
                     .expect("handshake");
             tokio::spawn(connection);
             let mut counter = 0u64;
+            let mut ids = Vec::with_capacity(batch);
             while !stop.load(Ordering::Relaxed) {
-                let mut body = build_batch(&templates, batch, conn, &mut counter, nonce);
+                ids.clear();
+                let mut body =
+                    build_batch_with(&templates, batch, conn, &mut counter, nonce, mix, &mut ids);
                 let mut req = http::Request::post(uri.clone())
                     .header(http::header::HOST, authority.as_str())
                     .header(http::header::CONTENT_TYPE, "application/json")
@@ -157,6 +293,9 @@ async fn main() {
                             .push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
                         *stats.statuses.entry(status).or_default() += 1;
                         if status == 200 {
+                            if track_ids {
+                                acked_ids.lock().unwrap().extend(ids.drain(..));
+                            }
                             let total =
                                 acked.fetch_add(batch as u64, Ordering::Relaxed) + batch as u64;
                             if limit.is_some_and(|l| total >= l) {
@@ -183,12 +322,16 @@ async fn main() {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let now = acked.load(Ordering::Relaxed);
-        let rss = args.pid.and_then(rss_kib);
+        let rss = pid.and_then(rss_kib);
         if let Some((cur, _)) = rss {
             peak_rss = peak_rss.max(cur);
         }
+        let delivered = heap
+            .as_ref()
+            .map(|h| format!("  delivered {:>9}", h.report().events_accepted))
+            .unwrap_or_default();
         eprint!(
-            "\r{:>6.1}s  acked {:>10}  {:>8} ev/s{}   ",
+            "\r{:>6.1}s  acked {:>10}  {:>8} ev/s{delivered}{}   ",
             started.elapsed().as_secs_f64(),
             now,
             now - last,
@@ -224,8 +367,14 @@ async fn main() {
     let total = acked.load(Ordering::Relaxed);
     println!();
     println!(
-        "connections {}  batch {}  gzip {}",
-        args.connections, args.batch, args.gzip
+        "connections {}  batch {}  gzip {}  event types {}  users {}  anonymous {:.0} %  hot {:.0} %",
+        args.connections,
+        args.batch,
+        args.gzip,
+        types,
+        args.users,
+        args.anonymous_share * 100.0,
+        args.hot_share * 100.0
     );
     println!(
         "acknowledged events {total} in {elapsed:.1}s = {:.0} events/s",
@@ -243,7 +392,63 @@ async fn main() {
         "statuses {:?}  transport errors {}",
         all.statuses, all.errors
     );
-    if let Some((cur, hwm)) = args.pid.and_then(rss_kib) {
+
+    if let Some(heap) = &heap {
+        let ids = acked_ids.lock().unwrap();
+        let identified: Vec<&str> = ids
+            .iter()
+            .filter(|(_, identified)| *identified)
+            .map(|(id, _)| id.as_str())
+            .collect();
+        let deadline = Instant::now() + *args.drain_timeout;
+        let drain_started = Instant::now();
+        loop {
+            let report = heap.report();
+            let received = identified
+                .iter()
+                .filter(|k| report.keys.contains_key(**k))
+                .count();
+            eprint!(
+                "\r  delivering: {received} / {} identified events received by the stand-in   ",
+                identified.len()
+            );
+            if received == identified.len() || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let delivery_secs = drain_started.elapsed().as_secs_f64() + elapsed;
+        let report = heap.report();
+        let received = identified
+            .iter()
+            .filter(|k| report.keys.contains_key(**k))
+            .count();
+        let duplicates: u64 = report
+            .keys
+            .values()
+            .map(|n| u64::from(n.saturating_sub(1)))
+            .sum();
+        println!();
+        println!(
+            "delivered {received} of {} identified events in {delivery_secs:.1}s = {:.0} events/s; \
+             anonymous (skipped) {}; losses {}; duplicate deliveries {duplicates}",
+            identified.len(),
+            received as f64 / delivery_secs,
+            ids.len() - identified.len(),
+            identified.len() - received,
+        );
+        println!(
+            "Heap stand-in: fullest app window {} / {}, fullest identity window {} / {}, \
+             budget 429s {}, shape violations {}",
+            report.max_app_window.events,
+            report.config.events_per_window,
+            report.max_identity_window.events,
+            report.config.identity_events_per_window,
+            report.limit_rejections,
+            report.shape_violation_count,
+        );
+    }
+    if let Some((cur, hwm)) = pid.and_then(rss_kib) {
         println!(
             "server RSS now {} MiB, peak sampled {} MiB, VmHWM {} MiB",
             cur / 1024,
@@ -251,4 +456,5 @@ async fn main() {
             hwm / 1024
         );
     }
+    drop(forwarder);
 }

@@ -1,17 +1,67 @@
 //! Generating realistic Braze Currents batches for load runs and benchmarks.
 //!
-//! Template events (one per sample file, or from batches) are split around their `id` value, so
-//! a batch of unique, random-looking ids costs little more than a copy — the generator must not
+//! Template events (one per sample file, or from batches) are split around their `id` value and
+//! their identity, so a batch of unique, random-looking ids costs little more than a copy — the generator must not
 //! be the bottleneck of a measurement made on the same machine. Ids are v4-style UUIDs from a
 //! hash of a counter: sequential ids would flatter the store, since production ids are random.
 
 use std::io::Write;
 use std::path::Path;
 
-/// One event split around its `id` value, so a unique id costs one copy.
+/// One event split around its `id` value and its identity, so a unique event costs little
+/// more than a copy.
 pub struct Template {
-    before_id: Vec<u8>,
-    after_id: Vec<u8>,
+    pieces: Vec<Piece>,
+    /// The template's `event_type`.
+    pub event_type: String,
+}
+
+enum Piece {
+    Lit(Vec<u8>),
+    /// The event id (a JSON string).
+    Id,
+    /// `user.external_user_id`: a JSON string, or `null` for an anonymous user.
+    User,
+}
+
+const ID_MARK: &str = "\"@@ID@@\"";
+const USER_MARK: &str = "\"@@USER@@\"";
+
+impl Template {
+    fn from_event(mut ev: serde_json::Value) -> Option<Self> {
+        if !ev.is_object() || ev.get("id").is_none() || ev.get("time").is_none() {
+            return None;
+        }
+        let event_type = ev.get("event_type")?.as_str()?.to_owned();
+        ev["id"] = serde_json::Value::String("@@ID@@".into());
+        if let Some(user) = ev.get_mut("user").and_then(|u| u.as_object_mut()) {
+            user.insert("external_user_id".into(), "@@USER@@".into());
+        }
+        let text = serde_json::to_string(&ev).ok()?;
+        let mut pieces = Vec::new();
+        let mut rest = text.as_str();
+        loop {
+            let next = [
+                (rest.find(ID_MARK), ID_MARK.len(), true),
+                (rest.find(USER_MARK), USER_MARK.len(), false),
+            ]
+            .into_iter()
+            .filter_map(|(at, len, id)| Some((at?, len, id)))
+            .min_by_key(|(at, ..)| *at);
+            match next {
+                Some((at, len, id)) => {
+                    pieces.push(Piece::Lit(rest[..at].as_bytes().to_vec()));
+                    pieces.push(if id { Piece::Id } else { Piece::User });
+                    rest = &rest[at + len..];
+                }
+                None => {
+                    pieces.push(Piece::Lit(rest.as_bytes().to_vec()));
+                    break;
+                }
+            }
+        }
+        Some(Self { pieces, event_type })
+    }
 }
 
 /// Every event with an `id` and a `time` in the `*.json` files under `dir` (recursively): a file
@@ -32,7 +82,10 @@ pub fn load_templates(dir: &Path) -> Vec<Template> {
     files.sort();
     let mut out = Vec::new();
     for f in files {
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&f).unwrap()) else {
+        let Ok(bytes) = std::fs::read(&f) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
             continue;
         };
         let events = match v {
@@ -42,20 +95,52 @@ pub fn load_templates(dir: &Path) -> Vec<Template> {
             serde_json::Value::Array(a) => a,
             other => vec![other],
         };
-        for mut ev in events {
-            if !ev.is_object() || ev.get("id").is_none() || ev.get("time").is_none() {
-                continue;
-            }
-            ev["id"] = serde_json::Value::String("@@ID@@".into());
-            let text = serde_json::to_string(&ev).unwrap();
-            let (a, b) = text.split_once("\"@@ID@@\"").unwrap();
-            out.push(Template {
-                before_id: format!("{a}\"").into_bytes(),
-                after_id: format!("\"{b}").into_bytes(),
-            });
-        }
+        out.extend(events.into_iter().filter_map(Template::from_event));
     }
     out
+}
+
+/// Adds a minimal template for every catalogue event type `templates` does not cover yet, so a
+/// load run exercises every name of the mapping table.
+pub fn complete_with_catalogue(templates: &mut Vec<Template>) {
+    for t in crate::currents::catalogue::KNOWN_EVENT_TYPES {
+        if templates.iter().any(|x| x.event_type == *t) {
+            continue;
+        }
+        let ev = serde_json::json!({
+            "event_type": t,
+            "id": "x",
+            "time": 1_780_000_000,
+            "user": { "user_id": "65a0c0ffee0000000000a001", "external_user_id": "x" },
+            "properties": {
+                "app_group_id": "0c1e2d3f-aaaa-4bbb-8ccc-000000000001",
+                "app_id": "0c1e2d3f-aaaa-4bbb-8ccc-0000000000aa",
+                "name": "load-test custom event"
+            }
+        });
+        templates.extend(Template::from_event(ev));
+    }
+}
+
+/// Who the generated events belong to.
+#[derive(Debug, Clone, Copy)]
+pub struct UserMix {
+    /// Distinct identified users (`user-0` … `user-{n-1}`).
+    pub users: usize,
+    /// Share of events without `external_user_id` (anonymous), 0..=1.
+    pub anonymous_share: f64,
+    /// Share of events of the one hot user `hot-user`, 0..=1.
+    pub hot_share: f64,
+}
+
+impl Default for UserMix {
+    fn default() -> Self {
+        Self {
+            users: 1000,
+            anonymous_share: 0.0,
+            hot_share: 0.0,
+        }
+    }
 }
 
 /// A `{"events":[...]}` body of `n` events cycling through `templates`, with ids unique per
@@ -67,6 +152,28 @@ pub fn build_batch(
     counter: &mut u64,
     nonce: u32,
 ) -> Vec<u8> {
+    build_batch_with(
+        templates,
+        n,
+        conn,
+        counter,
+        nonce,
+        UserMix::default(),
+        &mut Vec::new(),
+    )
+}
+
+/// As [`build_batch`], with the users of `mix`; pushes `(id, identified)` of every event to
+/// `ids`.
+pub fn build_batch_with(
+    templates: &[Template],
+    n: usize,
+    conn: usize,
+    counter: &mut u64,
+    nonce: u32,
+    mix: UserMix,
+    ids: &mut Vec<(String, bool)>,
+) -> Vec<u8> {
     let mut body = Vec::with_capacity(n * 1100);
     body.extend_from_slice(b"{\"events\":[");
     for i in 0..n {
@@ -74,22 +181,41 @@ pub fn build_batch(
             body.push(b',');
         }
         let t = &templates[(*counter as usize) % templates.len()];
-        body.extend_from_slice(&t.before_id);
         // Random-looking v4-style UUIDs, like Braze's: sequential ids would flatter the
         // dedup index, whose inserts land on random pages in production.
         let a = splitmix(u64::from(nonce) << 32 ^ (conn as u64) << 48 ^ *counter);
         let b = splitmix(a);
-        write!(
-            body,
+        let id = format!(
             "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
             a >> 32,
             (a >> 16) & 0xffff,
             a & 0xfff,
             b >> 52,
             b & 0xffff_ffff_ffff
-        )
-        .unwrap();
-        body.extend_from_slice(&t.after_id);
+        );
+        let roll = (splitmix(b) % 1_000_000) as f64 / 1_000_000.0;
+        let user = if roll < mix.anonymous_share {
+            None
+        } else if roll < mix.anonymous_share + mix.hot_share {
+            Some("hot-user".to_owned())
+        } else {
+            Some(format!(
+                "user-{}",
+                splitmix(a ^ 0x5555) % mix.users.max(1) as u64
+            ))
+        };
+        let identified = user.is_some();
+        for piece in &t.pieces {
+            match piece {
+                Piece::Lit(bytes) => body.extend_from_slice(bytes),
+                Piece::Id => write!(body, "\"{id}\"").unwrap(),
+                Piece::User => match &user {
+                    Some(u) => write!(body, "\"{u}\"").unwrap(),
+                    None => body.extend_from_slice(b"null"),
+                },
+            }
+        }
+        ids.push((id, identified));
         *counter += 1;
     }
     body.extend_from_slice(b"]}");
@@ -101,4 +227,47 @@ pub fn splitmix(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_valid_currents_with_the_asked_user_mix() {
+        let mut templates = Vec::new();
+        complete_with_catalogue(&mut templates);
+        assert_eq!(
+            templates.len(),
+            crate::currents::catalogue::KNOWN_EVENT_TYPES.len()
+        );
+        let mix = UserMix {
+            users: 10,
+            anonymous_share: 0.25,
+            hot_share: 0.25,
+        };
+        let mut ids = Vec::new();
+        let mut counter = 0;
+        let body = build_batch_with(&templates, 400, 1, &mut counter, 7, mix, &mut ids);
+        let batch = crate::currents::parse_batch(&body).expect("a valid batch");
+        assert_eq!(batch.events.len(), 400);
+        let anonymous = batch
+            .events
+            .iter()
+            .filter(|e| e.external_user_id.is_none())
+            .count();
+        let hot = batch
+            .events
+            .iter()
+            .filter(|e| e.external_user_id.as_deref() == Some("hot-user"))
+            .count();
+        assert!((60..140).contains(&anonymous), "{anonymous}");
+        assert!((60..140).contains(&hot), "{hot}");
+        assert_eq!(
+            ids.iter().filter(|(_, identified)| !identified).count(),
+            anonymous
+        );
+        let unique: std::collections::HashSet<_> = ids.iter().map(|(id, _)| id).collect();
+        assert_eq!(unique.len(), 400);
+    }
 }
