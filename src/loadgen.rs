@@ -50,7 +50,7 @@ impl Template {
             .min_by_key(|(at, ..)| *at);
             match next {
                 Some((at, len, id)) => {
-                    pieces.push(Piece::Lit(rest[..at].as_bytes().to_vec()));
+                    pieces.push(Piece::Lit(rest.as_bytes()[..at].to_vec()));
                     pieces.push(if id { Piece::Id } else { Piece::User });
                     rest = &rest[at + len..];
                 }
