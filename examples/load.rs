@@ -394,7 +394,7 @@ async fn main() {
     );
 
     if let Some(heap) = &heap {
-        let ids = acked_ids.lock().unwrap();
+        let ids = std::mem::take(&mut *acked_ids.lock().unwrap());
         let identified: Vec<&str> = ids
             .iter()
             .filter(|(_, identified)| *identified)
