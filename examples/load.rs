@@ -21,17 +21,17 @@
 //! ```
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use currents_heap::loadgen::{UserMix, build_batch_with, complete_with_catalogue, load_templates};
+use currents_heap::loadgen::{
+    ServerProcess, UserMix, build_batch_with, complete_with_catalogue, load_templates,
+};
 use currents_heap::standin::{HeapStandIn, StandInConfig};
 use http_body_util::{BodyExt, Full};
 use tokio::net::TcpStream;
@@ -119,62 +119,26 @@ struct ConnStats {
 
 /// The forwarder spawned for --standin, on its own data directory.
 struct Forwarder {
-    child: Child,
-    addr: SocketAddr,
+    process: ServerProcess,
     _data_dir: tempfile::TempDir,
 }
 
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_forwarder(bin: &PathBuf, heap: &str, window: Duration, token: Option<&str>) -> Forwarder {
+fn spawn_forwarder(bin: &Path, heap: &str, window: Duration, token: Option<&str>) -> Forwarder {
     let data_dir = tempfile::tempdir().expect("temp data dir");
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
+    let window = humantime::format_duration(window).to_string();
+    let mut args = vec![
         "--heap-app-id",
         "1",
         "--heap-base-url",
         heap,
-    ])
-    .arg("--data-dir")
-    .arg(data_dir.path())
-    .arg("--heap-budget-window")
-    .arg(humantime::format_duration(window).to_string())
-    .env("RUST_LOG", "info")
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+        "--heap-budget-window",
+        &window,
+    ];
     if let Some(t) = token {
-        cmd.arg("--ingest-token").arg(t);
+        args.extend(["--ingest-token", t]);
     }
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && v["message"] == "Listening."
-                && let Some(addr) = v["addr"].as_str().and_then(|a| a.parse().ok())
-            {
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the forwarder did not start listening");
     Forwarder {
-        child,
-        addr,
+        process: ServerProcess::spawn(bin, data_dir.path(), &args),
         _data_dir: data_dir,
     }
 }
@@ -229,10 +193,12 @@ async fn main() {
         spawn_forwarder(&bin, &h.base_url(), window, args.token.as_deref())
     });
     let uri: http::Uri = match &forwarder {
-        Some(f) => format!("http://{}/currents", f.addr).parse().unwrap(),
+        Some(f) => format!("http://{}/currents", f.process.addr)
+            .parse()
+            .unwrap(),
         None => args.url.parse().expect("--url"),
     };
-    let pid = forwarder.as_ref().map(|f| f.child.id()).or(args.pid);
+    let pid = forwarder.as_ref().map(|f| f.process.pid()).or(args.pid);
     let authority = uri.authority().expect("--url needs host:port").clone();
     let nonce = std::process::id()
         ^ (std::time::SystemTime::now()

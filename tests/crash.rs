@@ -8,15 +8,14 @@
 //! means a row of `queue` or, for an event the mapping skipped, of `dead_letter`.
 
 use std::collections::{BTreeSet, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use currents_heap::loadgen::ServerProcess;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -34,97 +33,33 @@ const ACKS_BEFORE_KILL: usize = 150;
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// The real binary, serving on an ephemeral port.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
+type Server = ServerProcess;
+
+fn currents_url(server: &Server) -> String {
+    format!("http://{}/currents", server.addr)
 }
 
-impl Server {
-    fn start(data_dir: &Path, heap: SocketAddr) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_currents-heap"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--ingest-token", TOKEN])
-            .args(["--heap-app-id", "1", "--dead-letter-skipped"])
-            .args(["--retry-initial-backoff", "1h", "--retry-max-backoff", "1h"])
-            .arg("--heap-base-url")
-            .arg(format!("http://{heap}"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("RUST_LOG", "info")
-            .env_remove("CURRENTS_HEAP_CONFIG")
-            .env_remove("CURRENTS_HEAP_LOG_FORMAT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the currents-heap binary");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let lines = Arc::clone(&log);
-        // Reads stderr to its end, so the child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && v["message"] == "Listening."
-                    && let Some(addr) = v["addr"].as_str().and_then(|a| a.parse().ok())
-                {
-                    let _ = tx.send(addr);
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let addr: SocketAddr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "no \"Listening.\" line; stderr:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
-            }
-        };
-        Server { child, addr, log }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/currents", self.addr)
-    }
-
-    /// SIGKILL: no drain, no checkpoint, no destructor.
-    fn kill_9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    fn terminate(mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill -TERM");
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "exit {status} after SIGTERM; stderr:\n{}",
-                    self.log.lock().unwrap().join("\n")
-                );
-                return;
-            }
-            assert!(Instant::now() < deadline, "no exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts the server; its Heap (`heap`) is a bound port that never answers, so nothing leaves
+/// the store by delivery and the test sees exactly what ingest stored.
+fn start_server(data_dir: &Path, heap: SocketAddr) -> Server {
+    let heap_url = format!("http://{heap}");
+    ServerProcess::spawn(
+        Path::new(env!("CARGO_BIN_EXE_currents-heap")),
+        data_dir,
+        &[
+            "--ingest-token",
+            TOKEN,
+            "--heap-app-id",
+            "1",
+            "--dead-letter-skipped",
+            "--retry-initial-backoff",
+            "1h",
+            "--retry-max-backoff",
+            "1h",
+            "--heap-base-url",
+            &heap_url,
+        ],
+    )
 }
 
 /// What each client learnt about its batches.
@@ -337,7 +272,7 @@ async fn every_acknowledged_event_survives_kill_9_and_no_rejected_one_is_stored(
     closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let heap = closed.local_addr().unwrap();
     let mut all = Ledger::default();
-    let mut server = Server::start(data.path(), heap);
+    let mut server = start_server(data.path(), heap);
 
     for round in 0..ROUNDS {
         let stop = Arc::new(AtomicBool::new(false));
@@ -347,7 +282,7 @@ async fn every_acknowledged_event_survives_kill_9_and_no_rejected_one_is_stored(
                 tokio::spawn(client(
                     round,
                     me,
-                    server.url(),
+                    currents_url(&server),
                     Arc::clone(&stop),
                     Arc::clone(&acks),
                 ))
@@ -379,7 +314,7 @@ async fn every_acknowledged_event_survives_kill_9_and_no_rejected_one_is_stored(
             "round {round}: no invalid batch was sent"
         );
 
-        server = Server::start(data.path(), heap);
+        server = start_server(data.path(), heap);
         check_promise(&server, data.path(), &all).await;
         eprintln!(
             "round {round}: {} events acknowledged, {} rejected, {} batches cut, {} queued",
@@ -393,7 +328,9 @@ async fn every_acknowledged_event_survives_kill_9_and_no_rejected_one_is_stored(
     // The dedup memory survived the crashes too: re-sent acknowledged batches are duplicates.
     let http: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     for body in all.acked_bodies.iter().step_by(7) {
-        let (status, reply) = post(&http, &server.url(), body.clone()).await.unwrap();
+        let (status, reply) = post(&http, &currents_url(&server), body.clone())
+            .await
+            .unwrap();
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
             reply,

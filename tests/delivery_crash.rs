@@ -7,15 +7,14 @@
 //! one does, and a crash re-sends at most the one request that was in flight.
 
 use std::collections::{BTreeSet, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use currents_heap::loadgen::ServerProcess;
 use currents_heap::standin::{Fault, HeapStandIn, StandInConfig};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -33,115 +32,38 @@ const MAX_BATCH: u64 = 20;
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-/// The real binary, serving on an ephemeral port and delivering to the stand-in.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
+type Server = ServerProcess;
 
-impl Server {
-    fn start(data_dir: &Path, heap_url: &str) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_currents-heap"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--ingest-token",
-                TOKEN,
-                "--heap-app-id",
-                APP_ID,
-                "--heap-base-url",
-                heap_url,
-                // Scaled budgets: 1200 events / 2 s per app (~580/s), 1000 per identity.
-                "--heap-events-per-minute",
-                "1200",
-                "--heap-identity-events-per-minute",
-                "1000",
-                "--heap-budget-window",
-                "2s",
-                "--heap-linger",
-                "30ms",
-                "--heap-timeout",
-                "5s",
-                "--retry-initial-backoff",
-                "20ms",
-                "--retry-max-backoff",
-                "200ms",
-            ])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("RUST_LOG", "info")
-            .env_remove("CURRENTS_HEAP_CONFIG")
-            .env_remove("CURRENTS_HEAP_LOG_FORMAT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the currents-heap binary");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let lines = Arc::clone(&log);
-        // Reads stderr to its end, so the child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && v["message"] == "Listening."
-                    && let Some(addr) = v["addr"].as_str().and_then(|a| a.parse().ok())
-                {
-                    let _ = tx.send(addr);
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let addr: SocketAddr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "no \"Listening.\" line; stderr:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
-            }
-        };
-        Server { child, addr, log }
-    }
-
-    /// SIGKILL: no drain, no checkpoint, no destructor.
-    fn kill_9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    fn terminate(mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill -TERM");
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "exit {status} after SIGTERM; stderr:\n{}",
-                    self.log.lock().unwrap().join("\n")
-                );
-                return;
-            }
-            assert!(Instant::now() < deadline, "no exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The real binary against the stand-in at `heap_url`, budgets scaled so delivery is mid-way
+/// when the test kills it.
+fn start_server(data_dir: &Path, heap_url: &str) -> Server {
+    ServerProcess::spawn(
+        Path::new(env!("CARGO_BIN_EXE_currents-heap")),
+        data_dir,
+        &[
+            "--ingest-token",
+            TOKEN,
+            "--heap-app-id",
+            APP_ID,
+            "--heap-base-url",
+            heap_url,
+            // Scaled budgets: 1200 events / 2 s per app (~580/s), 1000 per identity.
+            "--heap-events-per-minute",
+            "1200",
+            "--heap-identity-events-per-minute",
+            "1000",
+            "--heap-budget-window",
+            "2s",
+            "--heap-linger",
+            "30ms",
+            "--heap-timeout",
+            "5s",
+            "--retry-initial-backoff",
+            "20ms",
+            "--retry-max-backoff",
+            "200ms",
+        ],
+    )
 }
 
 fn identified(id: &str, user: &str) -> Value {
@@ -290,7 +212,7 @@ async fn every_acknowledged_identified_event_reaches_heap_despite_kill_9_during_
     let current = Arc::new(Mutex::new(None));
     let acked = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut server = Server::start(data.path(), &url);
+    let mut server = start_server(data.path(), &url);
     *current.lock().unwrap() = Some(server.addr);
     let client = tokio::spawn(braze(
         bodies,
@@ -313,7 +235,7 @@ async fn every_acknowledged_identified_event_reaches_heap_despite_kill_9_during_
         acked_at_kill_1 < BATCHES,
         "the client finished before the first kill"
     );
-    server = Server::start(data.path(), &url);
+    server = start_server(data.path(), &url);
     *current.lock().unwrap() = Some(server.addr);
 
     // 2. During a request Heap has processed but not yet answered.
@@ -341,7 +263,7 @@ async fn every_acknowledged_identified_event_reaches_heap_despite_kill_9_during_
     *current.lock().unwrap() = None;
     kill(server).await;
     kills += 1;
-    server = Server::start(data.path(), &url);
+    server = start_server(data.path(), &url);
     *current.lock().unwrap() = Some(server.addr);
 
     // 3. While Heap is down: delivery is retrying when the process dies.
@@ -359,7 +281,7 @@ async fn every_acknowledged_identified_event_reaches_heap_despite_kill_9_during_
     kill(server).await;
     kills += 1;
     heap.set_down(false);
-    server = Server::start(data.path(), &url);
+    server = start_server(data.path(), &url);
     *current.lock().unwrap() = Some(server.addr);
 
     // Every batch acknowledged, then every identified event delivered.
