@@ -260,7 +260,7 @@ fn build_lanes(
             settings.heap_events_per_minute,
             settings.heap_identity_events_per_minute,
             RouteMapping {
-                mapping: settings.mapping.clone(),
+                mapping: settings.mapping.options.clone(),
                 dead_letter_skipped: settings.dead_letter_skipped,
             },
         );
@@ -273,7 +273,7 @@ fn build_lanes(
             r.heap_events_per_minute,
             r.heap_identity_events_per_minute,
             RouteMapping {
-                mapping: r.mapping.clone(),
+                mapping: r.mapping.options.clone(),
                 dead_letter_skipped: r.dead_letter_skipped,
             },
         );

@@ -95,11 +95,15 @@ fn run_transform(file: &std::path::Path, route: Option<&str>, args: &SettingsArg
     let (app_id, mapping, per_minute) = match route {
         None | Some(currents_heap::config::DEFAULT_ROUTE) => (
             settings.heap_app_id.as_ref().map_or("0", |a| a.as_str()),
-            &settings.mapping,
+            &settings.mapping.options,
             settings.heap_events_per_minute,
         ),
         Some(name) => match settings.routes.iter().find(|r| r.name == name) {
-            Some(r) => (r.heap_app_id.as_str(), &r.mapping, r.heap_events_per_minute),
+            Some(r) => (
+                r.heap_app_id.as_str(),
+                &r.mapping.options,
+                r.heap_events_per_minute,
+            ),
             None => {
                 let known: Vec<&str> = settings.routes.iter().map(|r| r.name.as_str()).collect();
                 eprintln!(

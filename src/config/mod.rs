@@ -6,6 +6,7 @@
 //! result. Validation is pure, so `check-config` and `serve` share it and tests call it with
 //! plain values. A bad value becomes a [`ConfigError`] that names the setting in all its forms, and
 //! `main` turns it into exit code 2.
+mod mapping;
 mod routes;
 mod sources;
 mod values;
@@ -16,8 +17,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::delivery::Backoff;
-use crate::transform::MappingOptions;
 
+pub use mapping::MappingSettings;
 pub use routes::{DEFAULT_ROUTE, RouteFile, RouteSettings};
 use sources::list;
 pub use sources::{FileConfig, Scalar, SettingsArgs, Tokens};
@@ -50,14 +51,8 @@ pub struct Settings {
     pub heap_budget_window: Duration,
     pub retry_backoff: Backoff,
     pub max_event_age: Duration,
-    pub event_naming: String,
-    pub event_prefix: String,
-    pub anonymous: String,
-    pub include_event_types: Vec<String>,
-    pub exclude_event_types: Vec<String>,
-    pub drop_properties: Vec<String>,
-    /// Built from the six mapping settings above.
-    pub mapping: MappingOptions,
+    /// The default route's mapping settings.
+    pub mapping: MappingSettings,
     pub dead_letter_skipped: bool,
     pub dry_run: bool,
     /// `[[route]]` tables, in file order.
@@ -328,24 +323,15 @@ impl Settings {
         let include_event_types = list(&args.include_event_types, file.include_event_types);
         let exclude_event_types = list(&args.exclude_event_types, file.exclude_event_types);
         let drop_properties = list(&args.drop_properties, file.drop_properties);
-        let mapping = MappingOptions::from_parts(
-            Some(&event_naming),
-            Some(&event_prefix),
-            Some(&anonymous),
-            &include_event_types,
-            &exclude_event_types,
-            &drop_properties,
+        let mapping = MappingSettings::build(
+            event_naming,
+            event_prefix,
+            anonymous,
+            include_event_types,
+            exclude_event_types,
+            drop_properties,
         )
-        .map_err(|m| {
-            let key = mapping_culprit(
-                &event_naming,
-                &event_prefix,
-                &anonymous,
-                &include_event_types,
-                &exclude_event_types,
-            );
-            ConfigError::new(key, &env_of(key), m)
-        })?;
+        .map_err(|(key, m)| ConfigError::new(key, &env_of(key), m))?;
         let dead_letter_skipped =
             pick(args.dead_letter_skipped, file.dead_letter_skipped).unwrap_or(false);
         let routes = routes::validate_routes(
@@ -354,12 +340,7 @@ impl Settings {
                 heap_base_url: &heap_base_url,
                 heap_events_per_minute,
                 heap_identity_events_per_minute,
-                event_naming: &event_naming,
-                event_prefix: &event_prefix,
-                anonymous: &anonymous,
-                include_event_types: &include_event_types,
-                exclude_event_types: &exclude_event_types,
-                drop_properties: &drop_properties,
+                mapping: &mapping,
                 dead_letter_skipped,
             },
         )?;
@@ -411,12 +392,6 @@ impl Settings {
             heap_budget_window,
             retry_backoff,
             max_event_age,
-            event_naming,
-            event_prefix,
-            anonymous,
-            include_event_types,
-            exclude_event_types,
-            drop_properties,
             mapping,
             dead_letter_skipped,
             dry_run,
@@ -492,10 +467,6 @@ impl Settings {
             }),
         );
         let dur = |d: Duration| q(&humantime::format_duration(d).to_string());
-        let arr = |v: &[String]| {
-            toml::Value::Array(v.iter().map(|t| toml::Value::String(t.clone())).collect())
-                .to_string()
-        };
         line("heap_batch_size", self.heap_batch_size.to_string());
         line("heap_linger", dur(self.heap_linger));
         line("heap_timeout", dur(self.heap_timeout));
@@ -506,12 +477,9 @@ impl Settings {
             dur(self.retry_backoff.ceiling(u32::MAX)),
         );
         line("max_event_age", dur(self.max_event_age));
-        line("event_naming", q(&self.event_naming));
-        line("event_prefix", q(&self.event_prefix));
-        line("anonymous", q(&self.anonymous));
-        line("include_event_types", arr(&self.include_event_types));
-        line("exclude_event_types", arr(&self.exclude_event_types));
-        line("drop_properties", arr(&self.drop_properties));
+        for (key, value) in self.mapping.toml_values() {
+            line(key, value.to_string());
+        }
         line("dead_letter_skipped", self.dead_letter_skipped.to_string());
         line("dry_run", self.dry_run.to_string());
         for r in &self.routes {
@@ -519,32 +487,6 @@ impl Settings {
             out.push_str(&route_toml(r));
         }
         out
-    }
-}
-
-/// Which mapping setting `MappingOptions::from_parts` refused: each is tried alone.
-fn mapping_culprit(
-    naming: &str,
-    prefix: &str,
-    anonymous: &str,
-    include: &[String],
-    exclude: &[String],
-) -> &'static str {
-    let alone = |n, p, a, i: &[String], e: &[String]| {
-        MappingOptions::from_parts(n, p, a, i, e, &[]).is_err()
-    };
-    if alone(Some(naming), None, None, &[], &[]) {
-        "event_naming"
-    } else if alone(None, Some(prefix), None, &[], &[]) {
-        "event_prefix"
-    } else if alone(None, None, Some(anonymous), &[], &[]) {
-        "anonymous"
-    } else if alone(None, None, None, include, &[]) {
-        "include_event_types"
-    } else if alone(None, None, None, &[], exclude) {
-        "exclude_event_types"
-    } else {
-        "drop_properties"
     }
 }
 
@@ -556,7 +498,6 @@ fn env_of(key: &str) -> String {
 fn route_toml(r: &RouteSettings) -> String {
     let mut t = toml::Table::new();
     let s = |v: &str| toml::Value::String(v.to_owned());
-    let a = |v: &[String]| toml::Value::Array(v.iter().map(|x| s(x)).collect());
     t.insert("name".into(), s(&r.name));
     if let Some(w) = &r.workspace {
         t.insert("workspace".into(), s(w));
@@ -578,12 +519,9 @@ fn route_toml(r: &RouteSettings) -> String {
         "ingest_token".into(),
         toml::Value::Array(r.ingest_tokens.iter().map(|_| s("<redacted>")).collect()),
     );
-    t.insert("event_naming".into(), s(&r.event_naming));
-    t.insert("event_prefix".into(), s(&r.event_prefix));
-    t.insert("anonymous".into(), s(&r.anonymous));
-    t.insert("include_event_types".into(), a(&r.include_event_types));
-    t.insert("exclude_event_types".into(), a(&r.exclude_event_types));
-    t.insert("drop_properties".into(), a(&r.drop_properties));
+    for (key, value) in r.mapping.toml_values() {
+        t.insert(key.into(), value);
+    }
     t.insert(
         "dead_letter_skipped".into(),
         toml::Value::Boolean(r.dead_letter_skipped),

@@ -8,9 +8,9 @@ use std::num::NonZeroU32;
 
 use serde::Deserialize;
 
+use super::mapping::MappingSettings;
 use super::sources::{Scalar, Tokens, list};
 use super::values::{ConfigError, HeapAppId, Secret, validate_base_url};
-use crate::transform::MappingOptions;
 
 /// One `[[route]]` table as written.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -46,13 +46,7 @@ pub struct RouteSettings {
     pub heap_identity_events_per_minute: NonZeroU32,
     /// Empty: the global tokens apply.
     pub ingest_tokens: Vec<Secret>,
-    pub event_naming: String,
-    pub event_prefix: String,
-    pub anonymous: String,
-    pub include_event_types: Vec<String>,
-    pub exclude_event_types: Vec<String>,
-    pub drop_properties: Vec<String>,
-    pub mapping: MappingOptions,
+    pub mapping: MappingSettings,
     pub dead_letter_skipped: bool,
 }
 
@@ -64,12 +58,7 @@ pub(super) struct Inherited<'a> {
     pub heap_base_url: &'a str,
     pub heap_events_per_minute: NonZeroU32,
     pub heap_identity_events_per_minute: NonZeroU32,
-    pub event_naming: &'a str,
-    pub event_prefix: &'a str,
-    pub anonymous: &'a str,
-    pub include_event_types: &'a [String],
-    pub exclude_event_types: &'a [String],
-    pub drop_properties: &'a [String],
+    pub mapping: &'a MappingSettings,
     pub dead_letter_skipped: bool,
 }
 
@@ -193,30 +182,17 @@ pub(super) fn validate_routes(
             Some(t) => list(&None, Some(t.clone())),
             None => d.to_vec(),
         };
-        let event_naming = r
-            .event_naming
-            .clone()
-            .unwrap_or_else(|| inherited.event_naming.to_owned());
-        let event_prefix = r
-            .event_prefix
-            .clone()
-            .unwrap_or_else(|| inherited.event_prefix.to_owned());
-        let anonymous = r
-            .anonymous
-            .clone()
-            .unwrap_or_else(|| inherited.anonymous.to_owned());
-        let include_event_types = or_list(&r.include_event_types, inherited.include_event_types);
-        let exclude_event_types = or_list(&r.exclude_event_types, inherited.exclude_event_types);
-        let drop_properties = or_list(&r.drop_properties, inherited.drop_properties);
-        let mapping = MappingOptions::from_parts(
-            Some(&event_naming),
-            Some(&event_prefix),
-            Some(&anonymous),
-            &include_event_types,
-            &exclude_event_types,
-            &drop_properties,
+        let inherit = inherited.mapping;
+        let or = |v: &Option<String>, d: &str| v.clone().unwrap_or_else(|| d.to_owned());
+        let mapping = MappingSettings::build(
+            or(&r.event_naming, &inherit.event_naming),
+            or(&r.event_prefix, &inherit.event_prefix),
+            or(&r.anonymous, &inherit.anonymous),
+            or_list(&r.include_event_types, &inherit.include_event_types),
+            or_list(&r.exclude_event_types, &inherit.exclude_event_types),
+            or_list(&r.drop_properties, &inherit.drop_properties),
         )
-        .map_err(|m| err("event_naming/event_prefix/anonymous/include_event_types/exclude_event_types/drop_properties", m))?;
+        .map_err(|(key, m)| err(key, m))?;
         routes.push(RouteSettings {
             name,
             workspace,
@@ -226,12 +202,6 @@ pub(super) fn validate_routes(
             heap_events_per_minute,
             heap_identity_events_per_minute,
             ingest_tokens,
-            event_naming,
-            event_prefix,
-            anonymous,
-            include_event_types,
-            exclude_event_types,
-            drop_properties,
             mapping,
             dead_letter_skipped: r
                 .dead_letter_skipped
