@@ -11,10 +11,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use tokio::sync::Notify;
@@ -25,12 +21,13 @@ use std::collections::HashMap;
 use crate::config::{DEFAULT_ROUTE, Settings};
 use crate::delivery::{Delivery, DeliveryConfig, RouteMapping, Sender};
 use crate::heap::client::HeapClient;
-use crate::ingest::{self, Auth, IngestState};
+use crate::ingest::{Auth, IngestState};
 use crate::metrics::Metrics;
 use crate::metrics::UNROUTABLE;
 use crate::queue::QueueOp;
 use crate::queue::{DataDirLock, Store, StoreError, Writer, WriterConfig, WriterHandle};
 use crate::routing::{Router, default_app_id};
+use crate::server::Server;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -44,7 +41,7 @@ pub enum AppError {
 }
 
 pub struct App {
-    listener: TcpListener,
+    server: Server,
     state: Arc<IngestState>,
     lanes: Vec<Delivery>,
     writer: WriterHandle,
@@ -115,6 +112,7 @@ impl App {
         let mut state = IngestState::new(
             auth,
             settings.max_body_bytes,
+            &settings.edge,
             writer,
             store,
             metrics,
@@ -124,7 +122,7 @@ impl App {
         state.drain_rate = drain_rate;
         let state = Arc::new(state);
         Ok(App {
-            listener,
+            server: Server::new(listener, &settings.edge, Arc::clone(&state)),
             state,
             lanes: lanes.into_iter().map(|(d, ..)| d).collect(),
             writer: writer_handle,
@@ -134,7 +132,7 @@ impl App {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
+        self.server
             .local_addr()
             .expect("a bound listener has an address")
     }
@@ -146,7 +144,7 @@ impl App {
     /// Serves until `shutdown` resolves, then drains (see the module docs).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) {
         let App {
-            listener,
+            server,
             state,
             lanes,
             writer,
@@ -158,13 +156,12 @@ impl App {
             .into_iter()
             .map(|lane| tokio::spawn(lane.run(stop_delivery.clone())))
             .collect();
-        tracing::info!(message = "Listening.", addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
-        let graceful = GracefulShutdown::new();
+        tracing::info!(message = "Listening.", addr = %server.local_addr().map(|a| a.to_string()).unwrap_or_default());
 
         // Phase 1: serve until the signal.
         tokio::pin!(shutdown);
         tokio::select! {
-            _ = accept_loop(&listener, &state, &graceful) => {}
+            _ = server.accept_loop() => {}
             _ = &mut shutdown => {}
         }
         state.start_draining();
@@ -177,19 +174,16 @@ impl App {
             }
         };
         tokio::select! {
-            _ = accept_loop(&listener, &state, &graceful) => {}
+            _ = server.accept_loop() => {}
             _ = tokio::time::timeout(grace, in_flight_done) => {}
         }
-        drop(listener);
 
         // Phase 3: close connections, then the store.
-        if tokio::time::timeout(Duration::from_secs(2), graceful.shutdown())
-            .await
-            .is_err()
-        {
+        if !server.close_connections(Duration::from_secs(2)).await {
             tracing::warn!(message = "Some connections did not close within 2s; dropping them.");
         }
-        state.body_slots.close();
+        drop(server);
+        state.buffer.close();
 
         // Phase 4: stop delivery (a request in flight finishes), then close the store.
         stop_delivery.cancel();
@@ -360,39 +354,4 @@ async fn orphans_to_dead_letters(
         }
     }
     Ok(())
-}
-
-/// Accepts connections forever, serving each on its own task under `graceful`.
-async fn accept_loop(
-    listener: &TcpListener,
-    state: &Arc<IngestState>,
-    graceful: &GracefulShutdown,
-) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(message = "Accept failed.", error = %e);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let st = Arc::clone(state);
-        let svc = service_fn(move |req| {
-            let st = Arc::clone(&st);
-            async move { Ok::<_, std::convert::Infallible>(ingest::serve(req, st).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(message = "Connection ended with an error.", error = %e);
-            }
-        });
-    }
 }

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`config`] | settings: TOML file < environment < flags, validation, redaction |
 //! | [`app`] | process wiring: build the store, writer and HTTP server; run until a signal; drain |
+//! | [`server`] | the listener: connection cap, header-read and idle timeouts, serving each connection |
 //! | [`ingest`] | the HTTP surface: `POST /currents`, `/healthz`, `/readyz`, `/metrics`, status codes |
 //! | [`currents`] | the Braze Currents wire model and its structural validation (no I/O) |
 //! | [`transform`] | the pure, documented mapping of one Currents event to Heap items (`docs/MAPPING.md`) |
@@ -31,6 +32,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod queue;
 pub mod routing;
+pub mod server;
 pub mod shutdown;
 pub mod standin;
 pub mod telemetry;

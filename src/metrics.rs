@@ -166,6 +166,36 @@ pub const CATALOGUE: &[(&str, &str, &str, &str)] = &[
         "The configured outbound budgets (app, identity).",
     ),
     (
+        "currents_heap_connections_open",
+        "gauge",
+        "",
+        "Client connections open on --listen.",
+    ),
+    (
+        "currents_heap_connections_max",
+        "gauge",
+        "",
+        "The connection cap in force (--max-connections, lowered to fit the descriptor limit).",
+    ),
+    (
+        "currents_heap_connections_closed_total",
+        "counter",
+        "reason",
+        "Connections the server closed or refused: idle_timeout, header_timeout, evicted (longest idle, to make room), refused (at the cap, none idle).",
+    ),
+    (
+        "currents_heap_ingest_buffer_bytes",
+        "gauge",
+        "",
+        "Request body bytes (raw and decoded) held in memory now.",
+    ),
+    (
+        "currents_heap_ingest_buffer_capacity_bytes",
+        "gauge",
+        "",
+        "The ingest memory budget (--ingest-buffer-bytes).",
+    ),
+    (
         "currents_heap_store_healthy",
         "gauge",
         "",
@@ -189,9 +219,14 @@ pub const OUTCOMES: &[&str] = &[
     "store_busy",
     "store_unavailable",
     "draining",
+    "saturated",
     "not_found",
     "method_not_allowed",
 ];
+
+/// Why the server closed or refused a connection (label `reason`).
+pub const CONNECTION_CLOSE_REASONS: &[&str] =
+    &["idle_timeout", "header_timeout", "evicted", "refused"];
 
 /// Reasons an event is refused (label `reason` of `events_rejected_total`).
 pub const REJECT_REASONS: &[&str] = &[
@@ -254,6 +289,11 @@ pub struct Metrics {
     pub rate_limit_waits: IntCounterVec,
     pub rate_limit_wait_seconds: CounterVec,
     pub budget_per_minute: IntGaugeVec,
+    pub connections_open: IntGauge,
+    pub connections_max: IntGauge,
+    pub connections_closed: IntCounterVec,
+    pub ingest_buffer_bytes: IntGauge,
+    pub ingest_buffer_capacity: IntGauge,
 }
 
 fn help(name: &str) -> &'static str {
@@ -381,6 +421,19 @@ impl Metrics {
                 &["route", "budget"],
             )
             .unwrap(),
+            connections_open: IntGauge::with_opts(opts("currents_heap_connections_open")).unwrap(),
+            connections_max: IntGauge::with_opts(opts("currents_heap_connections_max")).unwrap(),
+            connections_closed: IntCounterVec::new(
+                opts("currents_heap_connections_closed_total"),
+                &["reason"],
+            )
+            .unwrap(),
+            ingest_buffer_bytes: IntGauge::with_opts(opts("currents_heap_ingest_buffer_bytes"))
+                .unwrap(),
+            ingest_buffer_capacity: IntGauge::with_opts(opts(
+                "currents_heap_ingest_buffer_capacity_bytes",
+            ))
+            .unwrap(),
             registry,
         };
         let build_info = IntGauge::with_opts(
@@ -420,6 +473,15 @@ impl Metrics {
         r.register(Box::new(m.rate_limit_wait_seconds.clone()))
             .unwrap();
         r.register(Box::new(m.budget_per_minute.clone())).unwrap();
+        r.register(Box::new(m.connections_open.clone())).unwrap();
+        r.register(Box::new(m.connections_max.clone())).unwrap();
+        r.register(Box::new(m.connections_closed.clone())).unwrap();
+        r.register(Box::new(m.ingest_buffer_bytes.clone())).unwrap();
+        r.register(Box::new(m.ingest_buffer_capacity.clone()))
+            .unwrap();
+        for reason in CONNECTION_CLOSE_REASONS {
+            m.connections_closed.with_label_values(&[*reason]);
+        }
 
         for o in OUTCOMES {
             m.ingest_requests.with_label_values(&[*o]);

@@ -6,6 +6,7 @@
 //! result. Validation is pure, so `check-config` and `serve` share it and tests call it with
 //! plain values. A bad value becomes a [`ConfigError`] that names the setting in all its forms, and
 //! `main` turns it into exit code 2.
+mod edge;
 mod mapping;
 mod routes;
 mod sources;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use crate::delivery::Backoff;
 
+pub use edge::EdgeSettings;
 pub use mapping::MappingSettings;
 pub use routes::{DEFAULT_ROUTE, RouteFile, RouteSettings};
 use sources::list;
@@ -44,6 +46,8 @@ pub struct Settings {
     pub dedup_window: Duration,
     pub dedup_capacity: usize,
     pub shutdown_grace: Duration,
+    /// Connection timeouts, the connection cap and the ingest memory budget.
+    pub edge: EdgeSettings,
     pub log_format: LogFormat,
     pub heap_batch_size: usize,
     pub heap_linger: Duration,
@@ -82,6 +86,7 @@ impl Settings {
     /// Lays `args` (flags, then env) over `file` and validates every setting.
     pub fn resolve(args: &SettingsArgs, file: FileConfig) -> Result<Self, ConfigError> {
         let scalar = |s: Option<Scalar>| s.map(|v| v.to_string());
+        let edge = edge::resolve(args, &file)?;
 
         let listen_raw =
             pick(args.listen.clone(), file.listen).unwrap_or_else(|| "127.0.0.1:8080".to_owned());
@@ -184,6 +189,7 @@ impl Settings {
                 "must be at least 1MiB: Braze sends single events of up to 900 KB",
             ));
         }
+        edge.check_body_limit(max_body_bytes)?;
         let min_free_disk_bytes = parse_size(
             "min_free_disk_bytes",
             "CURRENTS_HEAP_MIN_FREE_DISK_BYTES",
@@ -385,6 +391,7 @@ impl Settings {
             dedup_window,
             dedup_capacity,
             shutdown_grace,
+            edge,
             log_format,
             heap_batch_size,
             heap_linger,
@@ -459,6 +466,7 @@ impl Settings {
             "shutdown_grace",
             q(&humantime::format_duration(self.shutdown_grace).to_string()),
         );
+        self.edge.print(&mut line);
         line(
             "log_format",
             q(match self.log_format {

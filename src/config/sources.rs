@@ -53,6 +53,28 @@ pub struct SettingsArgs {
     /// How long shutdown waits for in-flight requests to finish [default: 30s].
     #[arg(long, env = "CURRENTS_HEAP_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<String>,
+    /// Time a client has, from the first byte of a request, to send its headers [default: 10s].
+    #[arg(long, env = "CURRENTS_HEAP_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: Option<String>,
+    /// Time a connection may stay open with no request in progress [default: 75s].
+    #[arg(long, env = "CURRENTS_HEAP_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<String>,
+    /// Time a client has to send a request body once its headers are in; past it, 408
+    /// [default: 60s].
+    #[arg(long, env = "CURRENTS_HEAP_BODY_READ_TIMEOUT")]
+    pub body_read_timeout: Option<String>,
+    /// Time a request waits for room in the ingest memory budget; past it, 503 + Retry-After
+    /// [default: 5s].
+    #[arg(long, env = "CURRENTS_HEAP_INGEST_WAIT_TIMEOUT")]
+    pub ingest_wait_timeout: Option<String>,
+    /// Open client connections at most; past it the longest-idle one is closed, or the new one
+    /// refused [default: 1024; lowered to fit the process's descriptor limit].
+    #[arg(long, env = "CURRENTS_HEAP_MAX_CONNECTIONS")]
+    pub max_connections: Option<String>,
+    /// Bytes of request bodies (raw and decoded) held in memory at once, all requests together
+    /// [default: 64MiB; at least twice --max-body-bytes].
+    #[arg(long, env = "CURRENTS_HEAP_INGEST_BUFFER_BYTES")]
+    pub ingest_buffer_bytes: Option<String>,
     /// Log format: json or text [default: json].
     #[arg(long, env = "CURRENTS_HEAP_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -140,6 +162,12 @@ pub struct FileConfig {
     pub dedup_window: Option<String>,
     pub dedup_capacity: Option<Scalar>,
     pub shutdown_grace: Option<String>,
+    pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub body_read_timeout: Option<String>,
+    pub ingest_wait_timeout: Option<String>,
+    pub max_connections: Option<Scalar>,
+    pub ingest_buffer_bytes: Option<Scalar>,
     pub log_format: Option<String>,
     pub heap_batch_size: Option<Scalar>,
     pub heap_linger: Option<String>,

@@ -13,6 +13,7 @@ use http::HeaderMap;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::buffer::Reservation;
 use super::error::IngestError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,45 +49,99 @@ impl Encoding {
 }
 
 /// Reads the whole body (at most `limit` bytes on the wire) within `timeout`, then decodes it
-/// (at most `limit` bytes decoded).
+/// (at most `limit` bytes decoded). Every byte held is first reserved in `reservation`, so the
+/// ingest memory budget covers the raw and the decoded body alike.
 pub async fn read(
     body: Incoming,
     encoding: Encoding,
     limit: u64,
     timeout: Duration,
+    reservation: &mut Reservation<'_>,
 ) -> Result<Bytes, IngestError> {
-    let raw = tokio::time::timeout(timeout, collect_limited(body, limit))
+    let raw = tokio::time::timeout(timeout, collect_limited(body, limit, reservation))
         .await
         .map_err(|_| IngestError::BodyIncomplete("timed out reading the request body".into()))??;
-    decode(raw, encoding, limit)
+    decode_reserved(raw, encoding, limit, reservation).await
 }
 
-async fn collect_limited(mut body: Incoming, limit: u64) -> Result<Bytes, IngestError> {
+async fn collect_limited(
+    mut body: Incoming,
+    limit: u64,
+    reservation: &mut Reservation<'_>,
+) -> Result<Bytes, IngestError> {
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| IngestError::BodyIncomplete(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
-            if buf.len() as u64 + data.len() as u64 > limit {
+            let len = buf.len() as u64 + data.len() as u64;
+            if len > limit {
                 return Err(IngestError::TooLarge { limit });
             }
+            reservation.grow_to(len).await?;
             buf.extend_from_slice(&data);
         }
     }
     Ok(buf.freeze())
 }
 
-/// Decodes `raw`, refusing output beyond `limit` bytes without producing it.
-pub fn decode(raw: Bytes, encoding: Encoding, limit: u64) -> Result<Bytes, IngestError> {
-    if raw.is_empty() {
+/// Decoded output is produced (and reserved) this much at a time.
+const DECODE_CHUNK: u64 = 64 * 1024;
+
+/// [`decode`], reserving the decoded bytes as they are produced and giving back the raw
+/// body's share once it is decoded.
+async fn decode_reserved(
+    raw: Bytes,
+    encoding: Encoding,
+    limit: u64,
+    reservation: &mut Reservation<'_>,
+) -> Result<Bytes, IngestError> {
+    let raw_len = raw.len() as u64;
+    let Some(mut reader) = decoder(&raw, encoding) else {
         return Ok(raw);
+    };
+    let mut out = Vec::new();
+    loop {
+        let held = raw_len + out.len() as u64;
+        reservation
+            .grow_to((held + DECODE_CHUNK).min(raw_len + limit))
+            .await?;
+        let room = DECODE_CHUNK.min(limit + 1 - out.len() as u64);
+        let n = (&mut reader)
+            .take(room)
+            .read_to_end(&mut out)
+            .map_err(|e| IngestError::CorruptBody(e.to_string()))?;
+        if out.len() as u64 > limit {
+            return Err(IngestError::TooLarge { limit });
+        }
+        if n == 0 {
+            break;
+        }
     }
-    let reader: Box<dyn Read + '_> = match encoding {
-        Encoding::Identity => return Ok(raw),
-        Encoding::Gzip => Box::new(MultiGzDecoder::new(&raw[..])),
+    drop(reader);
+    drop(raw);
+    reservation.shrink_to(out.len() as u64);
+    Ok(Bytes::from(out))
+}
+
+/// A decoder of `raw`, or `None` when it is sent as is.
+fn decoder(raw: &[u8], encoding: Encoding) -> Option<Box<dyn Read + Send + '_>> {
+    if raw.is_empty() {
+        return None;
+    }
+    match encoding {
+        Encoding::Identity => None,
+        Encoding::Gzip => Some(Box::new(MultiGzDecoder::new(raw))),
         // RFC 9110 `deflate` is zlib-wrapped, but some clients send a raw deflate stream:
         // a zlib header is two bytes whose big-endian value is a multiple of 31 with method 8.
-        Encoding::Deflate if is_zlib_header(&raw) => Box::new(ZlibDecoder::new(&raw[..])),
-        Encoding::Deflate => Box::new(DeflateDecoder::new(&raw[..])),
+        Encoding::Deflate if is_zlib_header(raw) => Some(Box::new(ZlibDecoder::new(raw))),
+        Encoding::Deflate => Some(Box::new(DeflateDecoder::new(raw))),
+    }
+}
+
+/// Decodes `raw`, refusing output beyond `limit` bytes without producing it.
+pub fn decode(raw: Bytes, encoding: Encoding, limit: u64) -> Result<Bytes, IngestError> {
+    let Some(reader) = decoder(&raw, encoding) else {
+        return Ok(raw);
     };
     let mut out = Vec::with_capacity((raw.len() * 4).min(limit as usize));
     reader

@@ -39,6 +39,17 @@ pub enum IngestError {
     Store(#[from] AppendError),
     #[error("the server is shutting down")]
     Draining,
+    #[error("the server is busy with other requests; retry later")]
+    Saturated,
+}
+
+impl From<super::buffer::NoRoom> for IngestError {
+    fn from(e: super::buffer::NoRoom) -> Self {
+        match e {
+            super::buffer::NoRoom::Saturated => IngestError::Saturated,
+            super::buffer::NoRoom::Closed => IngestError::Draining,
+        }
+    }
 }
 
 impl From<BatchError> for IngestError {
@@ -60,7 +71,9 @@ impl IngestError {
             | IngestError::InvalidEvents { .. } => StatusCode::BAD_REQUEST,
             IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             IngestError::BodyIncomplete(_) => StatusCode::REQUEST_TIMEOUT,
-            IngestError::Store(_) | IngestError::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::Store(_) | IngestError::Draining | IngestError::Saturated => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -81,6 +94,7 @@ impl IngestError {
                 "store_unavailable"
             }
             IngestError::Draining => "draining",
+            IngestError::Saturated => "saturated",
         }
     }
 
@@ -102,7 +116,7 @@ impl IngestError {
         match self {
             IngestError::Store(AppendError::OverQuota { .. } | AppendError::DiskFull) => Some(60),
             IngestError::Store(AppendError::Busy) => Some(1),
-            IngestError::Store(_) | IngestError::Draining => Some(5),
+            IngestError::Store(_) | IngestError::Draining | IngestError::Saturated => Some(5),
             _ => None,
         }
     }

@@ -1,7 +1,6 @@
 //! `POST /currents`: auth → decode → parse + validate → durable append → 200.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
@@ -14,9 +13,6 @@ use crate::currents::{self, catalogue};
 use crate::queue::NewEvent;
 
 pub use crate::metrics::UNROUTABLE;
-
-/// A body that does not arrive within this time is answered with 408 (Braze retries).
-const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What a 200 reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,17 +44,23 @@ pub async fn accept(req: Request<Incoming>, state: &IngestState) -> Result<Accep
         return Err(IngestError::TooLarge { limit });
     }
 
-    // Bounds the bodies held in memory at once; waiting requests hold only their connection.
-    let _slot = state
-        .body_slots
-        .acquire()
-        .await
-        .map_err(|_| IngestError::Draining)?;
-    // Re-checked with the slot held: the drain waits for held slots only.
+    // Counted from here, so the drain waits for this request; re-checked once counted.
+    let _in_flight = state.in_flight.enter();
     if state.is_draining() {
         return Err(IngestError::Draining);
     }
-    let body = body::read(req.into_body(), encoding, limit, BODY_TIMEOUT).await?;
+    // Every body byte held is reserved in the ingest memory budget first; a declared length
+    // is reserved at once, so a request never holds half of what it needs while it waits.
+    let mut reservation = state.buffer.reservation();
+    reservation.grow_to(declared.unwrap_or(0)).await?;
+    let body = body::read(
+        req.into_body(),
+        encoding,
+        limit,
+        state.body_read_timeout,
+        &mut reservation,
+    )
+    .await?;
     append_body(body, workspace, state).await
 }
 

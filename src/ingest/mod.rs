@@ -1,28 +1,32 @@
 //! The HTTP surface on `--listen`: `POST /currents` plus the admin endpoints.
 //!
 //! This module owns the status code of every request path (product.md §3) and the decision to
-//! shed load (503 + `Retry-After`) rather than queue it in memory: a request holds a body slot
-//! while its body is in memory, the writer refuses work beyond its bounded channel, and a
-//! draining server refuses new batches while it finishes the ones in flight.
+//! shed load (503 + `Retry-After`) rather than queue it in memory: a request reserves every
+//! body byte it holds in the ingest memory budget ([`buffer`]) and gets 503 when no room frees
+//! up in time, the writer refuses work beyond its bounded channel, and a draining server
+//! refuses new batches while it finishes the ones in flight. How connections reach this module
+//! (timeouts, the connection cap) is [`crate::server`]'s business.
 
 mod auth;
 pub mod body;
+pub mod buffer;
 pub mod error;
 mod handler;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::json;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 
 pub use auth::Auth;
+pub use buffer::IngestBuffer;
 pub use error::IngestError;
 pub use handler::{Accepted, UNROUTABLE};
 
@@ -31,8 +35,28 @@ use crate::queue::{Reader, Store, Writer, unix_millis};
 use crate::routing::Router;
 use error::json_response;
 
-/// Request bodies held in memory at once (each at most 2 × `--max-body-bytes`).
-pub const BODY_SLOTS: usize = 32;
+/// Requests of `POST /currents` past the draining check and not yet answered.
+#[derive(Debug, Default)]
+pub struct InFlight(AtomicUsize);
+
+impl InFlight {
+    pub fn enter(&self) -> InFlightGuard<'_> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self)
+    }
+
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+pub struct InFlightGuard<'a>(&'a InFlight);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// Everything a request needs, shared by all connections.
 pub struct IngestState {
@@ -46,7 +70,13 @@ pub struct IngestState {
     /// Events per second all delivery lanes together send with a backlog (for the drain
     /// estimate); 0 when nothing delivers.
     pub drain_rate: f64,
-    pub body_slots: Semaphore,
+    /// The ingest memory budget: body bytes held at once.
+    pub buffer: IngestBuffer,
+    /// Time a client has to send a body once its headers are in.
+    pub body_read_timeout: Duration,
+    pub in_flight: InFlight,
+    /// Set by the server while every connection slot is taken (then `/readyz` is 503).
+    pub connections_full: AtomicBool,
     /// Per Heap app id: woken after each append for it, so delivery starts without polling.
     pub new_data: HashMap<Arc<str>, Arc<Notify>>,
     draining: AtomicBool,
@@ -54,15 +84,20 @@ pub struct IngestState {
 }
 
 impl IngestState {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         auth: Auth,
         max_body_bytes: u64,
+        edge: &crate::config::EdgeSettings,
         writer: Writer,
         store: Store,
         metrics: Metrics,
         new_data: HashMap<Arc<str>, Arc<Notify>>,
         router: Router,
     ) -> Self {
+        metrics
+            .ingest_buffer_capacity
+            .set(edge.ingest_buffer_bytes.min(i64::MAX as u64) as i64);
         Self {
             auth,
             max_body_bytes,
@@ -71,7 +106,10 @@ impl IngestState {
             metrics,
             router,
             drain_rate: 0.0,
-            body_slots: Semaphore::new(BODY_SLOTS),
+            buffer: IngestBuffer::new(edge.ingest_buffer_bytes, edge.ingest_wait_timeout),
+            body_read_timeout: edge.body_read_timeout,
+            in_flight: InFlight::default(),
+            connections_full: AtomicBool::new(false),
             new_data,
             draining: AtomicBool::new(false),
             reader: Mutex::new(None),
@@ -89,11 +127,13 @@ impl IngestState {
 
     /// Batches past the draining check that have not been answered yet.
     pub fn batches_in_flight(&self) -> usize {
-        BODY_SLOTS - self.body_slots.available_permits()
+        self.in_flight.count()
     }
 
-    fn is_ready(&self) -> bool {
-        !self.is_draining() && self.store.stats().is_healthy()
+    /// Requests wait for memory, or every connection slot is taken: a load balancer should
+    /// send new work to another instance.
+    pub fn is_saturated(&self) -> bool {
+        self.buffer.waiting() > 0 || self.connections_full.load(Ordering::SeqCst)
     }
 
     /// Refreshes the queue gauges (the oldest-event age needs one indexed query).
@@ -105,6 +145,9 @@ impl IngestState {
             .store_healthy
             .set(i64::from(stats.is_healthy()));
         self.metrics.dedup_ids.set(stats.dedup_ids() as i64);
+        self.metrics
+            .ingest_buffer_bytes
+            .set(self.buffer.used_bytes().min(i64::MAX as u64) as i64);
         let drain = if stats.events() == 0 {
             0.0
         } else if self.drain_rate > 0.0 {
@@ -177,15 +220,17 @@ pub async fn serve(req: Request<Incoming>, state: Arc<IngestState>) -> Response<
         }
         (&Method::GET | &Method::HEAD, "/healthz") => return text(StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/readyz") => {
-            return if state.is_ready() {
-                text(StatusCode::OK, "ready\n")
-            } else if state.is_draining() {
+            return if state.is_draining() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-            } else {
+            } else if !state.store.stats().is_healthy() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
+            } else if state.is_saturated() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "saturated\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
             };
         }
-        (&Method::GET, "/metrics") => {
+        (&Method::GET | &Method::HEAD, "/metrics") => {
             let st = Arc::clone(&state);
             let rendered = tokio::task::spawn_blocking(move || {
                 st.refresh_queue_gauges();

@@ -1,0 +1,312 @@
+//! The listener on `--listen` and the life of every connection on it: what a client that
+//! connects may cost, whoever it is (README "Facing the internet").
+//!
+//! - **A cap on open connections** (`--max-connections`, lowered at start to fit the process's
+//!   descriptor limit, so a flood can never exhaust descriptors). At the cap the longest-idle
+//!   connection is closed to make room; when every connection is busy with a request, the new
+//!   one is answered `503` with `Retry-After` and closed at once. Both are logged and counted.
+//! - **A header-read timeout** (`--header-read-timeout`): from the first byte of a request (or
+//!   of the connection: protocol sniffing, TLS handshake) to a complete head.
+//! - **An idle timeout** (`--idle-timeout`): a connection with no request in progress is closed
+//!   (HTTP/2 gets a GOAWAY) once it has been idle that long.
+//! - **A body deadline** and **the ingest memory budget** are enforced per request by
+//!   [`crate::ingest`].
+//!
+//! Each connection has a watchdog ([`watchdog`]) fed by its transport ([`io::TrackedIo`]) and
+//! its service (request start and end); the registry ([`connections`]) owns the cap.
+
+mod connections;
+mod io;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::EdgeSettings;
+use crate::ingest::{self, IngestState};
+pub use connections::{Admission, Connections};
+use connections::{ConnGuard, ConnState};
+use io::TrackedIo;
+
+/// Descriptors kept for everything but client connections (store, Heap clients, logs).
+const RESERVED_DESCRIPTORS: u64 = 64;
+
+/// How long a connection being closed gracefully may take before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// What a refused connection is told before it is closed.
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: 77\r\n\r\n{\"error\":\"too_many_connections\",\"message\":\"connection limit reached; retry\"}\n";
+
+/// Why the server closed a connection (the `reason` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CloseReason {
+    IdleTimeout,
+    HeaderTimeout,
+}
+
+impl CloseReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::HeaderTimeout => "header_timeout",
+        }
+    }
+}
+
+/// The listener, its connections and their limits.
+pub struct Server {
+    listener: TcpListener,
+    connections: Arc<Connections>,
+    state: Arc<IngestState>,
+    edge: EdgeSettings,
+    stop: CancellationToken,
+}
+
+impl Server {
+    /// Serves `listener` with `edge`'s limits; the connection cap is lowered (with a warning)
+    /// when the descriptor limit cannot hold it.
+    pub fn new(listener: TcpListener, edge: &EdgeSettings, state: Arc<IngestState>) -> Self {
+        let max = fit_descriptor_limit(edge.max_connections);
+        Self {
+            listener,
+            connections: Connections::new(max, Arc::clone(&state)),
+            state,
+            edge: edge.clone(),
+            stop: CancellationToken::new(),
+        }
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts connections until the future is dropped, serving each on its own task.
+    pub async fn accept_loop(&self) {
+        let builder = auto::Builder::new(TokioExecutor::new());
+        let mut refusals = RefusalLog::default();
+        loop {
+            let stream = match self.listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(message = "Accept failed.", error = %e);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let guard = match self.connections.admit() {
+                Admission::Admitted(g) => g,
+                Admission::AdmittedByEviction(g) => {
+                    self.count_closed("evicted");
+                    g
+                }
+                Admission::Refused => {
+                    self.count_closed("refused");
+                    refusals.note(self.connections.len());
+                    // Best effort and never waits: the socket buffer of a new connection is empty.
+                    let _ = stream.try_write(REFUSAL);
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(serve_connection(
+                stream,
+                guard,
+                Arc::clone(&self.state),
+                builder.clone(),
+                self.edge.clone(),
+                self.stop.clone(),
+            ));
+        }
+    }
+
+    /// Closes every connection gracefully (HTTP/1 after its request, HTTP/2 with a GOAWAY),
+    /// waiting at most `within`; returns whether all closed in time.
+    pub async fn close_connections(&self, within: Duration) -> bool {
+        self.stop.cancel();
+        let deadline = Instant::now() + within;
+        while !self.connections.is_empty() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    fn count_closed(&self, reason: &str) {
+        self.state
+            .metrics
+            .connections_closed
+            .with_label_values(&[reason])
+            .inc();
+    }
+}
+
+/// Serves one connection until it ends, its watchdog closes it, it is evicted, or the server
+/// stops.
+async fn serve_connection(
+    stream: TcpStream,
+    guard: ConnGuard,
+    state: Arc<IngestState>,
+    builder: auto::Builder<TokioExecutor>,
+    edge: EdgeSettings,
+    stop: CancellationToken,
+) {
+    let conn_state = Arc::clone(guard.state());
+    let io = TokioIo::new(TrackedIo::new(stream, Arc::clone(&conn_state)));
+    serve_io(io, &conn_state, &state, &builder, &edge, &stop).await;
+    drop(guard);
+}
+
+async fn serve_io<S>(
+    io: TokioIo<S>,
+    conn_state: &Arc<ConnState>,
+    state: &Arc<IngestState>,
+    builder: &auto::Builder<TokioExecutor>,
+    edge: &EdgeSettings,
+    stop: &CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc_conn = Arc::clone(conn_state);
+    let svc_state = Arc::clone(state);
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let request = svc_conn.request_started(req.version() == Version::HTTP_2);
+        let st = Arc::clone(&svc_state);
+        async move {
+            let response = ingest::serve(req, st).await;
+            drop(request);
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    let graceful = tokio::select! {
+        ended = conn.as_mut() => {
+            if let Err(e) = ended {
+                tracing::debug!(message = "Connection ended with an error.", error = %e);
+            }
+            return;
+        }
+        why = watchdog(conn_state, edge) => {
+            state.metrics.connections_closed.with_label_values(&[why.as_str()]).inc();
+            tracing::debug!(message = "Connection closed.", reason = why.as_str());
+            // A head that never completed has no request to finish: drop it at once.
+            why == CloseReason::IdleTimeout
+        }
+        // Evicted (already counted): idle by definition, closed at once.
+        _ = conn_state.evict.cancelled() => false,
+        _ = stop.cancelled() => true,
+    };
+    if graceful {
+        conn.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
+    }
+}
+
+/// Resolves when the connection must close: idle for `idle_timeout`, or a request head begun
+/// `header_read_timeout` ago and still incomplete. Never while a request is in progress (the
+/// body deadline of ingest bounds that).
+async fn watchdog(conn: &ConnState, edge: &EdgeSettings) -> CloseReason {
+    let header = edge.header_read_timeout.as_millis() as u64;
+    let idle = edge.idle_timeout.as_millis() as u64;
+    loop {
+        let wait = if conn.in_flight() > 0 {
+            None
+        } else {
+            let now = conn.now_ms();
+            let (deadline, reason) = match conn.head_started() {
+                Some(t) => (t + header, CloseReason::HeaderTimeout),
+                None => (conn.idle_since() + idle, CloseReason::IdleTimeout),
+            };
+            if now >= deadline {
+                return reason;
+            }
+            Some(Duration::from_millis(deadline - now))
+        };
+        match wait {
+            Some(d) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => {}
+                    _ = conn.changed.notified() => {}
+                }
+            }
+            None => conn.changed.notified().await,
+        }
+    }
+}
+
+/// Logs refused connections at most every 10 s, with how many since the last line.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    since_last: u64,
+}
+
+impl RefusalLog {
+    fn note(&mut self, open: usize) {
+        self.since_last += 1;
+        if self
+            .last
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            tracing::warn!(
+                message = "Connection limit reached and every connection is busy: refusing new connections with 503.",
+                refused = self.since_last,
+                open,
+            );
+            self.last = Some(Instant::now());
+            self.since_last = 0;
+        }
+    }
+}
+
+/// The connection cap that the descriptor limit can hold: raises the soft limit toward the
+/// hard one if needed, then keeps [`RESERVED_DESCRIPTORS`] for everything else.
+fn fit_descriptor_limit(configured: usize) -> usize {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let need = configured as u64 + RESERVED_DESCRIPTORS;
+    let mut limit = getrlimit(Resource::Nofile);
+    if let Some(soft) = limit.current
+        && soft < need
+        && limit.maximum.is_none_or(|hard| hard > soft)
+    {
+        let raised = limit.maximum.map_or(need, |hard| hard.min(need));
+        if setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(raised),
+                maximum: limit.maximum,
+            },
+        )
+        .is_ok()
+        {
+            limit.current = Some(raised);
+        }
+    }
+    let Some(soft) = limit.current else {
+        return configured;
+    };
+    let fits = soft.saturating_sub(RESERVED_DESCRIPTORS).max(1) as usize;
+    if fits < configured {
+        tracing::warn!(
+            message = "The descriptor limit cannot hold --max-connections; using a lower connection cap. Raise `ulimit -n` to restore it.",
+            max_connections = configured,
+            descriptor_limit = soft,
+            connection_cap = fits,
+        );
+        fits
+    } else {
+        configured
+    }
+}
