@@ -49,10 +49,9 @@ pub async fn accept(req: Request<Incoming>, state: &IngestState) -> Result<Accep
     if state.is_draining() {
         return Err(IngestError::Draining);
     }
-    // Every body byte held is reserved in the ingest memory budget first; a declared length
-    // is reserved at once, so a request never holds half of what it needs while it waits.
+    // Every body byte held is reserved in the ingest memory budget as it arrives (not the
+    // declared length: a client that declares 8 MiB and stalls must not hold 8 MiB).
     let mut reservation = state.buffer.reservation();
-    reservation.grow_to(declared.unwrap_or(0)).await?;
     let body = body::read(
         req.into_body(),
         encoding,

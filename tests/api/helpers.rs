@@ -431,9 +431,32 @@ impl RawConn {
         self.write(head.as_bytes()).await;
     }
 
+    /// Writes `bytes`; an error (the server closed the connection) is returned, not a panic.
+    pub async fn try_write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
     pub async fn write(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write");
         self.stream.flush().await.expect("flush");
+    }
+
+    /// Waits until the server closes the connection (EOF or reset), reading and returning
+    /// whatever it sent; `None` if it is still open after `within`.
+    pub async fn closed_within(&mut self, within: Duration) -> Option<Vec<u8>> {
+        let mut buf = Vec::new();
+        let read = async {
+            let mut chunk = [0u8; 4096];
+            loop {
+                match self.stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        };
+        tokio::time::timeout(within, read).await.ok()?;
+        Some(buf)
     }
 
     /// Reads the response to its end (the server closes after it: `Connection: close`).

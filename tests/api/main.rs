@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod backpressure;
 mod dedup;
+mod edge;
 mod encoding;
 mod helpers;
 mod ingest;
