@@ -108,8 +108,12 @@ impl Drop for RequestGuard {
 /// Whether a new connection was admitted.
 pub enum Admission {
     Admitted(ConnGuard),
-    /// At the cap with an idle connection closed to make room.
-    AdmittedByEviction(ConnGuard),
+    /// At the cap: the longest-idle connection is being closed; try again once it is gone
+    /// (its descriptor is counted until then, so the cap is never overshot).
+    /// `evicted`: this call chose the victim (else an earlier eviction is still closing).
+    MadeRoom {
+        evicted: bool,
+    },
     /// At the cap and every connection is busy with a request.
     Refused,
 }
@@ -147,41 +151,43 @@ impl Connections {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a new connection, making room by evicting the longest-idle one at the cap.
+    /// Registers a new connection, or at the cap makes room by evicting the longest-idle one.
+    /// Evicted connections stay counted until their task has dropped them.
     pub fn admit(self: &Arc<Self>) -> Admission {
         let mut open = self.lock();
-        let mut evicted = false;
         if open.len() >= self.max {
+            let evicting = open.values().any(|c| c.evict.is_cancelled());
+            if evicting {
+                return Admission::MadeRoom { evicted: false };
+            }
             let victim = open
-                .iter()
-                .filter(|(_, c)| c.in_flight() == 0)
-                .min_by_key(|(_, c)| c.idle_since())
-                .map(|(id, _)| *id);
-            match victim.and_then(|id| open.remove(&id)) {
+                .values()
+                .filter(|c| c.in_flight() == 0)
+                .min_by_key(|c| c.idle_since());
+            return match victim {
                 Some(c) => {
                     c.evict.cancel();
-                    evicted = true;
+                    Admission::MadeRoom { evicted: true }
                 }
                 None => {
                     self.state.connections_full.store(true, Ordering::SeqCst);
-                    return Admission::Refused;
+                    Admission::Refused
                 }
-            }
+            };
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(ConnState::new(self.epoch));
         open.insert(id, Arc::clone(&conn));
         self.state.metrics.connections_open.set(open.len() as i64);
-        let guard = ConnGuard {
+        Admission::Admitted(ConnGuard {
             id,
             conn,
             registry: Arc::clone(self),
-        };
-        if evicted {
-            Admission::AdmittedByEviction(guard)
-        } else {
-            Admission::Admitted(guard)
-        }
+        })
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
     }
 
     fn remove(&self, id: u64) {

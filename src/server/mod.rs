@@ -43,6 +43,9 @@ const RESERVED_DESCRIPTORS: u64 = 64;
 /// How long a connection being closed gracefully may take before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// How long accepting waits for an evicted connection to release its descriptor.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+
 /// What a refused connection is told before it is closed.
 const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: 77\r\n\r\n{\"error\":\"too_many_connections\",\"message\":\"connection limit reached; retry\"}\n";
 
@@ -103,19 +106,12 @@ impl Server {
                     continue;
                 }
             };
-            let guard = match self.connections.admit() {
-                Admission::Admitted(g) => g,
-                Admission::AdmittedByEviction(g) => {
-                    self.count_closed("evicted");
-                    g
-                }
-                Admission::Refused => {
-                    self.count_closed("refused");
-                    refusals.note(self.connections.len());
-                    // Best effort and never waits: the socket buffer of a new connection is empty.
-                    let _ = stream.try_write(REFUSAL);
-                    continue;
-                }
+            let Some(guard) = self.admit().await else {
+                self.count_closed("refused");
+                refusals.note(self.connections.len());
+                // Best effort and never waits: the socket buffer of a new connection is empty.
+                let _ = stream.try_write(REFUSAL);
+                continue;
             };
             let _ = stream.set_nodelay(true);
             tokio::spawn(serve_connection(
@@ -126,6 +122,29 @@ impl Server {
                 self.edge.clone(),
                 self.stop.clone(),
             ));
+        }
+    }
+
+    /// A place for one more connection: at the cap, the longest-idle connection is closed and
+    /// this waits (at most [`EVICTION_WAIT`]) until its descriptor is released. `None` when
+    /// every connection is busy with a request. Accepting waits meanwhile, so a connect flood
+    /// queues in the kernel's backlog rather than in descriptors.
+    async fn admit(&self) -> Option<ConnGuard> {
+        let deadline = Instant::now() + EVICTION_WAIT;
+        loop {
+            match self.connections.admit() {
+                Admission::Admitted(g) => return Some(g),
+                Admission::Refused => return None,
+                Admission::MadeRoom { evicted } => {
+                    if evicted {
+                        self.count_closed("evicted");
+                    }
+                    if Instant::now() >= deadline {
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
         }
     }
 
