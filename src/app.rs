@@ -33,6 +33,8 @@ use crate::server::Server;
 pub enum AppError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::server::tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -122,7 +124,7 @@ impl App {
         state.drain_rate = drain_rate;
         let state = Arc::new(state);
         Ok(App {
-            server: Server::new(listener, &settings.edge, Arc::clone(&state)),
+            server: Server::new(listener, &settings.edge, Arc::clone(&state))?,
             state,
             lanes: lanes.into_iter().map(|(d, ..)| d).collect(),
             writer: writer_handle,

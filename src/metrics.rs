@@ -181,7 +181,13 @@ pub const CATALOGUE: &[(&str, &str, &str, &str)] = &[
         "currents_heap_connections_closed_total",
         "counter",
         "reason",
-        "Connections the server closed or refused: idle_timeout, header_timeout, evicted (longest idle, to make room), refused (at the cap, none idle).",
+        "Connections the server closed or refused: idle_timeout, header_timeout, evicted (longest idle, to make room), refused (at the cap, none idle), tls_handshake_failed.",
+    ),
+    (
+        "currents_heap_tls_reloads_total",
+        "counter",
+        "outcome",
+        "Re-reads of the TLS certificate and key after a change on disk or SIGHUP: reloaded, or failed (the previous pair stays in use).",
     ),
     (
         "currents_heap_ingest_buffer_bytes",
@@ -225,8 +231,13 @@ pub const OUTCOMES: &[&str] = &[
 ];
 
 /// Why the server closed or refused a connection (label `reason`).
-pub const CONNECTION_CLOSE_REASONS: &[&str] =
-    &["idle_timeout", "header_timeout", "evicted", "refused"];
+pub const CONNECTION_CLOSE_REASONS: &[&str] = &[
+    "idle_timeout",
+    "header_timeout",
+    "evicted",
+    "refused",
+    "tls_handshake_failed",
+];
 
 /// Reasons an event is refused (label `reason` of `events_rejected_total`).
 pub const REJECT_REASONS: &[&str] = &[
@@ -292,6 +303,7 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     pub connections_max: IntGauge,
     pub connections_closed: IntCounterVec,
+    pub tls_reloads: IntCounterVec,
     pub ingest_buffer_bytes: IntGauge,
     pub ingest_buffer_capacity: IntGauge,
 }
@@ -428,6 +440,8 @@ impl Metrics {
                 &["reason"],
             )
             .unwrap(),
+            tls_reloads: IntCounterVec::new(opts("currents_heap_tls_reloads_total"), &["outcome"])
+                .unwrap(),
             ingest_buffer_bytes: IntGauge::with_opts(opts("currents_heap_ingest_buffer_bytes"))
                 .unwrap(),
             ingest_buffer_capacity: IntGauge::with_opts(opts(
@@ -476,6 +490,10 @@ impl Metrics {
         r.register(Box::new(m.connections_open.clone())).unwrap();
         r.register(Box::new(m.connections_max.clone())).unwrap();
         r.register(Box::new(m.connections_closed.clone())).unwrap();
+        r.register(Box::new(m.tls_reloads.clone())).unwrap();
+        for outcome in ["reloaded", "failed"] {
+            m.tls_reloads.with_label_values(&[outcome]);
+        }
         r.register(Box::new(m.ingest_buffer_bytes.clone())).unwrap();
         r.register(Box::new(m.ingest_buffer_capacity.clone()))
             .unwrap();

@@ -5,6 +5,7 @@
 //! connects to `--listen` cost us?", and every one of them must hold against a client that is
 //! slow, idle or hostile, authenticated or not.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::sources::{FileConfig, SettingsArgs};
@@ -25,6 +26,15 @@ pub struct EdgeSettings {
     pub max_connections: usize,
     /// Bytes of request bodies (raw and decoded) held in memory at once, across all requests.
     pub ingest_buffer_bytes: u64,
+    /// Serve HTTPS with this certificate chain and key (both PEM files).
+    pub tls: Option<TlsFiles>,
+}
+
+/// `--tls-cert` and `--tls-key`: both or neither.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Default for EdgeSettings {
@@ -36,6 +46,7 @@ impl Default for EdgeSettings {
             ingest_wait_timeout: Duration::from_secs(5),
             max_connections: 1024,
             ingest_buffer_bytes: 64 * 1024 * 1024,
+            tls: None,
         }
     }
 }
@@ -113,6 +124,27 @@ pub(super) fn resolve(args: &SettingsArgs, file: &FileConfig) -> Result<EdgeSett
             "must be at most 1TiB",
         ));
     }
+    let tls = match (
+        args.tls_cert.clone().or_else(|| file.tls_cert.clone()),
+        args.tls_key.clone().or_else(|| file.tls_key.clone()),
+    ) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "tls_key",
+                "CURRENTS_HEAP_TLS_KEY",
+                "is required with tls_cert (the certificate's private key, PEM)",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "tls_cert",
+                "CURRENTS_HEAP_TLS_CERT",
+                "is required with tls_key (the certificate chain, PEM)",
+            ));
+        }
+    };
     Ok(EdgeSettings {
         header_read_timeout,
         idle_timeout,
@@ -120,6 +152,7 @@ pub(super) fn resolve(args: &SettingsArgs, file: &FileConfig) -> Result<EdgeSett
         ingest_wait_timeout,
         max_connections,
         ingest_buffer_bytes,
+        tls,
     })
 }
 
@@ -151,6 +184,14 @@ impl EdgeSettings {
         line("ingest_wait_timeout", q(self.ingest_wait_timeout));
         line("max_connections", self.max_connections.to_string());
         line("ingest_buffer_bytes", self.ingest_buffer_bytes.to_string());
+        let path = |p: &PathBuf| toml::Value::String(p.display().to_string()).to_string();
+        match &self.tls {
+            Some(t) => {
+                line("tls_cert", path(&t.cert));
+                line("tls_key", path(&t.key));
+            }
+            None => line("# tls_cert", "(not set: plain HTTP)".into()),
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::delivery::Backoff;
 
-pub use edge::EdgeSettings;
+pub use edge::{EdgeSettings, TlsFiles};
 pub use mapping::MappingSettings;
 pub use routes::{DEFAULT_ROUTE, RouteFile, RouteSettings};
 use sources::list;

@@ -75,6 +75,13 @@ pub struct SettingsArgs {
     /// [default: 64MiB; at least twice --max-body-bytes].
     #[arg(long, env = "CURRENTS_HEAP_INGEST_BUFFER_BYTES")]
     pub ingest_buffer_bytes: Option<String>,
+    /// PEM certificate chain: serve HTTPS (HTTP/1.1 and HTTP/2) on --listen; re-read on change
+    /// or SIGHUP [default: none, plain HTTP].
+    #[arg(long, env = "CURRENTS_HEAP_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "CURRENTS_HEAP_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     /// Log format: json or text [default: json].
     #[arg(long, env = "CURRENTS_HEAP_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -168,6 +175,8 @@ pub struct FileConfig {
     pub ingest_wait_timeout: Option<String>,
     pub max_connections: Option<Scalar>,
     pub ingest_buffer_bytes: Option<Scalar>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     pub log_format: Option<String>,
     pub heap_batch_size: Option<Scalar>,
     pub heap_linger: Option<String>,

@@ -17,6 +17,7 @@
 
 mod connections;
 mod io;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::EdgeSettings;
@@ -36,6 +38,7 @@ use crate::ingest::{self, IngestState};
 pub use connections::{Admission, Connections};
 use connections::{ConnGuard, ConnState};
 use io::TrackedIo;
+use tls::{CertStore, TlsError};
 
 /// Descriptors kept for everything but client connections (store, Heap clients, logs).
 const RESERVED_DESCRIPTORS: u64 = 64;
@@ -68,6 +71,7 @@ impl CloseReason {
 /// The listener, its connections and their limits.
 pub struct Server {
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     connections: Arc<Connections>,
     state: Arc<IngestState>,
     edge: EdgeSettings,
@@ -76,16 +80,35 @@ pub struct Server {
 
 impl Server {
     /// Serves `listener` with `edge`'s limits; the connection cap is lowered (with a warning)
-    /// when the descriptor limit cannot hold it.
-    pub fn new(listener: TcpListener, edge: &EdgeSettings, state: Arc<IngestState>) -> Self {
+    /// when the descriptor limit cannot hold it. With TLS configured, the certificate is
+    /// loaded now (an unusable pair stops the start) and watched for changes and `SIGHUP`.
+    pub fn new(
+        listener: TcpListener,
+        edge: &EdgeSettings,
+        state: Arc<IngestState>,
+    ) -> Result<Self, TlsError> {
         let max = fit_descriptor_limit(edge.max_connections);
-        Self {
+        let stop = CancellationToken::new();
+        let tls = match &edge.tls {
+            None => None,
+            Some(files) => {
+                let store = CertStore::load(&files.cert, &files.key, state.metrics.clone())?;
+                let acceptor = store.acceptor().map_err(|e| TlsError::Read {
+                    path: files.cert.clone(),
+                    message: e.to_string(),
+                })?;
+                tokio::spawn(watch_certificate(store, stop.clone()));
+                Some(acceptor)
+            }
+        };
+        Ok(Self {
             listener,
+            tls,
             connections: Connections::new(max, Arc::clone(&state)),
             state,
             edge: edge.clone(),
-            stop: CancellationToken::new(),
-        }
+            stop,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
@@ -121,6 +144,7 @@ impl Server {
                 builder.clone(),
                 self.edge.clone(),
                 self.stop.clone(),
+                self.tls.clone(),
             ));
         }
     }
@@ -163,16 +187,12 @@ impl Server {
     }
 
     fn count_closed(&self, reason: &str) {
-        self.state
-            .metrics
-            .connections_closed
-            .with_label_values(&[reason])
-            .inc();
+        count_close(&self.state, reason);
     }
 }
 
-/// Serves one connection until it ends, its watchdog closes it, it is evicted, or the server
-/// stops.
+/// Serves one connection (after its TLS handshake, if any) until it ends, its watchdog closes
+/// it, it is evicted, or the server stops.
 async fn serve_connection(
     stream: TcpStream,
     guard: ConnGuard,
@@ -180,11 +200,88 @@ async fn serve_connection(
     builder: auto::Builder<TokioExecutor>,
     edge: EdgeSettings,
     stop: CancellationToken,
+    tls: Option<TlsAcceptor>,
 ) {
     let conn_state = Arc::clone(guard.state());
-    let io = TokioIo::new(TrackedIo::new(stream, Arc::clone(&conn_state)));
-    serve_io(io, &conn_state, &state, &builder, &edge, &stop).await;
+    let io = TrackedIo::new(stream, Arc::clone(&conn_state));
+    match tls {
+        None => {
+            serve_io(
+                TokioIo::new(io),
+                &conn_state,
+                &state,
+                &builder,
+                &edge,
+                &stop,
+            )
+            .await
+        }
+        Some(acceptor) => {
+            // The handshake is part of the head: the header-read timeout covers it.
+            let handshake = tokio::select! {
+                done = acceptor.accept(io) => done,
+                why = watchdog(&conn_state, &edge) => {
+                    count_close(&state, why.as_str());
+                    return;
+                }
+                _ = conn_state.evict.cancelled() => return,
+                _ = stop.cancelled() => return,
+            };
+            match handshake {
+                Ok(tls) => {
+                    serve_io(
+                        TokioIo::new(tls),
+                        &conn_state,
+                        &state,
+                        &builder,
+                        &edge,
+                        &stop,
+                    )
+                    .await
+                }
+                Err(e) => {
+                    count_close(&state, "tls_handshake_failed");
+                    tracing::debug!(message = "TLS handshake failed.", error = %e);
+                }
+            }
+        }
+    }
     drop(guard);
+}
+
+fn count_close(state: &IngestState, reason: &str) {
+    state
+        .metrics
+        .connections_closed
+        .with_label_values(&[reason])
+        .inc();
+}
+
+/// Re-reads the certificate when its files change, and on `SIGHUP`, until `stop`.
+async fn watch_certificate(store: Arc<CertStore>, stop: CancellationToken) {
+    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(message = "Cannot listen for SIGHUP; TLS files are still watched.", error = %e);
+            None
+        }
+    };
+    let mut tick = tokio::time::interval(tls::WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let force = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => false,
+            Some(()) = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => true,
+        };
+        let s = Arc::clone(&store);
+        let _ = tokio::task::spawn_blocking(move || s.reload(force)).await;
+    }
 }
 
 async fn serve_io<S>(
@@ -218,7 +315,7 @@ async fn serve_io<S>(
             return;
         }
         why = watchdog(conn_state, edge) => {
-            state.metrics.connections_closed.with_label_values(&[why.as_str()]).inc();
+            count_close(state, why.as_str());
             tracing::debug!(message = "Connection closed.", reason = why.as_str());
             // A head that never completed has no request to finish: drop it at once.
             why == CloseReason::IdleTimeout
