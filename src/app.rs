@@ -1,5 +1,7 @@
 //! Process wiring: [`App::build`] opens the store, starts the writer and binds the listener;
-//! [`App::run_until_stopped`] serves until the shutdown future resolves, then drains.
+//! [`App::run_until_stopped`] serves until the shutdown future resolves, then drains. While it
+//! runs, a [`Controller`] owns the delivery lanes and applies configuration reloads
+//! (`SIGHUP`, see [`crate::reload`]).
 //!
 //! Drain order (SIGTERM/SIGINT): new batches get 503 + `Retry-After` and `/readyz` turns 503
 //! while the batches already in flight finish (up to `--shutdown-grace`); then the listener
@@ -12,21 +14,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use std::collections::HashMap;
-
-use crate::config::{DEFAULT_ROUTE, Settings};
-use crate::delivery::{Delivery, DeliveryConfig, RouteMapping, Sender};
-use crate::heap::client::HeapClient;
-use crate::ingest::{Auth, IngestState};
+use crate::config::{DEFAULT_ROUTE, Settings, SettingsArgs};
+use crate::ingest::IngestState;
+use crate::lanes::{LaneSet, dead_letter_orphans};
 use crate::metrics::Metrics;
-use crate::metrics::UNROUTABLE;
-use crate::queue::QueueOp;
 use crate::queue::{DataDirLock, Store, StoreError, Writer, WriterConfig, WriterHandle};
-use crate::routing::{Router, default_app_id};
+use crate::reload::{self, Controller, ReloadHandle, routing_for};
 use crate::server::Server;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +41,15 @@ pub enum AppError {
 pub struct App {
     server: Server,
     state: Arc<IngestState>,
-    lanes: Vec<Delivery>,
-    writer: WriterHandle,
+    lanes: LaneSet,
+    writer: Writer,
+    writer_handle: WriterHandle,
+    settings: Settings,
+    source: Option<SettingsArgs>,
+    reload: ReloadHandle,
+    reload_requests: mpsc::Receiver<
+        tokio::sync::oneshot::Sender<Result<crate::lanes::LaneChanges, reload::ReloadError>>,
+    >,
     grace: Duration,
     /// Released when the app (after its drain) is dropped.
     _lock: DataDirLock,
@@ -73,18 +76,6 @@ impl App {
             .queue_max_bytes
             .set(settings.max_queue_bytes.min(i64::MAX as u64) as i64);
         metrics.dedup_capacity.set(settings.dedup_capacity as i64);
-        let route_tokens: Vec<(Option<&str>, &[crate::config::Secret])> = settings
-            .routes
-            .iter()
-            .filter(|r| !r.ingest_tokens.is_empty())
-            .map(|r| (r.workspace.as_deref(), r.ingest_tokens.as_slice()))
-            .collect();
-        let auth = Auth::with_routes(&settings.ingest_tokens, &route_tokens);
-        if auth.is_open() {
-            tracing::warn!(
-                message = "No ingest token configured: POST /currents accepts unauthenticated requests. Set --ingest-token / CURRENTS_HEAP_INGEST_TOKEN."
-            );
-        }
         let listener =
             TcpListener::bind(settings.listen)
                 .await
@@ -98,39 +89,43 @@ impl App {
             queued_events = store.stats().events(),
             queued_bytes = store.stats().bytes(),
         );
-        let lanes = build_lanes(settings, &store, &writer, &metrics)?;
-        orphans_to_dead_letters(&store, &writer, &lanes).await?;
-        let router = Router::from_settings(settings);
-        if router.targets().next().is_none() {
-            tracing::warn!(
-                message = "No default route and no [[route]]: every event will be kept as an unroutable dead letter."
-            );
-        }
-        let new_data = lanes
-            .iter()
-            .map(|(_, app_id, n)| (Arc::clone(app_id), Arc::clone(n)))
-            .collect();
-        let drain_rate: f64 = lanes.iter().map(|(d, ..)| d.budget_rate()).sum();
-        let mut state = IngestState::new(
-            auth,
+        let lanes = LaneSet::build(settings, &store, &writer, &metrics)?;
+        let served: Vec<&str> = lanes.app_ids().collect();
+        dead_letter_orphans(&store, &writer, &served).await?;
+        let state = Arc::new(IngestState::new(
+            routing_for(settings, &lanes),
             settings.max_body_bytes,
             &settings.edge,
-            writer,
+            writer.clone(),
             store,
             metrics,
-            new_data,
-            router,
-        );
-        state.drain_rate = drain_rate;
-        let state = Arc::new(state);
+        ));
+        let (reload, reload_requests) = reload::channel();
         Ok(App {
             server: Server::new(listener, &settings.edge, Arc::clone(&state))?,
             state,
-            lanes: lanes.into_iter().map(|(d, ..)| d).collect(),
-            writer: writer_handle,
+            lanes,
+            writer,
+            writer_handle,
+            settings: settings.clone(),
+            source: None,
+            reload,
+            reload_requests,
             grace: settings.shutdown_grace,
             _lock: lock,
         })
+    }
+
+    /// Lets `SIGHUP` (and [`App::reload_handle`]) re-read the configuration from `args` (the
+    /// flags and environment of the start, and the file they name).
+    pub fn reload_from(mut self, args: SettingsArgs) -> Self {
+        self.source = Some(args);
+        self
+    }
+
+    /// Asks the running app to reload, as `SIGHUP` does.
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reload.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -150,14 +145,26 @@ impl App {
             state,
             lanes,
             writer,
+            writer_handle,
+            settings,
+            source,
+            reload: _,
+            reload_requests,
             grace,
             _lock: lock,
         } = self;
-        let stop_delivery = CancellationToken::new();
-        let delivery_tasks: Vec<_> = lanes
-            .into_iter()
-            .map(|lane| tokio::spawn(lane.run(stop_delivery.clone())))
-            .collect();
+        let stop_control = CancellationToken::new();
+        let controller = tokio::spawn(
+            Controller {
+                lanes,
+                state: Arc::clone(&state),
+                writer,
+                settings,
+                source,
+                grace,
+            }
+            .run(reload_requests, stop_control.clone()),
+        );
         tracing::info!(message = "Listening.", addr = %server.local_addr().map(|a| a.to_string()).unwrap_or_default());
 
         // Phase 1: serve until the signal.
@@ -188,172 +195,18 @@ impl App {
         state.buffer.close();
 
         // Phase 4: stop delivery (a request in flight finishes), then close the store.
-        stop_delivery.cancel();
-        let all_stopped = async {
-            for task in delivery_tasks {
-                let _ = task.await;
-            }
+        stop_control.cancel();
+        let stopped = match controller.await {
+            Ok(lanes) => lanes.stop(grace.max(Duration::from_secs(1))).await,
+            Err(_) => false,
         };
-        if tokio::time::timeout(grace.max(Duration::from_secs(1)), all_stopped)
-            .await
-            .is_err()
-        {
+        if !stopped {
             tracing::warn!(
                 message = "Delivery did not stop within the grace period; undelivered events stay queued."
             );
         }
-        let _ = tokio::task::spawn_blocking(move || writer.close()).await;
+        let _ = tokio::task::spawn_blocking(move || writer_handle.close()).await;
         drop(lock);
         tracing::info!(message = "Stopped.");
     }
-}
-
-/// A delivery loop, the Heap app id it serves, and the bell ingest rings for it.
-type Lane = (Delivery, Arc<str>, Arc<Notify>);
-
-/// One delivery lane per Heap app id, serving every route that delivers there (the default
-/// route first, then `[[route]]` tables in file order).
-fn build_lanes(
-    settings: &Settings,
-    store: &Store,
-    writer: &Writer,
-    metrics: &Metrics,
-) -> Result<Vec<Lane>, AppError> {
-    struct LaneSpec {
-        name: String,
-        app_id: String,
-        base_url: String,
-        per_minute: std::num::NonZeroU32,
-        identity_per_minute: std::num::NonZeroU32,
-        routes: HashMap<String, RouteMapping>,
-        fallback: RouteMapping,
-    }
-    let mut lanes: Vec<LaneSpec> = Vec::new();
-    let mut add =
-        |name: &str, app_id: &str, base_url: &str, pm, ipm, mapping: RouteMapping| match lanes
-            .iter_mut()
-            .find(|l| l.app_id == app_id)
-        {
-            Some(l) => {
-                l.routes.insert(name.to_owned(), mapping);
-            }
-            None => lanes.push(LaneSpec {
-                name: name.to_owned(),
-                app_id: app_id.to_owned(),
-                base_url: base_url.to_owned(),
-                per_minute: pm,
-                identity_per_minute: ipm,
-                routes: HashMap::from([(name.to_owned(), mapping.clone())]),
-                fallback: mapping,
-            }),
-        };
-    let default_app_id = default_app_id(settings);
-    if let Some(app_id) = default_app_id {
-        add(
-            DEFAULT_ROUTE,
-            app_id,
-            &settings.heap_base_url,
-            settings.heap_events_per_minute,
-            settings.heap_identity_events_per_minute,
-            RouteMapping {
-                mapping: settings.mapping.options.clone(),
-                dead_letter_skipped: settings.dead_letter_skipped,
-            },
-        );
-    }
-    for r in &settings.routes {
-        add(
-            &r.name,
-            r.heap_app_id.as_str(),
-            &r.heap_base_url,
-            r.heap_events_per_minute,
-            r.heap_identity_events_per_minute,
-            RouteMapping {
-                mapping: r.mapping.options.clone(),
-                dead_letter_skipped: r.dead_letter_skipped,
-            },
-        );
-    }
-    let mut out = Vec::with_capacity(lanes.len());
-    for lane in lanes {
-        let sender = if settings.dry_run {
-            Sender::DryRun
-        } else {
-            Sender::Heap(Box::new(HeapClient::new(
-                &lane.base_url,
-                settings.heap_timeout,
-            )))
-        };
-        for (budget, v) in [
-            ("app", lane.per_minute),
-            ("identity", lane.identity_per_minute),
-        ] {
-            metrics
-                .budget_per_minute
-                .with_label_values(&[&lane.name, budget])
-                .set(i64::from(v.get()));
-        }
-        let cfg = DeliveryConfig {
-            lane: Arc::from(lane.name.as_str()),
-            app_id: lane.app_id.clone(),
-            routes: lane.routes,
-            fallback: lane.fallback,
-            batch_size: settings.heap_batch_size,
-            linger: settings.heap_linger,
-            events_per_window: lane.per_minute,
-            identity_events_per_window: lane.identity_per_minute,
-            window: settings.heap_budget_window,
-            backoff: settings.retry_backoff,
-            max_event_age: settings.max_event_age,
-        };
-        let notify = Arc::new(Notify::new());
-        let delivery = Delivery::new(
-            cfg,
-            sender,
-            writer.clone(),
-            store.reader()?,
-            metrics.clone(),
-            Arc::clone(&notify),
-        );
-        out.push((delivery, Arc::from(lane.app_id.as_str()), notify));
-    }
-    Ok(out)
-}
-
-/// Queued events whose app id no lane serves any more (the configuration changed) become
-/// dead letters `unroutable`: visible, counted, and replayable once the configuration routes
-/// them again.
-async fn orphans_to_dead_letters(
-    store: &Store,
-    writer: &Writer,
-    lanes: &[Lane],
-) -> Result<(), AppError> {
-    let queued = store.reader()?.queued_app_ids().map_err(|source| {
-        AppError::Store(StoreError::Sqlite {
-            path: store.path().to_owned(),
-            source,
-        })
-    })?;
-    for app_id in queued {
-        if lanes.iter().any(|(_, a, _)| **a == *app_id) {
-            continue;
-        }
-        match writer
-            .apply(QueueOp::DeadLetterApp {
-                app_id: app_id.clone(),
-                reason: UNROUTABLE.to_owned(),
-            })
-            .await
-        {
-            Ok(o) => tracing::warn!(
-                message = "Queued events for a Heap app id no route delivers to; kept as dead letters (reason unroutable). Fix the routes, then `dlq replay --reason unroutable`.",
-                app_id = %app_id,
-                events = o.rows,
-            ),
-            Err(e) => {
-                tracing::error!(message = "Cannot dead-letter orphaned events.", app_id = %app_id, error = %e)
-            }
-        }
-    }
-    Ok(())
 }

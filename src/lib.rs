@@ -6,6 +6,8 @@
 //! |---|---|
 //! | [`config`] | settings: TOML file < environment < flags, validation, redaction |
 //! | [`app`] | process wiring: build the store, writer and HTTP server; run until a signal; drain |
+//! | [`lanes`] | the delivery lanes of a configuration (one per Heap app id) and how a reload replaces them |
+//! | [`reload`] | `SIGHUP`: re-read the configuration, swap tokens/routes/lanes, refuse an invalid file |
 //! | [`server`] | the listener: connection cap, header-read and idle timeouts, serving each connection |
 //! | [`ingest`] | the HTTP surface: `POST /currents`, `/healthz`, `/readyz`, `/metrics`, status codes |
 //! | [`currents`] | the Braze Currents wire model and its structural validation (no I/O) |
@@ -28,9 +30,11 @@ pub mod delivery;
 pub mod dlq;
 pub mod heap;
 pub mod ingest;
+pub mod lanes;
 pub mod loadgen;
 pub mod metrics;
 pub mod queue;
+pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod shutdown;

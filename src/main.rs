@@ -299,7 +299,9 @@ fn main() -> ExitCode {
             runtime.block_on(async {
                 match App::build(&settings).await {
                     Ok(app) => {
-                        app.run_until_stopped(shutdown::signal()).await;
+                        app.reload_from(args)
+                            .run_until_stopped(shutdown::signal())
+                            .await;
                         ExitCode::SUCCESS
                     }
                     Err(e) => {

@@ -184,6 +184,12 @@ pub const CATALOGUE: &[(&str, &str, &str, &str)] = &[
         "Connections the server closed or refused: idle_timeout, header_timeout, evicted (longest idle, to make room), refused (at the cap, none idle), tls_handshake_failed.",
     ),
     (
+        "currents_heap_config_reloads_total",
+        "counter",
+        "outcome",
+        "Configuration reloads on SIGHUP: applied, or refused (invalid; the old configuration stays in force).",
+    ),
+    (
         "currents_heap_tls_reloads_total",
         "counter",
         "outcome",
@@ -304,6 +310,7 @@ pub struct Metrics {
     pub connections_max: IntGauge,
     pub connections_closed: IntCounterVec,
     pub tls_reloads: IntCounterVec,
+    pub config_reloads: IntCounterVec,
     pub ingest_buffer_bytes: IntGauge,
     pub ingest_buffer_capacity: IntGauge,
 }
@@ -440,6 +447,11 @@ impl Metrics {
                 &["reason"],
             )
             .unwrap(),
+            config_reloads: IntCounterVec::new(
+                opts("currents_heap_config_reloads_total"),
+                &["outcome"],
+            )
+            .unwrap(),
             tls_reloads: IntCounterVec::new(opts("currents_heap_tls_reloads_total"), &["outcome"])
                 .unwrap(),
             ingest_buffer_bytes: IntGauge::with_opts(opts("currents_heap_ingest_buffer_bytes"))
@@ -491,6 +503,10 @@ impl Metrics {
         r.register(Box::new(m.connections_max.clone())).unwrap();
         r.register(Box::new(m.connections_closed.clone())).unwrap();
         r.register(Box::new(m.tls_reloads.clone())).unwrap();
+        r.register(Box::new(m.config_reloads.clone())).unwrap();
+        for outcome in ["applied", "refused"] {
+            m.config_reloads.with_label_values(&[outcome]);
+        }
         for outcome in ["reloaded", "failed"] {
             m.tls_reloads.with_label_values(&[outcome]);
         }
@@ -507,11 +523,8 @@ impl Metrics {
         for s in STATUSES {
             m.ingest_duration.with_label_values(&[*s]);
         }
-        let ingest_routes: Vec<&str> = routes.iter().copied().chain([UNROUTABLE]).collect();
-        for route in &ingest_routes {
-            for t in KNOWN_EVENT_TYPES.iter().chain(&["other"]) {
-                m.events_accepted.with_label_values(&[*t, route]);
-            }
+        for route in routes.iter().copied().chain([UNROUTABLE]) {
+            m.init_ingest_route(route);
         }
         for r in REJECT_REASONS {
             m.events_rejected.with_label_values(&[*r]);
@@ -522,33 +535,47 @@ impl Metrics {
         m.events_dead_lettered
             .with_label_values(&[UNROUTABLE, UNROUTABLE]);
         for route in routes {
-            m.events_delivered.with_label_values(&[route]);
-            m.delivery_paused.with_label_values(&[route]);
-            for r in crate::transform::SKIP_REASONS {
-                m.events_skipped.with_label_values(&[route, *r]);
-            }
-            for r in DEAD_LETTER_REASONS {
-                m.events_dead_lettered.with_label_values(&[route, *r]);
-            }
-            for e in [
-                crate::heap::model::TRACK_PATH,
-                crate::heap::model::USER_PROPERTIES_PATH,
-            ] {
-                m.heap_request_duration.with_label_values(&[route, e]);
-                for c in crate::heap::retry::STATUS_CLASSES {
-                    m.heap_requests.with_label_values(&[route, e, *c]);
-                }
-            }
-            for r in crate::heap::retry::RETRY_REASONS {
-                m.delivery_retries.with_label_values(&[route, *r]);
-            }
-            for b in ["app", "identity"] {
-                m.rate_limit_waits.with_label_values(&[route, b]);
-                m.rate_limit_wait_seconds.with_label_values(&[route, b]);
-                m.budget_per_minute.with_label_values(&[route, b]);
-            }
+            m.init_route(route);
         }
         m
+    }
+
+    /// Creates the ingest series of `route` at 0 (at start-up, and for a route a reload adds).
+    pub fn init_ingest_route(&self, route: &str) {
+        for t in KNOWN_EVENT_TYPES.iter().chain(&["other"]) {
+            self.events_accepted.with_label_values(&[*t, route]);
+        }
+    }
+
+    /// Creates every delivery series of `route` at 0 (at start-up, and for a route a reload
+    /// adds).
+    pub fn init_route(&self, route: &str) {
+        let m = self;
+        m.events_delivered.with_label_values(&[route]);
+        m.delivery_paused.with_label_values(&[route]);
+        for r in crate::transform::SKIP_REASONS {
+            m.events_skipped.with_label_values(&[route, *r]);
+        }
+        for r in DEAD_LETTER_REASONS {
+            m.events_dead_lettered.with_label_values(&[route, *r]);
+        }
+        for e in [
+            crate::heap::model::TRACK_PATH,
+            crate::heap::model::USER_PROPERTIES_PATH,
+        ] {
+            m.heap_request_duration.with_label_values(&[route, e]);
+            for c in crate::heap::retry::STATUS_CLASSES {
+                m.heap_requests.with_label_values(&[route, e, *c]);
+            }
+        }
+        for r in crate::heap::retry::RETRY_REASONS {
+            m.delivery_retries.with_label_values(&[route, *r]);
+        }
+        for b in ["app", "identity"] {
+            m.rate_limit_waits.with_label_values(&[route, b]);
+            m.rate_limit_wait_seconds.with_label_values(&[route, b]);
+            m.budget_per_minute.with_label_values(&[route, b]);
+        }
     }
 
     /// Counts a dead letter; an unexpected reason is counted as `other` (bounded labels).

@@ -51,6 +51,7 @@ impl BudgetShape {
     }
 }
 
+#[derive(Debug)]
 pub struct Budgets {
     app: DefaultDirectRateLimiter,
     identity: DefaultKeyedRateLimiter<String>,
@@ -70,6 +71,11 @@ impl Budgets {
             identity_shape,
             clock: DefaultClock::default(),
         }
+    }
+
+    /// Whether `other` enforces the same budgets (so one can stand in for the other).
+    pub fn same_shape(&self, other: &Budgets) -> bool {
+        self.app_shape == other.app_shape && self.identity_shape == other.identity_shape
     }
 
     /// Largest number of events one request may carry (the app burst).

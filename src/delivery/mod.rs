@@ -24,13 +24,13 @@ use std::time::Duration;
 
 pub use backoff::Backoff;
 pub use budget::{BudgetShape, Budgets};
-pub use scheduler::Delivery;
+pub use scheduler::{Delivery, LaneCarry};
 pub use sender::Sender;
 
 use crate::transform::MappingOptions;
 
 /// How the events of one route are mapped.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteMapping {
     pub mapping: MappingOptions,
     /// Keep skipped events (anonymous, excluded, ...) in the dead-letter store instead of
@@ -39,7 +39,7 @@ pub struct RouteMapping {
 }
 
 /// Everything one delivery lane (one Heap app id, one or more routes) needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeliveryConfig {
     /// The lane's name in logs and in the `route` metric label: its first route's name.
     pub lane: Arc<str>,

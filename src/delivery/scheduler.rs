@@ -60,6 +60,14 @@ pub struct Delivery {
     last_housekeeping: Instant,
 }
 
+/// What a lane hands to the lane that replaces it (a configuration reload): the budget state
+/// and a `Retry-After` pause, so neither starts afresh because the configuration changed.
+#[derive(Debug)]
+pub struct LaneCarry {
+    pub budgets: Budgets,
+    pub paused_until: Option<Instant>,
+}
+
 /// What one Heap request did with its items.
 enum Sent {
     Delivered,
@@ -110,9 +118,19 @@ impl Delivery {
         self.budgets.max_batch()
     }
 
+    /// Continues from a stopped lane of the same app id; its budgets are taken only when they
+    /// have the same shape (a changed budget starts afresh).
+    pub fn resume(&mut self, carry: LaneCarry) {
+        if carry.budgets.same_shape(&self.budgets) {
+            self.budgets = carry.budgets;
+        }
+        self.paused_until = carry.paused_until;
+    }
+
     /// Runs until `shutdown` is cancelled. A request in flight is finished first; whatever is
-    /// not acknowledged stays in the store for the next start.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    /// not acknowledged stays in the store for the next start. Returns what a successor lane
+    /// continues from.
+    pub async fn run(mut self, shutdown: CancellationToken) -> LaneCarry {
         tracing::info!(
             message = "Delivery started.",
             route = %self.cfg.lane,
@@ -176,6 +194,10 @@ impl Delivery {
             }
         }
         tracing::info!(message = "Delivery stopped.", route = %self.cfg.lane);
+        LaneCarry {
+            budgets: self.budgets,
+            paused_until: self.paused_until,
+        }
     }
 
     /// None when a batch should go now; else how long to wait for more events (linger) or

@@ -6,9 +6,9 @@ use bytes::Bytes;
 use http::Request;
 use hyper::body::Incoming;
 
-use super::IngestState;
 use super::body::{self, Encoding};
 use super::error::IngestError;
+use super::{IngestState, Routing};
 use crate::currents::{self, catalogue};
 use crate::queue::NewEvent;
 
@@ -30,7 +30,9 @@ pub async fn accept(req: Request<Incoming>, state: &IngestState) -> Result<Accep
             .find(|(k, _)| k == "workspace")
             .map(|(_, v)| Arc::<str>::from(v.as_ref()))
     });
-    if !state.auth.allows_for(req.headers(), workspace.as_deref()) {
+    // One routing snapshot for the whole request, even if a reload swaps it meanwhile.
+    let routing = state.routing();
+    if !routing.auth.allows_for(req.headers(), workspace.as_deref()) {
         return Err(IngestError::Unauthorized);
     }
     let encoding = Encoding::from_headers(req.headers())?;
@@ -60,16 +62,17 @@ pub async fn accept(req: Request<Incoming>, state: &IngestState) -> Result<Accep
         &mut reservation,
     )
     .await?;
-    append_body(body, workspace, state).await
+    append_body(body, workspace, &routing, state).await
 }
 
 /// Parses, validates, routes and durably appends a decoded body.
 async fn append_body(
     body: Bytes,
     workspace: Option<Arc<str>>,
+    routing: &Routing,
     state: &IngestState,
 ) -> Result<Accepted, IngestError> {
-    let by_group = state.router.needs_app_group_id();
+    let by_group = routing.router.needs_app_group_id();
     let events = {
         let batch = match currents::parse_batch(&body) {
             Ok(batch) => batch,
@@ -94,7 +97,7 @@ async fn append_body(
             .iter()
             .map(|ev| {
                 let group = if by_group { ev.app_group_id() } else { None };
-                let target = state.router.route(workspace.as_deref(), group.as_deref());
+                let target = routing.router.route(workspace.as_deref(), group.as_deref());
                 NewEvent {
                     route: target.map_or_else(|| Arc::from(UNROUTABLE), |t| Arc::clone(&t.name)),
                     app_id: target.map_or_else(|| Arc::from(""), |t| Arc::clone(&t.app_id)),
@@ -149,7 +152,7 @@ async fn append_body(
             unroutable += usize::from(*dead);
             if !*dead && !woken.contains(&&**app_id) {
                 woken.push(app_id);
-                if let Some(n) = state.new_data.get(&**app_id) {
+                if let Some(n) = routing.new_data.get(&**app_id) {
                     n.notify_one();
                 }
             }

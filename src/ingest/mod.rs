@@ -15,7 +15,7 @@ mod handler;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -58,18 +58,26 @@ impl Drop for InFlightGuard<'_> {
     }
 }
 
+/// What a configuration reload may change on the ingest side: who may post, where events go,
+/// whom to wake. A request takes one snapshot when it starts and uses it to the end.
+pub struct Routing {
+    pub auth: Auth,
+    /// Which route (and Heap app id) each event takes.
+    pub router: Router,
+    /// Per Heap app id: woken after each append for it, so delivery starts without polling.
+    pub new_data: HashMap<Arc<str>, Arc<Notify>>,
+    /// Events per second all delivery lanes together send with a backlog (for the drain
+    /// estimate); 0 when nothing delivers.
+    pub drain_rate: f64,
+}
+
 /// Everything a request needs, shared by all connections.
 pub struct IngestState {
-    pub auth: Auth,
+    routing: RwLock<Arc<Routing>>,
     pub max_body_bytes: u64,
     pub writer: Writer,
     pub store: Store,
     pub metrics: Metrics,
-    /// Which route (and Heap app id) each event takes.
-    pub router: Router,
-    /// Events per second all delivery lanes together send with a backlog (for the drain
-    /// estimate); 0 when nothing delivers.
-    pub drain_rate: f64,
     /// The ingest memory budget: body bytes held at once.
     pub buffer: IngestBuffer,
     /// Time a client has to send a body once its headers are in.
@@ -77,43 +85,47 @@ pub struct IngestState {
     pub in_flight: InFlight,
     /// Set by the server while every connection slot is taken (then `/readyz` is 503).
     pub connections_full: AtomicBool,
-    /// Per Heap app id: woken after each append for it, so delivery starts without polling.
-    pub new_data: HashMap<Arc<str>, Arc<Notify>>,
     draining: AtomicBool,
     reader: Mutex<Option<Reader>>,
 }
 
 impl IngestState {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        auth: Auth,
+        routing: Routing,
         max_body_bytes: u64,
         edge: &crate::config::EdgeSettings,
         writer: Writer,
         store: Store,
         metrics: Metrics,
-        new_data: HashMap<Arc<str>, Arc<Notify>>,
-        router: Router,
     ) -> Self {
         metrics
             .ingest_buffer_capacity
             .set(edge.ingest_buffer_bytes.min(i64::MAX as u64) as i64);
         Self {
-            auth,
+            routing: RwLock::new(Arc::new(routing)),
             max_body_bytes,
             writer,
             store,
             metrics,
-            router,
-            drain_rate: 0.0,
             buffer: IngestBuffer::new(edge.ingest_buffer_bytes, edge.ingest_wait_timeout),
             body_read_timeout: edge.body_read_timeout,
             in_flight: InFlight::default(),
             connections_full: AtomicBool::new(false),
-            new_data,
             draining: AtomicBool::new(false),
             reader: Mutex::new(None),
         }
+    }
+
+    /// The routing in force now.
+    pub fn routing(&self) -> Arc<Routing> {
+        Arc::clone(&self.routing.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Puts `routing` in force for requests that start from now on; returns the previous one
+    /// (held by the requests that started before, until they finish).
+    pub fn swap_routing(&self, routing: Routing) -> Arc<Routing> {
+        let mut guard = self.routing.write().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *guard, Arc::new(routing))
     }
 
     pub fn is_draining(&self) -> bool {
@@ -148,10 +160,11 @@ impl IngestState {
         self.metrics
             .ingest_buffer_bytes
             .set(self.buffer.used_bytes().min(i64::MAX as u64) as i64);
+        let drain_rate = self.routing().drain_rate;
         let drain = if stats.events() == 0 {
             0.0
-        } else if self.drain_rate > 0.0 {
-            stats.events() as f64 / self.drain_rate
+        } else if drain_rate > 0.0 {
+            stats.events() as f64 / drain_rate
         } else {
             f64::INFINITY
         };

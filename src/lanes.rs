@@ -1,0 +1,364 @@
+//! The delivery lanes of a configuration — one per Heap app id, serving every route that
+//! delivers there — and how a configuration reload changes them without losing or doubling an
+//! event.
+//!
+//! Why lanes are replaced rather than edited in place: a lane's state that matters lives in the
+//! store (an event leaves the queue only once Heap accepted it or it was dead-lettered), so a
+//! lane can always be stopped after its request in flight and another started on the same
+//! queue. What lives only in memory and shapes what Heap sees — the budget state and a
+//! `Retry-After` pause — is handed from the old lane to the new one ([`LaneCarry`]). Lanes
+//! whose configuration did not change keep running untouched.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{DEFAULT_ROUTE, Settings};
+use crate::delivery::{BudgetShape, Delivery, DeliveryConfig, LaneCarry, RouteMapping, Sender};
+use crate::heap::client::HeapClient;
+use crate::metrics::{Metrics, UNROUTABLE};
+use crate::queue::{QueueOp, Store, StoreError, Writer};
+use crate::routing::default_app_id;
+
+/// What one lane is: its delivery settings and where it sends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LanePlan {
+    pub cfg: DeliveryConfig,
+    pub base_url: String,
+}
+
+/// The lanes `settings` asks for, in order: the default route's first, then `[[route]]` tables
+/// in file order; routes sharing an app id share the first one's lane.
+pub fn plan(settings: &Settings) -> Vec<LanePlan> {
+    struct Spec {
+        name: String,
+        app_id: String,
+        base_url: String,
+        per_minute: NonZeroU32,
+        identity_per_minute: NonZeroU32,
+        routes: HashMap<String, RouteMapping>,
+        fallback: RouteMapping,
+    }
+    let mut specs: Vec<Spec> = Vec::new();
+    let mut add =
+        |name: &str, app_id: &str, base_url: &str, pm, ipm, mapping: RouteMapping| match specs
+            .iter_mut()
+            .find(|l| l.app_id == app_id)
+        {
+            Some(l) => {
+                l.routes.insert(name.to_owned(), mapping);
+            }
+            None => specs.push(Spec {
+                name: name.to_owned(),
+                app_id: app_id.to_owned(),
+                base_url: base_url.to_owned(),
+                per_minute: pm,
+                identity_per_minute: ipm,
+                routes: HashMap::from([(name.to_owned(), mapping.clone())]),
+                fallback: mapping,
+            }),
+        };
+    if let Some(app_id) = default_app_id(settings) {
+        add(
+            DEFAULT_ROUTE,
+            app_id,
+            &settings.heap_base_url,
+            settings.heap_events_per_minute,
+            settings.heap_identity_events_per_minute,
+            RouteMapping {
+                mapping: settings.mapping.options.clone(),
+                dead_letter_skipped: settings.dead_letter_skipped,
+            },
+        );
+    }
+    for r in &settings.routes {
+        add(
+            &r.name,
+            r.heap_app_id.as_str(),
+            &r.heap_base_url,
+            r.heap_events_per_minute,
+            r.heap_identity_events_per_minute,
+            RouteMapping {
+                mapping: r.mapping.options.clone(),
+                dead_letter_skipped: r.dead_letter_skipped,
+            },
+        );
+    }
+    specs
+        .into_iter()
+        .map(|l| LanePlan {
+            base_url: l.base_url,
+            cfg: DeliveryConfig {
+                lane: Arc::from(l.name.as_str()),
+                app_id: l.app_id,
+                routes: l.routes,
+                fallback: l.fallback,
+                batch_size: settings.heap_batch_size,
+                linger: settings.heap_linger,
+                events_per_window: l.per_minute,
+                identity_events_per_window: l.identity_per_minute,
+                window: settings.heap_budget_window,
+                backoff: settings.retry_backoff,
+                max_event_age: settings.max_event_age,
+            },
+        })
+        .collect()
+}
+
+/// A lane built and not yet started, running, or stopped.
+enum LaneState {
+    Ready(Box<Delivery>),
+    Stopped,
+    Running {
+        stop: CancellationToken,
+        task: JoinHandle<LaneCarry>,
+    },
+}
+
+struct Lane {
+    plan: LanePlan,
+    notify: Arc<Notify>,
+    state: LaneState,
+}
+
+/// What a reload did to the lanes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LaneChanges {
+    pub started: Vec<String>,
+    pub replaced: Vec<String>,
+    pub stopped: Vec<String>,
+    pub unchanged: Vec<String>,
+}
+
+/// The lanes of the running configuration, by Heap app id.
+pub struct LaneSet {
+    lanes: Vec<Lane>,
+    store: Store,
+    writer: Writer,
+    metrics: Metrics,
+    dry_run: bool,
+    heap_timeout: Duration,
+}
+
+impl LaneSet {
+    /// Builds the lanes of `settings` (not started: see [`LaneSet::start`]).
+    pub fn build(
+        settings: &Settings,
+        store: &Store,
+        writer: &Writer,
+        metrics: &Metrics,
+    ) -> Result<Self, StoreError> {
+        let mut set = LaneSet {
+            lanes: Vec::new(),
+            store: store.clone(),
+            writer: writer.clone(),
+            metrics: metrics.clone(),
+            dry_run: settings.dry_run,
+            heap_timeout: settings.heap_timeout,
+        };
+        for plan in plan(settings) {
+            let lane = set.new_lane(plan, Arc::new(Notify::new()))?;
+            set.lanes.push(lane);
+        }
+        Ok(set)
+    }
+
+    fn new_lane(&self, plan: LanePlan, notify: Arc<Notify>) -> Result<Lane, StoreError> {
+        let sender = if self.dry_run {
+            Sender::DryRun
+        } else {
+            Sender::Heap(Box::new(HeapClient::new(&plan.base_url, self.heap_timeout)))
+        };
+        self.metrics.init_route(&plan.cfg.lane);
+        for (budget, v) in [
+            ("app", plan.cfg.events_per_window),
+            ("identity", plan.cfg.identity_events_per_window),
+        ] {
+            self.metrics
+                .budget_per_minute
+                .with_label_values(&[&plan.cfg.lane, budget])
+                .set(i64::from(v.get()));
+        }
+        let delivery = Delivery::new(
+            plan.cfg.clone(),
+            sender,
+            self.writer.clone(),
+            self.store.reader()?,
+            self.metrics.clone(),
+            Arc::clone(&notify),
+        );
+        Ok(Lane {
+            plan,
+            notify,
+            state: LaneState::Ready(Box::new(delivery)),
+        })
+    }
+
+    /// Starts every lane that is not running yet.
+    pub fn start(&mut self) {
+        for lane in &mut self.lanes {
+            if let LaneState::Ready(delivery) =
+                std::mem::replace(&mut lane.state, LaneState::Stopped)
+            {
+                let stop = CancellationToken::new();
+                lane.state = LaneState::Running {
+                    task: tokio::spawn(delivery.run(stop.clone())),
+                    stop,
+                };
+            }
+        }
+    }
+
+    /// The bell ingest rings after appending for an app id.
+    pub fn notifiers(&self) -> HashMap<Arc<str>, Arc<Notify>> {
+        self.lanes
+            .iter()
+            .map(|l| (Arc::from(l.plan.cfg.app_id.as_str()), Arc::clone(&l.notify)))
+            .collect()
+    }
+
+    /// Events per second all lanes together send with a backlog.
+    pub fn drain_rate(&self) -> f64 {
+        self.lanes
+            .iter()
+            .map(|l| {
+                let burst = l
+                    .plan
+                    .cfg
+                    .batch_size
+                    .clamp(1, crate::heap::model::MAX_BULK_ITEMS);
+                BudgetShape::new(
+                    l.plan.cfg.events_per_window,
+                    l.plan.cfg.window,
+                    burst as u32,
+                )
+                .rate()
+            })
+            .sum()
+    }
+
+    pub fn app_ids(&self) -> impl Iterator<Item = &str> {
+        self.lanes.iter().map(|l| l.plan.cfg.app_id.as_str())
+    }
+
+    /// Moves to the lanes of `settings`: lanes whose plan is unchanged keep running; a changed
+    /// lane is stopped (its request in flight finishes) and replaced by one that continues from
+    /// its budgets and pause; new app ids get a lane; lanes of app ids no longer served stop
+    /// (their queued events are dead-lettered by [`dead_letter_orphans`] once no request routed
+    /// by the old configuration is in flight).
+    pub async fn apply(
+        &mut self,
+        settings: &Settings,
+        grace: Duration,
+    ) -> Result<LaneChanges, StoreError> {
+        let mut changes = LaneChanges::default();
+        let mut old: Vec<Lane> = std::mem::take(&mut self.lanes);
+        for plan in plan(settings) {
+            let name = plan.cfg.lane.to_string();
+            match old
+                .iter()
+                .position(|l| l.plan.cfg.app_id == plan.cfg.app_id)
+            {
+                Some(i) if old[i].plan == plan => {
+                    self.lanes.push(old.remove(i));
+                    changes.unchanged.push(name);
+                }
+                Some(i) => {
+                    let previous = old.remove(i);
+                    let notify = Arc::clone(&previous.notify);
+                    let carry = stop_lane(previous, grace).await;
+                    let mut lane = self.new_lane(plan, notify)?;
+                    if let (Some(carry), LaneState::Ready(d)) = (carry, &mut lane.state) {
+                        d.resume(carry);
+                    }
+                    self.lanes.push(lane);
+                    changes.replaced.push(name);
+                }
+                None => {
+                    let lane = self.new_lane(plan, Arc::new(Notify::new()))?;
+                    self.lanes.push(lane);
+                    changes.started.push(name);
+                }
+            }
+        }
+        for lane in old {
+            changes.stopped.push(lane.plan.cfg.lane.to_string());
+            stop_lane(lane, grace).await;
+        }
+        self.start();
+        Ok(changes)
+    }
+
+    /// Stops every lane (a request in flight finishes first), waiting at most `grace`.
+    pub async fn stop(self, grace: Duration) -> bool {
+        let mut all = true;
+        for lane in self.lanes {
+            all &= stop_lane(lane, grace).await.is_some();
+        }
+        all
+    }
+}
+
+/// Stops one lane; its carry when it stopped within `grace`.
+async fn stop_lane(lane: Lane, grace: Duration) -> Option<LaneCarry> {
+    match lane.state {
+        LaneState::Ready(_) | LaneState::Stopped => None,
+        LaneState::Running { stop, mut task } => {
+            stop.cancel();
+            match tokio::time::timeout(grace, &mut task).await {
+                Ok(Ok(carry)) => Some(carry),
+                _ => {
+                    task.abort();
+                    tracing::warn!(
+                        message = "A delivery lane did not stop within the grace period; its undelivered events stay queued.",
+                        route = %lane.plan.cfg.lane,
+                    );
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// Queued events whose app id no lane serves (the configuration changed) become dead letters
+/// `unroutable`: visible, counted, and replayable once the configuration routes them again.
+pub async fn dead_letter_orphans(
+    store: &Store,
+    writer: &Writer,
+    served: &[&str],
+) -> Result<(), StoreError> {
+    let queued = store
+        .reader()?
+        .queued_app_ids()
+        .map_err(|source| StoreError::Sqlite {
+            path: store.path().to_owned(),
+            source,
+        })?;
+    for app_id in queued {
+        if served.contains(&app_id.as_str()) {
+            continue;
+        }
+        match writer
+            .apply(QueueOp::DeadLetterApp {
+                app_id: app_id.clone(),
+                reason: UNROUTABLE.to_owned(),
+            })
+            .await
+        {
+            Ok(o) => tracing::warn!(
+                message = "Queued events for a Heap app id no route delivers to; kept as dead letters (reason unroutable). Fix the routes, then `dlq replay --reason unroutable`.",
+                app_id = %app_id,
+                events = o.rows,
+            ),
+            Err(e) => {
+                tracing::error!(message = "Cannot dead-letter orphaned events.", app_id = %app_id, error = %e)
+            }
+        }
+    }
+    Ok(())
+}

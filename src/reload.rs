@@ -1,0 +1,219 @@
+//! Live reload: `SIGHUP` re-reads the configuration (file, with the flags and environment of
+//! the start) and puts in force what can change without a restart: ingest tokens, routes,
+//! mapping options, budgets and the other delivery settings.
+//!
+//! Why this order, and why it loses and doubles nothing:
+//! 1. The new settings are loaded and validated first. An invalid file is refused with a log
+//!    line and `currents_heap_config_reloads_total{outcome="refused"}`; the old configuration
+//!    stays in force, untouched.
+//! 2. Lanes change next ([`crate::lanes::LaneSet::apply`]): a changed lane finishes its request
+//!    in flight and hands its budgets and pause to its successor; new app ids get a lane
+//!    before any event is routed to them.
+//! 3. Ingest's routing (tokens, router, the bells of the lanes) is swapped in one step. A
+//!    request takes its routing snapshot when it starts, so each batch is routed wholly by the
+//!    old or wholly by the new configuration, and none is refused because of the swap.
+//! 4. Once no request routed by the old configuration is still in flight, queued events of app
+//!    ids that no lane serves any more are dead-lettered `unroutable` — the start-up rule.
+//!
+//! Settings that shape the process itself (listen address, data directory, store limits,
+//! connection limits, TLS file paths, log format, dry run) take effect at the next start; a
+//! reload that changes them says so in its log line.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, DEFAULT_ROUTE, Settings, SettingsArgs};
+use crate::ingest::{Auth, IngestState, Routing};
+use crate::lanes::{LaneChanges, LaneSet, dead_letter_orphans};
+use crate::queue::{StoreError, Writer};
+use crate::routing::Router;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("the new configuration is invalid, the old one stays in force: {0}")]
+    Invalid(#[from] ConfigError),
+    #[error("this server was started without a configuration source to re-read")]
+    NoSource,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Reply = oneshot::Sender<Result<LaneChanges, ReloadError>>;
+
+/// Asks the running server to reload (what `SIGHUP` does), and waits for the outcome.
+#[derive(Clone, Debug)]
+pub struct ReloadHandle(mpsc::Sender<Reply>);
+
+impl ReloadHandle {
+    pub async fn reload(&self) -> Result<LaneChanges, ReloadError> {
+        let (tx, rx) = oneshot::channel();
+        self.0.send(tx).await.map_err(|_| ReloadError::NoSource)?;
+        rx.await.map_err(|_| ReloadError::NoSource)?
+    }
+}
+
+pub fn channel() -> (ReloadHandle, mpsc::Receiver<Reply>) {
+    let (tx, rx) = mpsc::channel(4);
+    (ReloadHandle(tx), rx)
+}
+
+/// Ingest's routing for `settings` and its lanes.
+pub fn routing_for(settings: &Settings, lanes: &LaneSet) -> Routing {
+    let route_tokens: Vec<(Option<&str>, &[crate::config::Secret])> = settings
+        .routes
+        .iter()
+        .filter(|r| !r.ingest_tokens.is_empty())
+        .map(|r| (r.workspace.as_deref(), r.ingest_tokens.as_slice()))
+        .collect();
+    let auth = Auth::with_routes(&settings.ingest_tokens, &route_tokens);
+    if auth.is_open() {
+        tracing::warn!(
+            message = "No ingest token configured: POST /currents accepts unauthenticated requests. Set --ingest-token / CURRENTS_HEAP_INGEST_TOKEN."
+        );
+    }
+    let router = Router::from_settings(settings);
+    if router.targets().next().is_none() {
+        tracing::warn!(
+            message = "No default route and no [[route]]: every event will be kept as an unroutable dead letter."
+        );
+    }
+    Routing {
+        auth,
+        router,
+        new_data: lanes.notifiers(),
+        drain_rate: lanes.drain_rate(),
+    }
+}
+
+/// The settings a reload cannot change, by name, where `new` differs from `old`.
+fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let mut check = |name, differs: bool| {
+        if differs {
+            changed.push(name);
+        }
+    };
+    check("listen", old.listen != new.listen);
+    check("data_dir", old.data_dir != new.data_dir);
+    check(
+        "max_queue_bytes",
+        old.max_queue_bytes != new.max_queue_bytes,
+    );
+    check("max_body_bytes", old.max_body_bytes != new.max_body_bytes);
+    check(
+        "min_free_disk_bytes",
+        old.min_free_disk_bytes != new.min_free_disk_bytes,
+    );
+    check("dedup_window", old.dedup_window != new.dedup_window);
+    check("dedup_capacity", old.dedup_capacity != new.dedup_capacity);
+    check("shutdown_grace", old.shutdown_grace != new.shutdown_grace);
+    check("connection and TLS settings", old.edge != new.edge);
+    check("log_format", old.log_format != new.log_format);
+    check("dry_run", old.dry_run != new.dry_run);
+    changed
+}
+
+/// The task that owns the lanes while the server runs: starts them, reloads on `SIGHUP` or a
+/// [`ReloadHandle`] request, and gives them back when `stop` is cancelled.
+pub struct Controller {
+    pub lanes: LaneSet,
+    pub state: Arc<IngestState>,
+    pub writer: Writer,
+    pub settings: Settings,
+    /// Flags and environment of the start; `None`: nothing to re-read (reloads are refused).
+    pub source: Option<SettingsArgs>,
+    pub grace: Duration,
+}
+
+impl Controller {
+    pub async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Reply>,
+        stop: CancellationToken,
+    ) -> LaneSet {
+        self.lanes.start();
+        let mut hangup = match &self.source {
+            Some(_) => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| {
+                    tracing::warn!(message = "Cannot listen for SIGHUP; live reload is off.", error = %e)
+                })
+                .ok(),
+            None => None,
+        };
+        loop {
+            let reply = tokio::select! {
+                _ = stop.cancelled() => return self.lanes,
+                Some(reply) = requests.recv() => Some(reply),
+                Some(()) = async {
+                    match hangup.as_mut() {
+                        Some(h) => h.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => None,
+            };
+            let outcome = self.reload().await;
+            if let Some(reply) = reply {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+
+    async fn reload(&mut self) -> Result<LaneChanges, ReloadError> {
+        let metrics = self.state.metrics.clone();
+        let result = self.try_reload().await;
+        let outcome = match &result {
+            Ok(changes) => {
+                tracing::info!(
+                    message = "Configuration reloaded.",
+                    lanes_started = ?changes.started,
+                    lanes_replaced = ?changes.replaced,
+                    lanes_stopped = ?changes.stopped,
+                    lanes_unchanged = ?changes.unchanged,
+                );
+                "applied"
+            }
+            Err(e) => {
+                tracing::error!(message = "Configuration not reloaded.", error = %e);
+                "refused"
+            }
+        };
+        metrics.config_reloads.with_label_values(&[outcome]).inc();
+        result
+    }
+
+    async fn try_reload(&mut self) -> Result<LaneChanges, ReloadError> {
+        let args = self.source.as_ref().ok_or(ReloadError::NoSource)?;
+        let new = Settings::load(args)?;
+        new.validate_for_serve()?;
+        let later = needs_restart(&self.settings, &new);
+        if !later.is_empty() {
+            tracing::warn!(
+                message = "Some changed settings take effect only at the next start.",
+                settings = ?later,
+            );
+        }
+        let metrics = &self.state.metrics;
+        for route in
+            std::iter::once(DEFAULT_ROUTE).chain(new.routes.iter().map(|r| r.name.as_str()))
+        {
+            metrics.init_route(route);
+            metrics.init_ingest_route(route);
+        }
+        let changes = self.lanes.apply(&new, self.grace).await?;
+        let old = self.state.swap_routing(routing_for(&new, &self.lanes));
+        // Requests routed by the old configuration hold its snapshot until they finish; their
+        // body deadline bounds the wait.
+        let deadline = Instant::now() + self.settings.edge.body_read_timeout + self.grace;
+        while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(old);
+        let served: Vec<&str> = self.lanes.app_ids().collect();
+        dead_letter_orphans(&self.state.store, &self.writer, &served).await?;
+        self.settings = new;
+        Ok(changes)
+    }
+}
