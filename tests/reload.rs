@@ -135,8 +135,8 @@ async fn a_reload_under_load_rotates_tokens_adds_a_route_and_loses_or_doubles_no
             let mut round = 0usize;
             while !stop.load(Ordering::Relaxed) && round < 400 {
                 let after = reloaded.load(Ordering::SeqCst);
-                let brand_b = round % 2 == 1;
-                let token = if after && round % 3 == 0 {
+                let brand_b = !round.is_multiple_of(2);
+                let token = if after && round.is_multiple_of(3) {
                     "tok-b"
                 } else {
                     "tok-a"
