@@ -245,6 +245,12 @@ pub const CONNECTION_CLOSE_REASONS: &[&str] = &[
     "tls_handshake_failed",
 ];
 
+/// Outcomes of a TLS certificate re-read (label `outcome` of `tls_reloads_total`).
+pub const TLS_RELOAD_OUTCOMES: &[&str] = &["reloaded", "failed"];
+
+/// Outcomes of a configuration reload (label `outcome` of `config_reloads_total`).
+pub const CONFIG_RELOAD_OUTCOMES: &[&str] = &["applied", "refused"];
+
 /// Reasons an event is refused (label `reason` of `events_rejected_total`).
 pub const REJECT_REASONS: &[&str] = &[
     "invalid_event",
@@ -504,11 +510,11 @@ impl Metrics {
         r.register(Box::new(m.connections_closed.clone())).unwrap();
         r.register(Box::new(m.tls_reloads.clone())).unwrap();
         r.register(Box::new(m.config_reloads.clone())).unwrap();
-        for outcome in ["applied", "refused"] {
-            m.config_reloads.with_label_values(&[outcome]);
+        for outcome in CONFIG_RELOAD_OUTCOMES {
+            m.config_reloads.with_label_values(&[*outcome]);
         }
-        for outcome in ["reloaded", "failed"] {
-            m.tls_reloads.with_label_values(&[outcome]);
+        for outcome in TLS_RELOAD_OUTCOMES {
+            m.tls_reloads.with_label_values(&[*outcome]);
         }
         r.register(Box::new(m.ingest_buffer_bytes.clone())).unwrap();
         r.register(Box::new(m.ingest_buffer_capacity.clone()))

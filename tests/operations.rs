@@ -29,7 +29,8 @@ use currents_heap::currents::catalogue::KNOWN_EVENT_TYPES;
 use currents_heap::heap::model::{TRACK_PATH, USER_PROPERTIES_PATH};
 use currents_heap::heap::retry::{RETRY_REASONS, STATUS_CLASSES};
 use currents_heap::metrics::{
-    CATALOGUE, DEAD_LETTER_REASONS, OUTCOMES, REJECT_REASONS, STATUSES, UNROUTABLE,
+    CATALOGUE, CONFIG_RELOAD_OUTCOMES, CONNECTION_CLOSE_REASONS, DEAD_LETTER_REASONS, OUTCOMES,
+    REJECT_REASONS, STATUSES, TLS_RELOAD_OUTCOMES, UNROUTABLE,
 };
 use currents_heap::transform::SKIP_REASONS;
 use serde_json::{Value, json};
@@ -246,6 +247,8 @@ const TARGET_LABELS: &[&str] = &[
 fn label_values(metric: &str, label: &str) -> Option<Vec<String>> {
     let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let values = match (metric, label) {
+        ("currents_heap_tls_reloads_total", "outcome") => owned(TLS_RELOAD_OUTCOMES),
+        ("currents_heap_config_reloads_total", "outcome") => owned(CONFIG_RELOAD_OUTCOMES),
         (_, "outcome") => owned(OUTCOMES),
         (_, "status") => owned(STATUSES),
         (_, "status_class") => owned(STATUS_CLASSES),
@@ -262,6 +265,9 @@ fn label_values(metric: &str, label: &str) -> Option<Vec<String>> {
             owned(REJECT_REASONS)
         }
         (m, "reason") if m.starts_with("currents_heap_events_skipped_total") => owned(SKIP_REASONS),
+        (m, "reason") if m.starts_with("currents_heap_connections_closed_total") => {
+            owned(CONNECTION_CLOSE_REASONS)
+        }
         (m, "reason") if m.starts_with("currents_heap_delivery_retries_total") => {
             owned(RETRY_REASONS)
         }
