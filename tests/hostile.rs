@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use currents_heap::loadgen::ServerProcess;
+
+mod common;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -41,25 +43,14 @@ fn spawn_limited(dir: &Path) -> ServerProcess {
     ServerProcess::spawn(
         &wrapper,
         &data,
-        &[
-            "--ingest-token",
-            "tok",
-            "--heap-app-id",
-            "1",
-            // Nothing listens there; delivery retries only after an hour.
-            "--heap-base-url",
-            "http://127.0.0.1:9",
-            "--retry-initial-backoff",
-            "1h",
-            "--retry-max-backoff",
-            "1h",
+        &common::heap_unreachable_and(&[
             "--idle-timeout",
             "2s",
             "--header-read-timeout",
             "1s",
             "--body-read-timeout",
             "3s",
-        ],
+        ]),
     )
 }
 
@@ -273,13 +264,19 @@ async fn a_well_behaved_client_is_served_while_hostile_clients_attack() {
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
                 .sum();
             assert_eq!(accepted, 300.0, "every good event is stored");
-            for reason in ["idle_timeout", "header_timeout", "evicted"] {
-                let n = metric(
+            let closed = |reason: &str| {
+                metric(
                     &metrics,
                     &format!("currents_heap_connections_closed_total{{reason=\"{reason}\"}}"),
-                );
-                assert!(n > 0.0, "some connections were closed for {reason}");
-            }
+                )
+            };
+            // Which of the silent and trickling connections time out and which are evicted
+            // at the cap depends on timing; both paths are tested alone in tests/api/edge.rs.
+            assert!(closed("evicted") > 0.0, "the cap made room");
+            assert!(
+                closed("idle_timeout") + closed("header_timeout") > 0.0,
+                "the timeouts closed connections"
+            );
             break;
         }
         assert!(

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use currents_heap::app::App;
 use currents_heap::config::{Settings, SettingsArgs};
 use currents_heap::loadgen::ServerProcess;
+
+mod common;
 use currents_heap::standin::{HeapStandIn, StandInConfig};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -165,20 +167,8 @@ async fn a_reload_under_load_rotates_tokens_adds_a_route_and_loses_or_doubles_no
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     write_config(&config, &config_v2(&heap.base_url()));
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &server.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !server.log().contains("Configuration reloaded.") {
-        assert!(
-            Instant::now() < deadline,
-            "no reload logged:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::sighup(&server);
+    common::wait_for_log(&server, "Configuration reloaded.", Duration::from_secs(60)).await;
     reloaded.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use currents_heap::loadgen::ServerProcess;
+
+mod common;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -93,22 +95,12 @@ async fn https_serves_http1_and_http2_and_swaps_certificates_without_dropping_co
     let server = ServerProcess::spawn(
         Path::new(env!("CARGO_BIN_EXE_currents-heap")),
         &data,
-        &[
-            "--ingest-token",
-            "tok",
-            "--heap-app-id",
-            "1",
-            "--heap-base-url",
-            "http://127.0.0.1:9",
-            "--retry-initial-backoff",
-            "1h",
-            "--retry-max-backoff",
-            "1h",
+        &common::heap_unreachable_and(&[
             "--tls-cert",
             cert.to_str().unwrap(),
             "--tls-key",
             key.to_str().unwrap(),
-        ],
+        ]),
     );
     let addr = server.addr;
 
@@ -143,11 +135,7 @@ async fn https_serves_http1_and_http2_and_swaps_certificates_without_dropping_co
     // Swap to pair b and send SIGHUP: new connections get b.
     install(&fixture("cert-b.pem"), &cert);
     install(&fixture("key-b.pem"), &key);
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &server.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    common::sighup(&server);
     wait_for_certificate(addr, "cert-b.pem").await;
 
     // The HTTP/2 connection from before the swap still serves.
@@ -161,19 +149,13 @@ async fn https_serves_http1_and_http2_and_swaps_certificates_without_dropping_co
 
     // A broken pair (certificate b, key a) is refused; a is still served.
     install(&fixture("cert-b.pem"), &cert);
-    std::process::Command::new("kill")
-        .args(["-HUP", &server.pid().to_string()])
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !server.log().contains("TLS certificate not reloaded") {
-        assert!(
-            Instant::now() < deadline,
-            "no refusal logged:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::sighup(&server);
+    common::wait_for_log(
+        &server,
+        "TLS certificate not reloaded",
+        Duration::from_secs(30),
+    )
+    .await;
     assert_eq!(
         presented(&connect(addr, b"http/1.1").await),
         cert_der("cert-a.pem")

@@ -137,15 +137,14 @@ impl Server {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            tokio::spawn(serve_connection(
-                stream,
+            let conn = Conn {
                 guard,
-                Arc::clone(&self.state),
-                builder.clone(),
-                self.edge.clone(),
-                self.stop.clone(),
-                self.tls.clone(),
-            ));
+                state: Arc::clone(&self.state),
+                builder: builder.clone(),
+                edge: self.edge.clone(),
+                stop: self.stop.clone(),
+            };
+            tokio::spawn(conn.run(stream, self.tls.clone()));
         }
     }
 
@@ -191,62 +190,85 @@ impl Server {
     }
 }
 
-/// Serves one connection (after its TLS handshake, if any) until it ends, its watchdog closes
-/// it, it is evicted, or the server stops.
-async fn serve_connection(
-    stream: TcpStream,
+/// One admitted connection and what serving it needs.
+struct Conn {
     guard: ConnGuard,
     state: Arc<IngestState>,
     builder: auto::Builder<TokioExecutor>,
     edge: EdgeSettings,
     stop: CancellationToken,
-    tls: Option<TlsAcceptor>,
-) {
-    let conn_state = Arc::clone(guard.state());
-    let io = TrackedIo::new(stream, Arc::clone(&conn_state));
-    match tls {
-        None => {
-            serve_io(
-                TokioIo::new(io),
-                &conn_state,
-                &state,
-                &builder,
-                &edge,
-                &stop,
-            )
-            .await
-        }
-        Some(acceptor) => {
-            // The handshake is part of the head: the header-read timeout covers it.
-            let handshake = tokio::select! {
-                done = acceptor.accept(io) => done,
-                why = watchdog(&conn_state, &edge) => {
-                    count_close(&state, why.as_str());
-                    return;
-                }
-                _ = conn_state.evict.cancelled() => return,
-                _ = stop.cancelled() => return,
-            };
-            match handshake {
-                Ok(tls) => {
-                    serve_io(
-                        TokioIo::new(tls),
-                        &conn_state,
-                        &state,
-                        &builder,
-                        &edge,
-                        &stop,
-                    )
-                    .await
-                }
-                Err(e) => {
-                    count_close(&state, "tls_handshake_failed");
-                    tracing::debug!(message = "TLS handshake failed.", error = %e);
-                }
+}
+
+impl Conn {
+    fn watched(&self) -> &Arc<ConnState> {
+        self.guard.state()
+    }
+
+    /// Serves the connection (after its TLS handshake, if any) until it ends, its watchdog
+    /// closes it, it is evicted, or the server stops.
+    async fn run(self, stream: TcpStream, tls: Option<TlsAcceptor>) {
+        let io = TrackedIo::new(stream, Arc::clone(self.watched()));
+        let Some(acceptor) = tls else {
+            return self.serve(TokioIo::new(io)).await;
+        };
+        // The handshake is part of the head: the header-read timeout covers it.
+        let handshake = tokio::select! {
+            done = acceptor.accept(io) => done,
+            why = watchdog(self.watched(), &self.edge) => {
+                count_close(&self.state, why.as_str());
+                return;
+            }
+            _ = self.watched().evict.cancelled() => return,
+            _ = self.stop.cancelled() => return,
+        };
+        match handshake {
+            Ok(tls) => self.serve(TokioIo::new(tls)).await,
+            Err(e) => {
+                count_close(&self.state, "tls_handshake_failed");
+                tracing::debug!(message = "TLS handshake failed.", error = %e);
             }
         }
     }
-    drop(guard);
+
+    async fn serve<S>(self, io: TokioIo<S>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let svc_conn = Arc::clone(self.watched());
+        let svc_state = Arc::clone(&self.state);
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let request = svc_conn.request_started(req.version() == Version::HTTP_2);
+            let st = Arc::clone(&svc_state);
+            async move {
+                let response = ingest::serve(req, st).await;
+                drop(request);
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let conn = self.builder.serve_connection(io, svc);
+        tokio::pin!(conn);
+        let graceful = tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(e) = ended {
+                    tracing::debug!(message = "Connection ended with an error.", error = %e);
+                }
+                return;
+            }
+            why = watchdog(self.watched(), &self.edge) => {
+                count_close(&self.state, why.as_str());
+                tracing::debug!(message = "Connection closed.", reason = why.as_str());
+                // A head that never completed has no request to finish: drop it at once.
+                why == CloseReason::IdleTimeout
+            }
+            // Evicted (already counted): idle by definition, closed at once.
+            _ = self.watched().evict.cancelled() => false,
+            _ = self.stop.cancelled() => true,
+        };
+        if graceful {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
+        }
+    }
 }
 
 fn count_close(state: &IngestState, reason: &str) {
@@ -281,52 +303,6 @@ async fn watch_certificate(store: Arc<CertStore>, stop: CancellationToken) {
         };
         let s = Arc::clone(&store);
         let _ = tokio::task::spawn_blocking(move || s.reload(force)).await;
-    }
-}
-
-async fn serve_io<S>(
-    io: TokioIo<S>,
-    conn_state: &Arc<ConnState>,
-    state: &Arc<IngestState>,
-    builder: &auto::Builder<TokioExecutor>,
-    edge: &EdgeSettings,
-    stop: &CancellationToken,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let svc_conn = Arc::clone(conn_state);
-    let svc_state = Arc::clone(state);
-    let svc = service_fn(move |req: Request<Incoming>| {
-        let request = svc_conn.request_started(req.version() == Version::HTTP_2);
-        let st = Arc::clone(&svc_state);
-        async move {
-            let response = ingest::serve(req, st).await;
-            drop(request);
-            Ok::<_, Infallible>(response)
-        }
-    });
-    let conn = builder.serve_connection(io, svc);
-    tokio::pin!(conn);
-    let graceful = tokio::select! {
-        ended = conn.as_mut() => {
-            if let Err(e) = ended {
-                tracing::debug!(message = "Connection ended with an error.", error = %e);
-            }
-            return;
-        }
-        why = watchdog(conn_state, edge) => {
-            count_close(state, why.as_str());
-            tracing::debug!(message = "Connection closed.", reason = why.as_str());
-            // A head that never completed has no request to finish: drop it at once.
-            why == CloseReason::IdleTimeout
-        }
-        // Evicted (already counted): idle by definition, closed at once.
-        _ = conn_state.evict.cancelled() => false,
-        _ = stop.cancelled() => true,
-    };
-    if graceful {
-        conn.as_mut().graceful_shutdown();
-        let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
     }
 }
 
