@@ -11,4 +11,7 @@
 pub mod catalogue;
 mod validate;
 
-pub use validate::{BatchError, EventError, ValidBatch, ValidEvent, parse_batch};
+pub use validate::{
+    BatchError, EventError, EventFields, MAX_ID_BYTES, ValidBatch, ValidEvent, object_entries,
+    parse_batch, read_event,
+};
