@@ -152,11 +152,19 @@ fn run_transform(file: &std::path::Path, route: Option<&str>, args: &SettingsArg
                 .map(|r| r["body"]["events"].as_array().map_or(0, Vec::len))
                 .sum::<usize>();
             eprintln!(
-                "{mapped} events mapped, {} skipped, {} duplicates in {} requests",
+                "{mapped} events mapped, {} skipped, {} duplicates in {} requests; {} values dropped",
                 out.skipped.len(),
                 out.duplicates.len(),
-                out.requests.len()
+                out.requests.len(),
+                out.dropped.len()
             );
+            for (index, d) in &out.dropped {
+                eprintln!(
+                    "dropped value {} of event {index}: {} (the rest of the event is sent)",
+                    d.path,
+                    d.reason.as_str()
+                );
+            }
             for (index, id, reason) in &out.skipped {
                 eprintln!("skipped event {index} (id {id:?}): {}", reason.as_str());
             }

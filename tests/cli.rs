@@ -272,3 +272,47 @@ fn a_second_server_on_the_same_data_dir_refuses_to_start() {
     let err = String::from_utf8(second.stderr).unwrap();
     assert!(err.contains("in use by another"), "{err}");
 }
+
+/// `transform` shares serve's mapping: a non-finite number or a 100,000-level value inside
+/// `properties` drops that value only, and the event is sent with everything else.
+#[test]
+fn transform_drops_only_the_values_heap_cannot_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("odd.json");
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let deep_object = format!("{}1{}", r#"{"a":"#.repeat(100_000), "}".repeat(100_000));
+    std::fs::write(
+        &file,
+        format!(
+            r#"{{"events":[{{"event_type":"users.behaviors.CustomEvent","id":"odd","time":1780000000,
+                "user":{{"external_user_id":"alice"}},
+                "properties":{{"name":"Added","big":1e999,"deep":{deep},"obj":{deep_object},"plan":"pro"}}}}]}}"#
+        ),
+    )
+    .unwrap();
+    let out = run(&["transform", file.to_str().unwrap(), "--heap-app-id", "42"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(stdout.lines().next().expect("a track request")).unwrap();
+    let item = &first["body"]["events"][0];
+    assert_eq!(item["event"], "Added");
+    assert_eq!(item["properties"]["plan"], "pro");
+    for gone in ["big", "deep", "obj"] {
+        assert!(
+            item["properties"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .all(|k| !k.starts_with(gone)),
+            "{gone} was sent: {item}"
+        );
+    }
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("1 events mapped, 0 skipped"), "{stderr}");
+    assert!(
+        stderr.contains("dropped value properties.big of event 0: non_finite_number"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(": too_deep"), "{stderr}");
+}

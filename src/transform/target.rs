@@ -23,6 +23,10 @@ pub enum Target {
     UserId(String),
 }
 
+/// The fields of `user` the mapping reads (identity, synthetic `user_id`, metadata properties);
+/// nothing else of `user` is looked at.
+pub const USER_FIELDS: &[&str] = &["external_user_id", "user_id", "device_id", "timezone"];
+
 /// Resolves the Heap target of an event from its `user` object.
 ///
 /// | `user.external_user_id` | skip mode | `synthetic_user_id` mode |
