@@ -212,6 +212,22 @@ fn options() -> impl Strategy<Value = MappingOptions> {
         })
 }
 
+/// C0/C1 controls, DEL, and the format / bidi characters most used to disguise text (written
+/// out here, independently of the mapping's own list).
+fn has_control(s: &str) -> bool {
+    s.chars().any(|c| {
+        let n = c as u32;
+        n < 0x20
+            || (0x7f..=0x9f).contains(&n)
+            || (0x200b..=0x200f).contains(&n)
+            || (0x202a..=0x202e).contains(&n)
+            || (0x2066..=0x2069).contains(&n)
+            || n == 0xfeff
+            || n == 0x2028
+            || n == 0x2029
+    })
+}
+
 fn check_track(item: &TrackItem) -> Result<(), TestCaseError> {
     prop_assert_eq!(validate_track_item(item), Ok(()));
     if let Some(identity) = &item.identity {
@@ -219,6 +235,7 @@ fn check_track(item: &TrackItem) -> Result<(), TestCaseError> {
             !is_placeholder_identity(identity),
             "placeholder {identity:?}"
         );
+        prop_assert!(!has_control(identity), "control character in {identity:?}");
     }
     Ok(())
 }
@@ -226,6 +243,7 @@ fn check_track(item: &TrackItem) -> Result<(), TestCaseError> {
 fn check_users(item: &UserPropertiesItem) -> Result<(), TestCaseError> {
     prop_assert_eq!(validate_user_properties_item(item), Ok(()));
     prop_assert!(!is_placeholder_identity(&item.identity));
+    prop_assert!(!has_control(&item.identity));
     Ok(())
 }
 
@@ -268,7 +286,7 @@ proptest! {
             }
             Err(SkipReason::Anonymous | SkipReason::InvalidIdentity) => {
                 let usable = event["user"]["external_user_id"].as_str().is_some_and(|x| {
-                    !is_placeholder_identity(x) && x.chars().count() <= 255
+                    !is_placeholder_identity(x) && x.chars().count() <= 255 && !has_control(x)
                 });
                 prop_assert!(!usable, "usable identity skipped");
             }
@@ -429,6 +447,45 @@ fn every_known_type_maps_with_every_reserved_key_and_placeholder() {
                 map_event(e.to_string().as_bytes(), &MappingOptions::default()),
                 Err(SkipReason::InvalidIdentity)
             );
+        }
+    }
+}
+
+/// An identity is irreversible in Heap: one with a NUL, an ESC, a right-to-left override or
+/// another invisible control or format character is never sent, neither on a track item nor as
+/// a user-properties target; with `synthetic_user_id` the event goes under the Braze user's
+/// synthetic Heap `user_id` instead, like any placeholder identity.
+#[test]
+fn identities_with_control_characters_are_never_sent() {
+    let synthetic =
+        MappingOptions::from_parts(None, None, Some("synthetic_user_id"), &[], &[], &[]).unwrap();
+    for identity in [
+        "user\u{0}1",
+        "\u{1b}[2Jwiped",
+        "admin\u{202E}txt.exe",
+        "\u{2067}rtl\u{2069}",
+        "c1\u{9b}",
+        "zw\u{200D}j",
+        "\u{FEFF}",
+        "tag\u{E0061}",
+    ] {
+        for event_type in [
+            "users.messages.email.Send",
+            "users.behaviors.InstallAttribution",
+        ] {
+            let event = json!({"event_type": event_type, "id": "i", "time": 1,
+                "user": {"external_user_id": identity, "user_id": "b-1"},
+                "properties": {"source": "ads"}});
+            let raw = event.to_string();
+            assert_eq!(
+                map_event(raw.as_bytes(), &MappingOptions::default()),
+                Err(SkipReason::InvalidIdentity),
+                "{identity:?} in {event_type}"
+            );
+            let mapped = map_event(raw.as_bytes(), &synthetic).unwrap();
+            assert_eq!(mapped.track.identity, None, "{identity:?}");
+            assert!(mapped.track.user_id.is_some());
+            assert_eq!(mapped.user_properties, None, "{identity:?}");
         }
     }
 }

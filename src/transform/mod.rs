@@ -49,7 +49,8 @@ use target::Target;
 pub enum SkipReason {
     /// No `user.external_user_id` (and no synthetic `user_id` possible or configured).
     Anonymous,
-    /// A placeholder or over-long `user.external_user_id`.
+    /// A placeholder or over-long `user.external_user_id`, or one holding a control or format
+    /// character ([`target::is_invisible_control`]).
     InvalidIdentity,
     /// The event type is not included, or is excluded, by the settings.
     Excluded,
