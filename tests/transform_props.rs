@@ -258,7 +258,13 @@ proptest! {
         match first {
             Ok(mapped) => {
                 check_track(&mapped.track)?;
-                prop_assert_eq!(Some(mapped.track.idempotency_key.as_str()), event["id"].as_str());
+                let id = event["id"].as_str().unwrap();
+                if id.len() <= 255 && !id.starts_with("sha256:") {
+                    prop_assert_eq!(&mapped.track.idempotency_key, id);
+                } else {
+                    prop_assert!(mapped.track.idempotency_key.starts_with("sha256:"));
+                    prop_assert_eq!(mapped.track.idempotency_key.len(), 71);
+                }
                 prop_assert!(mapped.track.event.starts_with(opts.prefix()));
                 match (&mapped.track.identity, event["user"].get("external_user_id")) {
                     (Some(identity), Some(Value::String(x))) => prop_assert_eq!(identity, x),
@@ -488,4 +494,41 @@ fn identities_with_control_characters_are_never_sent() {
             assert_eq!(mapped.user_properties, None, "{identity:?}");
         }
     }
+}
+
+/// A 1 MB `id` must not become a 1 MB `idempotency_key`: ids over 255 bytes are sent as
+/// `sha256:<hex>`, the same for every re-send of the event; `braze_event_id` keeps the id, cut
+/// to 1023 characters like any string.
+#[test]
+fn long_event_ids_become_bounded_stable_idempotency_keys() {
+    let key_of = |id: &str| {
+        let event = json!({"event_type": "users.messages.email.Send", "id": id, "time": 1,
+            "user": {"external_user_id": "alice"}});
+        map_event(event.to_string().as_bytes(), &MappingOptions::default()).unwrap()
+    };
+    let uuid = "f47ac10b-58cc-4372-a567-0e02b2c3d479";
+    assert_eq!(key_of(uuid).track.idempotency_key, uuid);
+    let at_limit = "x".repeat(255);
+    assert_eq!(key_of(&at_limit).track.idempotency_key, at_limit);
+    for long in ["x".repeat(256), "y".repeat(1024), "z".repeat(1 << 20)] {
+        let mapped = key_of(&long);
+        let key = &mapped.track.idempotency_key;
+        assert!(key.starts_with("sha256:"), "{key}");
+        assert_eq!(key.len(), "sha256:".len() + 64);
+        assert!(
+            key["sha256:".len()..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit())
+        );
+        assert_eq!(key, &key_of(&long).track.idempotency_key, "stable");
+        let braze_id = serde_json::to_value(&mapped.track.properties["braze_event_id"]).unwrap();
+        assert_eq!(
+            braze_id.as_str().unwrap().chars().count(),
+            long.len().min(1023)
+        );
+    }
+    assert_ne!(
+        key_of(&"x".repeat(300)).track.idempotency_key,
+        key_of(&"x".repeat(301)).track.idempotency_key
+    );
 }

@@ -25,6 +25,7 @@ use std::fmt;
 
 use serde::Serialize;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 pub mod docs;
 pub mod names;
@@ -102,6 +103,31 @@ pub struct Mapped {
     pub dropped: Vec<DroppedValue>,
 }
 
+/// Longest event `id` sent verbatim as the Heap `idempotency_key`, in bytes. Braze ids are
+/// 36-character UUIDs; ingest refuses ids over [`crate::currents::MAX_ID_BYTES`] (1024 bytes).
+pub const MAX_VERBATIM_ID_BYTES: usize = 255;
+
+/// What a hashed `idempotency_key` starts with.
+pub const HASHED_KEY_PREFIX: &str = "sha256:";
+
+/// The Heap `idempotency_key` of an event `id`: the id itself when it has at most
+/// [`MAX_VERBATIM_ID_BYTES`] bytes, else `sha256:` and the 64 lowercase hex digits of the
+/// SHA-256 of its UTF-8 bytes, so keys stay bounded (Heap documents no limit; every re-send of
+/// an event still gets the same key). An id that itself starts with `sha256:` is hashed too, so
+/// a verbatim id can never equal the key of another, long one.
+pub fn idempotency_key(id: &str) -> String {
+    if id.len() <= MAX_VERBATIM_ID_BYTES && !id.starts_with(HASHED_KEY_PREFIX) {
+        return id.to_owned();
+    }
+    let digest = Sha256::digest(id.as_bytes());
+    let mut key = String::with_capacity(HASHED_KEY_PREFIX.len() + 64);
+    key.push_str(HASHED_KEY_PREFIX);
+    for b in digest.iter() {
+        key.push_str(&format!("{b:02x}"));
+    }
+    key
+}
+
 /// Maps one stored Currents event (its raw JSON bytes) to Heap items, or says why it is skipped.
 ///
 /// Checks run in this order: [`SkipReason::Unparseable`] (not an object with a non-empty string
@@ -142,7 +168,7 @@ pub fn map_event(raw: &[u8], opts: &MappingOptions) -> Result<Mapped, SkipReason
         user_id,
         event: event_name_for(event_type, custom_name, opts),
         timestamp: target::heap_timestamp(head.time),
-        idempotency_key: id.to_owned(),
+        idempotency_key: idempotency_key(id),
         properties: properties::event_properties(event_type, id, user, properties, opts),
     };
     let user_properties = match target {
@@ -391,6 +417,38 @@ mod tests {
         assert!(count(&after, "too_deep") >= count(&before, "too_deep") + 2.0);
         // Deterministic, drops included.
         assert_eq!(map_event(raw.as_bytes(), &MappingOptions::default()), Ok(m));
+    }
+
+    #[test]
+    fn long_ids_become_hashed_idempotency_keys() {
+        let at_limit = "u".repeat(MAX_VERBATIM_ID_BYTES);
+        assert_eq!(idempotency_key(&at_limit), at_limit);
+        assert_eq!(idempotency_key("ev-1"), "ev-1");
+        let long = "u".repeat(MAX_VERBATIM_ID_BYTES + 1);
+        let key = idempotency_key(&long);
+        // Pinned: a different derivation would let re-sent events double in Heap.
+        let digest = Sha256::digest(long.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(key, format!("sha256:{hex}"));
+        assert_eq!(
+            idempotency_key("abc".repeat(100).as_str()),
+            idempotency_key("abc".repeat(100).as_str())
+        );
+        assert_ne!(idempotency_key(&long), idempotency_key(&format!("{long}x")));
+        // No verbatim key can pose as a hashed one.
+        assert!(idempotency_key(&key).starts_with("sha256:"));
+        assert_ne!(idempotency_key(&key), key);
+
+        let mut e = email_send();
+        e["id"] = json!("é".repeat(600));
+        let m = map(e, &MappingOptions::default()).unwrap();
+        assert_eq!(m.track.idempotency_key, idempotency_key(&"é".repeat(600)));
+        assert_eq!(m.track.idempotency_key.len(), 71);
+        assert_eq!(
+            m.track.properties["braze_event_id"],
+            crate::heap::model::PropertyValue::Str("é".repeat(600))
+        );
+        assert_eq!(validate_track_item(&m.track), Ok(()));
     }
 
     #[test]
