@@ -18,6 +18,25 @@ fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("binary runs")
 }
 
+/// Runs `cmd` to completion, or kills it after `secs` (a command expected to exit at once must
+/// not hang the suite when it does not, e.g. a `serve` that starts instead of refusing).
+fn output_within(cmd: &mut Command, secs: u64) -> Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
 fn fixture(name: &str) -> String {
     format!("{}/fixtures/currents/{name}", env!("CARGO_MANIFEST_DIR"))
 }
@@ -315,4 +334,67 @@ fn transform_drops_only_the_values_heap_cannot_take() {
         "{stderr}"
     );
     assert!(stderr.contains(": too_deep"), "{stderr}");
+}
+
+/// An empty secret mounted into the token variable (or a blank flag, or `,,`, or a route's
+/// `ingest_token = [""]`) must not silently turn authentication off: `check-config` and `serve`
+/// exit 2 naming the setting in all its forms. Not set at all still means "open".
+#[test]
+fn a_blank_ingest_token_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let forms = [
+        "ingest_token",
+        "--ingest-token",
+        "CURRENTS_HEAP_INGEST_TOKEN",
+    ];
+    let check = |out: Output, what: &str| {
+        assert_eq!(out.status.code(), Some(2), "{what}: {out:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        for form in forms {
+            assert!(err.contains(form), "{what}: {err}");
+        }
+        assert!(err.contains("holds no token"), "{what}: {err}");
+    };
+    for blank in ["", "  ", ",,"] {
+        for command in ["check-config", "serve"] {
+            let args = [
+                command,
+                "--dry-run",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data,
+            ];
+            let by_env = output_within(
+                bin().args(args).env("CURRENTS_HEAP_INGEST_TOKEN", blank),
+                30,
+            );
+            check(by_env, &format!("{command} with env {blank:?}"));
+            let by_flag = output_within(bin().args(args).args(["--ingest-token", blank]), 30);
+            check(by_flag, &format!("{command} --ingest-token {blank:?}"));
+        }
+    }
+    let file = dir.path().join("c.toml");
+    std::fs::write(
+        &file,
+        "heap_app_id = \"1\"\n[[route]]\nname = \"a\"\nworkspace = \"a\"\nheap_app_id = \"2\"\ningest_token = [\"\"]\n",
+    )
+    .unwrap();
+    let out = run(&["check-config", "--config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("`ingest_token` of [[route]] #1") && err.contains("holds no token"),
+        "{err}"
+    );
+    // Not set at all: valid, no token.
+    let out = run(&["check-config", "--dry-run"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("ingest_token = []")
+    );
 }
