@@ -398,3 +398,80 @@ fn a_blank_ingest_token_is_a_configuration_error() {
             .contains("ingest_token = []")
     );
 }
+
+/// `bin()` under `ulimit -v` (KiB): a regression to reading input whole fails the test on the
+/// memory limit instead of eating the machine's memory.
+fn bin_with_memory_limit(kib: u64) -> Command {
+    let mut c = Command::new("sh");
+    c.args([
+        "-c",
+        &format!("ulimit -v {kib} && exec \"$0\" \"$@\""),
+        env!("CARGO_BIN_EXE_currents-heap"),
+    ]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CURRENTS_HEAP_") || k.starts_with("HEAP_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+/// `transform` reads at most serve's request-body limit (`--max-body-bytes`, 8 MiB by default)
+/// and refuses more with exit 1, like any input serve would refuse; `/dev/zero` never makes it
+/// allocate more than that.
+#[test]
+fn transform_refuses_input_over_the_body_limit() {
+    let out = output_within(
+        bin_with_memory_limit(1 << 20).args(["transform", "/dev/zero"]),
+        60,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("/dev/zero is larger than 8388608 bytes") && err.contains("--max-body-bytes"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.json");
+    let events = format!(
+        "{{\"events\":[{}]}}",
+        vec![r#"{"id":"a","event_type":"t","time":1,"user":{"external_user_id":"u"}}"#; 20_000]
+            .join(",")
+    );
+    assert!(events.len() > 1 << 20 && events.len() < 2 << 20);
+    std::fs::write(&file, &events).unwrap();
+    let path = file.to_str().unwrap();
+    let out = run(&["transform", path, "--max-body-bytes", "1MiB"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("larger than 1048576 bytes")
+    );
+    let out = run(&["transform", path, "--max-body-bytes", "2MiB"]);
+    assert!(out.status.success(), "{out:?}");
+    // Standard input is bounded the same way.
+    let out = output_within(
+        bin_with_memory_limit(1 << 20)
+            .args(["transform", "-"])
+            .stdin(std::fs::File::open("/dev/zero").unwrap()),
+        60,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+}
+
+/// A configuration file is read up to 1 MiB; `--config /dev/zero` is refused with exit 2.
+#[test]
+fn check_config_refuses_a_config_file_over_1_mib() {
+    let out = output_within(
+        bin_with_memory_limit(1 << 20).args(["check-config", "--dry-run", "--config", "/dev/zero"]),
+        60,
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("/dev/zero") && err.contains("larger than 1 MiB"),
+        "{err}"
+    );
+}

@@ -64,6 +64,32 @@ pub struct Settings {
     pub routes: Vec<RouteSettings>,
 }
 
+/// Largest configuration file read: a real one is a few kilobytes, and `--config /dev/zero`
+/// (or a log file by mistake) must not be read without end.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// The text of the configuration file, read up to [`MAX_CONFIG_BYTES`] (plus one byte, to tell
+/// a file over the limit).
+fn read_config_file(path: &std::path::Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| ConfigError::file(path, format!("cannot read: {e}"));
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(cannot)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::file(
+            path,
+            "is larger than 1 MiB, the most a configuration file may hold (is --config / \
+             CURRENTS_HEAP_CONFIG pointing at the right file?)",
+        ));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| ConfigError::file(path, "cannot read: the file is not UTF-8 text"))
+}
+
 /// Picks the flag/env value if given, else the file value.
 fn pick<T>(args: Option<T>, file: Option<T>) -> Option<T> {
     args.or(file)
@@ -85,8 +111,7 @@ impl Settings {
         let args = args.as_ref();
         let file = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError::file(path, format!("cannot read: {e}")))?;
+                let text = read_config_file(path)?;
                 toml::from_str::<FileConfig>(&text)
                     .map_err(|e| ConfigError::file(path, e.to_string()))?
             }
@@ -686,6 +711,34 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    #[test]
+    fn the_config_file_is_read_up_to_a_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.toml");
+        let mut text = "heap_app_id = \"1\"\n".to_string();
+        text.push_str(&"#".repeat(MAX_CONFIG_BYTES as usize - text.len()));
+        std::fs::write(&path, &text).unwrap();
+        let args = SettingsArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        assert!(Settings::load(&args).is_ok(), "exactly 1 MiB is fine");
+        text.push('#');
+        std::fs::write(&path, &text).unwrap();
+        let err = Settings::load(&args).unwrap_err().to_string();
+        assert!(
+            err.contains("larger than 1 MiB") && err.contains("big.toml"),
+            "{err}"
+        );
+        let err = Settings::load(&SettingsArgs {
+            config: Some("/dev/zero".into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("larger than 1 MiB"), "{err}");
     }
 
     #[test]
