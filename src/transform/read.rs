@@ -110,7 +110,7 @@ impl Reader {
         if !raw.get().starts_with('{') {
             return None;
         }
-        match self.value(raw, 0, path)? {
+        match self.value(raw, 0, &mut path.to_owned())? {
             Value::Object(map) => Some(map),
             _ => None,
         }
@@ -128,16 +128,20 @@ impl Reader {
             return None;
         }
         let Ok(entries) = object_entries(raw.get()) else {
-            self.drop(path.to_owned(), DropReason::InvalidString);
+            self.drop(path, DropReason::InvalidString);
             return None;
         };
         let mut map = Map::new();
+        let mut path = path.to_owned();
         for (key, value) in entries {
-            if keys.contains(&key.as_ref())
-                && let Some(v) = self.value(value, 1, &child_path(path, &key))
-            {
+            if !keys.contains(&key.as_ref()) {
+                continue;
+            }
+            let len = push_key(&mut path, &key);
+            if let Some(v) = self.value(value, 1, &mut path) {
                 map.insert(key.into_owned(), v);
             }
+            path.truncate(len);
         }
         Some(map)
     }
@@ -146,23 +150,29 @@ impl Reader {
     /// `None` when `raw` itself is left out, or is an object or array that only held values
     /// left out (`[1e999]`, or the shell above a too-deep value: `[[[…]]]` must not become
     /// `"[[[]]]"`).
-    fn value(&mut self, raw: &RawValue, depth: usize, path: &str) -> Option<Value> {
+    ///
+    /// `path` names `raw` (for [`DroppedValue::path`]); it is extended in place for the children
+    /// and restored, so reading allocates no path per value.
+    fn value(&mut self, raw: &RawValue, depth: usize, path: &mut String) -> Option<Value> {
         let text = raw.get();
         match text.as_bytes().first() {
             Some(b'{' | b'[') if depth >= MAX_DEPTH => {
-                self.drop(path.to_owned(), DropReason::TooDeep);
+                self.drop(path, DropReason::TooDeep);
                 None
             }
             Some(b'{') => {
                 let Ok(entries) = object_entries(text) else {
-                    self.drop(path.to_owned(), DropReason::InvalidString);
+                    self.drop(path, DropReason::InvalidString);
                     return None;
                 };
                 let mut map = Map::new();
                 let mut lost = false;
                 for (key, value) in entries {
+                    let len = push_key(path, &key);
+                    let read = self.value(value, depth + 1, path);
+                    path.truncate(len);
                     // Like serde_json's own `Value`: a repeated key keeps its last value.
-                    match self.value(value, depth + 1, &child_path(path, &key)) {
+                    match read {
                         Some(v) => {
                             map.insert(key.into_owned(), v);
                         }
@@ -181,7 +191,13 @@ impl Reader {
                 let mut out = Vec::with_capacity(items.len());
                 let mut lost = false;
                 for (i, item) in items.into_iter().enumerate() {
-                    match self.value(item, depth + 1, &format!("{path}[{i}]")) {
+                    let len = path.len();
+                    if len <= MAX_PATH_BYTES {
+                        path.push_str(&format!("[{i}]"));
+                    }
+                    let read = self.value(item, depth + 1, path);
+                    path.truncate(len);
+                    match read {
                         Some(v) => out.push(v),
                         None => lost = true,
                     }
@@ -197,29 +213,36 @@ impl Reader {
                     } else {
                         DropReason::NonFiniteNumber
                     };
-                    self.drop(path.to_owned(), reason);
+                    self.drop(path, reason);
                     None
                 }
             },
         }
     }
 
-    fn drop(&mut self, mut path: String, reason: DropReason) {
-        if path.chars().count() > MAX_PATH_CHARS {
-            path = format!("{}…", truncate_chars(&path, MAX_PATH_CHARS - 1));
-        }
+    fn drop(&mut self, path: &str, reason: DropReason) {
+        let path = if path.chars().count() > MAX_PATH_CHARS {
+            format!("{}…", truncate_chars(path, MAX_PATH_CHARS - 1))
+        } else {
+            path.to_owned()
+        };
         self.dropped.push(DroppedValue { path, reason });
     }
 }
 
-/// `parent.key`, built only up to a bounded length: a path is for humans, and keys nested 32
-/// deep could be megabytes long together.
-fn child_path(parent: &str, key: &str) -> String {
-    if parent.len() > 4 * MAX_PATH_CHARS {
-        return parent.to_owned();
+/// Past this many bytes a path is not extended: it is for humans, cut to [`MAX_PATH_CHARS`]
+/// anyway, and keys nested 32 deep could be megabytes long together.
+const MAX_PATH_BYTES: usize = 4 * MAX_PATH_CHARS;
+
+/// Appends `.key` to `path` (unless it is long enough already); returns the length to truncate
+/// back to.
+fn push_key(path: &mut String, key: &str) -> usize {
+    let len = path.len();
+    if len <= MAX_PATH_BYTES {
+        path.push('.');
+        path.push_str(truncate_chars(key, MAX_PATH_CHARS));
     }
-    let key = truncate_chars(key, MAX_PATH_CHARS + 1);
-    format!("{parent}.{key}")
+    len
 }
 
 #[cfg(test)]
