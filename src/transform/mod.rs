@@ -5,8 +5,9 @@
 //! after a dead-letter replay. The same bytes and the same [`MappingOptions`] must always give
 //! the same Heap items (and so the same `idempotency_key`), whether in `serve`, in the
 //! `transform` dry-run subcommand or in a test. (Its one side effect, counting the values it
-//! leaves out in a process-wide metric, never changes a result.) Everything the mapping decides is documented in
-//! `docs/MAPPING.md`, whose tables are generated from this module (see [`docs`]).
+//! leaves out in a process-wide metric, never changes a result.) Everything the mapping decides
+//! is documented in `docs/MAPPING.md`, whose tables are generated from this module (see
+//! [`docs`]).
 //!
 //! | piece | module |
 //! |---|---|
