@@ -125,12 +125,6 @@ struct Envelope<'a> {
     events: Option<Vec<&'a RawValue>>,
 }
 
-#[derive(Deserialize)]
-struct UserHead<'a> {
-    #[serde(borrow, default)]
-    external_user_id: Option<&'a RawValue>,
-}
-
 /// Parses and validates a request body.
 ///
 /// An empty (or all-whitespace) body, `{}` and `{"events":[]}` are valid empty batches: Braze
@@ -342,15 +336,18 @@ fn string_field<'a>(
 }
 
 /// A user object that is not an object, or an id that is not a string, means "anonymous":
-/// tolerated here, accounted for by the mapping.
+/// tolerated here, accounted for by the mapping. A repeated `external_user_id` counts with its
+/// last value, as in the mapping (and in serde_json's own `Value`).
 fn external_user_id(user: &RawValue) -> Option<Cow<'_, str>> {
     if !user.get().starts_with('{') {
         return None;
     }
-    let head: UserHead<'_> = serde_json::from_str(user.get()).ok()?;
-    let raw = head.external_user_id?;
+    let (_, raw) = object_entries(user.get())
+        .ok()?
+        .into_iter()
+        .rfind(|(key, _)| key == "external_user_id")?;
     let mut de = serde_json::Deserializer::from_str(raw.get());
-    Cow::<str>::deserialize(&mut de).ok()
+    Key::deserialize(&mut de).ok().map(|k| k.0)
 }
 
 #[cfg(test)]
@@ -513,6 +510,14 @@ mod tests {
         assert!(EventError::IdTooLong.to_string().contains("1024 bytes"));
         // The mapping reads stored events without the limit.
         assert_eq!(read_event(&body[11..body.len() - 2]).unwrap().id, over);
+    }
+
+    #[test]
+    fn a_repeated_external_user_id_counts_with_its_last_value() {
+        let body = r#"{"events":[{"id":"a","event_type":"e","time":1,
+            "user":{"external_user_id":"first","external_user_id":"last"}}]}"#;
+        let batch = parse_batch(body.as_bytes()).unwrap();
+        assert_eq!(batch.events[0].external_user_id.as_deref(), Some("last"));
     }
 
     #[test]

@@ -453,10 +453,14 @@ mod tests {
     }
 
     #[test]
-    fn time_is_read_as_ingest_reads_it() {
+    fn fields_are_read_as_ingest_reads_them() {
         let raw = br#"{"event_type":"users.messages.email.Send","id":"a","time":-0,"user":{"external_user_id":"u"}}"#;
         let m = map_event(raw, &MappingOptions::default()).unwrap();
         assert_eq!(m.track.timestamp, "1970-01-01T00:00:00Z");
+        // A repeated `external_user_id` counts with its last value, as ingest reads it.
+        let twice = br#"{"event_type":"users.messages.email.Send","id":"a","time":1,"user":{"external_user_id":"first","external_user_id":"last"}}"#;
+        let m = map_event(twice, &MappingOptions::default()).unwrap();
+        assert_eq!(m.track.identity.as_deref(), Some("last"));
         let dup = br#"{"event_type":"users.messages.email.Send","id":"a","id":"b","time":1,"user":{"external_user_id":"u"}}"#;
         assert_eq!(
             map_event(dup, &MappingOptions::default()),
