@@ -31,7 +31,7 @@ use currents_heap::heap::retry::{RETRY_REASONS, STATUS_CLASSES};
 use currents_heap::metrics::{
     CATALOGUE, DEAD_LETTER_REASONS, OUTCOMES, REJECT_REASONS, STATUSES, UNROUTABLE,
 };
-use currents_heap::transform::SKIP_REASONS;
+use currents_heap::transform::{DROP_REASONS, SKIP_REASONS};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -262,6 +262,9 @@ fn label_values(metric: &str, label: &str) -> Option<Vec<String>> {
             owned(REJECT_REASONS)
         }
         (m, "reason") if m.starts_with("currents_heap_events_skipped_total") => owned(SKIP_REASONS),
+        (m, "reason") if m.starts_with("currents_heap_properties_dropped_total") => {
+            owned(DROP_REASONS)
+        }
         (m, "reason") if m.starts_with("currents_heap_delivery_retries_total") => {
             owned(RETRY_REASONS)
         }
