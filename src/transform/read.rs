@@ -110,6 +110,18 @@ impl Reader {
         if !raw.get().starts_with('{') {
             return None;
         }
+        // Nearly every event holds nothing unreadable: one serde_json pass reads it, giving the
+        // very map the walk below would build (same order, a repeated key keeps its last value).
+        if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(raw.get())
+            && map.values().all(|v| nests_within(v, MAX_DEPTH - 1))
+        {
+            return Some(map);
+        }
+        self.walk_object(raw, path)
+    }
+
+    /// [`Reader::object`] without its shortcut: the level-by-level walk.
+    fn walk_object(&mut self, raw: &RawValue, path: &str) -> Option<Map<String, Value>> {
         match self.value(raw, 0, &mut path.to_owned())? {
             Value::Object(map) => Some(map),
             _ => None,
@@ -230,6 +242,16 @@ impl Reader {
     }
 }
 
+/// Whether `value` has at most `levels` levels of objects and arrays (a scalar has none).
+/// Recurses at most `levels` deep.
+fn nests_within(value: &Value, levels: usize) -> bool {
+    match value {
+        Value::Object(map) => levels > 0 && map.values().all(|v| nests_within(v, levels - 1)),
+        Value::Array(items) => levels > 0 && items.iter().all(|v| nests_within(v, levels - 1)),
+        _ => true,
+    }
+}
+
 /// Past this many bytes a path is not extended: it is for humans, cut to [`MAX_PATH_CHARS`]
 /// anyway, and keys nested 32 deep could be megabytes long together.
 const MAX_PATH_BYTES: usize = 4 * MAX_PATH_CHARS;
@@ -271,11 +293,21 @@ mod tests {
 
     #[test]
     fn readable_values_read_as_serde_json_reads_them() {
-        let text = r#"{"a":1,"b":{"c":[1,"x",null,true,{"d":2.5}]},"e":"\u00e9","a":3,"n":1e-999}"#;
-        let (map, dropped) = read(text);
-        let expected: Value = serde_json::from_str(text).unwrap();
-        assert_eq!(Value::Object(map.unwrap()), expected);
-        assert!(dropped.is_empty());
+        let deepest = nested(r#"{"a":"#, "1", "}", MAX_DEPTH);
+        for text in [
+            r#"{"a":1,"b":{"c":[1,"x",null,true,{"d":2.5}]},"e":"\u00e9","a":3,"n":1e-999}"#,
+            r#"{"z":1,"a":{"y":[],"x":{}},"m":[[],[[]]],"k":"\"q\"","a":null}"#,
+            &deepest,
+        ] {
+            let expected: Value = serde_json::from_str(text).unwrap();
+            let (map, dropped) = read(text);
+            assert_eq!(Value::Object(map.unwrap()), expected, "{text}");
+            assert!(dropped.is_empty());
+            // The walk, without the one-pass shortcut, gives the same map.
+            let raw: &RawValue = serde_json::from_str(text).unwrap();
+            let walked = Reader::default().walk_object(raw, "properties").unwrap();
+            assert_eq!(Value::Object(walked), expected, "{text}");
+        }
     }
 
     #[test]
