@@ -32,7 +32,8 @@ enum Command {
     /// Print, one JSON object per line, the Heap requests `serve` would send for a Currents
     /// payload (`{"events":[...]}`, one event, or an array of events); no network.
     Transform {
-        /// The payload file; `-` reads standard input.
+        /// The payload file; `-` reads standard input. At most --max-body-bytes (8 MiB), as in
+        /// serve.
         file: std::path::PathBuf,
         /// Map with this route's app id and mapping options (`default`: the flat settings).
         #[arg(long)]
@@ -115,14 +116,25 @@ fn run_transform(file: &std::path::Path, route: Option<&str>, args: &SettingsArg
             }
         },
     };
+    // Never more than serve would take in one request: `transform /dev/zero` must not grow
+    // without bound.
+    let limit = settings.max_body_bytes;
     let payload = if file.as_os_str() == "-" {
-        let mut buf = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map(|_| buf)
+        read_at_most(std::io::stdin().lock(), limit)
     } else {
-        std::fs::read(file)
+        std::fs::File::open(file).and_then(|f| read_at_most(f, limit))
     };
     let payload = match payload {
-        Ok(p) => p,
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            eprintln!(
+                "currents-heap: {} is larger than {limit} bytes, the largest request body serve \
+                 accepts (--max-body-bytes / CURRENTS_HEAP_MAX_BODY_BYTES / max_body_bytes); \
+                 Braze would get a 413 and split such a batch",
+                file.display()
+            );
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             eprintln!("currents-heap: cannot read {}: {e}", file.display());
             return ExitCode::FAILURE;
@@ -152,11 +164,19 @@ fn run_transform(file: &std::path::Path, route: Option<&str>, args: &SettingsArg
                 .map(|r| r["body"]["events"].as_array().map_or(0, Vec::len))
                 .sum::<usize>();
             eprintln!(
-                "{mapped} events mapped, {} skipped, {} duplicates in {} requests",
+                "{mapped} events mapped, {} skipped, {} duplicates in {} requests; {} values dropped",
                 out.skipped.len(),
                 out.duplicates.len(),
-                out.requests.len()
+                out.requests.len(),
+                out.dropped.len()
             );
+            for (index, d) in &out.dropped {
+                eprintln!(
+                    "dropped value {} of event {index}: {} (the rest of the event is sent)",
+                    d.path,
+                    d.reason.as_str()
+                );
+            }
             for (index, id, reason) in &out.skipped {
                 eprintln!("skipped event {index} (id {id:?}): {}", reason.as_str());
             }
@@ -170,6 +190,14 @@ fn run_transform(file: &std::path::Path, route: Option<&str>, args: &SettingsArg
             ExitCode::FAILURE
         }
     }
+}
+
+/// Everything `input` holds if that is at most `limit` bytes, else `None`; reads at most
+/// `limit + 1` bytes either way.
+fn read_at_most(input: impl std::io::Read, limit: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let mut buf = Vec::new();
+    std::io::Read::read_to_end(&mut input.take(limit.saturating_add(1)), &mut buf)?;
+    Ok((buf.len() as u64 <= limit).then_some(buf))
 }
 
 fn run_dlq(action: DlqAction) -> ExitCode {

@@ -6,6 +6,8 @@
 //! created at 0 on start-up, so dashboards and alerts see it before the first event. No id,
 //! identity or free text ever becomes a label value.
 
+use std::sync::LazyLock;
+
 use prometheus::{
     CounterVec, Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -208,6 +210,12 @@ pub const CATALOGUE: &[(&str, &str, &str, &str)] = &[
         "The ingest memory budget (--ingest-buffer-bytes).",
     ),
     (
+        "currents_heap_properties_dropped_total",
+        "counter",
+        "reason",
+        "Values left out of mapped events because Heap cannot take them (non_finite_number, invalid_string, too_deep); the rest of each event is sent. Process-wide; counted each time an event is mapped.",
+    ),
+    (
         "currents_heap_store_healthy",
         "gauge",
         "",
@@ -283,6 +291,28 @@ pub const STATUSES: &[&str] = &[
     "200", "400", "401", "404", "405", "408", "413", "415", "503",
 ];
 
+/// Values left out by the mapping, by [`crate::transform::DropReason`].
+///
+/// Process-wide, unlike every other collector: the mapping is a pure function called wherever
+/// events are mapped (delivery, `transform`, `dlq replay`), none of which hands it a [`Metrics`].
+/// One process runs one forwarder, so its registry exports this counter as its own; tests that
+/// run several apps in one process see the sum and compare differences.
+static PROPERTIES_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let counter =
+        IntCounterVec::new(opts("currents_heap_properties_dropped_total"), &["reason"]).unwrap();
+    for r in crate::transform::DROP_REASONS {
+        counter.with_label_values(&[*r]);
+    }
+    counter
+});
+
+/// Counts one value the mapping left out.
+pub fn count_dropped_value(reason: crate::transform::DropReason) {
+    PROPERTIES_DROPPED
+        .with_label_values(&[reason.as_str()])
+        .inc();
+}
+
 /// All collectors, registered in one private registry (tests run several apps per process).
 #[derive(Clone)]
 pub struct Metrics {
@@ -319,6 +349,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub ingest_buffer_bytes: IntGauge,
     pub ingest_buffer_capacity: IntGauge,
+    /// The process-wide [`PROPERTIES_DROPPED`].
+    pub properties_dropped: IntCounterVec,
 }
 
 fn help(name: &str) -> &'static str {
@@ -466,6 +498,7 @@ impl Metrics {
                 "currents_heap_ingest_buffer_capacity_bytes",
             ))
             .unwrap(),
+            properties_dropped: PROPERTIES_DROPPED.clone(),
             registry,
         };
         let build_info = IntGauge::with_opts(
@@ -522,6 +555,7 @@ impl Metrics {
         for reason in CONNECTION_CLOSE_REASONS {
             m.connections_closed.with_label_values(&[*reason]);
         }
+        r.register(Box::new(m.properties_dropped.clone())).unwrap();
 
         for o in OUTCOMES {
             m.ingest_requests.with_label_values(&[*o]);

@@ -18,6 +18,25 @@ fn run(args: &[&str]) -> Output {
     bin().args(args).output().expect("binary runs")
 }
 
+/// Runs `cmd` to completion, or kills it after `secs` (a command expected to exit at once must
+/// not hang the suite when it does not, e.g. a `serve` that starts instead of refusing).
+fn output_within(cmd: &mut Command, secs: u64) -> Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
 fn fixture(name: &str) -> String {
     format!("{}/fixtures/currents/{name}", env!("CARGO_MANIFEST_DIR"))
 }
@@ -271,4 +290,188 @@ fn a_second_server_on_the_same_data_dir_refuses_to_start() {
     assert_eq!(second.status.code(), Some(1));
     let err = String::from_utf8(second.stderr).unwrap();
     assert!(err.contains("in use by another"), "{err}");
+}
+
+/// `transform` shares serve's mapping: a non-finite number or a 100,000-level value inside
+/// `properties` drops that value only, and the event is sent with everything else.
+#[test]
+fn transform_drops_only_the_values_heap_cannot_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("odd.json");
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let deep_object = format!("{}1{}", r#"{"a":"#.repeat(100_000), "}".repeat(100_000));
+    std::fs::write(
+        &file,
+        format!(
+            r#"{{"events":[{{"event_type":"users.behaviors.CustomEvent","id":"odd","time":1780000000,
+                "user":{{"external_user_id":"alice"}},
+                "properties":{{"name":"Added","big":1e999,"deep":{deep},"obj":{deep_object},"plan":"pro"}}}}]}}"#
+        ),
+    )
+    .unwrap();
+    let out = run(&["transform", file.to_str().unwrap(), "--heap-app-id", "42"]);
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(stdout.lines().next().expect("a track request")).unwrap();
+    let item = &first["body"]["events"][0];
+    assert_eq!(item["event"], "Added");
+    assert_eq!(item["properties"]["plan"], "pro");
+    for gone in ["big", "deep", "obj"] {
+        assert!(
+            item["properties"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .all(|k| !k.starts_with(gone)),
+            "{gone} was sent: {item}"
+        );
+    }
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("1 events mapped, 0 skipped"), "{stderr}");
+    assert!(
+        stderr.contains("dropped value properties.big of event 0: non_finite_number"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(": too_deep"), "{stderr}");
+}
+
+/// An empty secret mounted into the token variable (or a blank flag, or `,,`, or a route's
+/// `ingest_token = [""]`) must not silently turn authentication off: `check-config` and `serve`
+/// exit 2 naming the setting in all its forms. Not set at all still means "open".
+#[test]
+fn a_blank_ingest_token_is_a_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let forms = [
+        "ingest_token",
+        "--ingest-token",
+        "CURRENTS_HEAP_INGEST_TOKEN",
+    ];
+    let check = |out: Output, what: &str| {
+        assert_eq!(out.status.code(), Some(2), "{what}: {out:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        for form in forms {
+            assert!(err.contains(form), "{what}: {err}");
+        }
+        assert!(err.contains("holds no token"), "{what}: {err}");
+    };
+    for blank in ["", "  ", ",,"] {
+        for command in ["check-config", "serve"] {
+            let args = [
+                command,
+                "--dry-run",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data,
+            ];
+            let by_env = output_within(
+                bin().args(args).env("CURRENTS_HEAP_INGEST_TOKEN", blank),
+                30,
+            );
+            check(by_env, &format!("{command} with env {blank:?}"));
+            let by_flag = output_within(bin().args(args).args(["--ingest-token", blank]), 30);
+            check(by_flag, &format!("{command} --ingest-token {blank:?}"));
+        }
+    }
+    let file = dir.path().join("c.toml");
+    std::fs::write(
+        &file,
+        "heap_app_id = \"1\"\n[[route]]\nname = \"a\"\nworkspace = \"a\"\nheap_app_id = \"2\"\ningest_token = [\"\"]\n",
+    )
+    .unwrap();
+    let out = run(&["check-config", "--config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("`ingest_token` of [[route]] #1") && err.contains("holds no token"),
+        "{err}"
+    );
+    // Not set at all: valid, no token.
+    let out = run(&["check-config", "--dry-run"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("ingest_token = []")
+    );
+}
+
+/// `bin()` under `ulimit -v` (KiB): a regression to reading input whole fails the test on the
+/// memory limit instead of eating the machine's memory.
+fn bin_with_memory_limit(kib: u64) -> Command {
+    let mut c = Command::new("sh");
+    c.args([
+        "-c",
+        &format!("ulimit -v {kib} && exec \"$0\" \"$@\""),
+        env!("CARGO_BIN_EXE_currents-heap"),
+    ]);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("CURRENTS_HEAP_") || k.starts_with("HEAP_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+/// `transform` reads at most serve's request-body limit (`--max-body-bytes`, 8 MiB by default)
+/// and refuses more with exit 1, like any input serve would refuse; `/dev/zero` never makes it
+/// allocate more than that.
+#[test]
+fn transform_refuses_input_over_the_body_limit() {
+    let out = output_within(
+        bin_with_memory_limit(1 << 20).args(["transform", "/dev/zero"]),
+        60,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("/dev/zero is larger than 8388608 bytes") && err.contains("--max-body-bytes"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.json");
+    let events = format!(
+        "{{\"events\":[{}]}}",
+        vec![r#"{"id":"a","event_type":"t","time":1,"user":{"external_user_id":"u"}}"#; 20_000]
+            .join(",")
+    );
+    assert!(events.len() > 1 << 20 && events.len() < 2 << 20);
+    std::fs::write(&file, &events).unwrap();
+    let path = file.to_str().unwrap();
+    let out = run(&["transform", path, "--max-body-bytes", "1MiB"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("larger than 1048576 bytes")
+    );
+    let out = run(&["transform", path, "--max-body-bytes", "2MiB"]);
+    assert!(out.status.success(), "{out:?}");
+    // Standard input is bounded the same way.
+    let out = output_within(
+        bin_with_memory_limit(1 << 20)
+            .args(["transform", "-"])
+            .stdin(std::fs::File::open("/dev/zero").unwrap()),
+        60,
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+}
+
+/// A configuration file is read up to 1 MiB; `--config /dev/zero` is refused with exit 2.
+#[test]
+fn check_config_refuses_a_config_file_over_1_mib() {
+    let out = output_within(
+        bin_with_memory_limit(1 << 20).args(["check-config", "--dry-run", "--config", "/dev/zero"]),
+        60,
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("/dev/zero") && err.contains("larger than 1 MiB"),
+        "{err}"
+    );
 }

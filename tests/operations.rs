@@ -32,7 +32,7 @@ use currents_heap::metrics::{
     CATALOGUE, CONFIG_RELOAD_OUTCOMES, CONNECTION_CLOSE_REASONS, DEAD_LETTER_REASONS, OUTCOMES,
     REJECT_REASONS, STATUSES, TLS_RELOAD_OUTCOMES, UNROUTABLE,
 };
-use currents_heap::transform::SKIP_REASONS;
+use currents_heap::transform::{DROP_REASONS, SKIP_REASONS};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -267,6 +267,9 @@ fn label_values(metric: &str, label: &str) -> Option<Vec<String>> {
         (m, "reason") if m.starts_with("currents_heap_events_skipped_total") => owned(SKIP_REASONS),
         (m, "reason") if m.starts_with("currents_heap_connections_closed_total") => {
             owned(CONNECTION_CLOSE_REASONS)
+        }
+        (m, "reason") if m.starts_with("currents_heap_properties_dropped_total") => {
+            owned(DROP_REASONS)
         }
         (m, "reason") if m.starts_with("currents_heap_delivery_retries_total") => {
             owned(RETRY_REASONS)

@@ -27,6 +27,11 @@ pub use sources::{FileConfig, Scalar, SettingsArgs, Tokens};
 pub use values::{ConfigError, HeapAppId, LogFormat, Secret};
 use values::{parse_duration, parse_size, validate_base_url};
 
+/// Why a token setting that is present but holds no token is refused.
+const BLANK_TOKEN: &str = "is set but holds no token (empty, blank, or only commas): that would \
+    turn authentication off. Set a token, or remove the setting altogether to accept \
+    unauthenticated requests (a warning is logged then)";
+
 /// Braze drops events above 900 KB, so a one-event batch must always fit under the body limit.
 const MIN_BODY_BYTES: u64 = 1024 * 1024;
 
@@ -63,6 +68,32 @@ pub struct Settings {
     pub routes: Vec<RouteSettings>,
 }
 
+/// Largest configuration file read: a real one is a few kilobytes, and `--config /dev/zero`
+/// (or a log file by mistake) must not be read without end.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// The text of the configuration file, read up to [`MAX_CONFIG_BYTES`] (plus one byte, to tell
+/// a file over the limit).
+fn read_config_file(path: &std::path::Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| ConfigError::file(path, format!("cannot read: {e}"));
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(cannot)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::file(
+            path,
+            "is larger than 1 MiB, the most a configuration file may hold (is --config / \
+             CURRENTS_HEAP_CONFIG pointing at the right file?)",
+        ));
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| ConfigError::file(path, "cannot read: the file is not UTF-8 text"))
+}
+
 /// Picks the flag/env value if given, else the file value.
 fn pick<T>(args: Option<T>, file: Option<T>) -> Option<T> {
     args.or(file)
@@ -70,11 +101,21 @@ fn pick<T>(args: Option<T>, file: Option<T>) -> Option<T> {
 
 impl Settings {
     /// Reads the file named by `args.config` (if any) and resolves the layers.
+    ///
+    /// clap takes an environment variable set to the empty string for an absent one; here an
+    /// empty `CURRENTS_HEAP_INGEST_TOKEN` counts as given (and is refused as blank), because an
+    /// empty secret mounted into it must not silently turn authentication off.
     pub fn load(args: &SettingsArgs) -> Result<Self, ConfigError> {
+        let mut args = std::borrow::Cow::Borrowed(args);
+        if args.ingest_token.is_none()
+            && let Some(v) = std::env::var_os("CURRENTS_HEAP_INGEST_TOKEN")
+        {
+            args.to_mut().ingest_token = Some(v.to_string_lossy().into_owned());
+        }
+        let args = args.as_ref();
         let file = match &args.config {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError::file(path, format!("cannot read: {e}")))?;
+                let text = read_config_file(path)?;
                 toml::from_str::<FileConfig>(&text)
                     .map_err(|e| ConfigError::file(path, e.to_string()))?
             }
@@ -98,7 +139,18 @@ impl Settings {
             )
         })?;
 
+        // Given (by flag, environment or file) but holding no token is an error, never "no
+        // token configured": an empty secret mounted into the variable must not turn
+        // authentication off.
+        let token_given = args.ingest_token.is_some() || file.ingest_token.is_some();
         let token_list = list(&args.ingest_token, file.ingest_token);
+        if token_given && token_list.is_empty() {
+            return Err(ConfigError::new(
+                "ingest_token",
+                "CURRENTS_HEAP_INGEST_TOKEN",
+                BLANK_TOKEN,
+            ));
+        }
         let mut ingest_tokens = Vec::with_capacity(token_list.len());
         for t in token_list {
             let t = t.trim();
@@ -606,6 +658,95 @@ mod tests {
                     .contains(&format!("--{}", key.replace('_', "-")))
             );
         }
+    }
+
+    #[test]
+    fn a_blank_token_is_an_error_not_authentication_off() {
+        for blank in ["", " ", "\t", ",", ",,", " , ,"] {
+            let args = SettingsArgs {
+                ingest_token: Some(blank.into()),
+                ..Default::default()
+            };
+            let err = Settings::resolve(&args, FileConfig::default()).unwrap_err();
+            let text = err.to_string();
+            for form in [
+                "ingest_token",
+                "--ingest-token",
+                "CURRENTS_HEAP_INGEST_TOKEN",
+            ] {
+                assert!(text.contains(form), "{blank:?}: {text}");
+            }
+            assert!(text.contains("holds no token"), "{text}");
+            // A blank flag or variable is not overridden by the file: it wins, and is refused.
+            assert!(Settings::resolve(&args, file("ingest_token = [\"t\"]")).is_err());
+        }
+        for blank in [
+            "ingest_token = \"\"",
+            "ingest_token = [\"\"]",
+            "ingest_token = [\" \", \"\"]",
+            "ingest_token = []",
+        ] {
+            let err = Settings::resolve(&SettingsArgs::default(), file(blank)).unwrap_err();
+            assert!(err.to_string().contains("holds no token"), "{blank}: {err}");
+        }
+        let route = |token: &str| {
+            format!(
+                "[[route]]\nname = \"r\"\nworkspace = \"w\"\nheap_app_id = \"1\"\ningest_token = {token}\n"
+            )
+        };
+        for blank in ["[\"\"]", "\"\"", "[\" \"]", "\",\""] {
+            let err = Settings::resolve(&SettingsArgs::default(), file(&route(blank))).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("`ingest_token` of [[route]] #1") && text.contains("holds no token"),
+                "{blank}: {text}"
+            );
+        }
+        // Not set at all: no token, authentication off (serve warns loudly).
+        let s = Settings::resolve(&SettingsArgs::default(), FileConfig::default()).unwrap();
+        assert!(s.ingest_tokens.is_empty());
+        let s = Settings::resolve(&SettingsArgs::default(), file(&route("[\"ok\"]"))).unwrap();
+        assert_eq!(s.routes[0].ingest_tokens.len(), 1);
+        // Empty entries next to real tokens are ignored, as before.
+        let args = SettingsArgs {
+            ingest_token: Some("new,,old,".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Settings::resolve(&args, FileConfig::default())
+                .unwrap()
+                .ingest_tokens
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn the_config_file_is_read_up_to_a_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.toml");
+        let mut text = "heap_app_id = \"1\"\n".to_string();
+        text.push_str(&"#".repeat(MAX_CONFIG_BYTES as usize - text.len()));
+        std::fs::write(&path, &text).unwrap();
+        let args = SettingsArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        assert!(Settings::load(&args).is_ok(), "exactly 1 MiB is fine");
+        text.push('#');
+        std::fs::write(&path, &text).unwrap();
+        let err = Settings::load(&args).unwrap_err().to_string();
+        assert!(
+            err.contains("larger than 1 MiB") && err.contains("big.toml"),
+            "{err}"
+        );
+        let err = Settings::load(&SettingsArgs {
+            config: Some("/dev/zero".into()),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("larger than 1 MiB"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::num::NonZeroU32;
 
 use serde::Deserialize;
 
+use super::BLANK_TOKEN;
 use super::mapping::MappingSettings;
 use super::sources::{Scalar, Tokens, list};
 use super::values::{ConfigError, HeapAppId, Secret, validate_base_url};
@@ -178,6 +179,9 @@ pub(super) fn validate_routes(
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if r.ingest_token.is_some() && ingest_tokens.is_empty() {
+            return Err(err("ingest_token", BLANK_TOKEN.into()));
+        }
         let or_list = |v: &Option<Tokens>, d: &[String]| match v {
             Some(t) => list(&None, Some(t.clone())),
             None => d.to_vec(),

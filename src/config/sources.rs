@@ -9,7 +9,7 @@ use serde::Deserialize;
 /// The flag / environment forms of every setting. `None` means "not given at this layer".
 #[derive(Debug, Clone, Default, Args)]
 pub struct SettingsArgs {
-    /// TOML configuration file; flags and environment variables override it.
+    /// TOML configuration file (at most 1 MiB); flags and environment variables override it.
     #[arg(long, env = "CURRENTS_HEAP_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Ingest + admin HTTP address [default: 127.0.0.1:8080].

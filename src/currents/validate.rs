@@ -3,7 +3,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::Deserialize;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 /// A structurally valid batch. Borrows from the request body.
@@ -57,31 +58,64 @@ pub enum BatchError {
     },
 }
 
-/// Why one event fails the structural check.
+/// Longest accepted event `id`, in bytes. A Braze id is a 36-character UUID; a longer one is
+/// not a Braze id, and an unbounded one would be stored, remembered by the dedup window and sent
+/// to Heap at any size. (Ids over [`crate::transform::MAX_VERBATIM_ID_BYTES`] are sent to
+/// Heap as a hash.)
+pub const MAX_ID_BYTES: usize = 1024;
+
+/// Why one event fails the structural check. Braze drops an event that gets a second 400, so
+/// each reason names exactly what is wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventError {
     NotAnObject,
+    /// One of the keys the check reads (`id`, `event_type`, `time`, `user`, `properties`)
+    /// appears twice: which value counts would be a guess.
+    DuplicateKey(&'static str),
     MissingId,
     IdNotString,
     EmptyId,
+    /// Longer than [`MAX_ID_BYTES`].
+    IdTooLong,
     MissingEventType,
     EventTypeNotString,
+    /// A string field (`id`, `event_type`) with a `\u` escape of a lone UTF-16 surrogate: valid
+    /// JSON syntax, but no Unicode text.
+    InvalidEscape(&'static str),
     MissingTime,
     TimeNotInteger,
+    /// An integer, but outside `i64`.
+    TimeOutOfRange,
 }
 
 impl fmt::Display for EventError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            EventError::NotAnObject => "event is not a JSON object",
-            EventError::MissingId => "missing `id`",
-            EventError::IdNotString => "`id` is not a string",
-            EventError::EmptyId => "`id` is empty",
-            EventError::MissingEventType => "missing `event_type`",
-            EventError::EventTypeNotString => "`event_type` is not a string",
-            EventError::MissingTime => "missing `time`",
-            EventError::TimeNotInteger => "`time` is not an integer (UNIX seconds)",
-        })
+        match self {
+            EventError::NotAnObject => f.write_str("event is not a JSON object"),
+            EventError::DuplicateKey(key) => write!(
+                f,
+                "duplicate key `{key}`: the event names it more than once, so its value is ambiguous"
+            ),
+            EventError::MissingId => f.write_str("missing `id`"),
+            EventError::IdNotString => f.write_str("`id` is not a string"),
+            EventError::EmptyId => f.write_str("`id` is empty"),
+            EventError::IdTooLong => write!(
+                f,
+                "`id` is longer than {MAX_ID_BYTES} bytes (a Braze event id is a 36-character UUID)"
+            ),
+            EventError::MissingEventType => f.write_str("missing `event_type`"),
+            EventError::EventTypeNotString => f.write_str("`event_type` is not a string"),
+            EventError::InvalidEscape(key) => write!(
+                f,
+                "`{key}` contains a \\u escape of a lone UTF-16 surrogate, which is not text"
+            ),
+            EventError::MissingTime => f.write_str("missing `time`"),
+            EventError::TimeNotInteger => f.write_str("`time` is not an integer (UNIX seconds)"),
+            EventError::TimeOutOfRange => f.write_str(
+                "`time` is out of range: UNIX seconds must fit in a signed 64-bit integer \
+                 (-9223372036854775808 to 9223372036854775807)",
+            ),
+        }
     }
 }
 
@@ -89,27 +123,6 @@ impl fmt::Display for EventError {
 struct Envelope<'a> {
     #[serde(borrow, default)]
     events: Option<Vec<&'a RawValue>>,
-}
-
-/// The fields the structural check needs; everything else stays in the raw bytes.
-#[derive(Deserialize)]
-struct EventHead<'a> {
-    #[serde(borrow, default)]
-    id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    event_type: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    time: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    user: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    properties: Option<&'a RawValue>,
-}
-
-#[derive(Deserialize)]
-struct UserHead<'a> {
-    #[serde(borrow, default)]
-    external_user_id: Option<&'a RawValue>,
 }
 
 /// Parses and validates a request body.
@@ -160,62 +173,181 @@ fn is_empty_object(body: &[u8]) -> bool {
 }
 
 fn validate_event(raw: &RawValue) -> Result<ValidEvent<'_>, EventError> {
-    if !raw.get().starts_with('{') {
-        return Err(EventError::NotAnObject);
+    let head = read_event(raw.get())?;
+    if head.id.len() > MAX_ID_BYTES {
+        return Err(EventError::IdTooLong);
     }
-    // The envelope already proved `raw` is well-formed JSON; this cannot fail on an object
-    // except through duplicate keys, which we treat as malformed.
-    let head: EventHead<'_> =
-        serde_json::from_str(raw.get()).map_err(|_| EventError::NotAnObject)?;
-    let id = string_field(head.id, EventError::MissingId, EventError::IdNotString)?;
-    if id.is_empty() {
-        return Err(EventError::EmptyId);
-    }
-    let event_type = string_field(
-        head.event_type,
-        EventError::MissingEventType,
-        EventError::EventTypeNotString,
-    )?;
-    let time = match head.time {
-        None => return Err(EventError::MissingTime),
-        Some(t) if t.get() == "null" => return Err(EventError::MissingTime),
-        Some(t) => serde_json::from_str::<i64>(t.get()).map_err(|_| EventError::TimeNotInteger)?,
-    };
     Ok(ValidEvent {
-        id,
-        event_type,
-        time,
         external_user_id: head.user.and_then(external_user_id),
+        id: head.id,
+        event_type: head.event_type,
+        time: head.time,
         raw,
         properties: head.properties,
     })
 }
 
+/// The top-level fields of one event, as the structural check reads them.
+#[derive(Debug)]
+pub struct EventFields<'a> {
+    pub id: Cow<'a, str>,
+    pub event_type: Cow<'a, str>,
+    pub time: i64,
+    /// `user`, unparsed (any JSON value, `null` included).
+    pub user: Option<&'a RawValue>,
+    /// `properties`, unparsed (any JSON value, `null` included).
+    pub properties: Option<&'a RawValue>,
+}
+
+/// Reads the top-level fields of one event (the JSON text of one element of `events`): the
+/// structural check without the length limit of `id` (the mapping reads stored events with it,
+/// so that ingest and delivery agree on every field).
+///
+/// Every key is looked at once and nothing below the top level is parsed, so the cost is one
+/// pass over the event and never depends on how deeply its values nest.
+pub fn read_event(text: &str) -> Result<EventFields<'_>, EventError> {
+    if !text.trim_start().starts_with('{') {
+        return Err(EventError::NotAnObject);
+    }
+    // Well-formed JSON (the envelope was parsed already, or the store holds what ingest took),
+    // so this fails only on text no JSON parser would take, which is not an event either.
+    let entries = object_entries(text).map_err(|_| EventError::NotAnObject)?;
+    let [mut id, mut event_type, mut time, mut user, mut properties] = [None; 5];
+    for (key, value) in entries {
+        let (slot, name) = match key.as_ref() {
+            "id" => (&mut id, "id"),
+            "event_type" => (&mut event_type, "event_type"),
+            "time" => (&mut time, "time"),
+            "user" => (&mut user, "user"),
+            "properties" => (&mut properties, "properties"),
+            _ => continue,
+        };
+        if slot.replace(value).is_some() {
+            return Err(EventError::DuplicateKey(name));
+        }
+    }
+    let id = string_field(id, "id", EventError::MissingId, EventError::IdNotString)?;
+    if id.is_empty() {
+        return Err(EventError::EmptyId);
+    }
+    let event_type = string_field(
+        event_type,
+        "event_type",
+        EventError::MissingEventType,
+        EventError::EventTypeNotString,
+    )?;
+    let time = match time {
+        None => return Err(EventError::MissingTime),
+        Some(t) if t.get() == "null" => return Err(EventError::MissingTime),
+        Some(t) => match serde_json::from_str::<i64>(t.get()) {
+            Ok(time) => time,
+            // An integer literal serde_json does not read as an `i64`: `-0` (which it reads as
+            // a float) or beyond the range.
+            Err(_) if is_integer_literal(t.get()) => t
+                .get()
+                .parse::<i128>()
+                .ok()
+                .and_then(|n| i64::try_from(n).ok())
+                .ok_or(EventError::TimeOutOfRange)?,
+            Err(_) => return Err(EventError::TimeNotInteger),
+        },
+    };
+    Ok(EventFields {
+        id,
+        event_type,
+        time,
+        user,
+        properties,
+    })
+}
+
+/// A JSON integer literal: an optional minus sign and digits only (no fraction, no exponent).
+fn is_integer_literal(text: &str) -> bool {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The entries of a JSON object, in document order, duplicates included, values unparsed.
+///
+/// serde_json skips a value it does not parse without recursion, so this never exhausts the
+/// stack however deep the values nest. `Err` when `text` is not an object, or when a key is a
+/// string with a lone UTF-16 surrogate escape (`"\ud800"`), which no Rust string can hold.
+pub fn object_entries(text: &str) -> Result<Vec<(Cow<'_, str>, &RawValue)>, serde_json::Error> {
+    struct Entries;
+    impl<'de> Visitor<'de> for Entries {
+        type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(Key(key)) = map.next_key()? {
+                out.push((key, map.next_value::<&RawValue>()?));
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let entries = de.deserialize_map(Entries)?;
+    de.end()?;
+    Ok(entries)
+}
+
+/// An object key, borrowed from the input unless it holds escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
 fn string_field<'a>(
     raw: Option<&'a RawValue>,
+    name: &'static str,
     missing: EventError,
     wrong_type: EventError,
 ) -> Result<Cow<'a, str>, EventError> {
     match raw {
         None => Err(missing),
         Some(r) if r.get() == "null" => Err(missing),
+        Some(r) if !r.get().starts_with('"') => Err(wrong_type),
         Some(r) => {
             let mut de = serde_json::Deserializer::from_str(r.get());
-            Cow::<'a, str>::deserialize(&mut de).map_err(|_| wrong_type)
+            // A string that does not parse is one with a lone surrogate escape.
+            Key::deserialize(&mut de)
+                .map(|k| k.0)
+                .map_err(|_| EventError::InvalidEscape(name))
         }
     }
 }
 
 /// A user object that is not an object, or an id that is not a string, means "anonymous":
-/// tolerated here, accounted for by the mapping.
+/// tolerated here, accounted for by the mapping. A repeated `external_user_id` counts with its
+/// last value, as in the mapping (and in serde_json's own `Value`).
 fn external_user_id(user: &RawValue) -> Option<Cow<'_, str>> {
     if !user.get().starts_with('{') {
         return None;
     }
-    let head: UserHead<'_> = serde_json::from_str(user.get()).ok()?;
-    let raw = head.external_user_id?;
+    let (_, raw) = object_entries(user.get())
+        .ok()?
+        .into_iter()
+        .rfind(|(key, _)| key == "external_user_id")?;
     let mut de = serde_json::Deserializer::from_str(raw.get());
-    Cow::<str>::deserialize(&mut de).ok()
+    Key::deserialize(&mut de).ok().map(|k| k.0)
 }
 
 #[cfg(test)]
@@ -313,5 +445,103 @@ mod tests {
                 (10, EventError::MissingId),
             ]
         );
+    }
+
+    #[test]
+    fn duplicate_keys_that_are_read_are_named() {
+        for key in ["id", "event_type", "time", "user", "properties"] {
+            let body = format!(
+                r#"{{"events":[{{"id":"a","event_type":"e","time":1,"user":{{}},"properties":{{}},"{key}":"x"}}]}}"#
+            );
+            assert_eq!(
+                bad(&body),
+                vec![(0, EventError::DuplicateKey(key))],
+                "{key}"
+            );
+            let reason = EventError::DuplicateKey(key).to_string();
+            assert!(
+                reason.contains(&format!("duplicate key `{key}`")),
+                "{reason}"
+            );
+        }
+        // An escaped spelling of the same key is the same key.
+        let body = r#"{"events":[{"id":"a","i\u0064":"b","event_type":"e","time":1}]}"#;
+        assert_eq!(bad(body), vec![(0, EventError::DuplicateKey("id"))]);
+        // Keys the check does not read may repeat (Braze never does it; nothing depends on them).
+        assert_eq!(
+            ok(r#"{"events":[{"id":"a","event_type":"e","time":1,"x":1,"x":2}]}"#),
+            1
+        );
+    }
+
+    #[test]
+    fn time_beyond_i64_is_out_of_range_not_a_non_integer() {
+        for time in [
+            "18446744073709551615",
+            "9223372036854775808",
+            "-9223372036854775809",
+        ] {
+            let body = format!(r#"{{"events":[{{"id":"a","event_type":"e","time":{time}}}]}}"#);
+            assert_eq!(bad(&body), vec![(0, EventError::TimeOutOfRange)], "{time}");
+        }
+        assert!(
+            EventError::TimeOutOfRange
+                .to_string()
+                .contains("out of range")
+        );
+        for time in ["9223372036854775807", "-9223372036854775808", "-0"] {
+            let body = format!(r#"{{"events":[{{"id":"a","event_type":"e","time":{time}}}]}}"#);
+            assert_eq!(ok(&body), 1, "{time}");
+        }
+        for time in ["1e3", "1.0", "-1.5"] {
+            let body = format!(r#"{{"events":[{{"id":"a","event_type":"e","time":{time}}}]}}"#);
+            assert_eq!(bad(&body), vec![(0, EventError::TimeNotInteger)], "{time}");
+        }
+    }
+
+    #[test]
+    fn ids_are_bounded_in_length() {
+        let at_limit = "é".repeat(MAX_ID_BYTES / 2);
+        let body = format!(r#"{{"events":[{{"id":"{at_limit}","event_type":"e","time":1}}]}}"#);
+        assert_eq!(ok(&body), 1);
+        let over = "a".repeat(MAX_ID_BYTES + 1);
+        let body = format!(r#"{{"events":[{{"id":"{over}","event_type":"e","time":1}}]}}"#);
+        assert_eq!(bad(&body), vec![(0, EventError::IdTooLong)]);
+        assert!(EventError::IdTooLong.to_string().contains("1024 bytes"));
+        // The mapping reads stored events without the limit.
+        assert_eq!(read_event(&body[11..body.len() - 2]).unwrap().id, over);
+    }
+
+    #[test]
+    fn a_repeated_external_user_id_counts_with_its_last_value() {
+        let body = r#"{"events":[{"id":"a","event_type":"e","time":1,
+            "user":{"external_user_id":"first","external_user_id":"last"}}]}"#;
+        let batch = parse_batch(body.as_bytes()).unwrap();
+        assert_eq!(batch.events[0].external_user_id.as_deref(), Some("last"));
+    }
+
+    #[test]
+    fn lone_surrogates_in_read_strings_are_named() {
+        let body = r#"{"events":[{"id":"\ud800","event_type":"e","time":1},{"id":"a","event_type":"\udc00x","time":1}]}"#;
+        assert_eq!(
+            bad(body),
+            vec![
+                (0, EventError::InvalidEscape("id")),
+                (1, EventError::InvalidEscape("event_type"))
+            ]
+        );
+    }
+
+    #[test]
+    fn unrepresentable_or_deep_values_below_the_top_level_pass() {
+        let deep_array = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let deep_object = format!("{}1{}", r#"{"a":"#.repeat(100_000), "}".repeat(100_000));
+        let body = format!(
+            r#"{{"events":[{{"id":"a","event_type":"e","time":1,"user":{{"external_user_id":"u","x":{deep_array}}},
+                "properties":{{"n":1e999,"s":"\ud800","d":{deep_array},"o":{deep_object}}}}}]}}"#
+        );
+        let batch = parse_batch(body.as_bytes()).expect("accepted");
+        assert_eq!(batch.events[0].external_user_id.as_deref(), Some("u"));
+        assert!(batch.events[0].properties.unwrap().get().contains("1e999"));
     }
 }

@@ -6,6 +6,7 @@
 //! `UPDATE_GOLDEN=1`).
 
 use super::names::{CUSTOM_EVENT_TYPE, EVENT_NAMES};
+use super::read::{DropReason, MAX_DEPTH};
 use super::user_properties::{PROFILE_FIELDS, user_properties_summary};
 
 /// A generated section: `<!-- generated:NAME -->` ... `<!-- /generated:NAME -->`.
@@ -24,6 +25,10 @@ pub fn sections() -> Vec<Section> {
         Section {
             name: "profile-table",
             body: profile_table(),
+        },
+        Section {
+            name: "dropped-values",
+            body: dropped_values_table(),
         },
     ]
 }
@@ -58,6 +63,26 @@ pub fn profile_table() -> String {
     out
 }
 
+/// The values the mapping leaves out of an event, by reason (the `reason` label of
+/// `currents_heap_properties_dropped_total`), with the depth limit.
+pub fn dropped_values_table() -> String {
+    let mut out = String::from("| reason | value left out |\n|---|---|\n");
+    for reason in DropReason::ALL {
+        out.push_str(&format!(
+            "| `{}` | {} |\n",
+            reason.as_str(),
+            reason.describe()
+        ));
+    }
+    out.push_str(&format!(
+        "\nNesting limit: **{MAX_DEPTH}** levels of objects and arrays, `properties` (or `user`) \
+         itself being level 1 (in `{{\"properties\": {{\"a\": {{\"b\": [1]}}}}}}` the array is at \
+         level 3). An object or array emptied by what was left out is left out too (no `[[[]]]` \
+         shells).\n"
+    ));
+    out
+}
+
 /// `doc` with every generated section replaced by its current rendering; `Err` names a section
 /// whose markers are missing.
 pub fn render(doc: &str) -> Result<String, String> {
@@ -87,16 +112,19 @@ mod tests {
         assert_eq!(event_table().lines().count(), EVENT_NAMES.len() + 2);
         assert!(event_table().contains("| `users.messages.email.Send` | `Email Sent` | — |"));
         assert_eq!(profile_table().lines().count(), PROFILE_FIELDS.len() + 3);
+        assert!(dropped_values_table().contains(&format!("**{MAX_DEPTH}** levels")));
     }
 
     #[test]
     fn render_replaces_between_markers() {
         let doc = "a\n<!-- generated:event-table -->\nold\n<!-- /generated:event-table -->\n\
-                   <!-- generated:profile-table -->\n<!-- /generated:profile-table -->\nz\n";
+                   <!-- generated:profile-table -->\n<!-- /generated:profile-table -->\n\
+                   <!-- generated:dropped-values -->\n<!-- /generated:dropped-values -->\nz\n";
         let out = render(doc).unwrap();
         assert!(out.starts_with("a\n<!-- generated:event-table -->\n| Currents"));
-        assert!(!out.contains("old"));
-        assert!(out.ends_with("<!-- /generated:profile-table -->\nz\n"));
+        assert!(!out.contains("\nold\n"));
+        assert!(out.ends_with("<!-- /generated:dropped-values -->\nz\n"));
+        assert!(out.contains("| `too_deep` |"));
         assert_eq!(render(&out).unwrap(), out);
         assert!(render("no markers").is_err());
     }

@@ -4,8 +4,10 @@
 //! Braze sent them and the mapping runs when they are delivered, maybe hours later, maybe again
 //! after a dead-letter replay. The same bytes and the same [`MappingOptions`] must always give
 //! the same Heap items (and so the same `idempotency_key`), whether in `serve`, in the
-//! `transform` dry-run subcommand or in a test. Everything the mapping decides is documented in
-//! `docs/MAPPING.md`, whose tables are generated from this module (see [`docs`]).
+//! `transform` dry-run subcommand or in a test. (Its one side effect, counting the values it
+//! leaves out in a process-wide metric, never changes a result.) Everything the mapping decides
+//! is documented in `docs/MAPPING.md`, whose tables are generated from this module (see
+//! [`docs`]).
 //!
 //! | piece | module |
 //! |---|---|
@@ -13,6 +15,7 @@
 //! | event names: table, fallback, custom events, prefix | [`names`] |
 //! | identity / synthetic `user_id`, timestamp | [`target`] |
 //! | event properties: flattening, coercion, limits | [`properties`] |
+//! | reading stored values one by one (unreadable values dropped, not the event) | [`read`] |
 //! | user properties (subscriptions, install source, profile) | [`user_properties`] |
 //! | the `transform` subcommand (whole payload → request bodies) | [`payload`] |
 //!
@@ -23,19 +26,23 @@ use std::fmt;
 
 use serde::Serialize;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 pub mod docs;
 pub mod names;
 pub mod options;
 pub mod payload;
 pub mod properties;
+pub mod read;
 pub mod target;
 pub mod user_properties;
 
 pub use names::{EVENT_NAMES, event_name, event_name_for, friendly_name};
 pub use options::{AnonymousMode, MappingOptions, Naming};
 pub use payload::{TransformOutput, transform_payload};
+pub use read::{DROP_REASONS, DropReason, DroppedValue};
 
+use crate::currents::read_event;
 use crate::heap::model::{TrackItem, UserPropertiesItem};
 use target::Target;
 
@@ -44,7 +51,8 @@ use target::Target;
 pub enum SkipReason {
     /// No `user.external_user_id` (and no synthetic `user_id` possible or configured).
     Anonymous,
-    /// A placeholder or over-long `user.external_user_id`.
+    /// A placeholder or over-long `user.external_user_id`, or one holding a control or format
+    /// character ([`target::is_invisible_control`]).
     InvalidIdentity,
     /// The event type is not included, or is excluded, by the settings.
     Excluded,
@@ -89,37 +97,65 @@ pub struct Mapped {
     /// Set only for identified events of the types in
     /// [`user_properties::USER_PROPERTY_EVENTS`] that carried something to set.
     pub user_properties: Option<UserPropertiesItem>,
+    /// Values of `user` and `properties` left out because Heap (or any JSON reader) cannot take
+    /// them: the rest of the event is sent. Counted by `serve` in
+    /// `currents_heap_properties_dropped_total{reason}`, printed by `transform`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<DroppedValue>,
+}
+
+/// Longest event `id` sent verbatim as the Heap `idempotency_key`, in bytes. Braze ids are
+/// 36-character UUIDs; ingest refuses ids over [`crate::currents::MAX_ID_BYTES`] (1024 bytes).
+pub const MAX_VERBATIM_ID_BYTES: usize = 255;
+
+/// What a hashed `idempotency_key` starts with.
+pub const HASHED_KEY_PREFIX: &str = "sha256:";
+
+/// The Heap `idempotency_key` of an event `id`: the id itself when it has at most
+/// [`MAX_VERBATIM_ID_BYTES`] bytes, else `sha256:` and the 64 lowercase hex digits of the
+/// SHA-256 of its UTF-8 bytes, so keys stay bounded (Heap documents no limit; every re-send of
+/// an event still gets the same key). An id that itself starts with `sha256:` is hashed too, so
+/// a verbatim id can never equal the key of another, long one.
+pub fn idempotency_key(id: &str) -> String {
+    if id.len() <= MAX_VERBATIM_ID_BYTES && !id.starts_with(HASHED_KEY_PREFIX) {
+        return id.to_owned();
+    }
+    let digest = Sha256::digest(id.as_bytes());
+    let mut key = String::with_capacity(HASHED_KEY_PREFIX.len() + 64);
+    key.push_str(HASHED_KEY_PREFIX);
+    for b in digest.iter() {
+        key.push_str(&format!("{b:02x}"));
+    }
+    key
 }
 
 /// Maps one stored Currents event (its raw JSON bytes) to Heap items, or says why it is skipped.
 ///
 /// Checks run in this order: [`SkipReason::Unparseable`] (not an object with a non-empty string
-/// `id`, a string `event_type` and an `i64` `time` — ingest's rules — or an empty `event_type`),
-/// then
-/// [`SkipReason::Excluded`], then the identity ([`target::resolve`]). Never panics.
+/// `id`, a string `event_type` and an `i64` `time`, each named once — ingest's rules, read by the
+/// same [`crate::currents::read_event`] — or an empty `event_type`), then
+/// [`SkipReason::Excluded`], then the identity ([`target::resolve`]). Values of `user` and
+/// `properties` that cannot be read are left out one by one ([`read`]) and listed in
+/// [`Mapped::dropped`]; they never cost the event. Never panics, and never recurses deeper than
+/// [`read::MAX_DEPTH`] whatever the input.
 pub fn map_event(raw: &[u8], opts: &MappingOptions) -> Result<Mapped, SkipReason> {
-    let Ok(Value::Object(event)) = serde_json::from_slice::<Value>(raw) else {
-        return Err(SkipReason::Unparseable);
-    };
-    let id = match event.get("id") {
-        Some(Value::String(id)) if !id.is_empty() => id,
-        _ => return Err(SkipReason::Unparseable),
-    };
+    let text = std::str::from_utf8(raw).map_err(|_| SkipReason::Unparseable)?;
+    let head = read_event(text).map_err(|_| SkipReason::Unparseable)?;
+    let (id, event_type) = (head.id.as_ref(), head.event_type.as_ref());
     // Ingest accepts an empty `event_type`; with no type there is nothing to name the event.
-    let event_type = match event.get("event_type") {
-        Some(Value::String(t)) if !t.is_empty() => t,
-        _ => return Err(SkipReason::Unparseable),
-    };
-    let time = event
-        .get("time")
-        .and_then(Value::as_i64)
-        .ok_or(SkipReason::Unparseable)?;
+    if event_type.is_empty() {
+        return Err(SkipReason::Unparseable);
+    }
     if !opts.includes(event_type) {
         return Err(SkipReason::Excluded);
     }
-    let user = event.get("user").and_then(Value::as_object);
-    let target = target::resolve(user, opts.anonymous())?;
-    let properties = event.get("properties").and_then(Value::as_object);
+    let mut reader = read::Reader::default();
+    let user = head
+        .user
+        .and_then(|u| reader.fields(u, target::USER_FIELDS, "user"));
+    let target = target::resolve(user.as_ref(), opts.anonymous())?;
+    let properties = head.properties.and_then(|p| reader.object(p, "properties"));
+    let (user, properties) = (user.as_ref(), properties.as_ref());
 
     let custom_name = properties
         .and_then(|p| p.get("name"))
@@ -132,8 +168,8 @@ pub fn map_event(raw: &[u8], opts: &MappingOptions) -> Result<Mapped, SkipReason
         identity,
         user_id,
         event: event_name_for(event_type, custom_name, opts),
-        timestamp: target::heap_timestamp(time),
-        idempotency_key: id.clone(),
+        timestamp: target::heap_timestamp(head.time),
+        idempotency_key: idempotency_key(id),
         properties: properties::event_properties(event_type, id, user, properties, opts),
     };
     let user_properties = match target {
@@ -146,9 +182,13 @@ pub fn map_event(raw: &[u8], opts: &MappingOptions) -> Result<Mapped, SkipReason
         }
         Target::UserId(_) => None,
     };
+    for dropped in &reader.dropped {
+        crate::metrics::count_dropped_value(dropped.reason);
+    }
     Ok(Mapped {
         track,
         user_properties,
+        dropped: reader.dropped,
     })
 }
 
@@ -316,5 +356,115 @@ mod tests {
         let listed: Vec<&str> = SkipReason::ALL.iter().map(SkipReason::as_str).collect();
         assert_eq!(listed, SKIP_REASONS);
         assert_eq!(SkipReason::InvalidIdentity.to_string(), "invalid_identity");
+    }
+
+    #[test]
+    fn an_unreadable_value_costs_only_itself() {
+        let deep_array = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let deep_object = format!("{}1{}", r#"{"a":"#.repeat(100_000), "}".repeat(100_000));
+        let raw = format!(
+            r#"{{"event_type":"users.behaviors.InstallAttribution","id":"ev","time":1795860000,
+                "user":{{"external_user_id":"alice","user_id":"b-1","device_id":1e999,"other":{deep_array}}},
+                "properties":{{"source":"ads","big":1e999,"s":"\ud800","list":[1,-1e400,2],
+                    "deep":{deep_array},"obj":{{"kept":true,"deeper":{deep_object}}}}}}}"#
+        );
+        let before = crate::metrics::Metrics::new().render();
+        let m = map_event(raw.as_bytes(), &MappingOptions::default()).expect("mapped");
+        assert_eq!(
+            serde_json::to_value(&m.track.properties).unwrap(),
+            json!({"braze_event_type": "users.behaviors.InstallAttribution", "braze_event_id": "ev",
+                   "braze_user_id": "b-1", "source": "ads", "list": "1||2", "obj.kept": "true"})
+        );
+        assert_eq!(m.track.identity.as_deref(), Some("alice"));
+        assert_eq!(validate_track_item(&m.track), Ok(()));
+        let up = m.user_properties.as_ref().unwrap();
+        assert_eq!(
+            serde_json::to_value(&up.properties).unwrap(),
+            json!({"braze_install_source": "ads"})
+        );
+        let dropped: Vec<(&str, DropReason)> = m
+            .dropped
+            .iter()
+            .map(|d| (d.path.as_str(), d.reason))
+            .collect();
+        assert_eq!(
+            dropped,
+            [
+                ("user.device_id", DropReason::NonFiniteNumber),
+                ("properties.big", DropReason::NonFiniteNumber),
+                ("properties.s", DropReason::InvalidString),
+                ("properties.list[1]", DropReason::NonFiniteNumber),
+                (
+                    &*format!("properties.deep{}", "[0]".repeat(31)),
+                    DropReason::TooDeep
+                ),
+                (
+                    &*format!("properties.obj.deeper{}", ".a".repeat(30)),
+                    DropReason::TooDeep
+                ),
+            ]
+        );
+        // Counted, process-wide (other tests map events concurrently: at least these).
+        let after = crate::metrics::Metrics::new().render();
+        let count = |text: &str, reason: &str| {
+            let series = format!("currents_heap_properties_dropped_total{{reason=\"{reason}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .and_then(|v| v.parse::<f64>().ok())
+                .expect("series exported")
+        };
+        assert!(count(&after, "non_finite_number") >= count(&before, "non_finite_number") + 3.0);
+        assert!(count(&after, "invalid_string") > count(&before, "invalid_string"));
+        assert!(count(&after, "too_deep") >= count(&before, "too_deep") + 2.0);
+        // Deterministic, drops included.
+        assert_eq!(map_event(raw.as_bytes(), &MappingOptions::default()), Ok(m));
+    }
+
+    #[test]
+    fn long_ids_become_hashed_idempotency_keys() {
+        let at_limit = "u".repeat(MAX_VERBATIM_ID_BYTES);
+        assert_eq!(idempotency_key(&at_limit), at_limit);
+        assert_eq!(idempotency_key("ev-1"), "ev-1");
+        let long = "u".repeat(MAX_VERBATIM_ID_BYTES + 1);
+        let key = idempotency_key(&long);
+        // Pinned: a different derivation would let re-sent events double in Heap.
+        let digest = Sha256::digest(long.as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(key, format!("sha256:{hex}"));
+        assert_eq!(
+            idempotency_key("abc".repeat(100).as_str()),
+            idempotency_key("abc".repeat(100).as_str())
+        );
+        assert_ne!(idempotency_key(&long), idempotency_key(&format!("{long}x")));
+        // No verbatim key can pose as a hashed one.
+        assert!(idempotency_key(&key).starts_with("sha256:"));
+        assert_ne!(idempotency_key(&key), key);
+
+        let mut e = email_send();
+        e["id"] = json!("é".repeat(600));
+        let m = map(e, &MappingOptions::default()).unwrap();
+        assert_eq!(m.track.idempotency_key, idempotency_key(&"é".repeat(600)));
+        assert_eq!(m.track.idempotency_key.len(), 71);
+        assert_eq!(
+            m.track.properties["braze_event_id"],
+            crate::heap::model::PropertyValue::Str("é".repeat(600))
+        );
+        assert_eq!(validate_track_item(&m.track), Ok(()));
+    }
+
+    #[test]
+    fn fields_are_read_as_ingest_reads_them() {
+        let raw = br#"{"event_type":"users.messages.email.Send","id":"a","time":-0,"user":{"external_user_id":"u"}}"#;
+        let m = map_event(raw, &MappingOptions::default()).unwrap();
+        assert_eq!(m.track.timestamp, "1970-01-01T00:00:00Z");
+        // A repeated `external_user_id` counts with its last value, as ingest reads it.
+        let twice = br#"{"event_type":"users.messages.email.Send","id":"a","time":1,"user":{"external_user_id":"first","external_user_id":"last"}}"#;
+        let m = map_event(twice, &MappingOptions::default()).unwrap();
+        assert_eq!(m.track.identity.as_deref(), Some("last"));
+        let dup = br#"{"event_type":"users.messages.email.Send","id":"a","id":"b","time":1,"user":{"external_user_id":"u"}}"#;
+        assert_eq!(
+            map_event(dup, &MappingOptions::default()),
+            Err(SkipReason::Unparseable)
+        );
     }
 }

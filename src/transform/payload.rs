@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde::de::IgnoredAny;
 use serde_json::Value;
 
-use super::{MappingOptions, SkipReason, map_event};
+use super::{DroppedValue, MappingOptions, SkipReason, map_event};
 use crate::currents::{BatchError, parse_batch};
 use crate::heap::model::{
     BulkTrack, BulkUserProperties, MAX_BULK_ITEMS, TRACK_PATH, TrackItem, USER_PROPERTIES_PATH,
@@ -29,6 +29,8 @@ pub struct TransformOutput {
     /// `(event index, event id)` of events whose id repeats an earlier event of the payload:
     /// ingest acknowledges them as duplicates and never queues them.
     pub duplicates: Vec<(usize, String)>,
+    /// `(event index, value)` of every value a mapped event left out (see [`super::read`]).
+    pub dropped: Vec<(usize, DroppedValue)>,
 }
 
 /// Maps a Currents payload — `{"events":[...]}`, a single event object, or a JSON array of
@@ -55,7 +57,10 @@ pub fn transform_payload(
             continue;
         }
         match map_event(event.raw.get().as_bytes(), opts) {
-            Ok(m) => mapped.push(m),
+            Ok(mut m) => {
+                out.dropped.extend(m.dropped.drain(..).map(|d| (index, d)));
+                mapped.push(m);
+            }
             Err(reason) => out.skipped.push((index, event.id.to_string(), reason)),
         }
     }

@@ -23,12 +23,16 @@ pub enum Target {
     UserId(String),
 }
 
+/// The fields of `user` the mapping reads (identity, synthetic `user_id`, metadata properties);
+/// nothing else of `user` is looked at.
+pub const USER_FIELDS: &[&str] = &["external_user_id", "user_id", "device_id", "timezone"];
+
 /// Resolves the Heap target of an event from its `user` object.
 ///
 /// | `user.external_user_id` | skip mode | `synthetic_user_id` mode |
 /// |---|---|---|
 /// | usable string | identity | identity |
-/// | placeholder (blank, `null`/`undefined`/`none` any case) or over 255 characters | `InvalidIdentity` | synthetic `user_id` from `user.user_id`, else `InvalidIdentity` |
+/// | placeholder (blank, `null`/`undefined`/`none` any case), over 255 characters, or holding an [invisible control character](is_invisible_control) | `InvalidIdentity` | synthetic `user_id` from `user.user_id`, else `InvalidIdentity` |
 /// | missing, `null`, not a string | `Anonymous` | synthetic `user_id` from `user.user_id`, else `Anonymous` |
 ///
 /// A `user.user_id` that is not a string, or is itself a placeholder, does not count (hashing
@@ -54,9 +58,53 @@ pub fn resolve(
     }
 }
 
-/// Whether an `external_user_id` may be sent to Heap as an identity.
+/// Whether an `external_user_id` may be sent to Heap as an identity: not a placeholder, at most
+/// 255 characters, and no [invisible control character](is_invisible_control).
 pub fn is_usable_identity(id: &str) -> bool {
-    !is_placeholder_identity(id) && id.chars().count() <= MAX_IDENTITY_CHARS
+    !is_placeholder_identity(id)
+        && id.chars().count() <= MAX_IDENTITY_CHARS
+        && !id.chars().any(is_invisible_control)
+}
+
+/// A character that controls text rather than being part of it: C0 and C1 controls and DEL
+/// (general category Cc: NUL, ESC, ...), format characters (Cf: the bidirectional embeddings,
+/// overrides and isolates such as U+202E RIGHT-TO-LEFT OVERRIDE, zero-width spaces and joiners,
+/// U+FEFF, the invisible tags U+E0001..U+E007F, ...) and the line and paragraph separators
+/// U+2028 / U+2029.
+///
+/// Why an identity with one is skipped: no app sets such an id on purpose. It comes from a
+/// bug or an attack (terminal escapes, a reversed-looking id in Heap's UI, two ids that render
+/// alike but are distinct users), and Heap keeps an identity for good.
+pub fn is_invisible_control(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            // Cf, as of Unicode 16.
+            '\u{00AD}'
+                | '\u{0600}'..='\u{0605}'
+                | '\u{061C}'
+                | '\u{06DD}'
+                | '\u{070F}'
+                | '\u{0890}'..='\u{0891}'
+                | '\u{08E2}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{110BD}'
+                | '\u{110CD}'
+                | '\u{13430}'..='\u{1343F}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0001}'
+                | '\u{E0020}'..='\u{E007F}'
+                // Zl, Zp.
+                | '\u{2028}'
+                | '\u{2029}'
+        )
 }
 
 /// The synthetic Heap `user_id` of a Braze user id: the first 8 bytes of the SHA-256 of its
@@ -138,6 +186,47 @@ mod tests {
         }
         assert_eq!(r(json!({"user_id": "b"})), Err(SkipReason::Anonymous));
         assert_eq!(resolve(None, skip), Err(SkipReason::Anonymous));
+    }
+
+    #[test]
+    fn identities_with_control_or_format_characters_are_invalid() {
+        let r = |v: Value| resolve(Some(&user(v)), AnonymousMode::Skip);
+        for bad in [
+            "a\u{0}b",
+            "\u{1b}[31mred",
+            "x\u{7f}",
+            "nel\u{85}",
+            "evil\u{202E}gnp.exe",
+            "\u{2066}iso\u{2069}",
+            "zero\u{200B}width",
+            "\u{FEFF}bom",
+            "tag\u{E0041}",
+            "line\u{2028}sep",
+            "soft\u{AD}hyphen",
+            "tab\tin",
+        ] {
+            assert!(!is_usable_identity(bad), "{bad:?}");
+            assert_eq!(
+                r(json!({"external_user_id": bad, "user_id": "b"})),
+                Err(SkipReason::InvalidIdentity),
+                "{bad:?}"
+            );
+        }
+        // Visible text of any script, emoji and ordinary punctuation stay usable.
+        for good in [
+            "José",
+            "ユーザー",
+            "user+tag@example.com",
+            "Ω-42",
+            "🙂",
+            "a b",
+        ] {
+            assert!(is_usable_identity(good), "{good:?}");
+        }
+        assert!(
+            !is_invisible_control('\u{200A}'),
+            "HAIR SPACE is a space, not a control"
+        );
     }
 
     #[test]

@@ -278,3 +278,129 @@ fn without_time(mut e: Value) -> Value {
     e.as_object_mut().unwrap().remove("time");
     e
 }
+
+/// Posts `body` (raw bytes, so that it may hold what `serde_json::Value` cannot: duplicate keys,
+/// `1e999`) and returns the `(index, reason)` pairs of the 400.
+async fn invalid_events(app: &TestApp, body: String) -> Vec<(u64, String)> {
+    let reply = app.post_authed(body).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::BAD_REQUEST,
+        "body: {}",
+        reply.text()
+    );
+    let body = reply.json();
+    assert_eq!(body["error"], "invalid_events", "{body}");
+    body["invalid_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["index"].as_u64().unwrap(),
+                e["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn valid_text(id: &str) -> String {
+    event(id, "users.messages.email.Send").to_string()
+}
+
+/// Braze drops an event after its second 400, so the reason must say what is wrong: a repeated
+/// `id` (or `event_type`, `time`, `user`, `properties`) is ambiguous, not "not a JSON object".
+#[tokio::test]
+async fn a_duplicate_key_is_named_as_such_in_the_400() {
+    let app = spawn_app().await;
+    for (key, dup) in [
+        ("id", r#""id":"a","id":"b""#),
+        (
+            "event_type",
+            r#""id":"a","event_type":"t","event_type":"u""#,
+        ),
+        ("time", r#""id":"a","time":1,"time":2"#),
+        (
+            "user",
+            r#""id":"a","user":{},"user":{"external_user_id":"x"}"#,
+        ),
+        ("properties", r#""id":"a","properties":{},"properties":{}"#),
+    ] {
+        let mut bad: Value = json!({"event_type": "t", "time": 1});
+        bad.as_object_mut().unwrap().remove(key);
+        let mut bad_text = bad.to_string();
+        bad_text.insert_str(1, &format!("{dup},"));
+        let body = format!(r#"{{"events":[{},{bad_text}]}}"#, valid_text("ok"));
+        let listed = invalid_events(&app, body).await;
+        assert_eq!(listed.len(), 1, "{key}: {listed:?}");
+        assert_eq!(listed[0].0, 1);
+        assert!(
+            listed[0].1.contains(&format!("duplicate key `{key}`")),
+            "{key}: {:?}",
+            listed[0].1
+        );
+    }
+    assert_eq!(app.stored_count(), 0);
+}
+
+#[tokio::test]
+async fn a_time_beyond_64_bits_is_out_of_range_in_the_400() {
+    let app = spawn_app().await;
+    for time in ["18446744073709551615", "-9223372036854775809"] {
+        let bad = valid_text("x").replace("1780000000", time);
+        let listed = invalid_events(&app, format!(r#"{{"events":[{bad}]}}"#)).await;
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].1.contains("`time` is out of range"), "{listed:?}");
+        assert!(!listed[0].1.contains("not an integer"), "{listed:?}");
+    }
+    // The bounds of i64 are accepted.
+    let max = valid_text("max").replace("1780000000", "9223372036854775807");
+    app.post_authed(format!(r#"{{"events":[{max}]}}"#))
+        .await
+        .assert_accepted(1, 0);
+}
+
+/// A real Braze id is a 36-character UUID; an id over 1024 bytes is refused, naming the limit.
+#[tokio::test]
+async fn an_overlong_id_is_named_in_the_400() {
+    let app = spawn_app().await;
+    let over = "i".repeat(1025);
+    let listed = invalid_events(
+        &app,
+        String::from_utf8(batch(&[event(&over, "t")])).unwrap(),
+    )
+    .await;
+    assert_eq!(listed.len(), 1);
+    assert!(
+        listed[0].1.contains("`id`") && listed[0].1.contains("1024 bytes"),
+        "{listed:?}"
+    );
+    let at_limit = "i".repeat(1024);
+    app.post_authed(batch(&[event(&at_limit, "t")]))
+        .await
+        .assert_accepted(1, 0);
+    assert_eq!(app.stored_ids(), id_set([at_limit]));
+}
+
+/// Values Heap cannot take (a non-finite number, 100,000 levels of nesting, a lone surrogate)
+/// are the mapping's business, property by property: ingest acknowledges and stores the event
+/// as sent, and its parser neither fails nor overflows the stack.
+#[tokio::test]
+async fn unrepresentable_and_deep_property_values_are_accepted_and_stored_verbatim() {
+    let app = spawn_app().await;
+    let deep_array = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let deep_object = format!("{}1{}", r#"{"a":"#.repeat(100_000), "}".repeat(100_000));
+    let raw = format!(
+        r#"{{"event_type":"users.behaviors.CustomEvent","id":"odd","time":1780000000,
+            "user":{{"external_user_id":"u-1","extra":{deep_array}}},
+            "properties":{{"name":"n","big":1e999,"neg":-1e400,"s":"\ud800","deep":{deep_array},
+            "deeper":{deep_object},"ok":1}}}}"#
+    );
+    let body = format!(r#"{{"events":[{raw}]}}"#);
+
+    app.post_authed(body).await.assert_accepted(1, 0);
+
+    let stored = app.stored_event("odd");
+    assert_eq!(stored.payload, raw.as_bytes());
+    assert_eq!(stored.identity.as_deref(), Some("u-1"));
+}
