@@ -22,6 +22,7 @@
 //!
 //! Dependency direction: `ingest` → `currents`, `queue`, `metrics`; `currents` and `queue` know
 //! nothing of HTTP; `app` wires them together.
+#![forbid(unsafe_code)]
 
 pub mod app;
 pub mod config;

@@ -1,5 +1,6 @@
 //! `currents-heap`: thin entry point. Parses the command line, loads the settings (exit 2 when
 //! they are invalid), and hands over to the library.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
