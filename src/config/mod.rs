@@ -289,7 +289,7 @@ impl Settings {
                 args.delivery_window_bytes.clone(),
                 scalar(file.delivery_window_bytes),
             ),
-            "64MiB",
+            "32MiB",
         )?;
         if delivery_window_bytes < heap_max_request_bytes {
             return Err(ConfigError::new(
@@ -600,7 +600,7 @@ mod tests {
         assert_eq!(s.max_queue_bytes, 10 * 1024 * 1024 * 1024);
         assert_eq!(s.max_body_bytes, 8 * 1024 * 1024);
         assert_eq!(s.heap_max_request_bytes, 4 * 1024 * 1024);
-        assert_eq!(s.delivery_window_bytes, 64 * 1024 * 1024);
+        assert_eq!(s.delivery_window_bytes, 32 * 1024 * 1024);
         assert_eq!(s.dedup_window, Duration::from_secs(24 * 3600));
         assert!(s.ingest_tokens.is_empty());
         assert!(!s.dry_run);

@@ -68,7 +68,7 @@ pub struct SettingsArgs {
     #[arg(long, env = "HEAP_MAX_REQUEST_BYTES")]
     pub heap_max_request_bytes: Option<String>,
     /// Most event bytes a delivery lane holds in memory (read ahead, in flight, awaiting a
-    /// retry), besides the event-count bound [default: 64MiB; at least --heap-max-request-bytes].
+    /// retry), besides the event-count bound [default: 32MiB; at least --heap-max-request-bytes].
     #[arg(long, env = "CURRENTS_HEAP_DELIVERY_WINDOW_BYTES")]
     pub delivery_window_bytes: Option<String>,
     /// Timeout of one Heap request, connection included [default: 30s].
