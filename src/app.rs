@@ -304,6 +304,9 @@ fn build_lanes(
             fallback: lane.fallback,
             batch_size: settings.heap_batch_size,
             linger: settings.heap_linger,
+            max_request_bytes: usize::try_from(settings.heap_max_request_bytes)
+                .unwrap_or(usize::MAX),
+            window_bytes: usize::try_from(settings.delivery_window_bytes).unwrap_or(usize::MAX),
             events_per_window: lane.per_minute,
             identity_events_per_window: lane.identity_per_minute,
             window: settings.heap_budget_window,

@@ -14,6 +14,7 @@
 
 pub mod backoff;
 pub mod budget;
+pub mod chunk;
 mod scheduler;
 mod sender;
 
@@ -51,6 +52,12 @@ pub struct DeliveryConfig {
     pub batch_size: usize,
     /// How long a partial batch may wait for more events.
     pub linger: Duration,
+    /// Largest body of one Heap request; a larger batch is split before it is sent (see
+    /// [`chunk`]).
+    pub max_request_bytes: usize,
+    /// Most event bytes the lane holds in memory: read ahead, in flight, waiting for a retry
+    /// or a split. At least one event is always held, however large.
+    pub window_bytes: usize,
     pub events_per_window: NonZeroU32,
     pub identity_events_per_window: NonZeroU32,
     /// Heap's budget window: one minute. Tests shrink it to scale budgets.
