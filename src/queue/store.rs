@@ -432,13 +432,33 @@ impl Reader {
         after_seq: i64,
         limit: usize,
     ) -> rusqlite::Result<Vec<DeadLetter>> {
+        self.dead_letters_within(reason, after_seq, limit, usize::MAX)
+    }
+
+    /// As [`Self::dead_letters`], stopping before the payloads read would exceed `max_bytes`
+    /// (the first row is always read): a page of 900 KB events stays bounded in memory.
+    pub fn dead_letters_within(
+        &self,
+        reason: Option<&str>,
+        after_seq: i64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> rusqlite::Result<Vec<DeadLetter>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, route, app_id, workspace, event_id, event_type, identity, event_time,
-                    received_at, attempts, reason, detail, dead_at, payload
+                    received_at, attempts, reason, detail, dead_at, payload, length(payload)
              FROM dead_letter WHERE (?1 IS NULL OR reason = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
-        let rows = stmt.query_map(rusqlite::params![reason, after_seq, limit as i64], |r| {
-            Ok(DeadLetter {
+        let mut rows = stmt.query(rusqlite::params![reason, after_seq, limit as i64])?;
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        while let Some(r) = rows.next()? {
+            let len = usize::try_from(r.get::<_, i64>(14)?).unwrap_or(0);
+            if !out.is_empty() && total.saturating_add(len) > max_bytes {
+                break;
+            }
+            total = total.saturating_add(len);
+            out.push(DeadLetter {
                 seq: r.get(0)?,
                 route: r.get(1)?,
                 app_id: r.get(2)?,
@@ -453,9 +473,9 @@ impl Reader {
                 detail: r.get(11)?,
                 dead_at: r.get(12)?,
                 payload: r.get(13)?,
-            })
-        })?;
-        rows.collect()
+            });
+        }
+        Ok(out)
     }
 
     /// Dead letters by reason.

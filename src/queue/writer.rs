@@ -668,6 +668,30 @@ mod tests {
             ["c", "d"]
         );
         assert_eq!(r.queued("1", 0, 10).unwrap().len(), 4);
+        // Dead-letter pages are bounded the same way.
+        let (writer, handle) = Writer::spawn_maintenance(&store).unwrap();
+        let items = (1..=4)
+            .map(|seq| crate::queue::DeadLetterItem {
+                seq,
+                reason: "rejected".into(),
+                detail: None,
+            })
+            .collect();
+        writer.apply(QueueOp::DeadLetter { items }).await.unwrap();
+        drop(writer);
+        tokio::task::spawn_blocking(move || handle.close())
+            .await
+            .unwrap();
+        let dead = |max| -> Vec<String> {
+            r.dead_letters_within(None, 0, 10, max)
+                .unwrap()
+                .into_iter()
+                .map(|d| d.event_id)
+                .collect()
+        };
+        assert_eq!(dead(10), ["a"]);
+        assert_eq!(dead(1006), ["a", "b", "c"]);
+        assert_eq!(r.dead_letters(None, 0, 10).unwrap().len(), 4);
         // Nothing is due: none deferred.
         assert!(
             r.due_deferred("1", i64::MAX, 10, 1, &none)
