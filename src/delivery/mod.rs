@@ -11,6 +11,11 @@
 //! An identity over its budget is *deferred*: its events get a `not_before` in the store, one
 //! budget slot apart, and come back through the deferred index when due, while the other
 //! identities' events keep flowing.
+//!
+//! Memory and requests are bounded in bytes as well as in events, because Braze events reach
+//! 900 KB: a lane holds at most [`DeliveryConfig::window_bytes`] of events (one event always
+//! fits), and no request body exceeds [`DeliveryConfig::max_request_bytes`] unless it carries a
+//! single event that is larger on its own ([`chunk`]).
 
 pub mod backoff;
 pub mod budget;
