@@ -11,6 +11,10 @@ use serde_json::json;
 use crate::queue::{QueueOp, ReplayItem, Store, Writer};
 use crate::routing::Router;
 
+/// Payload bytes read per page of dead letters: pages are also bounded in rows, but 1000
+/// Braze events of 900 KB would be 900 MB, in the same container as the server.
+const PAGE_BYTES: usize = 16 * 1024 * 1024;
+
 /// What to act on.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
@@ -46,7 +50,12 @@ pub fn list(
     let mut after = 0i64;
     while printed < limit {
         let page = reader
-            .dead_letters(sel.reason.as_deref(), after, 500.min(limit - printed))
+            .dead_letters_within(
+                sel.reason.as_deref(),
+                after,
+                500.min(limit - printed),
+                PAGE_BYTES,
+            )
             .map_err(|e| e.to_string())?;
         if page.is_empty() {
             break;
@@ -124,7 +133,7 @@ pub fn replay(store: &Store, sel: &Selection, router: &Router) -> Result<Replaye
         let mut after = 0i64;
         loop {
             let page = reader
-                .dead_letters(sel.reason.as_deref(), after, 1000)
+                .dead_letters_within(sel.reason.as_deref(), after, 1000, PAGE_BYTES)
                 .map_err(|e| e.to_string())?;
             let Some(last) = page.last() else {
                 break;

@@ -100,6 +100,9 @@ pub fn plan(settings: &Settings) -> Vec<LanePlan> {
                 fallback: l.fallback,
                 batch_size: settings.heap_batch_size,
                 linger: settings.heap_linger,
+                max_request_bytes: usize::try_from(settings.heap_max_request_bytes)
+                    .unwrap_or(usize::MAX),
+                window_bytes: usize::try_from(settings.delivery_window_bytes).unwrap_or(usize::MAX),
                 events_per_window: l.per_minute,
                 identity_events_per_window: l.identity_per_minute,
                 window: settings.heap_budget_window,

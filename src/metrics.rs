@@ -150,6 +150,12 @@ pub const CATALOGUE: &[(&str, &str, &str, &str)] = &[
         "1 while delivery waits out a Retry-After or a backoff after a failure.",
     ),
     (
+        "currents_heap_delivery_window_bytes",
+        "gauge",
+        "route",
+        "Event bytes a delivery lane holds in memory (read ahead, in flight, awaiting a retry); bounded by --delivery-window-bytes, except that one event is always held.",
+    ),
+    (
         "currents_heap_rate_limit_waits_total",
         "counter",
         "route,budget",
@@ -339,6 +345,7 @@ pub struct Metrics {
     pub heap_request_duration: HistogramVec,
     pub delivery_retries: IntCounterVec,
     pub delivery_paused: IntGaugeVec,
+    pub delivery_window_bytes: IntGaugeVec,
     pub rate_limit_waits: IntCounterVec,
     pub rate_limit_wait_seconds: CounterVec,
     pub budget_per_minute: IntGaugeVec,
@@ -463,6 +470,11 @@ impl Metrics {
             .unwrap(),
             delivery_paused: IntGaugeVec::new(opts("currents_heap_delivery_paused"), &["route"])
                 .unwrap(),
+            delivery_window_bytes: IntGaugeVec::new(
+                opts("currents_heap_delivery_window_bytes"),
+                &["route"],
+            )
+            .unwrap(),
             rate_limit_waits: IntCounterVec::new(
                 opts("currents_heap_rate_limit_waits_total"),
                 &["route", "budget"],
@@ -534,6 +546,8 @@ impl Metrics {
             .unwrap();
         r.register(Box::new(m.delivery_retries.clone())).unwrap();
         r.register(Box::new(m.delivery_paused.clone())).unwrap();
+        r.register(Box::new(m.delivery_window_bytes.clone()))
+            .unwrap();
         r.register(Box::new(m.rate_limit_waits.clone())).unwrap();
         r.register(Box::new(m.rate_limit_wait_seconds.clone()))
             .unwrap();
@@ -593,6 +607,7 @@ impl Metrics {
         let m = self;
         m.events_delivered.with_label_values(&[route]);
         m.delivery_paused.with_label_values(&[route]);
+        m.delivery_window_bytes.with_label_values(&[route]);
         for r in crate::transform::SKIP_REASONS {
             m.events_skipped.with_label_values(&[route, *r]);
         }

@@ -241,6 +241,9 @@ pub struct Report {
     /// Arrival of the first and the last accepted track request.
     pub first_arrival: Option<Duration>,
     pub last_arrival: Option<Duration>,
+    /// The largest request body received, by path (whatever the answer; a body over the
+    /// stand-in's own guard counts as `MAX_BODY_BYTES + 1`).
+    pub largest_body: BTreeMap<String, usize>,
 }
 
 impl Report {
@@ -567,6 +570,12 @@ impl HeapStandIn {
         self.shared.lock().config.enforce = enforce;
     }
 
+    /// Whether accepted track items are recorded with their properties (the default) or
+    /// without: a run of very large events then costs the test process little memory.
+    pub fn set_keep_properties(&self, keep: bool) {
+        self.shared.lock().keep_properties = keep;
+    }
+
     /// Forgets everything recorded (requests, items, windows); keeps the faults, mode, poison
     /// and config.
     pub fn reset_records(&self) {
@@ -633,6 +642,7 @@ impl HeapStandIn {
             max_identity_window,
             first_arrival: rec.first_arrival,
             last_arrival: rec.last_arrival,
+            largest_body: rec.largest_body.clone(),
         }
     }
 }
@@ -662,6 +672,9 @@ struct Inner {
     faults: VecDeque<Fault>,
     mode: Mode,
     poisoned: HashSet<String>,
+    /// Keep the properties of accepted track items in the records (see
+    /// [`HeapStandIn::set_keep_properties`]).
+    keep_properties: bool,
     rec: Records,
 }
 
@@ -672,6 +685,7 @@ impl Inner {
             faults: VecDeque::new(),
             mode: Mode::Normal,
             poisoned: HashSet::new(),
+            keep_properties: true,
             rec: Records::default(),
         }
     }
@@ -694,6 +708,7 @@ struct Records {
     user_property_batches: Vec<Arc<UserPropertiesBatch>>,
     first_arrival: Option<Duration>,
     last_arrival: Option<Duration>,
+    largest_body: BTreeMap<String, usize>,
 }
 
 struct AppState {
@@ -895,13 +910,20 @@ async fn process(shared: &Shared, path: &str, req: Request<Incoming>) -> Answer 
             .collect()
             .await
         {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err((
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "body over {MAX_BODY_BYTES} bytes (stand-in guard; Heap documents no limit)"
-                ),
-            )),
+            Ok(collected) => {
+                let body = collected.to_bytes();
+                record_body_len(shared, path, body.len());
+                Ok(body)
+            }
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                record_body_len(shared, path, MAX_BODY_BYTES + 1);
+                Err((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "body over {MAX_BODY_BYTES} bytes (stand-in guard; Heap documents no limit)"
+                    ),
+                ))
+            }
             Err(e) => Err((StatusCode::BAD_REQUEST, format!("cannot read body: {e}"))),
         },
     };
@@ -947,6 +969,12 @@ async fn process(shared: &Shared, path: &str, req: Request<Incoming>) -> Answer 
             Answer::ok()
         }
     }
+}
+
+fn record_body_len(shared: &Shared, path: &str, len: usize) {
+    let mut inner = shared.lock();
+    let largest = inner.rec.largest_body.entry(path.to_owned()).or_default();
+    *largest = (*largest).max(len);
 }
 
 enum Parsed {
@@ -1079,6 +1107,12 @@ fn accept_track(
     rec.events_accepted += u64::from(total);
     rec.first_arrival.get_or_insert(now);
     rec.last_arrival = Some(now);
+    let mut events = events;
+    if !inner.keep_properties {
+        for e in &mut events {
+            e.properties = Default::default();
+        }
+    }
     rec.track_batches.push(Arc::new(TrackBatch {
         app_id,
         at: now,

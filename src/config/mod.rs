@@ -34,6 +34,9 @@ const BLANK_TOKEN: &str = "is set but holds no token (empty, blank, or only comm
 
 /// Braze drops events above 900 KB, so a one-event batch must always fit under the body limit.
 const MIN_BODY_BYTES: u64 = 1024 * 1024;
+/// Floor of `heap_max_request_bytes`: below it a typo ("4" for "4MiB") would send every event
+/// alone. An event larger than the cap is still sent (alone), so any floor is safe.
+const MIN_HEAP_REQUEST_BYTES: u64 = 64 * 1024;
 
 /// Validated, effective settings.
 #[derive(Debug, Clone)]
@@ -56,6 +59,10 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub heap_batch_size: usize,
     pub heap_linger: Duration,
+    /// Largest body of one Heap request; larger batches are split before sending.
+    pub heap_max_request_bytes: u64,
+    /// Most event bytes one delivery lane holds in memory.
+    pub delivery_window_bytes: u64,
     pub heap_timeout: Duration,
     pub heap_budget_window: Duration,
     pub retry_backoff: Backoff,
@@ -317,6 +324,41 @@ impl Settings {
             pick(args.heap_linger.clone(), file.heap_linger),
             "1s",
         )?;
+        let heap_max_request_bytes = parse_size(
+            "heap_max_request_bytes",
+            "HEAP_MAX_REQUEST_BYTES",
+            pick(
+                args.heap_max_request_bytes.clone(),
+                scalar(file.heap_max_request_bytes),
+            ),
+            "4MiB",
+        )?;
+        if heap_max_request_bytes < MIN_HEAP_REQUEST_BYTES {
+            return Err(ConfigError::new(
+                "heap_max_request_bytes",
+                "HEAP_MAX_REQUEST_BYTES",
+                "must be at least 64KiB",
+            ));
+        }
+        let delivery_window_bytes = parse_size(
+            "delivery_window_bytes",
+            "CURRENTS_HEAP_DELIVERY_WINDOW_BYTES",
+            pick(
+                args.delivery_window_bytes.clone(),
+                scalar(file.delivery_window_bytes),
+            ),
+            "32MiB",
+        )?;
+        if delivery_window_bytes < heap_max_request_bytes {
+            return Err(ConfigError::new(
+                "delivery_window_bytes",
+                "CURRENTS_HEAP_DELIVERY_WINDOW_BYTES",
+                format!(
+                    "must be at least heap_max_request_bytes ({heap_max_request_bytes} bytes), \
+                     so that a full request fits in the window"
+                ),
+            ));
+        }
         let heap_timeout = parse_duration(
             "heap_timeout",
             "HEAP_TIMEOUT",
@@ -447,6 +489,8 @@ impl Settings {
             log_format,
             heap_batch_size,
             heap_linger,
+            heap_max_request_bytes,
+            delivery_window_bytes,
             heap_timeout,
             heap_budget_window,
             retry_backoff,
@@ -529,6 +573,14 @@ impl Settings {
         let dur = |d: Duration| q(&humantime::format_duration(d).to_string());
         line("heap_batch_size", self.heap_batch_size.to_string());
         line("heap_linger", dur(self.heap_linger));
+        line(
+            "heap_max_request_bytes",
+            self.heap_max_request_bytes.to_string(),
+        );
+        line(
+            "delivery_window_bytes",
+            self.delivery_window_bytes.to_string(),
+        );
         line("heap_timeout", dur(self.heap_timeout));
         line("heap_budget_window", dur(self.heap_budget_window));
         line("retry_initial_backoff", dur(self.retry_backoff.ceiling(0)));
@@ -607,6 +659,8 @@ mod tests {
         assert_eq!(s.heap_identity_events_per_minute.get(), 1_000);
         assert_eq!(s.max_queue_bytes, 10 * 1024 * 1024 * 1024);
         assert_eq!(s.max_body_bytes, 8 * 1024 * 1024);
+        assert_eq!(s.heap_max_request_bytes, 4 * 1024 * 1024);
+        assert_eq!(s.delivery_window_bytes, 32 * 1024 * 1024);
         assert_eq!(s.dedup_window, Duration::from_secs(24 * 3600));
         assert!(s.ingest_tokens.is_empty());
         assert!(!s.dry_run);
@@ -649,6 +703,13 @@ mod tests {
             ("anonymous = \"maybe\"", "anonymous"),
             ("include_event_types = [\"[\"]", "include_event_types"),
             ("max_event_age = \"0s\"", "max_event_age"),
+            ("heap_max_request_bytes = \"4\"", "heap_max_request_bytes"),
+            ("heap_max_request_bytes = \"big\"", "heap_max_request_bytes"),
+            ("delivery_window_bytes = \"1MiB\"", "delivery_window_bytes"),
+            (
+                "heap_max_request_bytes = \"128MiB\"",
+                "delivery_window_bytes",
+            ),
         ];
         for (text, key) in cases {
             let err = Settings::resolve(&SettingsArgs::default(), file(text)).unwrap_err();
@@ -747,6 +808,30 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("larger than 1 MiB"), "{err}");
+    }
+
+    #[test]
+    fn byte_bounds_take_sizes_in_every_form() {
+        let args = SettingsArgs {
+            heap_max_request_bytes: Some("1MiB".into()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(
+            &args,
+            file("heap_max_request_bytes = \"8MiB\"\ndelivery_window_bytes = 16777216\n"),
+        )
+        .unwrap();
+        assert_eq!(s.heap_max_request_bytes, 1024 * 1024);
+        assert_eq!(s.delivery_window_bytes, 16 * 1024 * 1024);
+        let printed = s.to_redacted_toml();
+        assert!(
+            printed.contains("heap_max_request_bytes = 1048576"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("delivery_window_bytes = 16777216"),
+            "{printed}"
+        );
     }
 
     #[test]

@@ -92,6 +92,14 @@ pub struct SettingsArgs {
     /// How long a partial batch waits for more events before it is sent [default: 1s].
     #[arg(long, env = "HEAP_LINGER")]
     pub heap_linger: Option<String>,
+    /// Largest body of one Heap request (e.g. 4MiB); a batch that would be larger is split
+    /// before it is sent, an event larger on its own goes alone [default: 4MiB; at least 64KiB].
+    #[arg(long, env = "HEAP_MAX_REQUEST_BYTES")]
+    pub heap_max_request_bytes: Option<String>,
+    /// Most event bytes a delivery lane holds in memory (read ahead, in flight, awaiting a
+    /// retry), besides the event-count bound [default: 32MiB; at least --heap-max-request-bytes].
+    #[arg(long, env = "CURRENTS_HEAP_DELIVERY_WINDOW_BYTES")]
+    pub delivery_window_bytes: Option<String>,
     /// Timeout of one Heap request, connection included [default: 30s].
     #[arg(long, env = "HEAP_TIMEOUT")]
     pub heap_timeout: Option<String>,
@@ -180,6 +188,8 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     pub heap_batch_size: Option<Scalar>,
     pub heap_linger: Option<String>,
+    pub heap_max_request_bytes: Option<Scalar>,
+    pub delivery_window_bytes: Option<Scalar>,
     pub heap_timeout: Option<String>,
     pub heap_budget_window: Option<String>,
     pub retry_initial_backoff: Option<String>,

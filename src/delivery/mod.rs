@@ -11,9 +11,15 @@
 //! An identity over its budget is *deferred*: its events get a `not_before` in the store, one
 //! budget slot apart, and come back through the deferred index when due, while the other
 //! identities' events keep flowing.
+//!
+//! Memory and requests are bounded in bytes as well as in events, because Braze events reach
+//! 900 KB: a lane holds at most [`DeliveryConfig::window_bytes`] of events (one event always
+//! fits), and no request body exceeds [`DeliveryConfig::max_request_bytes`] unless it carries a
+//! single event that is larger on its own ([`chunk`]).
 
 pub mod backoff;
 pub mod budget;
+pub mod chunk;
 mod scheduler;
 mod sender;
 
@@ -51,6 +57,12 @@ pub struct DeliveryConfig {
     pub batch_size: usize,
     /// How long a partial batch may wait for more events.
     pub linger: Duration,
+    /// Largest body of one Heap request; a larger batch is split before it is sent (see
+    /// [`chunk`]).
+    pub max_request_bytes: usize,
+    /// Most event bytes the lane holds in memory: read ahead, in flight, waiting for a retry
+    /// or a split. At least one event is always held, however large.
+    pub window_bytes: usize,
     pub events_per_window: NonZeroU32,
     pub identity_events_per_window: NonZeroU32,
     /// Heap's budget window: one minute. Tests shrink it to scale budgets.

@@ -1,4 +1,10 @@
 //! [`Delivery`]: the loop of one route. See the module docs of [`crate::delivery`].
+//!
+//! Memory is bounded in bytes as well as in events: every event the lane holds (read ahead in
+//! `pending`, in a bisected or split part in `forced`, in flight, or back after a failed
+//! attempt) is accounted for in `in_memory` with its weight, and refill stops reading the store
+//! once `DeliveryConfig::window_bytes` is reached. A batch is cut to what fits in one request of
+//! `DeliveryConfig::max_request_bytes` before its budget is taken (see [`super::chunk`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -8,10 +14,11 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::chunk::{self, BodySize};
 use super::{Budgets, DeliveryConfig, Sender};
 use crate::heap::client::HeapError;
 use crate::heap::model::{
-    BulkTrack, BulkUserProperties, TRACK_PATH, TrackItem, USER_PROPERTIES_PATH, UserPropertiesItem,
+    MAX_BULK_ITEMS, TRACK_PATH, TrackItem, USER_PROPERTIES_PATH, UserPropertiesItem,
     validate_track_item, validate_user_properties_item,
 };
 use crate::heap::retry::{Verdict, classify, status_class};
@@ -21,6 +28,10 @@ use crate::transform::map_event;
 
 /// Events held in memory per route, as a multiple of the batch size.
 const PENDING_BATCHES: usize = 4;
+/// One refill reads at most this fraction of the window's bytes: the rows read are held twice
+/// for a moment (stored bytes, then mapped items), so reading the window in slices keeps that
+/// overlap small. Refill runs again on the next turn of the loop while the window has room.
+const READ_SLICES: usize = 8;
 
 /// An event on its way to Heap.
 #[derive(Debug, Clone)]
@@ -32,6 +43,22 @@ struct Item {
     user_properties: Option<UserPropertiesItem>,
     /// The track part was delivered; only the user properties remain.
     track_done: bool,
+    /// Serialized length of `track` in a bulk body.
+    track_bytes: usize,
+    /// Serialized length of `user_properties` (0 without).
+    props_bytes: usize,
+}
+
+impl Item {
+    /// What it adds to the request it is selected for: its track item, or its user
+    /// properties once the track part is done.
+    fn request_bytes(&self) -> usize {
+        if self.track_done {
+            self.props_bytes
+        } else {
+            self.track_bytes
+        }
+    }
 }
 
 /// An identity over its budget: skip it until `until`; its deferred events are given
@@ -51,7 +78,16 @@ pub struct Delivery {
     metrics: Metrics,
     new_data: Arc<Notify>,
     pending: VecDeque<Item>,
-    in_memory: HashSet<i64>,
+    /// Every event held in memory (`pending`, `forced`, in flight) with its weight in bytes:
+    /// the larger of its stored payload and its serialized Heap items.
+    in_memory: HashMap<i64, usize>,
+    /// Sum of the weights in `in_memory`: what `window_bytes` bounds.
+    held_bytes: usize,
+    window_gauge: prometheus::IntGauge,
+    /// Length of an empty bulk track body of this app id.
+    track_overhead: usize,
+    /// Length of an empty bulk add-user-properties body of this app id.
+    users_overhead: usize,
     cursor: i64,
     deferred: HashMap<String, Deferral>,
     forced: VecDeque<Vec<Item>>,
@@ -90,6 +126,12 @@ impl Delivery {
             cfg.window,
             cfg.batch_size.clamp(1, crate::heap::model::MAX_BULK_ITEMS),
         );
+        let window_gauge = metrics
+            .delivery_window_bytes
+            .with_label_values(&[&cfg.lane]);
+        window_gauge.set(0);
+        let track_overhead = chunk::track_overhead(&cfg.app_id);
+        let users_overhead = chunk::users_overhead(&cfg.app_id);
         Self {
             cfg,
             budgets,
@@ -99,7 +141,11 @@ impl Delivery {
             metrics,
             new_data,
             pending: VecDeque::new(),
-            in_memory: HashSet::new(),
+            in_memory: HashMap::new(),
+            held_bytes: 0,
+            window_gauge,
+            track_overhead,
+            users_overhead,
             cursor: 0,
             deferred: HashMap::new(),
             forced: VecDeque::new(),
@@ -125,6 +171,45 @@ impl Delivery {
             self.budgets = carry.budgets;
         }
         self.paused_until = carry.paused_until;
+    }
+
+    /// Counts an event as held in memory.
+    fn hold(&mut self, seq: i64, weight: usize) {
+        if let Some(old) = self.in_memory.insert(seq, weight) {
+            self.held_bytes -= old;
+        }
+        self.held_bytes += weight;
+        self.window_gauge.set(self.held_bytes as i64);
+    }
+
+    /// Forgets an event held in memory (acknowledged, dead-lettered, parked in the store).
+    fn release(&mut self, seq: i64) {
+        if let Some(weight) = self.in_memory.remove(&seq) {
+            self.held_bytes -= weight;
+            self.window_gauge.set(self.held_bytes as i64);
+        }
+    }
+
+    /// Whether the window has room for an event of `bytes` more. An empty window always has:
+    /// a single event larger than the window still makes progress.
+    fn has_room(&self, bytes: usize) -> bool {
+        self.held_bytes == 0 || self.held_bytes.saturating_add(bytes) <= self.cfg.window_bytes
+    }
+
+    /// How many eligible events (FIFO, up to the app burst) the next request takes, and
+    /// whether that request is full (by count or by `max_request_bytes`).
+    fn plan(&self) -> (usize, bool) {
+        let max = self.max_batch();
+        let mut body = BodySize::new(self.track_overhead, self.cfg.max_request_bytes);
+        for item in self.pending.iter().filter(|i| self.is_eligible(i)) {
+            if body.items() >= max {
+                return (max, true);
+            }
+            if !body.try_add(item.request_bytes()) {
+                return (body.items(), true);
+            }
+        }
+        (body.items(), body.items() >= max)
     }
 
     /// Runs until `shutdown` is cancelled. A request in flight is finished first; whatever is
@@ -154,6 +239,7 @@ impl Delivery {
             }
             self.housekeeping();
             if self.pending.len() < self.max_batch() * PENDING_BATCHES / 2
+                && self.held_bytes < self.cfg.window_bytes / 2
                 && let Err(e) = self.refill().await
             {
                 tracing::error!(message = "Reading the queue failed.", error = %e);
@@ -179,7 +265,7 @@ impl Delivery {
                         continue;
                     }
                     None => {
-                        let n = self.eligible().min(self.max_batch());
+                        let (n, _) = self.plan();
                         let waited = tokio::select! {
                             w = self.budgets.take_app(n) => w,
                             _ = shutdown.cancelled() => break,
@@ -203,8 +289,7 @@ impl Delivery {
     /// None when a batch should go now; else how long to wait for more events (linger) or
     /// for a deferred identity.
     fn next_wait(&mut self) -> Option<Duration> {
-        let eligible = self.eligible();
-        if eligible >= self.max_batch() {
+        if self.plan().1 {
             return None;
         }
         let oldest = self
@@ -225,10 +310,6 @@ impl Delivery {
         self.deferred
             .get(item.track.budget_key())
             .is_none_or(|d| d.until <= Instant::now())
-    }
-
-    fn eligible(&self) -> usize {
-        self.pending.iter().filter(|i| self.is_eligible(i)).count()
     }
 
     fn record_wait(&self, budget: &'static str, waited: Duration) {
@@ -255,20 +336,42 @@ impl Delivery {
         self.deferred.retain(|_, d| d.next_slot > now);
     }
 
-    /// Tops up `pending` from the store: due deferred events first, then new ones.
+    /// Tops up `pending` from the store: due deferred events first, then new ones, up to the
+    /// window's event count and bytes. The store is read row by row and stops at the bytes
+    /// left in the window, or a slice of it (at least one row), so a backlog of huge events is
+    /// never read whole.
     async fn refill(&mut self) -> Result<(), String> {
         let want = (self.max_batch() * PENDING_BATCHES).saturating_sub(self.pending.len());
-        if want == 0 {
+        if want == 0 || !self.has_room(1) {
             return Ok(());
         }
+        let room = self
+            .cfg
+            .window_bytes
+            .saturating_sub(self.held_bytes)
+            .min(self.cfg.window_bytes / READ_SLICES)
+            .max(1);
         let now = unix_millis();
         let reader = Arc::clone(&self.reader);
         let app_id = self.cfg.app_id.clone();
         let cursor = self.cursor;
+        // Due rows stay due in the store while they wait here; the reader passes them over.
+        let held: HashSet<i64> = self.in_memory.keys().copied().collect();
         let (due, fresh) = tokio::task::spawn_blocking(move || {
             let r = reader.lock().unwrap_or_else(|p| p.into_inner());
-            let due = r.due_deferred(&app_id, now, want)?;
-            let fresh = r.queued(&app_id, cursor, want)?;
+            let due = r.due_deferred(&app_id, now, want, room, &held)?;
+            let due_bytes: usize = due.iter().map(|e| e.payload.len()).sum();
+            let fresh = if due.len() >= want || (!due.is_empty() && due_bytes >= room) {
+                Vec::new()
+            } else {
+                r.queued_within(
+                    &app_id,
+                    cursor,
+                    want - due.len(),
+                    room - due_bytes.min(room),
+                    &held,
+                )?
+            };
             Ok::<_, rusqlite::Error>((due, fresh))
         })
         .await
@@ -279,14 +382,14 @@ impl Delivery {
         let mut skipped = Vec::new();
         let mut loaded = 0usize;
         for row in due {
-            if loaded >= want {
+            if loaded >= want || !self.has_room(row.payload.len()) {
                 break;
             }
             loaded += usize::from(self.take_row(row, now, &mut dead, &mut skipped));
         }
         for row in fresh {
             // The cursor moves only past rows handled here, so none is ever stepped over.
-            if loaded >= want {
+            if loaded >= want || !self.has_room(row.payload.len()) {
                 break;
             }
             self.cursor = self.cursor.max(row.seq);
@@ -308,14 +411,26 @@ impl Delivery {
         dead: &mut Vec<DeadLetterItem>,
         skipped: &mut Vec<(i64, &'static str, bool)>,
     ) -> bool {
-        if !self.in_memory.insert(row.seq) {
+        if self.in_memory.contains_key(&row.seq) {
             return false;
         }
-        match self.prepare(&row, now) {
-            Ok(item) => self.pending.push_back(item),
-            Err(Prepared::Dead(d)) => dead.push(d),
-            Err(Prepared::Skipped(seq, reason, keep)) => skipped.push((seq, reason, keep)),
-        }
+        // Unsendable rows are finished (and forgotten) before refill returns: no weight.
+        let weight = match self.prepare(&row, now) {
+            Ok(item) => {
+                let weight = row.payload.len().max(item.track_bytes + item.props_bytes);
+                self.pending.push_back(item);
+                weight
+            }
+            Err(Prepared::Dead(d)) => {
+                dead.push(d);
+                0
+            }
+            Err(Prepared::Skipped(seq, reason, keep)) => {
+                skipped.push((seq, reason, keep));
+                0
+            }
+        };
+        self.hold(row.seq, weight);
         true
     }
 
@@ -356,6 +471,11 @@ impl Delivery {
             seq: row.seq,
             received_at: row.received_at,
             loaded_at: Instant::now(),
+            track_bytes: chunk::serialized_len(&mapped.track),
+            props_bytes: mapped
+                .user_properties
+                .as_ref()
+                .map_or(0, chunk::serialized_len),
             track: mapped.track,
             user_properties: mapped.user_properties,
             track_done: false,
@@ -404,7 +524,7 @@ impl Delivery {
             self.apply(QueueOp::Ack { seqs: acks }).await;
         }
         for seq in seqs {
-            self.in_memory.remove(&seq);
+            self.release(seq);
         }
     }
 
@@ -428,14 +548,18 @@ impl Delivery {
         }
     }
 
-    /// Takes up to `n` eligible events, passing each identity's budget; defers (in the store)
-    /// the events of identities that are over budget.
+    /// Takes up to `n` eligible events that fit in one request of `max_request_bytes`,
+    /// passing each identity's budget; defers (in the store) the events of identities that are
+    /// over budget. With no identity over budget these are exactly the `n` events of
+    /// [`Self::plan`], whose app budget was taken.
     async fn select(&mut self, n: usize) -> Vec<Item> {
         let mut taken = Vec::with_capacity(n);
         let mut keep = VecDeque::with_capacity(self.pending.len());
         let now = Instant::now();
+        let mut body = BodySize::new(self.track_overhead, self.cfg.max_request_bytes);
+        let mut full = false;
         while let Some(item) = self.pending.pop_front() {
-            if taken.len() >= n {
+            if full || taken.len() >= n {
                 keep.push_back(item);
                 continue;
             }
@@ -444,8 +568,18 @@ impl Delivery {
                 keep.push_back(item);
                 continue;
             }
+            // Checked before the identity budget, so no identity cell is spent on an event
+            // that stays behind.
+            if !body.fits(item.request_bytes()) {
+                full = true;
+                keep.push_back(item);
+                continue;
+            }
             match self.budgets.take_identity(key) {
-                Ok(()) => taken.push(item),
+                Ok(()) => {
+                    body.add(item.request_bytes());
+                    taken.push(item);
+                }
                 Err(wait) => {
                     self.metrics
                         .rate_limit_waits
@@ -468,14 +602,18 @@ impl Delivery {
     }
 
     /// Keeps a small reserve of each deferred identity's events in memory — enough for what
-    /// its budget admits between two batches — and moves the rest to the store, each with its
-    /// own `not_before` slot one budget period apart, so memory stays bounded, the identity
-    /// still drains at its own budget, and the other identities keep flowing.
+    /// its budget admits between two batches, and at most a quarter of the window's bytes for
+    /// all deferred identities together — and moves the rest to the store, each with its own
+    /// `not_before` slot one budget period apart, so memory stays bounded, the identity still
+    /// drains at its own budget, and the other identities keep flowing: deferred events never
+    /// hold the window so full that refill stops.
     async fn park_deferred(&mut self) {
         let now = Instant::now();
         let shape = self.budgets.identity_shape();
         let period = shape.period.as_millis().max(1) as i64;
         let reserve = (shape.burst as usize * 2).max(2);
+        let reserve_bytes = self.cfg.window_bytes / 4;
+        let mut kept_bytes = 0usize;
         let mut kept: HashMap<String, usize> = HashMap::new();
         let mut parked: Vec<(i64, i64)> = Vec::new();
         let mut keep = VecDeque::with_capacity(self.pending.len());
@@ -485,8 +623,10 @@ impl Delivery {
             match self.deferred.get_mut(key) {
                 Some(d) if d.until > now => {
                     let n = kept.entry(key.to_owned()).or_default();
-                    if *n < reserve {
+                    let weight = self.in_memory.get(&item.seq).copied().unwrap_or(0);
+                    if *n < reserve && kept_bytes.saturating_add(weight) <= reserve_bytes {
                         *n += 1;
+                        kept_bytes += weight;
                         keep.push_back(item);
                         continue;
                     }
@@ -495,7 +635,7 @@ impl Delivery {
                     d.next_slot = d.next_slot.max(now_ms + wait_ms + reserve as i64 * period);
                     parked.push((item.seq, d.next_slot));
                     d.next_slot += period;
-                    self.in_memory.remove(&item.seq);
+                    self.release(item.seq);
                 }
                 _ => keep.push_back(item),
             }
@@ -553,14 +693,21 @@ impl Delivery {
 
         let (to_track, mut done): (Vec<Item>, Vec<Item>) =
             items.into_iter().partition(|i| !i.track_done);
-        if !to_track.is_empty() {
-            let tracks: Vec<TrackItem> = to_track.iter().map(|i| i.track.clone()).collect();
-            let body = serde_json::to_vec(&BulkTrack {
-                app_id: &self.cfg.app_id,
-                events: &tracks,
-            })
-            .expect("track items serialize");
-            match self.request(TRACK_PATH, body, to_track, "rejected").await {
+        let sizes: Vec<usize> = to_track.iter().map(|i| i.track_bytes).collect();
+        let ranges = chunk::split_by_size(
+            &sizes,
+            self.track_overhead,
+            self.cfg.max_request_bytes,
+            MAX_BULK_ITEMS,
+        );
+        // `select` already cut the batch to one request; a batch from elsewhere is split here.
+        let mut parts = split_into(to_track, &ranges).into_iter();
+        while let Some(part) = parts.next() {
+            let body = {
+                let refs: Vec<&TrackItem> = part.iter().map(|i| &i.track).collect();
+                chunk::track_body(&self.cfg.app_id, &refs)
+            };
+            match self.request(TRACK_PATH, body, part, "rejected").await {
                 (Sent::Delivered, mut items) => {
                     self.metrics
                         .events_delivered
@@ -571,36 +718,87 @@ impl Delivery {
                     }
                     done.extend(items);
                 }
-                (Sent::Retried | Sent::Split, _) => {}
+                (Sent::Retried, _) => {
+                    self.requeue(parts.by_ref().flatten().collect());
+                    break;
+                }
+                (Sent::Split, _) => {}
             }
         }
 
         let (with_props, finished): (Vec<Item>, Vec<Item>) =
             done.into_iter().partition(|i| i.user_properties.is_some());
         self.ack(finished).await;
-        if with_props.is_empty() {
-            return;
+        let mut parts = self.user_property_parts(with_props).into_iter();
+        while let Some(part) = parts.next() {
+            let body = {
+                let users = merge_by_identity(part.iter().filter_map(|i| {
+                    Some((i.track.timestamp.as_str(), i.user_properties.as_ref()?))
+                }));
+                let refs: Vec<&UserPropertiesItem> = users.iter().collect();
+                chunk::users_body(&self.cfg.app_id, &refs)
+            };
+            match self
+                .request(USER_PROPERTIES_PATH, body, part, "rejected_user_properties")
+                .await
+            {
+                (Sent::Delivered, items) => self.ack(items).await,
+                (Sent::Retried, _) => {
+                    self.requeue(parts.by_ref().flatten().collect());
+                    break;
+                }
+                (Sent::Split, _) => {}
+            }
+        }
+    }
+
+    /// The events whose user properties are still to send, grouped so that each group's
+    /// add-user-properties body (one merged item per identity) fits in `max_request_bytes`;
+    /// all events of one identity stay in one group.
+    fn user_property_parts(&self, items: Vec<Item>) -> Vec<Vec<Item>> {
+        if items.is_empty() {
+            return Vec::new();
         }
         let users = merge_by_identity(
-            with_props
+            items
                 .iter()
                 .filter_map(|i| Some((i.track.timestamp.as_str(), i.user_properties.as_ref()?))),
         );
-        let body = serde_json::to_vec(&BulkUserProperties {
-            app_id: &self.cfg.app_id,
-            users: &users,
-        })
-        .expect("user properties serialize");
-        if let (Sent::Delivered, items) = self
-            .request(
-                USER_PROPERTIES_PATH,
-                body,
-                with_props,
-                "rejected_user_properties",
-            )
-            .await
-        {
-            self.ack(items).await;
+        let sizes: Vec<usize> = users.iter().map(chunk::serialized_len).collect();
+        let ranges = chunk::split_by_size(
+            &sizes,
+            self.users_overhead,
+            self.cfg.max_request_bytes,
+            MAX_BULK_ITEMS,
+        );
+        if ranges.len() <= 1 {
+            return vec![items];
+        }
+        let mut part_of: HashMap<&str, usize> = HashMap::new();
+        for (k, range) in ranges.iter().enumerate() {
+            for user in &users[range.clone()] {
+                part_of.insert(user.identity.as_str(), k);
+            }
+        }
+        let mut parts: Vec<Vec<Item>> = (0..ranges.len()).map(|_| Vec::new()).collect();
+        for item in items {
+            let k = item
+                .user_properties
+                .as_ref()
+                .and_then(|u| part_of.get(u.identity.as_str()))
+                .copied()
+                .unwrap_or(0);
+            parts[k].push(item);
+        }
+        parts
+    }
+
+    /// Puts events that were selected but not sent (a request before them failed and the
+    /// lane pauses) back at the front of the line; their budget is taken again when they are
+    /// selected again.
+    fn requeue(&mut self, items: Vec<Item>) {
+        for item in items.into_iter().rev() {
+            self.pending.push_front(item);
         }
     }
 
@@ -742,7 +940,7 @@ impl Delivery {
         let seqs: Vec<i64> = items.iter().map(|i| i.seq).collect();
         self.apply(QueueOp::Ack { seqs: seqs.clone() }).await;
         for seq in seqs {
-            self.in_memory.remove(&seq);
+            self.release(seq);
         }
     }
 }
@@ -770,6 +968,15 @@ fn merge_by_identity<'a>(
         }
     }
     merged
+}
+
+/// `items` cut into the consecutive `ranges` (which cover them in order).
+fn split_into(items: Vec<Item>, ranges: &[std::ops::Range<usize>]) -> Vec<Vec<Item>> {
+    let mut items = items.into_iter();
+    ranges
+        .iter()
+        .map(|r| items.by_ref().take(r.len()).collect())
+        .collect()
 }
 
 enum Prepared {

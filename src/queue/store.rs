@@ -1,5 +1,6 @@
 //! Opening the database, its schema, and read-only queries.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -306,6 +307,34 @@ fn queued_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
     })
 }
 
+/// Reads rows of `SELECT {QUEUED_COLUMNS}, length(payload)` (without a `LIMIT`: the rows
+/// passed over must not count) until `limit` rows are taken or the next payload would take the
+/// total over `max_bytes`; the first row is always taken. Rows in `held` are passed over. The
+/// checks read `seq` and the length column only, never copying a payload that is not taken.
+fn collect_within(
+    mut rows: rusqlite::Rows<'_>,
+    limit: usize,
+    max_bytes: usize,
+    held: &HashSet<i64>,
+) -> rusqlite::Result<Vec<QueuedEvent>> {
+    let mut out = Vec::new();
+    let mut total = 0usize;
+    while out.len() < limit
+        && let Some(row) = rows.next()?
+    {
+        if held.contains(&row.get::<_, i64>(0)?) {
+            continue;
+        }
+        let len = usize::try_from(row.get::<_, i64>(12)?).unwrap_or(0);
+        if !out.is_empty() && total.saturating_add(len) > max_bytes {
+            break;
+        }
+        total = total.saturating_add(len);
+        out.push(queued_event(row)?);
+    }
+    Ok(out)
+}
+
 /// One dead-lettered event, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
@@ -344,14 +373,28 @@ impl Reader {
         after_seq: i64,
         limit: usize,
     ) -> rusqlite::Result<Vec<QueuedEvent>> {
+        self.queued_within(app_id, after_seq, limit, usize::MAX, &HashSet::new())
+    }
+
+    /// As [`Self::queued`], and stops before the payloads read would exceed `max_bytes` (the
+    /// first row is always read, however large, so a huge event still makes progress). Rows
+    /// are read one at a time, so no more than the bound is ever copied out of SQLite. Rows
+    /// whose `seq` is in `held` (the caller has them already) are passed over without reading
+    /// their payload, and count neither against `limit` nor `max_bytes`.
+    pub fn queued_within(
+        &self,
+        app_id: &str,
+        after_seq: i64,
+        limit: usize,
+        max_bytes: usize,
+        held: &HashSet<i64>,
+    ) -> rusqlite::Result<Vec<QueuedEvent>> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {QUEUED_COLUMNS} FROM queue WHERE app_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            "SELECT {QUEUED_COLUMNS}, length(payload) FROM queue
+             WHERE app_id = ?1 AND seq > ?2 ORDER BY seq"
         ))?;
-        let rows = stmt.query_map(
-            rusqlite::params![app_id, after_seq, limit as i64],
-            queued_event,
-        )?;
-        rows.collect()
+        let rows = stmt.query(rusqlite::params![app_id, after_seq])?;
+        collect_within(rows, limit, max_bytes, held)
     }
 
     /// Heap app ids that have queued events (one index scan).
@@ -363,20 +406,23 @@ impl Reader {
         rows.collect()
     }
 
-    /// Deferred or retried events of an app id whose `not_before` has passed, soonest first.
+    /// Deferred or retried events of an app id whose `not_before` has passed, soonest first;
+    /// bounded like [`Self::queued_within`], rows in `held` passed over.
     pub fn due_deferred(
         &self,
         app_id: &str,
         now: i64,
         limit: usize,
+        max_bytes: usize,
+        held: &HashSet<i64>,
     ) -> rusqlite::Result<Vec<QueuedEvent>> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {QUEUED_COLUMNS} FROM queue
+            "SELECT {QUEUED_COLUMNS}, length(payload) FROM queue
              WHERE app_id = ?1 AND not_before > 0 AND not_before <= ?2
-             ORDER BY not_before, seq LIMIT ?3"
+             ORDER BY not_before, seq"
         ))?;
-        let rows = stmt.query_map(rusqlite::params![app_id, now, limit as i64], queued_event)?;
-        rows.collect()
+        let rows = stmt.query(rusqlite::params![app_id, now])?;
+        collect_within(rows, limit, max_bytes, held)
     }
 
     /// Dead letters, oldest first, optionally of one reason, starting after `after_seq`.
@@ -386,13 +432,33 @@ impl Reader {
         after_seq: i64,
         limit: usize,
     ) -> rusqlite::Result<Vec<DeadLetter>> {
+        self.dead_letters_within(reason, after_seq, limit, usize::MAX)
+    }
+
+    /// As [`Self::dead_letters`], stopping before the payloads read would exceed `max_bytes`
+    /// (the first row is always read): a page of 900 KB events stays bounded in memory.
+    pub fn dead_letters_within(
+        &self,
+        reason: Option<&str>,
+        after_seq: i64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> rusqlite::Result<Vec<DeadLetter>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, route, app_id, workspace, event_id, event_type, identity, event_time,
-                    received_at, attempts, reason, detail, dead_at, payload
+                    received_at, attempts, reason, detail, dead_at, payload, length(payload)
              FROM dead_letter WHERE (?1 IS NULL OR reason = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
-        let rows = stmt.query_map(rusqlite::params![reason, after_seq, limit as i64], |r| {
-            Ok(DeadLetter {
+        let mut rows = stmt.query(rusqlite::params![reason, after_seq, limit as i64])?;
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        while let Some(r) = rows.next()? {
+            let len = usize::try_from(r.get::<_, i64>(14)?).unwrap_or(0);
+            if !out.is_empty() && total.saturating_add(len) > max_bytes {
+                break;
+            }
+            total = total.saturating_add(len);
+            out.push(DeadLetter {
                 seq: r.get(0)?,
                 route: r.get(1)?,
                 app_id: r.get(2)?,
@@ -407,9 +473,9 @@ impl Reader {
                 detail: r.get(11)?,
                 dead_at: r.get(12)?,
                 payload: r.get(13)?,
-            })
-        })?;
-        rows.collect()
+            });
+        }
+        Ok(out)
     }
 
     /// Dead letters by reason.

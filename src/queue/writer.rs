@@ -619,6 +619,88 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bounded_reads_stop_at_the_byte_bound_but_always_take_one_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (writer, handle) = Writer::spawn(&store, config()).unwrap();
+        let big = "x".repeat(1000);
+        writer
+            .append(vec![
+                ev("a", &big),
+                ev("b", "{1}"),
+                ev("c", "{2}"),
+                ev("d", &big),
+            ])
+            .await
+            .unwrap();
+        tokio::task::spawn_blocking(move || handle.close())
+            .await
+            .unwrap();
+        let r = store.reader().unwrap();
+        let ids = |rows: Vec<crate::queue::QueuedEvent>| -> Vec<String> {
+            rows.into_iter().map(|r| r.event_id).collect()
+        };
+        let none = std::collections::HashSet::new();
+        // The first row is read even when it alone is over the bound.
+        assert_eq!(ids(r.queued_within("1", 0, 10, 10, &none).unwrap()), ["a"]);
+        // 1000 + 3 + 3 fit in 1006; the next 1000-byte row does not.
+        assert_eq!(
+            ids(r.queued_within("1", 0, 10, 1006, &none).unwrap()),
+            ["a", "b", "c"]
+        );
+        assert_eq!(
+            ids(r.queued_within("1", 0, 10, 1005, &none).unwrap()),
+            ["a", "b"]
+        );
+        assert_eq!(
+            ids(r.queued_within("1", 1, 10, 6, &none).unwrap()),
+            ["b", "c"]
+        );
+        assert_eq!(
+            ids(r.queued_within("1", 1, 1, 1 << 20, &none).unwrap()),
+            ["b"]
+        );
+        // Rows the caller holds are passed over and count neither as rows nor as bytes.
+        let held: std::collections::HashSet<i64> = [1, 2].into();
+        assert_eq!(ids(r.queued_within("1", 0, 1, 1006, &held).unwrap()), ["c"]);
+        assert_eq!(
+            ids(r.queued_within("1", 0, 10, 1003, &held).unwrap()),
+            ["c", "d"]
+        );
+        assert_eq!(r.queued("1", 0, 10).unwrap().len(), 4);
+        // Dead-letter pages are bounded the same way.
+        let (writer, handle) = Writer::spawn_maintenance(&store).unwrap();
+        let items = (1..=4)
+            .map(|seq| crate::queue::DeadLetterItem {
+                seq,
+                reason: "rejected".into(),
+                detail: None,
+            })
+            .collect();
+        writer.apply(QueueOp::DeadLetter { items }).await.unwrap();
+        drop(writer);
+        tokio::task::spawn_blocking(move || handle.close())
+            .await
+            .unwrap();
+        let dead = |max| -> Vec<String> {
+            r.dead_letters_within(None, 0, 10, max)
+                .unwrap()
+                .into_iter()
+                .map(|d| d.event_id)
+                .collect()
+        };
+        assert_eq!(dead(10), ["a"]);
+        assert_eq!(dead(1006), ["a", "b", "c"]);
+        assert_eq!(r.dead_letters(None, 0, 10).unwrap().len(), 4);
+        // Nothing is due: none deferred.
+        assert!(
+            r.due_deferred("1", i64::MAX, 10, 1, &none)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
     async fn over_quota_and_low_disk_refuse_whole_requests() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();

@@ -13,3 +13,4 @@ mod pacing;
 mod quota;
 mod rejections;
 mod retries;
+mod sizes;

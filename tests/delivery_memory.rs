@@ -1,0 +1,235 @@
+//! Delivery memory is bounded in bytes, not only in events (issue 13, "Bytes, not counts").
+//!
+//! Braze sends events of up to 900 KB. Counting events only, a restarted forwarder with a
+//! backlog of such events read hundreds of them into memory at once and sent them in one Heap
+//! request of tens of megabytes: 1.16 GB of RSS, while the shipped StatefulSet allows 512 Mi.
+//! Here the real binary queues events at Braze's per-event maximum while Heap is down, is
+//! `kill -9`ed, and is restarted with Heap accepting: every event must reach the stand-in,
+//! no request body may exceed `--heap-max-request-bytes` (default 4 MiB), and the restarted
+//! process's peak RSS (`VmHWM`) must stay under [`PEAK_RSS_BOUND`].
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use currents_heap::loadgen::ServerProcess;
+use currents_heap::standin::{HeapStandIn, StandInConfig};
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Map, Value, json};
+
+const TOKEN: &str = "memory-test-token";
+const APP_ID: &str = "123";
+/// Events in the backlog: together more bytes than the RSS bound allows the process.
+const EVENTS: usize = 200;
+/// Events per Currents request (under the default 8 MiB body limit).
+const EVENTS_PER_POST: usize = 8;
+/// Properties per event, and the length of each value: ~880 KB per event.
+const PROPERTIES: usize = 5_000;
+const VALUE_CHARS: usize = 160;
+/// The default `--delivery-window-bytes`.
+const WINDOW_BYTES: u64 = 32 * 1024 * 1024;
+/// The default `--heap-max-request-bytes`.
+const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+/// Peak RSS allowed to the restarted forwarder (debug build, default settings: a 32 MiB
+/// delivery window and 4 MiB requests), a quarter of the 512 Mi limit of deploy/k8s. Measured:
+/// 63–68 MiB; before the byte bounds, the same run peaked at 934 MiB (docs/PERFORMANCE.md).
+const PEAK_RSS_BOUND: u64 = 128 * 1024 * 1024;
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// The `custom_properties` object of every event: 5,000 properties, ~880 KB of JSON. Built
+/// once as text: the events differ only in their id and user.
+fn custom_properties() -> String {
+    let mut custom = Map::new();
+    for p in 0..PROPERTIES {
+        let value: String = format!("{p}-")
+            .chars()
+            .chain(std::iter::repeat('v'))
+            .take(VALUE_CHARS)
+            .collect();
+        custom.insert(format!("prop_{p:04}"), Value::String(value));
+    }
+    serde_json::to_string(&custom).unwrap()
+}
+
+/// A custom event at Braze's per-event maximum (under its 900 KB cap).
+fn huge_event(i: usize, custom: &str) -> String {
+    let head = json!({
+        "event_type": "users.behaviors.CustomEvent",
+        "id": format!("huge-{i}"),
+        "time": 1_780_000_000,
+        "user": { "user_id": "65a0c0ffee0000000000f001", "external_user_id": format!("user-{i}") },
+        "properties": { "name": "Huge Event", "custom_properties": "@" }
+    })
+    .to_string();
+    head.replacen("\"@\"", custom, 1)
+}
+
+fn start_server(data_dir: &Path, heap_url: &str) -> ServerProcess {
+    ServerProcess::spawn(
+        Path::new(env!("CARGO_BIN_EXE_currents-heap")),
+        data_dir,
+        &[
+            "--ingest-token",
+            TOKEN,
+            "--heap-app-id",
+            APP_ID,
+            "--heap-base-url",
+            heap_url,
+            "--heap-linger",
+            "20ms",
+            "--heap-timeout",
+            "30s",
+            "--retry-initial-backoff",
+            "200ms",
+            "--retry-max-backoff",
+            "1s",
+        ],
+    )
+}
+
+async fn post(http: &HttpClient, addr: SocketAddr, body: Bytes) -> StatusCode {
+    let req = Request::post(format!("http://{addr}/currents"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(60), http.request(req))
+        .await
+        .expect("an answer within 60 s")
+        .expect("a response");
+    let status = resp.status();
+    resp.into_body().collect().await.expect("a body");
+    status
+}
+
+/// `currents_heap_delivery_window_bytes` of the default lane, from `/metrics`.
+async fn window_gauge(http: &HttpClient, addr: SocketAddr) -> Option<u64> {
+    let req = Request::get(format!("http://{addr}/metrics"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = http.request(req).await.ok()?;
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    String::from_utf8_lossy(&body).lines().find_map(|l| {
+        l.strip_prefix("currents_heap_delivery_window_bytes{route=\"default\"} ")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// `VmHWM` (peak resident set) of a process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmHWM line");
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_maximum_size_events_is_delivered_in_bounded_memory_and_requests() {
+    let heap = HeapStandIn::start(StandInConfig::heap());
+    // The test process need not keep 200 MB of properties to count ids.
+    heap.set_keep_properties(false);
+    heap.set_down(true);
+    let url = heap.base_url();
+    let data = tempfile::tempdir().unwrap();
+
+    // 1. Heap is down: every event is acknowledged and stays queued.
+    let server = start_server(data.path(), &url);
+    let http: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let custom = custom_properties();
+    let mut payload_bytes = 0usize;
+    for first in (0..EVENTS).step_by(EVENTS_PER_POST) {
+        let events: Vec<String> = (first..first + EVENTS_PER_POST)
+            .map(|i| huge_event(i, &custom))
+            .collect();
+        for e in &events {
+            assert!(
+                (850_000..900_000).contains(&e.len()),
+                "an event of {} bytes is not at Braze's maximum",
+                e.len()
+            );
+            payload_bytes += e.len();
+        }
+        let body = Bytes::from(format!("{{\"events\":[{}]}}", events.join(",")));
+        assert_eq!(post(&http, server.addr, body).await, StatusCode::OK);
+    }
+    assert!(
+        payload_bytes as u64 > PEAK_RSS_BOUND,
+        "the backlog ({payload_bytes} bytes) must dwarf what the bound allows in memory"
+    );
+    tokio::task::spawn_blocking(move || server.kill_9())
+        .await
+        .unwrap();
+    assert_eq!(heap.report().events_accepted, 0);
+
+    // 2. Restarted with Heap accepting: the whole backlog drains.
+    heap.set_down(false);
+    let server = start_server(data.path(), &url);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut window_peak = 0u64;
+    let report = loop {
+        if let Some(held) = window_gauge(&http, server.addr).await {
+            window_peak = window_peak.max(held);
+        }
+        let report = heap.report();
+        let missing = (0..EVENTS)
+            .filter(|i| report.key_count(&format!("huge-{i}")) == 0)
+            .count();
+        if missing == 0 {
+            break report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {EVENTS} events not delivered; largest bodies {:?}; log:\n{}",
+            report.largest_body,
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let peak = peak_rss(server.pid());
+    tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+
+    let largest = report.largest_body.values().copied().max().unwrap_or(0);
+    let track_requests = report.requests_with("/api/track", 200);
+    eprintln!(
+        "{EVENTS} events, {payload_bytes} payload bytes: delivered in {track_requests} track \
+         requests, largest body {largest} bytes, lane window peak {window_peak} bytes, \
+         restarted forwarder peak RSS {} MiB",
+        peak / (1024 * 1024)
+    );
+    assert!(
+        largest <= MAX_REQUEST_BYTES,
+        "a Heap request of {largest} bytes, over the {MAX_REQUEST_BYTES}-byte cap: {:?}",
+        report.largest_body
+    );
+    assert_eq!(
+        report.shape_violation_count, 0,
+        "{:?}",
+        report.shape_violations
+    );
+    assert_eq!(report.limit_rejections, 0);
+    // The lane's own account of what it held: within the default 32 MiB window (plus the one
+    // event a window may always take), and seen above zero.
+    assert!(
+        window_peak > 0 && window_peak <= WINDOW_BYTES + 900_000,
+        "delivery_window_bytes peaked at {window_peak}"
+    );
+    assert!(
+        peak < PEAK_RSS_BOUND,
+        "peak RSS {} MiB, over the {} MiB bound",
+        peak / (1024 * 1024),
+        PEAK_RSS_BOUND / (1024 * 1024)
+    );
+}
