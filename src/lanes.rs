@@ -259,55 +259,95 @@ impl LaneSet {
         settings: &Settings,
         grace: Duration,
     ) -> Result<LaneChanges, StoreError> {
-        let mut changes = LaneChanges::default();
-        let mut old: Vec<Lane> = std::mem::take(&mut self.lanes);
+        // First everything that can fail (a new lane needs a store reader), with nothing
+        // stopped yet: a failed reload leaves the running lanes exactly as they were.
+        enum Step {
+            Keep(usize),
+            Replace(usize, Lane),
+            Start(Lane),
+        }
+        let mut steps = Vec::new();
         for plan in plan(settings) {
-            let name = plan.cfg.lane.to_string();
-            match old
+            let step = match self
+                .lanes
                 .iter()
                 .position(|l| l.plan.cfg.app_id == plan.cfg.app_id)
             {
-                Some(i) if old[i].plan == plan => {
-                    self.lanes.push(old.remove(i));
-                    changes.unchanged.push(name);
-                }
+                Some(i) if self.lanes[i].plan == plan => Step::Keep(i),
                 Some(i) => {
-                    let previous = old.remove(i);
-                    let notify = Arc::clone(&previous.notify);
+                    let notify = Arc::clone(&self.lanes[i].notify);
+                    Step::Replace(i, self.new_lane(plan, notify)?)
+                }
+                None => Step::Start(self.new_lane(plan, Arc::new(Notify::new()))?),
+            };
+            steps.push(step);
+        }
+        // Then the changes, which cannot fail.
+        let mut changes = LaneChanges::default();
+        let mut old: Vec<Option<Lane>> = std::mem::take(&mut self.lanes)
+            .into_iter()
+            .map(Some)
+            .collect();
+        for step in steps {
+            match step {
+                Step::Keep(i) => {
+                    let lane = old[i].take().expect("each old lane is used once");
+                    changes.unchanged.push(lane.plan.cfg.lane.to_string());
+                    self.lanes.push(lane);
+                }
+                Step::Replace(i, mut lane) => {
+                    let previous = old[i].take().expect("each old lane is used once");
+                    // The old lane finishes its request in flight before its successor starts.
                     let carry = stop_lane(previous, grace).await;
-                    let mut lane = self.new_lane(plan, notify)?;
                     if let (Some(carry), LaneState::Ready(d)) = (carry, &mut lane.state) {
                         d.resume(carry);
                     }
+                    changes.replaced.push(lane.plan.cfg.lane.to_string());
                     self.lanes.push(lane);
-                    changes.replaced.push(name);
                 }
-                None => {
-                    let lane = self.new_lane(plan, Arc::new(Notify::new()))?;
+                Step::Start(lane) => {
+                    changes.started.push(lane.plan.cfg.lane.to_string());
                     self.lanes.push(lane);
-                    changes.started.push(name);
                 }
             }
         }
-        for lane in old {
+        let gone: Vec<Lane> = old.into_iter().flatten().collect();
+        for lane in &gone {
             changes.stopped.push(lane.plan.cfg.lane.to_string());
-            stop_lane(lane, grace).await;
         }
+        stop_all(gone, grace).await;
         self.start();
         Ok(changes)
     }
 
-    /// Stops every lane (a request in flight finishes first), waiting at most `grace`.
+    /// Stops every lane (a request in flight finishes first), all at once, waiting at most
+    /// `grace` in all; returns whether every lane stopped in time.
     pub async fn stop(self, grace: Duration) -> bool {
-        let mut all = true;
-        for lane in self.lanes {
-            all &= stop_lane(lane, grace).await.is_some();
-        }
-        all
+        stop_all(self.lanes, grace).await
     }
 }
 
-/// Stops one lane; its carry when it stopped within `grace`.
+/// Signals every lane to stop, then waits for all of them within one `grace`.
+async fn stop_all(lanes: Vec<Lane>, grace: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + grace;
+    for lane in &lanes {
+        if let LaneState::Running { stop, .. } = &lane.state {
+            stop.cancel();
+        }
+    }
+    let mut all = true;
+    for lane in lanes {
+        let running = matches!(lane.state, LaneState::Running { .. });
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let stopped = stop_lane(lane, left).await.is_some();
+        all &= stopped || !running;
+    }
+    all
+}
+
+/// Stops one lane: a request in flight finishes first, within `grace`; past it the task is
+/// aborted, and waited for, so no successor ever runs beside it. Its carry when it stopped in
+/// time.
 async fn stop_lane(lane: Lane, grace: Duration) -> Option<LaneCarry> {
     match lane.state {
         LaneState::Ready(_) | LaneState::Stopped => None,
@@ -317,6 +357,7 @@ async fn stop_lane(lane: Lane, grace: Duration) -> Option<LaneCarry> {
                 Ok(Ok(carry)) => Some(carry),
                 _ => {
                     task.abort();
+                    let _ = task.await;
                     tracing::warn!(
                         message = "A delivery lane did not stop within the grace period; its undelivered events stay queued.",
                         route = %lane.plan.cfg.lane,

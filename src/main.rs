@@ -326,6 +326,14 @@ fn main() -> ExitCode {
                 }
             };
             runtime.block_on(async {
+                // SIGHUP's default action ends the process: take it over before the (possibly
+                // long) start, so a reload sent early is not a kill. Once registered, the
+                // handler stays for the life of the process; the app listens from its start.
+                if let Err(e) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                {
+                    tracing::warn!(message = "Cannot take over SIGHUP.", error = %e);
+                }
                 match App::build(&settings).await {
                     Ok(app) => {
                         app.reload_from(args)

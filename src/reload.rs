@@ -113,6 +113,7 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
     check("connection and TLS settings", old.edge != new.edge);
     check("log_format", old.log_format != new.log_format);
     check("dry_run", old.dry_run != new.dry_run);
+    check("heap_timeout", old.heap_timeout != new.heap_timeout);
     changed
 }
 
@@ -145,6 +146,8 @@ impl Controller {
         };
         loop {
             let reply = tokio::select! {
+                // Stopping wins over a reload that arrives at the same time.
+                biased;
                 _ = stop.cancelled() => return self.lanes,
                 Some(reply) = requests.recv() => Some(reply),
                 Some(()) = async {
@@ -204,16 +207,28 @@ impl Controller {
         }
         let changes = self.lanes.apply(&new, self.grace).await?;
         let old = self.state.swap_routing(routing_for(&new, &self.lanes));
+        let body_deadline = self.settings.edge.body_read_timeout;
+        // From here on the new configuration is in force, whatever follows.
+        self.settings = new;
         // Requests routed by the old configuration hold its snapshot until they finish; their
-        // body deadline bounds the wait.
-        let deadline = Instant::now() + self.settings.edge.body_read_timeout + self.grace;
+        // body deadline (plus the wait for memory and the append) bounds the wait.
+        let deadline = Instant::now() + body_deadline + self.grace;
         while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        if Arc::strong_count(&old) > 1 {
+            tracing::warn!(
+                message = "Requests routed by the old configuration were still in flight; events they queue for a removed app id become unroutable dead letters at the next start."
+            );
+        }
         drop(old);
         let served: Vec<&str> = self.lanes.app_ids().collect();
-        dead_letter_orphans(&self.state.store, &self.writer, &served).await?;
-        self.settings = new;
+        if let Err(e) = dead_letter_orphans(&self.state.store, &self.writer, &served).await {
+            tracing::warn!(
+                message = "Cannot dead-letter the queued events of removed routes now; they stay queued and are dead-lettered at the next start.",
+                error = %e,
+            );
+        }
         Ok(changes)
     }
 }

@@ -69,7 +69,10 @@ async fn collect_limited(
     limit: u64,
     reservation: &mut Reservation<'_>,
 ) -> Result<Bytes, IngestError> {
-    let mut buf = BytesMut::new();
+    // Sized once from the declared length (when there is one), so growing it never holds
+    // twice the bytes the budget counts.
+    let declared = hyper::body::Body::size_hint(&body).exact().unwrap_or(0);
+    let mut buf = BytesMut::with_capacity(declared.min(limit) as usize);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| IngestError::BodyIncomplete(e.to_string()))?;
         if let Ok(data) = frame.into_data() {
@@ -119,6 +122,7 @@ async fn decode_reserved(
     }
     drop(reader);
     drop(raw);
+    out.shrink_to_fit();
     reservation.shrink_to(out.len() as u64);
     Ok(Bytes::from(out))
 }

@@ -3,8 +3,12 @@
 //! Why bytes, and why reserved as the body grows: a count of "body slots" bounds memory only
 //! by `slots × largest body` (hundreds of MiB), and a client that opens a body and stalls holds
 //! a whole slot, so a few stalled uploads starve everyone. Here a request reserves what it
-//! actually holds — the raw body as its frames arrive (all of a declared `Content-Length` at
-//! once), the decoded body as it inflates — and gives it back when it is answered. A stalled
+//! actually holds — the raw body as its frames arrive (not the declared `Content-Length`: a
+//! client that declares 8 MiB and stalls must not hold 8 MiB), the decoded body as it inflates
+//! — and gives it back when it is answered. The price: when many large uploads arrive at once
+//! and together outgrow the budget, each waits for room with what it has; the first to reach
+//! its deadline answers 503 and frees its share for the next (the semaphore is fair), so the
+//! budget drains instead of staying deadlocked. A stalled
 //! upload holds only what it sent. A request that cannot get room within
 //! `--ingest-wait-timeout` is answered 503 + `Retry-After` (Braze retries later) instead of
 //! waiting without bound, and while any request waits, `/readyz` reports the instance saturated
@@ -99,11 +103,12 @@ impl Reservation<'_> {
             Ok(p) => p,
             Err(tokio::sync::TryAcquireError::Closed) => return Err(NoRoom::Closed),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
-                self.buffer.waiting.fetch_add(1, Ordering::SeqCst);
+                // Counted while waiting, and uncounted even if this future is dropped (a reset
+                // stream, a body deadline): a count that sticks would keep /readyz at 503.
+                let _waiting = Waiting::enter(&self.buffer.waiting);
                 let got =
                     tokio::time::timeout(self.buffer.wait, self.buffer.permits.acquire_many(more))
                         .await;
-                self.buffer.waiting.fetch_sub(1, Ordering::SeqCst);
                 match got {
                     Ok(Ok(p)) => p,
                     Ok(Err(_)) => return Err(NoRoom::Closed),
@@ -137,6 +142,22 @@ impl Drop for Reservation<'_> {
         if self.units > 0 {
             self.buffer.permits.add_permits(self.units as usize);
         }
+    }
+}
+
+/// One request waiting for room; uncounted when dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -194,6 +215,24 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         drop(held);
         assert_eq!(waiter.await.unwrap(), Ok(2 * UNIT));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_dropped_mid_wait_is_no_longer_counted() {
+        let b = std::sync::Arc::new(IngestBuffer::new(4 * UNIT, Duration::from_secs(5)));
+        let mut held = b.reservation();
+        held.grow_to(4 * UNIT).await.unwrap();
+        let b2 = std::sync::Arc::clone(&b);
+        let waiter = tokio::spawn(async move { b2.reservation().grow_to(UNIT).await });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(b.waiting(), 1);
+        waiter.abort();
+        let _ = waiter.await;
+        assert_eq!(
+            b.waiting(),
+            0,
+            "a cancelled wait must not leave the instance saturated"
+        );
     }
 
     #[tokio::test]

@@ -35,6 +35,13 @@ use crate::queue::{Reader, Store, Writer, unix_millis};
 use crate::routing::Router;
 use error::json_response;
 
+/// The store reader of `/metrics`, and when its last round of queries started.
+#[derive(Default)]
+struct GaugeReader {
+    reader: Option<Reader>,
+    last_round: Option<Instant>,
+}
+
 /// Requests of `POST /currents` past the draining check and not yet answered.
 #[derive(Debug, Default)]
 pub struct InFlight(AtomicUsize);
@@ -86,7 +93,7 @@ pub struct IngestState {
     /// Set by the server while every connection slot is taken (then `/readyz` is 503).
     pub connections_full: AtomicBool,
     draining: AtomicBool,
-    reader: Mutex<Option<Reader>>,
+    reader: Mutex<GaugeReader>,
 }
 
 impl IngestState {
@@ -112,7 +119,7 @@ impl IngestState {
             in_flight: InFlight::default(),
             connections_full: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            reader: Mutex::new(None),
+            reader: Mutex::new(GaugeReader::default()),
         }
     }
 
@@ -148,8 +155,12 @@ impl IngestState {
         self.buffer.waiting() > 0 || self.connections_full.load(Ordering::SeqCst)
     }
 
-    /// Refreshes the queue gauges (the oldest-event age needs one indexed query).
+    /// Refreshes the queue gauges (the oldest-event age needs one indexed query). Scrapes that
+    /// arrive together (or a client flooding `/metrics`, which needs no token) share one round
+    /// of store queries: a scrape skips them when a round that started after it arrived has
+    /// already finished, so every scrape still sees the store as of its arrival or later.
     fn refresh_queue_gauges(&self) {
+        let arrived = Instant::now();
         let stats = self.store.stats();
         self.metrics.queue_events.set(stats.events() as i64);
         self.metrics.queue_bytes.set(stats.bytes() as i64);
@@ -170,10 +181,14 @@ impl IngestState {
         };
         self.metrics.queue_drain_estimate.set(drain);
         let mut guard = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.is_none() {
-            *guard = self.store.reader().ok();
+        if guard.last_round.is_some_and(|t| t > arrived) {
+            return;
         }
-        let Some(reader) = guard.as_ref() else {
+        guard.last_round = Some(Instant::now());
+        if guard.reader.is_none() {
+            guard.reader = self.store.reader().ok();
+        }
+        let Some(reader) = guard.reader.as_ref() else {
             return;
         };
         let read = reader
@@ -196,7 +211,7 @@ impl IngestState {
             }
             Err(e) => {
                 tracing::warn!(message = "Cannot read the queue for metrics.", error = %e);
-                *guard = None;
+                guard.reader = None;
             }
         }
     }
@@ -205,9 +220,8 @@ impl IngestState {
 /// Serves one request. Never fails: every path has a defined status.
 pub async fn serve(req: Request<Incoming>, state: Arc<IngestState>) -> Response<Full<Bytes>> {
     let started = Instant::now();
-    let path = req.uri().path();
-    let (response, outcome) = match (req.method(), path) {
-        (&Method::POST, "/currents") => match handler::accept(req, &state).await {
+    let (response, outcome) = if req.method() == Method::POST && req.uri().path() == "/currents" {
+        match handler::accept(req, &state).await {
             Ok(a) => {
                 let outcome = if a.accepted + a.duplicates == 0 {
                     "empty"
@@ -221,7 +235,33 @@ pub async fn serve(req: Request<Incoming>, state: Arc<IngestState>) -> Response<
                 log_refusal(&e);
                 (e.to_response(), e.outcome())
             }
-        },
+        }
+    } else {
+        // Only ingest reads a body: any other request lets its body go at once instead of
+        // holding it (and, on HTTP/2, its flow-control window) while it is answered.
+        let (parts, _) = req.into_parts();
+        match admin(&parts.method, parts.uri.path(), &state).await {
+            Admin::Counted(response, outcome) => (response, outcome),
+            Admin::Uncounted(response) => return response,
+        }
+    };
+    state.metrics.observe_request(
+        outcome,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// The answer of a path other than `POST /currents`; probes and scrapes are not counted as
+/// ingest requests.
+enum Admin {
+    Counted(Response<Full<Bytes>>, &'static str),
+    Uncounted(Response<Full<Bytes>>),
+}
+
+async fn admin(method: &Method, path: &str, state: &Arc<IngestState>) -> Admin {
+    match (method, path) {
         (_, "/currents") => {
             let mut r = json_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -229,22 +269,22 @@ pub async fn serve(req: Request<Incoming>, state: Arc<IngestState>) -> Response<
             );
             r.headers_mut()
                 .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
-            (r, "method_not_allowed")
+            Admin::Counted(r, "method_not_allowed")
         }
-        (&Method::GET | &Method::HEAD, "/healthz") => return text(StatusCode::OK, "ok\n"),
-        (&Method::GET | &Method::HEAD, "/readyz") => {
-            return if state.is_draining() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-            } else if !state.store.stats().is_healthy() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
-            } else if state.is_saturated() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "saturated\n")
-            } else {
-                text(StatusCode::OK, "ready\n")
-            };
+        (&Method::GET | &Method::HEAD, "/healthz") => {
+            Admin::Uncounted(text(StatusCode::OK, "ok\n"))
         }
+        (&Method::GET | &Method::HEAD, "/readyz") => Admin::Uncounted(if state.is_draining() {
+            text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+        } else if !state.store.stats().is_healthy() {
+            text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
+        } else if state.is_saturated() {
+            text(StatusCode::SERVICE_UNAVAILABLE, "saturated\n")
+        } else {
+            text(StatusCode::OK, "ready\n")
+        }),
         (&Method::GET | &Method::HEAD, "/metrics") => {
-            let st = Arc::clone(&state);
+            let st = Arc::clone(state);
             let rendered = tokio::task::spawn_blocking(move || {
                 st.refresh_queue_gauges();
                 st.metrics.render()
@@ -256,22 +296,16 @@ pub async fn serve(req: Request<Incoming>, state: Arc<IngestState>) -> Response<
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4"),
             );
-            return r;
+            Admin::Uncounted(r)
         }
-        _ => (
+        _ => Admin::Counted(
             json_response(
                 StatusCode::NOT_FOUND,
                 &json!({ "error": "not_found", "message": "Braze Currents posts to /currents" }),
             ),
             "not_found",
         ),
-    };
-    state.metrics.observe_request(
-        outcome,
-        response.status().as_u16(),
-        started.elapsed().as_secs_f64(),
-    );
-    response
+    }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -178,6 +178,7 @@ impl Connections {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conn = Arc::new(ConnState::new(self.epoch));
         open.insert(id, Arc::clone(&conn));
+        self.state.connections_full.store(false, Ordering::SeqCst);
         self.state.metrics.connections_open.set(open.len() as i64);
         Admission::Admitted(ConnGuard {
             id,

@@ -46,6 +46,28 @@ const RESERVED_DESCRIPTORS: u64 = 64;
 /// How long a connection being closed gracefully may take before it is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// What one connection may make hyper hold before a request reaches ingest's budget: the
+/// request head (HTTP/1), and flow-control windows and streams (HTTP/2). hyper's defaults
+/// (~400 KiB of head, 1 MiB windows, 200 streams) would let an unauthenticated client hold
+/// hundreds of MiB across the connection cap.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 256 * 1024;
+const H2_MAX_STREAMS: u32 = 16;
+const H2_MAX_HEADER_LIST: u32 = 16 * 1024;
+
+fn connection_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(MAX_HEAD_BYTES);
+    builder
+        .http2()
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST);
+    builder
+}
+
 /// How long accepting waits for an evicted connection to release its descriptor.
 const EVICTION_WAIT: Duration = Duration::from_secs(1);
 
@@ -117,7 +139,7 @@ impl Server {
 
     /// Accepts connections until the future is dropped, serving each on its own task.
     pub async fn accept_loop(&self) {
-        let builder = auto::Builder::new(TokioExecutor::new());
+        let builder = connection_builder();
         let mut refusals = RefusalLog::default();
         loop {
             let stream = match self.listener.accept().await {
@@ -266,7 +288,11 @@ impl Conn {
         };
         if graceful {
             conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
+            // Closing, and so the longest idle: an eviction ends the wait at once.
+            tokio::select! {
+                _ = tokio::time::timeout(CLOSE_GRACE, conn) => {}
+                _ = self.watched().evict.cancelled() => {}
+            }
         }
     }
 }
