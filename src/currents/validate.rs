@@ -211,20 +211,24 @@ pub fn read_event(text: &str) -> Result<EventFields<'_>, EventError> {
     }
     // Well-formed JSON (the envelope was parsed already, or the store holds what ingest took),
     // so this fails only on text no JSON parser would take, which is not an event either.
-    let entries = object_entries(text).map_err(|_| EventError::NotAnObject)?;
     let [mut id, mut event_type, mut time, mut user, mut properties] = [None; 5];
-    for (key, value) in entries {
+    let mut duplicate = None;
+    visit_entries(text, |key, value| {
         let (slot, name) = match key.as_ref() {
             "id" => (&mut id, "id"),
             "event_type" => (&mut event_type, "event_type"),
             "time" => (&mut time, "time"),
             "user" => (&mut user, "user"),
             "properties" => (&mut properties, "properties"),
-            _ => continue,
+            _ => return,
         };
         if slot.replace(value).is_some() {
-            return Err(EventError::DuplicateKey(name));
+            duplicate.get_or_insert(name);
         }
+    })
+    .map_err(|_| EventError::NotAnObject)?;
+    if let Some(name) = duplicate {
+        return Err(EventError::DuplicateKey(name));
     }
     let id = string_field(id, "id", EventError::MissingId, EventError::IdNotString)?;
     if id.is_empty() {
@@ -273,24 +277,34 @@ fn is_integer_literal(text: &str) -> bool {
 /// stack however deep the values nest. `Err` when `text` is not an object, or when a key is a
 /// string with a lone UTF-16 surrogate escape (`"\ud800"`), which no Rust string can hold.
 pub fn object_entries(text: &str) -> Result<Vec<(Cow<'_, str>, &RawValue)>, serde_json::Error> {
-    struct Entries;
-    impl<'de> Visitor<'de> for Entries {
-        type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
+    let mut out = Vec::new();
+    visit_entries(text, |key, value| out.push((key, value)))?;
+    Ok(out)
+}
+
+/// [`object_entries`] without collecting them: `f` sees each key and unparsed value in order
+/// (the accept path reads every event this way, so it allocates nothing per event).
+pub fn visit_entries<'a>(
+    text: &'a str,
+    f: impl FnMut(Cow<'a, str>, &'a RawValue),
+) -> Result<(), serde_json::Error> {
+    struct Entries<F>(F);
+    impl<'de, F: FnMut(Cow<'de, str>, &'de RawValue)> Visitor<'de> for Entries<F> {
+        type Value = ();
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("a JSON object")
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
+        fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
             while let Some(Key(key)) = map.next_key()? {
-                out.push((key, map.next_value::<&RawValue>()?));
+                let value = map.next_value::<&RawValue>()?;
+                (self.0)(key, value);
             }
-            Ok(out)
+            Ok(())
         }
     }
     let mut de = serde_json::Deserializer::from_str(text);
-    let entries = de.deserialize_map(Entries)?;
-    de.end()?;
-    Ok(entries)
+    de.deserialize_map(Entries(f))?;
+    de.end()
 }
 
 /// An object key, borrowed from the input unless it holds escapes.
@@ -342,10 +356,14 @@ fn external_user_id(user: &RawValue) -> Option<Cow<'_, str>> {
     if !user.get().starts_with('{') {
         return None;
     }
-    let (_, raw) = object_entries(user.get())
-        .ok()?
-        .into_iter()
-        .rfind(|(key, _)| key == "external_user_id")?;
+    let mut last = None;
+    visit_entries(user.get(), |key, value| {
+        if key == "external_user_id" {
+            last = Some(value);
+        }
+    })
+    .ok()?;
+    let raw = last?;
     let mut de = serde_json::Deserializer::from_str(raw.get());
     Key::deserialize(&mut de).ok().map(|k| k.0)
 }
