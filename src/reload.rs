@@ -191,6 +191,11 @@ impl Controller {
         let args = self.source.as_ref().ok_or(ReloadError::NoSource)?;
         let new = Settings::load(args)?;
         new.validate_for_serve()?;
+        if args.ingest_token.is_some() {
+            tracing::warn!(
+                message = "Ingest tokens come from --ingest-token / CURRENTS_HEAP_INGEST_TOKEN, which a reload does not re-read: to rotate them live, set ingest_token in the configuration file instead."
+            );
+        }
         let later = needs_restart(&self.settings, &new);
         if !later.is_empty() {
             tracing::warn!(

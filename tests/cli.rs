@@ -395,7 +395,7 @@ fn a_blank_ingest_token_is_a_configuration_error() {
     assert!(
         String::from_utf8(out.stdout)
             .unwrap()
-            .contains("ingest_token = []")
+            .contains("# ingest_token = (not set")
     );
 }
 

@@ -526,16 +526,24 @@ impl Settings {
         };
         let q = |s: &str| toml::Value::String(s.to_owned()).to_string();
         line("listen", q(&self.listen.to_string()));
-        line(
-            "ingest_token",
-            toml::Value::Array(
-                tokens
-                    .iter()
-                    .map(|t| toml::Value::String((*t).into()))
-                    .collect(),
-            )
-            .to_string(),
-        );
+        if tokens.is_empty() {
+            // Commented out: `ingest_token = []` would be refused when read back.
+            line(
+                "# ingest_token",
+                "(not set: requests are accepted unauthenticated)".into(),
+            );
+        } else {
+            line(
+                "ingest_token",
+                toml::Value::Array(
+                    tokens
+                        .iter()
+                        .map(|t| toml::Value::String((*t).into()))
+                        .collect(),
+                )
+                .to_string(),
+            );
+        }
         line("data_dir", q(&self.data_dir.display().to_string()));
         match &self.heap_app_id {
             Some(id) => line("heap_app_id", q(id.as_str())),

@@ -68,7 +68,7 @@ pub struct SettingsArgs {
     #[arg(long, env = "CURRENTS_HEAP_INGEST_WAIT_TIMEOUT")]
     pub ingest_wait_timeout: Option<String>,
     /// Open client connections at most; past it the longest-idle one is closed, or the new one
-    /// refused [default: 1024; lowered to fit the process's descriptor limit].
+    /// refused [default: 1024; `serve` lowers it to fit the process's descriptor limit].
     #[arg(long, env = "CURRENTS_HEAP_MAX_CONNECTIONS")]
     pub max_connections: Option<String>,
     /// Bytes of request bodies (raw and decoded) held in memory at once, all requests together

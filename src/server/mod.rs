@@ -155,7 +155,10 @@ impl Server {
                 self.count_closed("refused");
                 refusals.note(self.connections.len());
                 // Best effort and never waits: the socket buffer of a new connection is empty.
-                let _ = stream.try_write(REFUSAL);
+                // Over TLS a plain-text answer would only be a handshake error: just close.
+                if self.tls.is_none() {
+                    let _ = stream.try_write(REFUSAL);
+                }
                 continue;
             };
             let _ = stream.set_nodelay(true);

@@ -29,6 +29,9 @@ use crate::metrics::Metrics;
 /// Certificate and key files larger than this are refused (a chain is a few KiB).
 const MAX_PEM_BYTES: u64 = 1024 * 1024;
 
+/// Modification time and length of the certificate and the key files.
+type Stamps = [(Option<SystemTime>, u64); 2];
+
 /// How often the files are checked for a change.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -40,7 +43,7 @@ pub enum TlsError {
     NoCertificate { path: PathBuf },
     #[error("{path} holds no PEM private key: {message}")]
     NoKey { path: PathBuf, message: String },
-    #[error("the key in {key} does not fit the certificate in {cert}: {message}")]
+    #[error("the private key in {key} does not belong to the certificate in {cert} ({message})")]
     Mismatch {
         cert: PathBuf,
         key: PathBuf,
@@ -55,7 +58,9 @@ pub struct CertStore {
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<CertifiedKey>>,
     /// Modification time and length of both files when last loaded.
-    seen: Mutex<[(Option<SystemTime>, u64); 2]>,
+    seen: Mutex<Stamps>,
+    /// A change the watch saw, waiting one more interval for the files to settle.
+    settling: Mutex<Option<Stamps>>,
     metrics: Metrics,
 }
 
@@ -75,6 +80,7 @@ impl CertStore {
             provider,
             current: RwLock::new(Arc::new(key)),
             seen: Mutex::new(seen),
+            settling: Mutex::new(None),
             metrics,
         }))
     }
@@ -89,19 +95,33 @@ impl CertStore {
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 
-    /// Re-reads the pair if either file changed since it was loaded (or always, when `force`:
-    /// `SIGHUP`). Returns whether a new pair is now served.
+    /// Re-reads the pair: on `SIGHUP` (`force`) at once; after a change on disk once the files
+    /// have stayed the same for one more check (a rotation writes the certificate and the key
+    /// one after the other, and the half-written pair in between is no error). Returns whether
+    /// a different pair is now served; re-reading the same pair changes and counts nothing.
     pub fn reload(&self, force: bool) -> bool {
         let now = [stamp(&self.cert_path), stamp(&self.key_path)];
-        {
+        if !force {
             let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-            if !force && *seen == now {
+            let mut settling = self.settling.lock().unwrap_or_else(|p| p.into_inner());
+            if *seen == now {
+                *settling = None;
+                return false;
+            }
+            if *settling != Some(now) {
+                *settling = Some(now);
                 return false;
             }
         }
         let outcome = match read_pair(&self.cert_path, &self.key_path, &self.provider) {
             Ok(key) => {
-                *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(key);
+                let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+                if current.cert == key.cert {
+                    drop(current);
+                    *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = now;
+                    return false;
+                }
+                *current = Arc::new(key);
                 tracing::info!(
                     message = "TLS certificate reloaded.",
                     cert = %self.cert_path.display(),
@@ -222,6 +242,8 @@ mod tests {
         let served = |s: &CertStore| s.current.read().unwrap().cert[0].clone();
         let a = served(&store);
         assert!(!store.reload(false), "nothing changed");
+        assert!(!store.reload(true), "the same pair again is no reload");
+        assert_eq!(m.tls_reloads.with_label_values(&["reloaded"]).get(), 0);
 
         // Half-written rotation: a new certificate with the old key is refused.
         std::fs::copy(fixture("cert-b.pem"), &cert).unwrap();
@@ -230,7 +252,11 @@ mod tests {
         assert_eq!(m.tls_reloads.with_label_values(&["failed"]).get(), 1);
 
         std::fs::copy(fixture("key-b.pem"), &key).unwrap();
-        assert!(store.reload(true));
+        assert!(
+            !store.reload(false),
+            "a change is applied once the files settle"
+        );
+        assert!(store.reload(false));
         assert_ne!(served(&store), a);
         assert_eq!(m.tls_reloads.with_label_values(&["reloaded"]).get(), 1);
     }
