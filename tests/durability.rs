@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use currents_heap::loadgen::ServerProcess;
 use serde_json::json;
@@ -154,14 +154,25 @@ async fn every_200_follows_a_sync_of_the_write_ahead_log() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start strace");
-    // strace reports each attached thread on stderr; give it a moment to attach them all.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::metadata(&trace_path).map_or(true, |m| m.len() == 0) && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        // A first syscall of any thread (a worker parking, a timer) fills the file.
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // strace says "Process N attached with M threads" once every thread is traced.
+    let stderr = strace.stderr.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reads strace's stderr to its end (so it never blocks or dies on a closed pipe).
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("attached") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let attached = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert!(attached.is_ok(), "strace could not attach to the forwarder");
 
     const BATCHES: usize = 5;
     for round in 0..BATCHES {
