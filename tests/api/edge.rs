@@ -122,6 +122,31 @@ async fn a_body_that_stops_arriving_gets_408_at_the_body_deadline() {
     assert_eq!(app.stored_count(), 0);
 }
 
+#[tokio::test]
+async fn a_body_cut_off_mid_way_gets_408_and_nothing_is_stored() {
+    let app = spawn_app().await;
+    let body = batch(&email_sends("cut", 3));
+    let mut conn = RawConn::connect(app.addr).await;
+    conn.send_head(&[
+        ("authorization", "Bearer tok-a"),
+        ("content-length", &body.len().to_string()),
+    ])
+    .await;
+    conn.write(&body[..body.len() / 2]).await;
+    conn.finish_sending().await;
+    let reply = tokio::time::timeout(PATIENCE, conn.read_response())
+        .await
+        .expect("answered at once, not at the body deadline");
+    assert_eq!(
+        reply.status,
+        StatusCode::REQUEST_TIMEOUT,
+        "{}",
+        reply.text()
+    );
+    assert_eq!(reply.json()["error"], "body_timeout");
+    assert_eq!(app.stored_count(), 0);
+}
+
 /// Today's defect: 32 stalled authenticated uploads held every body slot for 60 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_uploads_cannot_starve_ingest() {

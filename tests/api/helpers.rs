@@ -431,6 +431,15 @@ impl RawConn {
         self.write(head.as_bytes()).await;
     }
 
+    /// Ends the request side of the connection (a client that gives up mid-body); the response
+    /// can still be read.
+    pub async fn finish_sending(&mut self) {
+        self.stream
+            .shutdown()
+            .await
+            .expect("shutdown the write side");
+    }
+
     /// Writes `bytes`; an error (the server closed the connection) is returned, not a panic.
     pub async fn try_write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes).await?;
