@@ -65,10 +65,6 @@ impl IngestBuffer {
             .saturating_mul(UNIT)
     }
 
-    pub fn capacity_bytes(&self) -> u64 {
-        u64::from(self.capacity_units) * UNIT
-    }
-
     /// Requests waiting for room right now (> 0 means the instance is saturated).
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)

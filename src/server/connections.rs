@@ -187,10 +187,6 @@ impl Connections {
         })
     }
 
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
     fn remove(&self, id: u64) {
         let mut open = self.lock();
         open.remove(&id);
