@@ -1,7 +1,8 @@
 //! Black-box tests of the delivery side (product.md §4–§6): Braze batches go in over real HTTP,
 //! the in-process server delivers them to the Heap stand-in (`currents_heap::standin`), and
 //! the tests look at what the stand-in received, at `/metrics` and at the dead-letter store.
-//! One binary for all modules keeps link time down.
+//! One binary for all modules keeps link time down; the pacing measurements have a binary of
+//! their own (`tests/pacing.rs`), so no other test competes with them for the two cores.
 //!
 //! Budgets are the production ones unless a test scales them (`heap_budget_window`); backoffs
 //! are shortened to milliseconds; every wait polls with a deadline.
@@ -9,7 +10,6 @@
 mod dlq;
 mod end_to_end;
 mod helpers;
-mod pacing;
 mod quota;
 mod rejections;
 mod retries;

@@ -17,7 +17,7 @@
 //! production budgets 15,000 / 1,000 per 6 s window):
 //!
 //! ```sh
-//! cargo test --release --test delivery acceptance_pacing -- --ignored --nocapture
+//! cargo test --release --test pacing acceptance_pacing -- --ignored --nocapture
 //! ```
 
 use std::sync::Arc;
@@ -28,7 +28,19 @@ use currents_heap::config::SettingsArgs;
 use currents_heap::queue::{NewEvent, Store, Writer, WriterConfig};
 use currents_heap::standin::{HeapStandIn, Report, StandInConfig, max_in_window};
 
-use crate::helpers::*;
+#[allow(dead_code)]
+#[path = "delivery/helpers.rs"]
+mod helpers;
+
+use helpers::*;
+
+/// The pacing runs measure how fully the budget is used, so they take turns: two at once on
+/// two cores would measure each other.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn take_turn() -> tokio::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().await
+}
 
 const HOT: &str = "hot-user";
 
@@ -392,6 +404,7 @@ fn ci_scenario(hot_events: usize) -> Scenario {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_of_many_identities_drains_at_just_under_the_app_budget() {
+    let _turn = take_turn().await;
     let s = ci_scenario(0);
     let f = run(&s, Until::Drained).await;
     print(&s, &f);
@@ -400,6 +413,7 @@ async fn a_backlog_of_many_identities_drains_at_just_under_the_app_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_over_its_budget_does_not_hold_back_the_others() {
+    let _turn = take_turn().await;
     let s = ci_scenario(1_000);
     let f = run(&s, Until::ColdDelivered).await;
     print(&s, &f);
@@ -408,6 +422,7 @@ async fn an_identity_over_its_budget_does_not_hold_back_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_over_its_budget_trickles_at_its_own_budget() {
+    let _turn = take_turn().await;
     let s = ci_scenario(1_000);
     let f = run(&s, Until::Drained).await;
     print(&s, &f);
@@ -418,6 +433,7 @@ async fn an_identity_over_its_budget_trickles_at_its_own_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "acceptance measurement, ~45 s (see the module docs): run with --ignored --nocapture"]
 async fn acceptance_pacing_30k_backlog_1000_identities_and_one_hot_identity() {
+    let _turn = take_turn().await;
     let s = Scenario {
         window: Duration::from_secs(6),
         app_budget: 15_000,
@@ -437,6 +453,7 @@ async fn acceptance_pacing_30k_backlog_1000_identities_and_one_hot_identity() {
 /// restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deferred_events_coming_due_do_not_strand_the_rest_of_the_backlog() {
+    let _turn = take_turn().await;
     // One identity over its budget (2 + ~58 events/s) inside a backlog of 665 others: its
     // deferred events come due while fresh events are still being read.
     let h = Harness::start(
