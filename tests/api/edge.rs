@@ -24,6 +24,18 @@ fn closed(app: &TestApp, reason: &str) -> u64 {
         .get()
 }
 
+/// An authenticated `POST /currents` declaring `declared` bytes, of which `first` are sent.
+async fn upload(app: &TestApp, declared: &str, first: &[u8]) -> RawConn {
+    let mut conn = RawConn::connect(app.addr).await;
+    conn.send_head(&[
+        ("authorization", "Bearer tok-a"),
+        ("content-length", declared),
+    ])
+    .await;
+    conn.write(first).await;
+    conn
+}
+
 fn args(f: impl FnOnce(&mut SettingsArgs)) -> SettingsArgs {
     let mut a = default_args();
     f(&mut a);
@@ -157,14 +169,7 @@ async fn stalled_uploads_cannot_starve_ingest() {
     .await;
     let mut stalled = Vec::new();
     for _ in 0..48 {
-        let mut conn = RawConn::connect(app.addr).await;
-        conn.send_head(&[
-            ("authorization", "Bearer tok-a"),
-            ("content-length", "1000000"),
-        ])
-        .await;
-        conn.write(br#"{"events":["#).await;
-        stalled.push(conn);
+        stalled.push(upload(&app, "1000000", br#"{"events":["#).await);
     }
     let state = Arc::clone(&app.state);
     wait_until("every stalled upload is in flight", PATIENCE, || {
@@ -192,14 +197,7 @@ async fn waiting_for_memory_ends_in_503_with_retry_after_and_readyz_says_saturat
     // Two uploads that really sent 900 KiB each hold most of the 2 MiB budget.
     let mut holders = Vec::new();
     for _ in 0..2 {
-        let mut conn = RawConn::connect(app.addr).await;
-        conn.send_head(&[
-            ("authorization", "Bearer tok-a"),
-            ("content-length", "1000000"),
-        ])
-        .await;
-        conn.write(&vec![b' '; 900 * 1024]).await;
-        holders.push(conn);
+        holders.push(upload(&app, "1000000", &vec![b' '; 900 * 1024]).await);
     }
     let state = Arc::clone(&app.state);
     wait_until("the budget is nearly used", PATIENCE, || {
