@@ -1,12 +1,13 @@
-//! Process wiring: [`App::build`] opens the store, starts the writer and binds the listener;
+//! Process wiring: [`App::build`] opens the queue and binds the listener;
 //! [`App::run_until_stopped`] serves until the shutdown future resolves, then drains. While it
 //! runs, a [`Controller`] owns the delivery lanes and applies configuration reloads
 //! (`SIGHUP`, see [`crate::reload`]).
 //!
 //! Drain order (SIGTERM/SIGINT): new batches get 503 + `Retry-After` and `/readyz` turns 503
 //! while the batches already in flight finish (up to `--shutdown-grace`); then the listener
-//! closes, open connections are shut down gracefully, and the writer commits what is pending
-//! and checkpoints the WAL. Everything acknowledged is on disk at every step.
+//! closes, open connections are shut down gracefully, and the queue is closed (the SQLite
+//! writer commits what is pending and checkpoints the WAL). Everything acknowledged is on disk
+//! at every step.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,7 +22,8 @@ use crate::config::{DEFAULT_ROUTE, Settings, SettingsArgs};
 use crate::ingest::IngestState;
 use crate::lanes::{LaneSet, dead_letter_orphans};
 use crate::metrics::Metrics;
-use crate::queue::{DataDirLock, Store, StoreError, Writer, WriterConfig, WriterHandle};
+use crate::queue::sqlite::{SqliteQueue, StoreError, WriterConfig};
+use crate::queue::{Queue, QueueError};
 use crate::reload::{self, Controller, ReloadHandle, routing_for};
 use crate::server::Server;
 
@@ -29,6 +31,8 @@ use crate::server::Server;
 pub enum AppError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
     #[error("TLS: {0}")]
     Tls(#[from] crate::server::tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
@@ -42,8 +46,7 @@ pub struct App {
     server: Server,
     state: Arc<IngestState>,
     lanes: LaneSet,
-    writer: Writer,
-    writer_handle: WriterHandle,
+    queue: Arc<dyn Queue>,
     settings: Settings,
     source: Option<SettingsArgs>,
     reload: ReloadHandle,
@@ -51,16 +54,12 @@ pub struct App {
         tokio::sync::oneshot::Sender<Result<crate::lanes::LaneChanges, reload::ReloadError>>,
     >,
     grace: Duration,
-    /// Released when the app (after its drain) is dropped.
-    _lock: DataDirLock,
 }
 
 impl App {
     pub async fn build(settings: &Settings) -> Result<App, AppError> {
-        let lock = DataDirLock::acquire(&settings.data_dir)?;
-        let store = Store::open(&settings.data_dir)?;
-        let (writer, writer_handle) = Writer::spawn(
-            &store,
+        let sqlite = SqliteQueue::open(
+            &settings.data_dir,
             WriterConfig {
                 max_queue_bytes: settings.max_queue_bytes,
                 min_free_disk_bytes: settings.min_free_disk_bytes,
@@ -68,6 +67,13 @@ impl App {
                 dedup_capacity: settings.dedup_capacity,
             },
         )?;
+        tracing::info!(
+            message = "Store open.",
+            path = %sqlite.path().display(),
+            queued_events = sqlite.totals().events,
+            queued_bytes = sqlite.totals().bytes,
+        );
+        let queue: Arc<dyn Queue> = Arc::new(sqlite);
         let route_names: Vec<&str> = std::iter::once(DEFAULT_ROUTE)
             .chain(settings.routes.iter().map(|r| r.name.as_str()))
             .collect();
@@ -83,21 +89,14 @@ impl App {
                     addr: settings.listen,
                     source,
                 })?;
-        tracing::info!(
-            message = "Store open.",
-            path = %store.path().display(),
-            queued_events = store.stats().events(),
-            queued_bytes = store.stats().bytes(),
-        );
-        let lanes = LaneSet::build(settings, &store, &writer, &metrics)?;
+        let lanes = LaneSet::build(settings, &queue, &metrics);
         let served: Vec<&str> = lanes.app_ids().collect();
-        dead_letter_orphans(&store, &writer, &served).await?;
+        dead_letter_orphans(&*queue, &served).await?;
         let state = Arc::new(IngestState::new(
             routing_for(settings, &lanes),
             settings.max_body_bytes,
             &settings.edge,
-            writer.clone(),
-            store,
+            Arc::clone(&queue),
             metrics,
         ));
         let (reload, reload_requests) = reload::channel();
@@ -105,14 +104,12 @@ impl App {
             server: Server::new(listener, &settings.edge, Arc::clone(&state))?,
             state,
             lanes,
-            writer,
-            writer_handle,
+            queue,
             settings: settings.clone(),
             source: None,
             reload,
             reload_requests,
             grace: settings.shutdown_grace,
-            _lock: lock,
         })
     }
 
@@ -144,21 +141,18 @@ impl App {
             server,
             state,
             lanes,
-            writer,
-            writer_handle,
+            queue,
             settings,
             source,
             reload: _,
             reload_requests,
             grace,
-            _lock: lock,
         } = self;
         let stop_control = CancellationToken::new();
         let controller = tokio::spawn(
             Controller {
                 lanes,
                 state: Arc::clone(&state),
-                writer,
                 settings,
                 source,
                 grace,
@@ -205,8 +199,9 @@ impl App {
                 message = "Delivery did not stop within the grace period; undelivered events stay queued."
             );
         }
-        let _ = tokio::task::spawn_blocking(move || writer_handle.close()).await;
-        drop(lock);
+        if let Err(e) = queue.close().await {
+            tracing::warn!(message = "Closing the queue failed.", error = %e);
+        }
         tracing::info!(message = "Stopped.");
     }
 }

@@ -1,19 +1,27 @@
 //! `currents-heap dlq list|replay|purge`: the dead-letter store, from the command line.
 //!
-//! Works on the data directory directly, so it runs while the server is stopped (and, thanks
-//! to SQLite's locking, while it runs: replayed events get new queue positions and the running
-//! delivery loop picks them up).
+//! Works on the queue through [`Queue`], so it runs while the server is stopped or while it
+//! runs (replayed events get new queue positions and the running delivery loop picks them up).
 
 use std::io::Write;
 
 use serde_json::json;
 
-use crate::queue::{QueueOp, ReplayItem, Store, Writer};
+use crate::queue::{DeadLetterQuery, Queue, QueueError, QueueOp, ReplayItem};
 use crate::routing::Router;
 
 /// Payload bytes read per page of dead letters: pages are also bounded in rows, but 1000
 /// Braze events of 900 KB would be 900 MB, in the same container as the server.
 const PAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Why a `dlq` command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
+}
 
 /// What to act on.
 #[derive(Debug, Clone, Default)]
@@ -28,6 +36,16 @@ impl Selection {
     fn ids(&self) -> Option<Vec<i64>> {
         (!self.ids.is_empty()).then(|| self.ids.clone())
     }
+
+    /// The next page of dead letters of the selected reason after `after`.
+    fn page(&self, after: i64, limit: usize) -> DeadLetterQuery {
+        DeadLetterQuery {
+            reason: self.reason.clone(),
+            after,
+            limit,
+            max_bytes: PAGE_BYTES,
+        }
+    }
 }
 
 fn rfc3339_millis(ms: i64) -> String {
@@ -37,26 +55,20 @@ fn rfc3339_millis(ms: i64) -> String {
 
 /// Prints dead letters as JSON lines on `out` (oldest first) and a count per reason on
 /// `summary`. Returns how many were printed.
-pub fn list(
-    store: &Store,
+pub async fn list(
+    queue: &dyn Queue,
     sel: &Selection,
     limit: usize,
     with_payload: bool,
     out: &mut dyn Write,
     summary: &mut dyn Write,
-) -> Result<usize, String> {
-    let reader = store.reader().map_err(|e| e.to_string())?;
+) -> Result<usize, DlqError> {
     let mut printed = 0usize;
     let mut after = 0i64;
     while printed < limit {
-        let page = reader
-            .dead_letters_within(
-                sel.reason.as_deref(),
-                after,
-                500.min(limit - printed),
-                PAGE_BYTES,
-            )
-            .map_err(|e| e.to_string())?;
+        let page = queue
+            .dead_letters(sel.page(after, 500.min(limit - printed)))
+            .await?;
         if page.is_empty() {
             break;
         }
@@ -82,11 +94,11 @@ pub fn list(
                 line["payload"] = serde_json::from_slice(&d.payload)
                     .unwrap_or_else(|_| json!(String::from_utf8_lossy(&d.payload)));
             }
-            writeln!(out, "{line}").map_err(|e| e.to_string())?;
+            writeln!(out, "{line}")?;
             printed += 1;
         }
     }
-    let counts = reader.dead_letter_counts().map_err(|e| e.to_string())?;
+    let counts = queue.dead_letter_counts().await?;
     let total: u64 = counts.iter().map(|(_, n)| n).sum();
     let by_reason: Vec<String> = counts.iter().map(|(r, n)| format!("{r}={n}")).collect();
     writeln!(
@@ -97,20 +109,8 @@ pub fn list(
         } else {
             by_reason.join(", ")
         }
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     Ok(printed)
-}
-
-fn with_writer<T>(
-    store: &Store,
-    f: impl FnOnce(&Writer) -> Result<T, String>,
-) -> Result<T, String> {
-    let (writer, handle) = Writer::spawn_maintenance(store).map_err(|e| e.to_string())?;
-    let result = f(&writer);
-    drop(writer);
-    handle.close();
-    result
 }
 
 /// What a replay did.
@@ -126,47 +126,46 @@ pub struct Replayed {
 /// configuration (`router`): the route of its stored `workspace` and its `app_group_id`, or,
 /// when no route takes it, the route it had if its Heap app id is still delivered to. Others
 /// stay (counted in `still_unroutable`): replaying them would only send them back.
-pub fn replay(store: &Store, sel: &Selection, router: &Router) -> Result<Replayed, String> {
-    let reader = store.reader().map_err(|e| e.to_string())?;
-    with_writer(store, |w| {
-        let mut done = Replayed::default();
-        let mut after = 0i64;
-        loop {
-            let page = reader
-                .dead_letters_within(sel.reason.as_deref(), after, 1000, PAGE_BYTES)
-                .map_err(|e| e.to_string())?;
-            let Some(last) = page.last() else {
-                break;
-            };
-            after = last.seq;
-            let mut items = Vec::with_capacity(page.len());
-            for d in page {
-                if !sel.ids.is_empty() && !sel.ids.contains(&d.seq) {
-                    continue;
-                }
-                let group = app_group_id(&d.payload);
-                // The current configuration decides; without a route for it, an event keeps
-                // the destination it had (none, if it was unroutable from the start).
-                match router.route(d.workspace.as_deref(), group.as_deref()) {
-                    Some(t) => items.push(ReplayItem {
-                        seq: d.seq,
-                        route: t.name.to_string(),
-                        app_id: t.app_id.to_string(),
-                    }),
-                    None if router.serves(&d.app_id) => items.push(ReplayItem {
-                        seq: d.seq,
-                        route: d.route.clone(),
-                        app_id: d.app_id.clone(),
-                    }),
-                    None => done.still_unroutable += 1,
-                }
+pub async fn replay(
+    queue: &dyn Queue,
+    sel: &Selection,
+    router: &Router,
+) -> Result<Replayed, DlqError> {
+    let mut done = Replayed::default();
+    let mut after = 0i64;
+    loop {
+        let page = queue.dead_letters(sel.page(after, 1000)).await?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = last.seq;
+        let mut items = Vec::with_capacity(page.len());
+        for d in page {
+            if !sel.ids.is_empty() && !sel.ids.contains(&d.seq) {
+                continue;
             }
-            if !items.is_empty() {
-                done.requeued += w.apply_blocking(QueueOp::Replay { items })?.rows;
+            let group = app_group_id(&d.payload);
+            // The current configuration decides; without a route for it, an event keeps
+            // the destination it had (none, if it was unroutable from the start).
+            match router.route(d.workspace.as_deref(), group.as_deref()) {
+                Some(t) => items.push(ReplayItem {
+                    seq: d.seq,
+                    route: t.name.to_string(),
+                    app_id: t.app_id.to_string(),
+                }),
+                None if router.serves(&d.app_id) => items.push(ReplayItem {
+                    seq: d.seq,
+                    route: d.route.clone(),
+                    app_id: d.app_id.clone(),
+                }),
+                None => done.still_unroutable += 1,
             }
         }
-        Ok(done)
-    })
+        if !items.is_empty() {
+            done.requeued += queue.apply(QueueOp::Replay { items }).await?.rows;
+        }
+    }
+    Ok(done)
 }
 
 /// `properties.app_group_id` of a stored event.
@@ -179,12 +178,10 @@ fn app_group_id(payload: &[u8]) -> Option<String> {
 }
 
 /// Deletes the selected dead letters for good. Returns how many.
-pub fn purge(store: &Store, sel: &Selection) -> Result<u64, String> {
-    with_writer(store, |w| {
-        w.apply_blocking(QueueOp::Purge {
-            reason: sel.reason.clone(),
-            ids: sel.ids(),
-        })
-        .map(|o| o.rows)
-    })
+pub async fn purge(queue: &dyn Queue, sel: &Selection) -> Result<u64, DlqError> {
+    let op = QueueOp::Purge {
+        reason: sel.reason.clone(),
+        ids: sel.ids(),
+    };
+    Ok(queue.apply(op).await?.rows)
 }

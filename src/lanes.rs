@@ -22,7 +22,7 @@ use crate::config::{DEFAULT_ROUTE, Settings};
 use crate::delivery::{BudgetShape, Delivery, DeliveryConfig, LaneCarry, RouteMapping, Sender};
 use crate::heap::client::HeapClient;
 use crate::metrics::{Metrics, UNROUTABLE};
-use crate::queue::{QueueOp, Store, StoreError, Writer};
+use crate::queue::{Queue, QueueError, QueueOp};
 use crate::routing::default_app_id;
 
 /// What one lane is: its delivery settings and where it sends.
@@ -141,8 +141,7 @@ pub struct LaneChanges {
 /// The lanes of the running configuration, by Heap app id.
 pub struct LaneSet {
     lanes: Vec<Lane>,
-    store: Store,
-    writer: Writer,
+    queue: Arc<dyn Queue>,
     metrics: Metrics,
     dry_run: bool,
     heap_timeout: Duration,
@@ -150,28 +149,22 @@ pub struct LaneSet {
 
 impl LaneSet {
     /// Builds the lanes of `settings` (not started: see [`LaneSet::start`]).
-    pub fn build(
-        settings: &Settings,
-        store: &Store,
-        writer: &Writer,
-        metrics: &Metrics,
-    ) -> Result<Self, StoreError> {
+    pub fn build(settings: &Settings, queue: &Arc<dyn Queue>, metrics: &Metrics) -> Self {
         let mut set = LaneSet {
             lanes: Vec::new(),
-            store: store.clone(),
-            writer: writer.clone(),
+            queue: Arc::clone(queue),
             metrics: metrics.clone(),
             dry_run: settings.dry_run,
             heap_timeout: settings.heap_timeout,
         };
         for plan in plan(settings) {
-            let lane = set.new_lane(plan, Arc::new(Notify::new()))?;
+            let lane = set.new_lane(plan, Arc::new(Notify::new()));
             set.lanes.push(lane);
         }
-        Ok(set)
+        set
     }
 
-    fn new_lane(&self, plan: LanePlan, notify: Arc<Notify>) -> Result<Lane, StoreError> {
+    fn new_lane(&self, plan: LanePlan, notify: Arc<Notify>) -> Lane {
         let sender = if self.dry_run {
             Sender::DryRun
         } else {
@@ -190,16 +183,15 @@ impl LaneSet {
         let delivery = Delivery::new(
             plan.cfg.clone(),
             sender,
-            self.writer.clone(),
-            self.store.reader()?,
+            Arc::clone(&self.queue),
             self.metrics.clone(),
             Arc::clone(&notify),
         );
-        Ok(Lane {
+        Lane {
             plan,
             notify,
             state: LaneState::Ready(Box::new(delivery)),
-        })
+        }
     }
 
     /// Starts every lane that is not running yet.
@@ -254,13 +246,8 @@ impl LaneSet {
     /// its budgets and pause; new app ids get a lane; lanes of app ids no longer served stop
     /// (their queued events are dead-lettered by [`dead_letter_orphans`] once no request routed
     /// by the old configuration is in flight).
-    pub async fn apply(
-        &mut self,
-        settings: &Settings,
-        grace: Duration,
-    ) -> Result<LaneChanges, StoreError> {
-        // First everything that can fail (a new lane needs a store reader), with nothing
-        // stopped yet: a failed reload leaves the running lanes exactly as they were.
+    pub async fn apply(&mut self, settings: &Settings, grace: Duration) -> LaneChanges {
+        // First the new lanes, with nothing stopped yet.
         enum Step {
             Keep(usize),
             Replace(usize, Lane),
@@ -276,9 +263,9 @@ impl LaneSet {
                 Some(i) if self.lanes[i].plan == plan => Step::Keep(i),
                 Some(i) => {
                     let notify = Arc::clone(&self.lanes[i].notify);
-                    Step::Replace(i, self.new_lane(plan, notify)?)
+                    Step::Replace(i, self.new_lane(plan, notify))
                 }
-                None => Step::Start(self.new_lane(plan, Arc::new(Notify::new()))?),
+                None => Step::Start(self.new_lane(plan, Arc::new(Notify::new()))),
             };
             steps.push(step);
         }
@@ -317,7 +304,7 @@ impl LaneSet {
         }
         stop_all(gone, grace).await;
         self.start();
-        Ok(changes)
+        changes
     }
 
     /// Stops every lane (a request in flight finishes first), all at once, waiting at most
@@ -371,23 +358,13 @@ async fn stop_lane(lane: Lane, grace: Duration) -> Option<LaneCarry> {
 
 /// Queued events whose app id no lane serves (the configuration changed) become dead letters
 /// `unroutable`: visible, counted, and replayable once the configuration routes them again.
-pub async fn dead_letter_orphans(
-    store: &Store,
-    writer: &Writer,
-    served: &[&str],
-) -> Result<(), StoreError> {
-    let queued = store
-        .reader()?
-        .queued_app_ids()
-        .map_err(|source| StoreError::Sqlite {
-            path: store.path().to_owned(),
-            source,
-        })?;
+pub async fn dead_letter_orphans(queue: &dyn Queue, served: &[&str]) -> Result<(), QueueError> {
+    let queued = queue.queued_app_ids().await?;
     for app_id in queued {
         if served.contains(&app_id.as_str()) {
             continue;
         }
-        match writer
+        match queue
             .apply(QueueOp::DeadLetterApp {
                 app_id: app_id.clone(),
                 reason: UNROUTABLE.to_owned(),

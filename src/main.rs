@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use currents_heap::app::App;
 use currents_heap::config::{ConfigError, Settings, SettingsArgs};
 use currents_heap::delivery::BudgetShape;
-use currents_heap::queue::Store;
+use currents_heap::queue::sqlite::SqliteQueue;
 use currents_heap::routing::Router;
 use currents_heap::{dlq, shutdown, telemetry, transform};
 use std::io::Write;
@@ -228,10 +228,20 @@ fn run_dlq(action: DlqAction) -> ExitCode {
         );
         return ExitCode::FAILURE;
     }
-    let store = match Store::open(&settings.data_dir) {
-        Ok(s) => s,
+    let queue = match SqliteQueue::open_maintenance(&settings.data_dir) {
+        Ok(q) => q,
         Err(e) => {
             eprintln!("currents-heap: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("currents-heap: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -240,16 +250,18 @@ fn run_dlq(action: DlqAction) -> ExitCode {
         ids: select.ids.clone(),
     };
     let result = match action {
-        DlqAction::List { limit, payload, .. } => dlq::list(
-            &store,
-            &sel,
-            limit,
-            payload,
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr().lock(),
-        )
-        .map(|_| ()),
-        DlqAction::Replay { .. } => dlq::replay(&store, &sel, &Router::from_settings(&settings))
+        DlqAction::List { limit, payload, .. } => runtime
+            .block_on(dlq::list(
+                &queue,
+                &sel,
+                limit,
+                payload,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            ))
+            .map(|_| ()),
+        DlqAction::Replay { .. } => runtime
+            .block_on(dlq::replay(&queue, &sel, &Router::from_settings(&settings)))
             .map(|r| {
                 println!("replayed {} dead letters into the queue", r.requeued);
                 if r.still_unroutable > 0 {
@@ -266,9 +278,15 @@ fn run_dlq(action: DlqAction) -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
-            dlq::purge(&store, &sel).map(|n| println!("purged {n} dead letters"))
+            runtime
+                .block_on(dlq::purge(&queue, &sel))
+                .map(|n| println!("purged {n} dead letters"))
         }
     };
+    if let Err(e) = runtime.block_on(currents_heap::queue::Queue::close(&queue)) {
+        eprintln!("currents-heap: {e}");
+        return ExitCode::FAILURE;
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

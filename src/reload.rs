@@ -28,7 +28,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{ConfigError, DEFAULT_ROUTE, Settings, SettingsArgs};
 use crate::ingest::{Auth, IngestState, Routing};
 use crate::lanes::{LaneChanges, LaneSet, dead_letter_orphans};
-use crate::queue::{StoreError, Writer};
 use crate::routing::Router;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,8 +36,6 @@ pub enum ReloadError {
     Invalid(#[from] ConfigError),
     #[error("this server was started without a configuration source to re-read")]
     NoSource,
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 type Reply = oneshot::Sender<Result<LaneChanges, ReloadError>>;
@@ -122,7 +119,6 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
 pub struct Controller {
     pub lanes: LaneSet,
     pub state: Arc<IngestState>,
-    pub writer: Writer,
     pub settings: Settings,
     /// Flags and environment of the start; `None`: nothing to re-read (reloads are refused).
     pub source: Option<SettingsArgs>,
@@ -210,7 +206,7 @@ impl Controller {
             metrics.init_route(route);
             metrics.init_ingest_route(route);
         }
-        let changes = self.lanes.apply(&new, self.grace).await?;
+        let changes = self.lanes.apply(&new, self.grace).await;
         let old = self.state.swap_routing(routing_for(&new, &self.lanes));
         let body_deadline = self.settings.edge.body_read_timeout;
         // From here on the new configuration is in force, whatever follows.
@@ -228,7 +224,7 @@ impl Controller {
         }
         drop(old);
         let served: Vec<&str> = self.lanes.app_ids().collect();
-        if let Err(e) = dead_letter_orphans(&self.state.store, &self.writer, &served).await {
+        if let Err(e) = dead_letter_orphans(&*self.state.queue, &served).await {
             tracing::warn!(
                 message = "Cannot dead-letter the queued events of removed routes now; they stay queued and are dead-lettered at the next start.",
                 error = %e,

@@ -196,7 +196,7 @@ fn dlq_purge_needs_a_selection_and_list_reports_an_empty_store() {
     assert!(String::from_utf8(out.stderr).unwrap().contains("no store"));
     assert!(!dir.path().join("queue.sqlite3").exists());
 
-    currents_heap::queue::Store::open(dir.path()).unwrap();
+    currents_heap::queue::sqlite::Store::open(dir.path()).unwrap();
     let out = run(&["dlq", "purge", "--data-dir", d]);
     assert_eq!(out.status.code(), Some(2));
     let out = run(&["dlq", "list", "--data-dir", d, "--reason", "bogus"]);

@@ -17,7 +17,8 @@ fn bin() -> Command {
 
 /// A store holding a few queued events, closed cleanly (WAL checkpointed into the file).
 fn store_with_events(dir: &Path) {
-    use currents_heap::queue::{NewEvent, Store, Writer, WriterConfig};
+    use currents_heap::queue::NewEvent;
+    use currents_heap::queue::sqlite::{Store, Writer, WriterConfig};
     let rt = tokio::runtime::Runtime::new().unwrap();
     let store = Store::open(dir).unwrap();
     let (writer, handle) = Writer::spawn(
@@ -127,7 +128,8 @@ fn ids_by_table(dir: &Path) -> (Vec<String>, Vec<String>) {
 
 #[test]
 fn kill_9_during_a_dead_letter_replay_loses_and_doubles_nothing() {
-    use currents_heap::queue::{NewEvent, Store, Writer, WriterConfig};
+    use currents_heap::queue::NewEvent;
+    use currents_heap::queue::sqlite::{Store, Writer, WriterConfig};
     const N: usize = 30_000;
     let dir = tempfile::tempdir().unwrap();
     {

@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use currents_heap::config::SettingsArgs;
-use currents_heap::queue::{NewEvent, Store, Writer, WriterConfig};
+use currents_heap::queue::NewEvent;
+use currents_heap::queue::sqlite::{Store, Writer, WriterConfig};
 use currents_heap::standin::{HeapStandIn, Report, StandInConfig, max_in_window};
 
 #[allow(dead_code)]

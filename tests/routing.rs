@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use currents_heap::app::App;
 use currents_heap::config::{FileConfig, Settings, SettingsArgs};
 use currents_heap::dlq;
-use currents_heap::queue::Store;
+use currents_heap::queue::Queue;
+use currents_heap::queue::sqlite::SqliteQueue;
 use currents_heap::routing::Router;
 use currents_heap::standin::{HeapStandIn, StandInConfig};
 use http_body_util::{BodyExt, Full};
@@ -283,17 +284,18 @@ async fn unroutable_events_are_acknowledged_dead_lettered_and_replayed_after_a_c
     assert_eq!(body["duplicates"], 25);
     app.stop().await;
 
-    let store = Store::open(dir.path()).unwrap();
+    let queue = SqliteQueue::open_maintenance(dir.path()).unwrap();
     let mut listed = Vec::new();
     let mut summary = Vec::new();
     dlq::list(
-        &store,
+        &queue,
         &dlq::Selection::default(),
         100,
         false,
         &mut listed,
         &mut summary,
     )
+    .await
     .unwrap();
     let listed = String::from_utf8(listed).unwrap();
     assert_eq!(listed.lines().count(), 25);
@@ -308,7 +310,8 @@ async fn unroutable_events_are_acknowledged_dead_lettered_and_replayed_after_a_c
         reason: Some("unroutable".into()),
         ids: Vec::new(),
     };
-    let r = tokio::task::block_in_place(|| dlq::replay(&store, &sel, &Router::from_settings(&s)))
+    let r = dlq::replay(&queue, &sel, &Router::from_settings(&s))
+        .await
         .unwrap();
     assert_eq!((r.requeued, r.still_unroutable), (0, 25));
 
@@ -319,11 +322,12 @@ async fn unroutable_events_are_acknowledged_dead_lettered_and_replayed_after_a_c
         heap.base_url()
     );
     let fixed = settings(dir.path(), &fixed_toml, SettingsArgs::default());
-    let r =
-        tokio::task::block_in_place(|| dlq::replay(&store, &sel, &Router::from_settings(&fixed)))
-            .unwrap();
+    let r = dlq::replay(&queue, &sel, &Router::from_settings(&fixed))
+        .await
+        .unwrap();
     assert_eq!((r.requeued, r.still_unroutable), (25, 0));
-    drop(store);
+    queue.close().await.unwrap();
+    drop(queue);
     let app = Running::start(&fixed).await;
     wait_for("replayed events delivered", Duration::from_secs(20), || {
         delivered(&heap, "3333") == 25

@@ -6,8 +6,8 @@
 //! once `DeliveryConfig::window_bytes` is reached. A batch is cut to what fits in one request of
 //! `DeliveryConfig::max_request_bytes` before its budget is taken (see [`super::chunk`]).
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -23,7 +23,9 @@ use crate::heap::model::{
 };
 use crate::heap::retry::{Verdict, classify, status_class};
 use crate::metrics::Metrics;
-use crate::queue::{DeadLetterItem, QueueOp, QueuedEvent, Reader, Writer, unix_millis};
+use crate::queue::{
+    DeadLetterItem, Queue, QueueError, QueueOp, QueuedEvent, ReadyRequest, unix_millis,
+};
 use crate::transform::map_event;
 
 /// Events held in memory per route, as a multiple of the batch size.
@@ -73,8 +75,7 @@ pub struct Delivery {
     cfg: DeliveryConfig,
     budgets: Budgets,
     sender: Sender,
-    writer: Writer,
-    reader: Arc<Mutex<Reader>>,
+    queue: Arc<dyn Queue>,
     metrics: Metrics,
     new_data: Arc<Notify>,
     pending: VecDeque<Item>,
@@ -115,8 +116,7 @@ impl Delivery {
     pub fn new(
         cfg: DeliveryConfig,
         sender: Sender,
-        writer: Writer,
-        reader: Reader,
+        queue: Arc<dyn Queue>,
         metrics: Metrics,
         new_data: Arc<Notify>,
     ) -> Self {
@@ -136,8 +136,7 @@ impl Delivery {
             cfg,
             budgets,
             sender,
-            writer,
-            reader: Arc::new(Mutex::new(reader)),
+            queue,
             metrics,
             new_data,
             pending: VecDeque::new(),
@@ -340,7 +339,7 @@ impl Delivery {
     /// window's event count and bytes. The store is read row by row and stops at the bytes
     /// left in the window, or a slice of it (at least one row), so a backlog of huge events is
     /// never read whole.
-    async fn refill(&mut self) -> Result<(), String> {
+    async fn refill(&mut self) -> Result<(), QueueError> {
         let want = (self.max_batch() * PENDING_BATCHES).saturating_sub(self.pending.len());
         if want == 0 || !self.has_room(1) {
             return Ok(());
@@ -352,31 +351,19 @@ impl Delivery {
             .min(self.cfg.window_bytes / READ_SLICES)
             .max(1);
         let now = unix_millis();
-        let reader = Arc::clone(&self.reader);
-        let app_id = self.cfg.app_id.clone();
-        let cursor = self.cursor;
-        // Due rows stay due in the store while they wait here; the reader passes them over.
-        let held: HashSet<i64> = self.in_memory.keys().copied().collect();
-        let (due, fresh) = tokio::task::spawn_blocking(move || {
-            let r = reader.lock().unwrap_or_else(|p| p.into_inner());
-            let due = r.due_deferred(&app_id, now, want, room, &held)?;
-            let due_bytes: usize = due.iter().map(|e| e.payload.len()).sum();
-            let fresh = if due.len() >= want || (!due.is_empty() && due_bytes >= room) {
-                Vec::new()
-            } else {
-                r.queued_within(
-                    &app_id,
-                    cursor,
-                    want - due.len(),
-                    room - due_bytes.min(room),
-                    &held,
-                )?
-            };
-            Ok::<_, rusqlite::Error>((due, fresh))
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        // Due rows stay due in the store while they wait here; the read passes them over.
+        let ready = self
+            .queue
+            .ready(ReadyRequest {
+                app_id: self.cfg.app_id.clone(),
+                after: self.cursor,
+                now,
+                max_events: want,
+                max_bytes: room,
+                held: self.in_memory.keys().copied().collect(),
+            })
+            .await?;
+        let (due, fresh) = (ready.due, ready.fresh);
 
         let mut dead = Vec::new();
         let mut skipped = Vec::new();
@@ -533,9 +520,9 @@ impl Delivery {
     async fn apply(&self, op: QueueOp) {
         let mut delay = Duration::from_millis(50);
         loop {
-            match self.writer.apply(op.clone()).await {
+            match self.queue.apply(op.clone()).await {
                 Ok(_) => return,
-                Err(e) if e.contains("closed") => {
+                Err(e @ QueueError::Closed) => {
                     tracing::warn!(message = "Store closed; the change is left for the next start.", error = %e);
                     return;
                 }
@@ -642,7 +629,7 @@ impl Delivery {
         }
         self.pending = keep;
         if !parked.is_empty() {
-            self.apply(QueueOp::Defer { items: parked }).await;
+            self.apply(QueueOp::Park { items: parked }).await;
         }
     }
 

@@ -130,7 +130,7 @@ async fn append_body(
             )
         })
         .collect();
-    let receipt = match state.writer.append(events).await {
+    let receipt = match state.queue.append(events).await {
         Ok(r) => r,
         Err(e) => {
             let e = IngestError::from(e);

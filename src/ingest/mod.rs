@@ -15,7 +15,7 @@ mod handler;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,16 +31,9 @@ pub use error::IngestError;
 pub use handler::{Accepted, UNROUTABLE};
 
 use crate::metrics::Metrics;
-use crate::queue::{Reader, Store, Writer, unix_millis};
+use crate::queue::{Queue, unix_millis};
 use crate::routing::Router;
 use error::json_response;
-
-/// The store reader of `/metrics`, and when its last round of queries started.
-#[derive(Default)]
-struct GaugeReader {
-    reader: Option<Reader>,
-    last_round: Option<Instant>,
-}
 
 /// Requests of `POST /currents` past the draining check and not yet answered.
 #[derive(Debug, Default)]
@@ -82,8 +75,7 @@ pub struct Routing {
 pub struct IngestState {
     routing: RwLock<Arc<Routing>>,
     pub max_body_bytes: u64,
-    pub writer: Writer,
-    pub store: Store,
+    pub queue: Arc<dyn Queue>,
     pub metrics: Metrics,
     /// The ingest memory budget: body bytes held at once.
     pub buffer: IngestBuffer,
@@ -93,7 +85,8 @@ pub struct IngestState {
     /// Set by the server while every connection slot is taken (then `/readyz` is 503).
     pub connections_full: AtomicBool,
     draining: AtomicBool,
-    reader: Mutex<GaugeReader>,
+    /// When the last round of queue queries for `/metrics` started.
+    gauge_round: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl IngestState {
@@ -101,8 +94,7 @@ impl IngestState {
         routing: Routing,
         max_body_bytes: u64,
         edge: &crate::config::EdgeSettings,
-        writer: Writer,
-        store: Store,
+        queue: Arc<dyn Queue>,
         metrics: Metrics,
     ) -> Self {
         metrics
@@ -111,15 +103,14 @@ impl IngestState {
         Self {
             routing: RwLock::new(Arc::new(routing)),
             max_body_bytes,
-            writer,
-            store,
+            queue,
             metrics,
             buffer: IngestBuffer::new(edge.ingest_buffer_bytes, edge.ingest_wait_timeout),
             body_read_timeout: edge.body_read_timeout,
             in_flight: InFlight::default(),
             connections_full: AtomicBool::new(false),
             draining: AtomicBool::new(false),
-            reader: Mutex::new(GaugeReader::default()),
+            gauge_round: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -159,42 +150,35 @@ impl IngestState {
     /// arrive together (or a client flooding `/metrics`, which needs no token) share one round
     /// of store queries: a scrape skips them when a round that started after it arrived has
     /// already finished, so every scrape still sees the store as of its arrival or later.
-    fn refresh_queue_gauges(&self) {
+    async fn refresh_queue_gauges(&self) {
         let arrived = Instant::now();
-        let stats = self.store.stats();
-        self.metrics.queue_events.set(stats.events() as i64);
-        self.metrics.queue_bytes.set(stats.bytes() as i64);
-        self.metrics
-            .store_healthy
-            .set(i64::from(stats.is_healthy()));
-        self.metrics.dedup_ids.set(stats.dedup_ids() as i64);
+        let totals = self.queue.totals();
+        self.metrics.queue_events.set(totals.events as i64);
+        self.metrics.queue_bytes.set(totals.bytes as i64);
+        self.metrics.store_healthy.set(i64::from(totals.healthy));
+        self.metrics.dedup_ids.set(totals.dedup_ids as i64);
         self.metrics
             .ingest_buffer_bytes
             .set(self.buffer.used_bytes().min(i64::MAX as u64) as i64);
         let drain_rate = self.routing().drain_rate;
-        let drain = if stats.events() == 0 {
+        let drain = if totals.events == 0 {
             0.0
         } else if drain_rate > 0.0 {
-            stats.events() as f64 / drain_rate
+            totals.events as f64 / drain_rate
         } else {
             f64::INFINITY
         };
         self.metrics.queue_drain_estimate.set(drain);
-        let mut guard = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.last_round.is_some_and(|t| t > arrived) {
+        let mut last_round = self.gauge_round.lock().await;
+        if last_round.is_some_and(|t| t > arrived) {
             return;
         }
-        guard.last_round = Some(Instant::now());
-        if guard.reader.is_none() {
-            guard.reader = self.store.reader().ok();
-        }
-        let Some(reader) = guard.reader.as_ref() else {
-            return;
+        *last_round = Some(Instant::now());
+        let read = async {
+            let oldest = self.queue.oldest_received_at().await?;
+            Ok::<_, crate::queue::QueueError>((oldest, self.queue.dead_letter_counts().await?))
         };
-        let read = reader
-            .oldest_received_at()
-            .and_then(|oldest| Ok((oldest, reader.dead_letter_counts()?)));
-        match read {
+        match read.await {
             Ok((oldest, dead)) => {
                 let age = oldest.map_or(0.0, |t| (unix_millis() - t).max(0) as f64 / 1000.0);
                 self.metrics.queue_oldest_age.set(age);
@@ -211,7 +195,6 @@ impl IngestState {
             }
             Err(e) => {
                 tracing::warn!(message = "Cannot read the queue for metrics.", error = %e);
-                guard.reader = None;
             }
         }
     }
@@ -276,7 +259,7 @@ async fn admin(method: &Method, path: &str, state: &Arc<IngestState>) -> Admin {
         }
         (&Method::GET | &Method::HEAD, "/readyz") => Admin::Uncounted(if state.is_draining() {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-        } else if !state.store.stats().is_healthy() {
+        } else if !state.queue.totals().healthy {
             text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
         } else if state.is_saturated() {
             text(StatusCode::SERVICE_UNAVAILABLE, "saturated\n")
@@ -284,13 +267,11 @@ async fn admin(method: &Method, path: &str, state: &Arc<IngestState>) -> Admin {
             text(StatusCode::OK, "ready\n")
         }),
         (&Method::GET | &Method::HEAD, "/metrics") => {
+            state.refresh_queue_gauges().await;
             let st = Arc::clone(state);
-            let rendered = tokio::task::spawn_blocking(move || {
-                st.refresh_queue_gauges();
-                st.metrics.render()
-            })
-            .await
-            .unwrap_or_default();
+            let rendered = tokio::task::spawn_blocking(move || st.metrics.render())
+                .await
+                .unwrap_or_default();
             let mut r = Response::new(Full::new(Bytes::from(rendered)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -1,35 +1,70 @@
-//! The durable local queue: queued events, their delivery state, dead letters, and the
-//! dedup memory of accepted event ids — one SQLite database in `--data-dir`.
+//! The queue seam: what ingest, delivery, `dlq` and the metrics need from the durable queue,
+//! as one trait ([`Queue`]), and the stores behind it.
 //!
-//! Why SQLite: Heap drains ~250 events/s while Braze can burst millions, so the backlog lives on
-//! disk for hours and must survive `kill -9` and power loss. SQLite in WAL mode with
-//! `synchronous=FULL` gives atomic, fsync'd commits, a format every SRE can inspect with the
-//! `sqlite3` shell, and bounded memory however large the backlog grows.
+//! Why a seam: the queue is the one piece whose home changes with the deployment. One
+//! process on one volume keeps it in SQLite ([`sqlite::SqliteQueue`], the default); several
+//! replicas keep it in a replicated store. The rest of the forwarder sees only this trait, so
+//! a store plugs in here without touching ingest, delivery or the mapping, and one
+//! conformance suite (`tests/queue/`) holds every store to the same promises:
 //!
-//! Why one writer thread: every write (appends now; acks, retries and dead letters from the
-//! delivery loop) goes through [`Writer`], which owns the only read-write connection. It takes
-//! every request waiting in its channel, applies them in **one** transaction and syncs once, so
-//! many concurrent ingest requests share one fsync (group commit), and the single owner makes
-//! dedup and quota checks race-free. Readers use their own connections; WAL lets them run
-//! beside the writer.
+//! - **append** is atomic per request and durable before it returns (the 200 follows it);
+//!   an event id accepted within the dedup window is not queued again;
+//! - **ready** reads a lane's due parked events, then its fresh ones in FIFO order, bounded in
+//!   count and bytes;
+//! - **apply** changes queued events and dead letters ([`QueueOp`]) atomically: acknowledge,
+//!   park until a time, count a failed attempt, dead-letter, replay, purge;
+//! - the **totals** stay exact across every change and every restart.
 //!
-//! Layout (schema version 1):
-//! - `queue`: one row per queued event — `seq` (FIFO order), `route`, `event_id`, `event_type`,
-//!   `identity`, `event_time`, `received_at`, `attempts`, `not_before`, `last_error`, `payload`
-//!   (the raw Currents event JSON as received).
-//! - `dead_letter`: the same event columns plus `reason`, `detail` and `dead_at`.
-//! - `dedup_log`: event ids accepted within the dedup window, append-only, with the time they
-//!   were first seen; see [`dedup`] for why it is not an index.
-//! - `stats`: running totals of the queue (events, payload bytes), kept in the same transactions
-//!   as the rows they count, so start-up never has to scan the backlog.
+//! The trait is object-safe (futures are boxed), so the process holds one
+//! `Arc<dyn Queue>` chosen at start-up.
 
-pub(crate) mod dedup;
-mod ops;
-mod store;
-mod writer;
+mod model;
+pub mod sqlite;
 
-pub use ops::{DeadLetterItem, OpOutcome, QueueOp, ReplayItem};
-pub use store::{
-    DataDirLock, DeadLetter, QueueStats, QueuedEvent, Reader, Store, StoreError, unix_millis,
+use std::future::Future;
+use std::pin::Pin;
+
+pub use model::{
+    AppendError, AppendReceipt, DeadLetter, DeadLetterItem, DeadLetterQuery, NewEvent, OpOutcome,
+    QueueError, QueueOp, QueueTotals, QueuedEvent, Ready, ReadyRequest, ReplayItem, unix_millis,
 };
-pub use writer::{AppendError, AppendReceipt, NewEvent, Writer, WriterConfig, WriterHandle};
+
+/// The future a [`Queue`] method returns.
+pub type QueueFuture<'a, T, E = QueueError> =
+    Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'a>>;
+
+/// The durable queue: queued events per delivery lane, their delivery state, the dead
+/// letters, and the dedup memory of accepted event ids.
+pub trait Queue: Send + Sync + std::fmt::Debug {
+    /// Stores a request's events atomically (all or none) and durably: when this returns
+    /// `Ok`, a crash loses none of them. Ids accepted within the dedup window are
+    /// acknowledged without being stored again (`false` in the receipt). Events with
+    /// [`NewEvent::dead_letter`] go straight to the dead letters.
+    fn append(&self, events: Vec<NewEvent>) -> QueueFuture<'_, AppendReceipt, AppendError>;
+
+    /// The ready events of one lane (see [`ReadyRequest`] and [`Ready`]).
+    fn ready(&self, request: ReadyRequest) -> QueueFuture<'_, Ready>;
+
+    /// Applies one change atomically and returns what it changed. Changes to events that are
+    /// gone (acknowledged or moved meanwhile) change nothing and are not errors.
+    fn apply(&self, op: QueueOp) -> QueueFuture<'_, OpOutcome>;
+
+    /// A page of dead letters, oldest first.
+    fn dead_letters(&self, query: DeadLetterQuery) -> QueueFuture<'_, Vec<DeadLetter>>;
+
+    /// Dead letters by reason, sorted by reason.
+    fn dead_letter_counts(&self) -> QueueFuture<'_, Vec<(String, u64)>>;
+
+    /// The Heap app ids that have queued events, sorted.
+    fn queued_app_ids(&self) -> QueueFuture<'_, Vec<String>>;
+
+    /// `received_at` (UNIX ms) of the oldest queued event.
+    fn oldest_received_at(&self) -> QueueFuture<'_, Option<i64>>;
+
+    /// The running totals, without I/O.
+    fn totals(&self) -> QueueTotals;
+
+    /// Makes everything acknowledged durable and releases the store. Later calls fail with
+    /// [`QueueError::Closed`] (appends with [`AppendError::Closed`]).
+    fn close(&self) -> QueueFuture<'_, ()>;
+}

@@ -181,7 +181,7 @@ async fn a_store_that_cannot_commit_answers_503_and_turns_readyz_503_until_it_re
         .await
         .assert_accepted(1, 0);
     // Another process holds the database's write lock (an operator's sqlite3 shell, say).
-    let lock = rusqlite::Connection::open(app.state.store.path()).unwrap();
+    let lock = rusqlite::Connection::open(&app.store_path).unwrap();
     lock.execute_batch("BEGIN IMMEDIATE").unwrap();
     let body = batch(&email_sends("locked", 3));
 

@@ -53,6 +53,8 @@ pub struct TestApp {
     /// Keeps the port of the unreachable Heap reserved (bound, never listening).
     _closed_heap_port: TcpSocket,
     pub state: Arc<IngestState>,
+    /// The SQLite database of the data directory.
+    pub store_path: std::path::PathBuf,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
     client: Client<HttpConnector, ClientBody>,
@@ -151,6 +153,7 @@ pub async fn spawn_app_with(mut args: SettingsArgs) -> TestApp {
         _data_dir: data_dir,
         _closed_heap_port: closed_heap_port,
         state,
+        store_path: settings.data_dir.join("queue.sqlite3"),
         shutdown: Some(tx),
         server: Some(server),
         client: Client::builder(TokioExecutor::new()).build_http(),
@@ -232,7 +235,7 @@ impl TestApp {
     /// Every stored event (queue and dead-letter store), sorted by id.
     pub fn stored(&self) -> Vec<Stored> {
         let conn = rusqlite::Connection::open_with_flags(
-            self.state.store.path(),
+            &self.store_path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
         .expect("open the store read-only");

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use currents_heap::config::SettingsArgs;
 use currents_heap::dlq::Selection;
-use currents_heap::queue::Store;
+use currents_heap::queue::sqlite::SqliteQueue;
 
 use crate::helpers::*;
 
@@ -143,15 +143,14 @@ async fn dead_letters_replayed_while_the_server_runs_are_delivered() {
     assert_eq!(dead.len(), 1);
 
     h.heap.unpoison(&ids[4]);
-    let store = Store::open(h.data_dir()).unwrap();
+    let queue = SqliteQueue::open_maintenance(h.data_dir()).unwrap();
     let sel = Selection {
         reason: None,
         ids: vec![dead[0].seq],
     };
     let router = currents_heap::routing::Router::from_settings(&h.settings());
-    let n = tokio::task::spawn_blocking(move || currents_heap::dlq::replay(&store, &sel, &router))
+    let n = currents_heap::dlq::replay(&queue, &sel, &router)
         .await
-        .unwrap()
         .unwrap();
     assert_eq!(n.requeued, 1);
     let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;

@@ -52,16 +52,17 @@ async fn a_poison_event_is_isolated_by_bisection_and_dead_lettered_alone() {
         "Heap's response body is missing from the detail: {detail}"
     );
     // The same through the operator's view (`currents-heap dlq list`).
-    let store = currents_heap::queue::Store::open(h.data_dir()).unwrap();
+    let queue = currents_heap::queue::sqlite::SqliteQueue::open_maintenance(h.data_dir()).unwrap();
     let (mut out, mut summary) = (Vec::new(), Vec::new());
     let listed = currents_heap::dlq::list(
-        &store,
+        &queue,
         &currents_heap::dlq::Selection::default(),
         100,
         false,
         &mut out,
         &mut summary,
     )
+    .await
     .unwrap();
     assert_eq!(listed, 1);
     let line = &json_lines(&out)[0];

@@ -4,9 +4,10 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::queue::{DeadLetter, QueuedEvent, Ready, ReadyRequest};
 
 const SCHEMA_VERSION: i64 = 1;
 pub(crate) const DB_FILE: &str = "queue.sqlite3";
@@ -175,13 +176,6 @@ pub struct Store {
     stats: Arc<QueueStats>,
 }
 
-pub fn unix_millis() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl Store {
     /// Creates the directory and schema if needed and loads the running totals.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
@@ -266,25 +260,9 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Read-only queries.
+#[derive(Debug)]
 pub struct Reader {
     conn: Connection,
-}
-
-/// One queued event, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueuedEvent {
-    pub seq: i64,
-    pub route: String,
-    pub app_id: String,
-    pub workspace: Option<String>,
-    pub event_id: String,
-    pub event_type: String,
-    pub identity: Option<String>,
-    pub event_time: i64,
-    pub received_at: i64,
-    pub attempts: i64,
-    pub not_before: i64,
-    pub payload: Vec<u8>,
 }
 
 const QUEUED_COLUMNS: &str = "seq, route, app_id, workspace, event_id, event_type, identity, \
@@ -335,26 +313,33 @@ fn collect_within(
     Ok(out)
 }
 
-/// One dead-lettered event, as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    pub seq: i64,
-    pub route: String,
-    pub app_id: String,
-    pub workspace: Option<String>,
-    pub event_id: String,
-    pub event_type: String,
-    pub identity: Option<String>,
-    pub event_time: i64,
-    pub received_at: i64,
-    pub attempts: i64,
-    pub reason: String,
-    pub detail: Option<String>,
-    pub dead_at: i64,
-    pub payload: Vec<u8>,
-}
-
 impl Reader {
+    /// A lane's ready events: due parked ones first, then fresh ones after the cursor, within
+    /// the request's bounds together.
+    pub fn ready(&self, req: &ReadyRequest) -> rusqlite::Result<Ready> {
+        let due = self.due_deferred(
+            &req.app_id,
+            req.now,
+            req.max_events,
+            req.max_bytes,
+            &req.held,
+        )?;
+        let due_bytes: usize = due.iter().map(|e| e.payload.len()).sum();
+        let full = due.len() >= req.max_events || (!due.is_empty() && due_bytes >= req.max_bytes);
+        let fresh = if full {
+            Vec::new()
+        } else {
+            self.queued_within(
+                &req.app_id,
+                req.after,
+                req.max_events - due.len(),
+                req.max_bytes - due_bytes.min(req.max_bytes),
+                &req.held,
+            )?
+        };
+        Ok(Ready { due, fresh })
+    }
+
     /// `received_at` (UNIX ms) of the oldest queued event.
     pub fn oldest_received_at(&self) -> rusqlite::Result<Option<i64>> {
         self.conn

@@ -1,58 +1,11 @@
 //! Delivery-side changes to the queue, applied by the writer thread: acknowledge (delete),
-//! defer, record a failed attempt, dead-letter, replay dead letters.
+//! park, record a failed attempt, dead-letter, replay dead letters.
 //!
 //! Each operation keeps the running totals in `stats` exact, in the same transaction.
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
-/// One change requested by the delivery loop or the `dlq` command.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum QueueOp {
-    /// Heap answered 2xx (or the event was skipped): remove the events from the queue.
-    Ack { seqs: Vec<i64> },
-    /// Not before `not_before` (UNIX ms): an identity over its budget, or a retry.
-    /// `(seq, not_before)` pairs, applied in one transaction.
-    Defer { items: Vec<(i64, i64)> },
-    /// A delivery attempt failed: count it and keep the error for operators.
-    Attempt { seqs: Vec<i64>, error: String },
-    /// Move events to the dead-letter store.
-    DeadLetter { items: Vec<DeadLetterItem> },
-    /// Move every queued event of a Heap app id to the dead-letter store (no lane serves it).
-    DeadLetterApp { app_id: String, reason: String },
-    /// Move dead letters back to the queue as fresh events, each to the route and app id
-    /// the current configuration gives it.
-    Replay { items: Vec<ReplayItem> },
-    /// Delete dead letters (all, or one reason).
-    Purge {
-        reason: Option<String>,
-        ids: Option<Vec<i64>>,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplayItem {
-    /// The dead letter's `seq`.
-    pub seq: i64,
-    pub route: String,
-    pub app_id: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetterItem {
-    pub seq: i64,
-    /// A bounded label: `rejected`, `expired`, `anonymous`, `unroutable`, ...
-    pub reason: String,
-    /// Free text for operators (Heap's response body, say); never a metric label.
-    pub detail: Option<String>,
-}
-
-/// What an operation changed: rows affected and the queue totals' deltas.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OpOutcome {
-    pub rows: u64,
-    pub queue_events_delta: i64,
-    pub queue_bytes_delta: i64,
-}
+use crate::queue::{OpOutcome, QueueOp};
 
 fn filter_sql(
     reason: &Option<String>,
@@ -90,7 +43,7 @@ pub(crate) fn apply(tx: &Transaction<'_>, op: &QueueOp, now: i64) -> rusqlite::R
                 }
             }
         }
-        QueueOp::Defer { items } => {
+        QueueOp::Park { items } => {
             let mut upd = tx.prepare_cached("UPDATE queue SET not_before = ?2 WHERE seq = ?1")?;
             for (seq, not_before) in items {
                 out.rows += upd.execute(params![seq, not_before])? as u64;

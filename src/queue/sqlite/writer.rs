@@ -7,13 +7,15 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TryS
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use rusqlite::{Connection, ErrorCode, params};
 use tokio::sync::oneshot;
 
 use super::dedup::{DedupIndex, Undo};
-use super::ops::{self, OpOutcome, QueueOp};
-use super::store::{QueueStats, Store, StoreError, unix_millis};
+use super::ops;
+use super::store::{QueueStats, Store, StoreError};
+use crate::queue::{
+    AppendError, AppendReceipt, NewEvent, OpOutcome, QueueError, QueueOp, unix_millis,
+};
 
 /// Upper bound of events committed in one transaction; keeps one commit's latency bounded.
 const MAX_EVENTS_PER_COMMIT: usize = 20_000;
@@ -34,55 +36,6 @@ pub struct WriterConfig {
     pub dedup_capacity: usize,
 }
 
-/// An event to append, already validated. `payload` is the raw Currents event JSON.
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    /// The route name (configuration), or empty when unroutable.
-    pub route: Arc<str>,
-    /// The Heap app id whose delivery lane sends it (empty when unroutable).
-    pub app_id: Arc<str>,
-    /// The `workspace` query parameter of the request, kept so a replay can route again.
-    pub workspace: Option<Arc<str>>,
-    /// Store straight into the dead-letter store with this reason (e.g. `unroutable`).
-    pub dead_letter: Option<&'static str>,
-    pub event_id: String,
-    pub event_type: String,
-    pub identity: Option<String>,
-    pub event_time: i64,
-    pub payload: Bytes,
-}
-
-/// What happened to each event of an append, in order: `true` = queued, `false` = duplicate.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AppendReceipt {
-    pub queued: Vec<bool>,
-}
-
-impl AppendReceipt {
-    pub fn accepted(&self) -> usize {
-        self.queued.iter().filter(|q| **q).count()
-    }
-    pub fn duplicates(&self) -> usize {
-        self.queued.len() - self.accepted()
-    }
-}
-
-/// Why an append was refused. Every variant is transient: nothing was stored and the sender
-/// should retry later (503).
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum AppendError {
-    #[error("the backlog is over its quota of {max} bytes")]
-    OverQuota { max: u64 },
-    #[error("the disk of the data directory is full or below its free-space reserve")]
-    DiskFull,
-    #[error("the store is busy: too many requests are waiting for a commit")]
-    Busy,
-    #[error("the store is unavailable: {0}")]
-    Unavailable(String),
-    #[error("the store is closed")]
-    Closed,
-}
-
 enum Command {
     Append {
         events: Vec<NewEvent>,
@@ -90,7 +43,7 @@ enum Command {
     },
     Op {
         op: QueueOp,
-        reply: oneshot::Sender<Result<OpOutcome, String>>,
+        reply: oneshot::Sender<Result<OpOutcome, QueueError>>,
     },
     Close,
 }
@@ -201,7 +154,7 @@ impl Writer {
 
     /// Applies a delivery-side change; waits (without blocking the runtime) while the writer's
     /// channel is full, since these changes free space rather than use it.
-    pub async fn apply(&self, op: QueueOp) -> Result<OpOutcome, String> {
+    pub async fn apply(&self, op: QueueOp) -> Result<OpOutcome, QueueError> {
         let (reply, rx) = oneshot::channel();
         let mut cmd = Command::Op { op, reply };
         loop {
@@ -211,21 +164,24 @@ impl Writer {
                     cmd = c;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err(TrySendError::Disconnected(_)) => return Err("the store is closed".into()),
+                Err(TrySendError::Disconnected(_)) => return Err(QueueError::Closed),
             }
         }
-        rx.await
-            .unwrap_or_else(|_| Err("the store is closed".into()))
+        rx.await.unwrap_or(Err(QueueError::Closed))
     }
+}
 
-    /// [`Writer::apply`] for synchronous callers (the `dlq` command).
-    pub fn apply_blocking(&self, op: QueueOp) -> Result<OpOutcome, String> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Op { op, reply })
-            .map_err(|_| "the store is closed".to_owned())?;
-        rx.blocking_recv()
-            .unwrap_or_else(|_| Err("the store is closed".into()))
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for WriterHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterHandle")
+            .field("running", &self.thread.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -475,7 +431,7 @@ impl WriterState {
     }
 
     /// Applies delivery-side operations in one transaction.
-    fn apply_ops(&mut self, group: Vec<(QueueOp, oneshot::Sender<Result<OpOutcome, String>>)>) {
+    fn apply_ops(&mut self, group: Vec<(QueueOp, oneshot::Sender<Result<OpOutcome, QueueError>>)>) {
         let now = unix_millis();
         let result = (|| {
             let tx = self.conn.transaction()?;
@@ -499,7 +455,7 @@ impl WriterState {
             Err(e) => {
                 tracing::error!(message = "Queue update failed.", error = %e);
                 for (_, reply) in group {
-                    let _ = reply.send(Err(e.to_string()));
+                    let _ = reply.send(Err(QueueError::Unavailable(e.to_string())));
                 }
             }
         }
@@ -554,208 +510,5 @@ fn classify(e: &rusqlite::Error) -> AppendError {
             AppendError::DiskFull
         }
         other => AppendError::Unavailable(other.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ev(id: &str, payload: &str) -> NewEvent {
-        NewEvent {
-            route: Arc::from("default"),
-            app_id: Arc::from("1"),
-            workspace: None,
-            dead_letter: None,
-            event_id: id.into(),
-            event_type: "users.messages.email.Send".into(),
-            identity: Some("u".into()),
-            event_time: 1,
-            payload: Bytes::copy_from_slice(payload.as_bytes()),
-        }
-    }
-
-    fn config() -> WriterConfig {
-        WriterConfig {
-            max_queue_bytes: 1 << 30,
-            min_free_disk_bytes: 0,
-            dedup_window: Duration::from_secs(3600),
-            dedup_capacity: 1000,
-        }
-    }
-
-    #[tokio::test]
-    async fn appends_dedups_and_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let (writer, handle) = Writer::spawn(&store, config()).unwrap();
-        let r = writer
-            .append(vec![ev("a", "{}"), ev("b", "{1}"), ev("a", "{}")])
-            .await
-            .unwrap();
-        assert_eq!(r.queued, vec![true, true, false]);
-        let r = writer
-            .append(vec![ev("b", "{1}"), ev("c", "{22}")])
-            .await
-            .unwrap();
-        assert_eq!(r.queued, vec![false, true]);
-        assert_eq!(store.stats().events(), 3);
-        assert_eq!(store.stats().bytes(), 2 + 3 + 4);
-        tokio::task::spawn_blocking(move || handle.close())
-            .await
-            .unwrap();
-        assert_eq!(
-            writer.append(vec![ev("z", "{}")]).await,
-            Err(AppendError::Closed)
-        );
-
-        let reopened = Store::open(dir.path()).unwrap();
-        assert_eq!(reopened.stats().events(), 3);
-        assert_eq!(reopened.stats().bytes(), 9);
-        let rows = reopened.reader().unwrap().queued("1", 0, 10).unwrap();
-        let ids: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
-        assert_eq!(ids, ["a", "b", "c"]);
-        assert_eq!(rows[2].payload, b"{22}");
-    }
-
-    #[tokio::test]
-    async fn bounded_reads_stop_at_the_byte_bound_but_always_take_one_row() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let (writer, handle) = Writer::spawn(&store, config()).unwrap();
-        let big = "x".repeat(1000);
-        writer
-            .append(vec![
-                ev("a", &big),
-                ev("b", "{1}"),
-                ev("c", "{2}"),
-                ev("d", &big),
-            ])
-            .await
-            .unwrap();
-        tokio::task::spawn_blocking(move || handle.close())
-            .await
-            .unwrap();
-        let r = store.reader().unwrap();
-        let ids = |rows: Vec<crate::queue::QueuedEvent>| -> Vec<String> {
-            rows.into_iter().map(|r| r.event_id).collect()
-        };
-        let none = std::collections::HashSet::new();
-        // The first row is read even when it alone is over the bound.
-        assert_eq!(ids(r.queued_within("1", 0, 10, 10, &none).unwrap()), ["a"]);
-        // 1000 + 3 + 3 fit in 1006; the next 1000-byte row does not.
-        assert_eq!(
-            ids(r.queued_within("1", 0, 10, 1006, &none).unwrap()),
-            ["a", "b", "c"]
-        );
-        assert_eq!(
-            ids(r.queued_within("1", 0, 10, 1005, &none).unwrap()),
-            ["a", "b"]
-        );
-        assert_eq!(
-            ids(r.queued_within("1", 1, 10, 6, &none).unwrap()),
-            ["b", "c"]
-        );
-        assert_eq!(
-            ids(r.queued_within("1", 1, 1, 1 << 20, &none).unwrap()),
-            ["b"]
-        );
-        // Rows the caller holds are passed over and count neither as rows nor as bytes.
-        let held: std::collections::HashSet<i64> = [1, 2].into();
-        assert_eq!(ids(r.queued_within("1", 0, 1, 1006, &held).unwrap()), ["c"]);
-        assert_eq!(
-            ids(r.queued_within("1", 0, 10, 1003, &held).unwrap()),
-            ["c", "d"]
-        );
-        assert_eq!(r.queued("1", 0, 10).unwrap().len(), 4);
-        // Dead-letter pages are bounded the same way.
-        let (writer, handle) = Writer::spawn_maintenance(&store).unwrap();
-        let items = (1..=4)
-            .map(|seq| crate::queue::DeadLetterItem {
-                seq,
-                reason: "rejected".into(),
-                detail: None,
-            })
-            .collect();
-        writer.apply(QueueOp::DeadLetter { items }).await.unwrap();
-        drop(writer);
-        tokio::task::spawn_blocking(move || handle.close())
-            .await
-            .unwrap();
-        let dead = |max| -> Vec<String> {
-            r.dead_letters_within(None, 0, 10, max)
-                .unwrap()
-                .into_iter()
-                .map(|d| d.event_id)
-                .collect()
-        };
-        assert_eq!(dead(10), ["a"]);
-        assert_eq!(dead(1006), ["a", "b", "c"]);
-        assert_eq!(r.dead_letters(None, 0, 10).unwrap().len(), 4);
-        // Nothing is due: none deferred.
-        assert!(
-            r.due_deferred("1", i64::MAX, 10, 1, &none)
-                .unwrap()
-                .is_empty()
-        );
-    }
-
-    #[tokio::test]
-    async fn over_quota_and_low_disk_refuse_whole_requests() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let (writer, handle) = Writer::spawn(
-            &store,
-            WriterConfig {
-                max_queue_bytes: 10,
-                ..config()
-            },
-        )
-        .unwrap();
-        writer.append(vec![ev("a", "12345678")]).await.unwrap();
-        let err = writer.append(vec![ev("b", "123")]).await.unwrap_err();
-        assert_eq!(err, AppendError::OverQuota { max: 10 });
-        assert_eq!(store.stats().events(), 1);
-        tokio::task::spawn_blocking(move || handle.close())
-            .await
-            .unwrap();
-
-        let (writer, handle) = Writer::spawn(
-            &store,
-            WriterConfig {
-                min_free_disk_bytes: u64::MAX / 2,
-                ..config()
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            writer.append(vec![ev("c", "1")]).await,
-            Err(AppendError::DiskFull)
-        );
-        tokio::task::spawn_blocking(move || handle.close())
-            .await
-            .unwrap();
-        assert_eq!(store.reader().unwrap().count_queued().unwrap(), 1);
-    }
-
-    #[tokio::test]
-    async fn expired_dedup_entries_accept_the_id_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let (writer, handle) = Writer::spawn(
-            &store,
-            WriterConfig {
-                dedup_window: Duration::from_millis(0),
-                ..config()
-            },
-        )
-        .unwrap();
-        writer.append(vec![ev("a", "{}")]).await.unwrap();
-        std::thread::sleep(Duration::from_millis(5));
-        let r = writer.append(vec![ev("a", "{}")]).await.unwrap();
-        assert_eq!(r.queued, vec![true]);
-        tokio::task::spawn_blocking(move || handle.close())
-            .await
-            .unwrap();
     }
 }

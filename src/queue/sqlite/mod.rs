@@ -1,0 +1,176 @@
+//! The default store: one SQLite database in `--data-dir`.
+//!
+//! Why SQLite: Heap drains ~250 events/s while Braze can burst millions, so the backlog lives on
+//! disk for hours and must survive `kill -9` and power loss. SQLite in WAL mode with
+//! `synchronous=FULL` gives atomic, fsync'd commits, a format every SRE can inspect with the
+//! `sqlite3` shell, and bounded memory however large the backlog grows.
+//!
+//! Why one writer thread: every write (appends; acks, retries and dead letters from the
+//! delivery loop) goes through [`Writer`], which owns the only read-write connection. It takes
+//! every request waiting in its channel, applies them in **one** transaction and syncs once, so
+//! many concurrent ingest requests share one fsync (group commit), and the single owner makes
+//! dedup and quota checks race-free. Reads use a small pool of read-only connections; WAL lets
+//! them run beside the writer.
+//!
+//! Layout (schema version 1):
+//! - `queue`: one row per queued event — `seq` (FIFO order), `route`, `event_id`, `event_type`,
+//!   `identity`, `event_time`, `received_at`, `attempts`, `not_before`, `last_error`, `payload`
+//!   (the raw Currents event JSON as received).
+//! - `dead_letter`: the same event columns plus `reason`, `detail` and `dead_at`.
+//! - `dedup_log`: event ids accepted within the dedup window, append-only, with the time they
+//!   were first seen; see [`dedup`] for why it is not an index.
+//! - `stats`: running totals of the queue (events, payload bytes), kept in the same transactions
+//!   as the rows they count, so start-up never has to scan the backlog.
+
+pub(crate) mod dedup;
+mod ops;
+mod store;
+mod writer;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+pub use store::{DataDirLock, QueueStats, Reader, Store, StoreError};
+pub use writer::{Writer, WriterConfig, WriterHandle};
+
+use super::{
+    AppendError, AppendReceipt, DeadLetter, DeadLetterQuery, NewEvent, OpOutcome, Queue,
+    QueueError, QueueFuture, QueueOp, QueueTotals, Ready, ReadyRequest,
+};
+
+/// The SQLite [`Queue`]: the writer thread for every change, pooled read-only connections
+/// for reads (each read runs on the blocking pool).
+#[derive(Debug)]
+pub struct SqliteQueue {
+    store: Store,
+    writer: Writer,
+    handle: Mutex<Option<WriterHandle>>,
+    readers: Arc<Mutex<Vec<Reader>>>,
+    /// Held by `serve` until the queue closes: one process per data directory.
+    lock: Mutex<Option<DataDirLock>>,
+}
+
+impl SqliteQueue {
+    /// The queue of `serve`: locks the data directory (a second forwarder on it is refused),
+    /// opens or creates the database, loads the dedup window and starts the writer.
+    pub fn open(data_dir: &Path, config: WriterConfig) -> Result<Self, StoreError> {
+        let lock = DataDirLock::acquire(data_dir)?;
+        let store = Store::open(data_dir)?;
+        let (writer, handle) = Writer::spawn(&store, config)?;
+        Ok(Self::with(store, writer, handle, Some(lock)))
+    }
+
+    /// The queue of maintenance commands (`dlq`): no lock, so it also works beside a running
+    /// server (SQLite serializes the writes); appends are refused.
+    pub fn open_maintenance(data_dir: &Path) -> Result<Self, StoreError> {
+        let store = Store::open(data_dir)?;
+        let (writer, handle) = Writer::spawn_maintenance(&store)?;
+        Ok(Self::with(store, writer, handle, None))
+    }
+
+    fn with(store: Store, writer: Writer, handle: WriterHandle, lock: Option<DataDirLock>) -> Self {
+        Self {
+            store,
+            writer,
+            handle: Mutex::new(Some(handle)),
+            readers: Arc::new(Mutex::new(Vec::new())),
+            lock: Mutex::new(lock),
+        }
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        self.store.path()
+    }
+
+    /// Runs `f` on a pooled read-only connection, on the blocking pool. A connection that
+    /// failed is dropped rather than returned to the pool.
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Reader) -> rusqlite::Result<T> + Send + 'static,
+    ) -> QueueFuture<'_, T> {
+        let pool = Arc::clone(&self.readers);
+        let store = self.store.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let pooled = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                let reader = match pooled {
+                    Some(r) => r,
+                    None => store
+                        .reader()
+                        .map_err(|e| QueueError::Unavailable(e.to_string()))?,
+                };
+                let result = f(&reader).map_err(|e| QueueError::Unavailable(e.to_string()));
+                if result.is_ok() {
+                    pool.lock().unwrap_or_else(|p| p.into_inner()).push(reader);
+                }
+                result
+            })
+            .await
+            .map_err(|e| QueueError::Unavailable(e.to_string()))?
+        })
+    }
+}
+
+impl Queue for SqliteQueue {
+    fn append(&self, events: Vec<NewEvent>) -> QueueFuture<'_, AppendReceipt, AppendError> {
+        Box::pin(self.writer.append(events))
+    }
+
+    fn ready(&self, request: ReadyRequest) -> QueueFuture<'_, Ready> {
+        self.read(move |r| r.ready(&request))
+    }
+
+    fn apply(&self, op: QueueOp) -> QueueFuture<'_, OpOutcome> {
+        Box::pin(self.writer.apply(op))
+    }
+
+    fn dead_letters(&self, query: DeadLetterQuery) -> QueueFuture<'_, Vec<DeadLetter>> {
+        self.read(move |r| {
+            r.dead_letters_within(
+                query.reason.as_deref(),
+                query.after,
+                query.limit,
+                query.max_bytes,
+            )
+        })
+    }
+
+    fn dead_letter_counts(&self) -> QueueFuture<'_, Vec<(String, u64)>> {
+        self.read(|r| r.dead_letter_counts())
+    }
+
+    fn queued_app_ids(&self) -> QueueFuture<'_, Vec<String>> {
+        self.read(|r| r.queued_app_ids())
+    }
+
+    fn oldest_received_at(&self) -> QueueFuture<'_, Option<i64>> {
+        self.read(|r| r.oldest_received_at())
+    }
+
+    fn totals(&self) -> QueueTotals {
+        let stats = self.store.stats();
+        QueueTotals {
+            events: stats.events(),
+            bytes: stats.bytes(),
+            dedup_ids: stats.dedup_ids(),
+            healthy: stats.is_healthy(),
+        }
+    }
+
+    fn close(&self) -> QueueFuture<'_, ()> {
+        let handle = self.handle.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let readers = Arc::clone(&self.readers);
+        Box::pin(async move {
+            readers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            if let Some(handle) = handle {
+                tokio::task::spawn_blocking(move || handle.close())
+                    .await
+                    .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+            }
+            // Only now may another process open the directory.
+            drop(self.lock.lock().unwrap_or_else(|p| p.into_inner()).take());
+            Ok(())
+        })
+    }
+}
