@@ -174,3 +174,67 @@ impl Queue for SqliteQueue {
         })
     }
 }
+
+/// What only the SQLite store does; what every store does is in `tests/queue/`.
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn config() -> WriterConfig {
+        WriterConfig {
+            max_queue_bytes: 1 << 30,
+            min_free_disk_bytes: 0,
+            dedup_window: Duration::from_secs(3600),
+            dedup_capacity: 1000,
+        }
+    }
+
+    fn event(id: &str) -> NewEvent {
+        NewEvent {
+            route: Arc::from("default"),
+            app_id: Arc::from("1"),
+            workspace: None,
+            dead_letter: None,
+            event_id: id.into(),
+            event_type: "users.messages.email.Send".into(),
+            identity: Some("u".into()),
+            event_time: 1,
+            payload: Bytes::from_static(b"{}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn below_the_free_disk_reserve_appends_are_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = WriterConfig {
+            min_free_disk_bytes: u64::MAX / 2,
+            ..config()
+        };
+        let q = SqliteQueue::open(dir.path(), config).unwrap();
+        assert_eq!(q.append(vec![event("a")]).await, Err(AppendError::DiskFull));
+        assert_eq!(q.totals().events, 0);
+    }
+
+    #[tokio::test]
+    async fn one_server_per_data_directory_and_maintenance_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SqliteQueue::open(dir.path(), config()).unwrap();
+        assert!(matches!(
+            SqliteQueue::open(dir.path(), config()),
+            Err(StoreError::Locked { .. })
+        ));
+        let m = SqliteQueue::open_maintenance(dir.path()).unwrap();
+        assert!(matches!(
+            m.append(vec![event("a")]).await,
+            Err(AppendError::Unavailable(_))
+        ));
+        q.close().await.unwrap();
+        m.close().await.unwrap();
+        // Closing released the directory.
+        SqliteQueue::open(dir.path(), config()).unwrap();
+    }
+}

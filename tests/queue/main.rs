@@ -1,0 +1,41 @@
+//! The queue seam's conformance suite, run against every store behind
+//! [`currents_heap::queue::Queue`]. `conformance.rs` states each promise once, generically;
+//! each store adds a [`conformance::Backend`] and one `conformance_suite!` line below.
+
+mod conformance;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use currents_heap::queue::Queue;
+use currents_heap::queue::sqlite::{SqliteQueue, WriterConfig};
+use tempfile::TempDir;
+
+use conformance::{Backend, Limits};
+
+/// The default store: one SQLite database in a temporary data directory.
+struct Sqlite {
+    dir: TempDir,
+}
+
+impl Backend for Sqlite {
+    async fn fresh() -> Self {
+        Sqlite {
+            dir: tempfile::tempdir().expect("temporary data directory"),
+        }
+    }
+
+    async fn open(&self, limits: Limits) -> Arc<dyn Queue> {
+        let dir: PathBuf = self.dir.path().into();
+        let config = WriterConfig {
+            max_queue_bytes: limits.max_queue_bytes,
+            min_free_disk_bytes: 0,
+            dedup_window: limits.dedup_window,
+            dedup_capacity: 100_000,
+        };
+        // A closed queue releases the data directory, so it can be opened again at once.
+        Arc::new(SqliteQueue::open(&dir, config).expect("open the SQLite queue"))
+    }
+}
+
+conformance_suite!(sqlite, Sqlite);
