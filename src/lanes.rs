@@ -19,7 +19,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{DEFAULT_ROUTE, Settings};
-use crate::delivery::{BudgetShape, Delivery, DeliveryConfig, LaneCarry, RouteMapping, Sender};
+use crate::delivery::{
+    BudgetShape, Delivery, DeliveryConfig, DryRun, LaneCarry, RouteMapping, Sender,
+};
 use crate::heap::client::HeapClient;
 use crate::metrics::{Metrics, UNROUTABLE};
 use crate::queue::{Queue, QueueError, QueueOp};
@@ -166,9 +168,9 @@ impl LaneSet {
 
     fn new_lane(&self, plan: LanePlan, notify: Arc<Notify>) -> Lane {
         let sender = if self.dry_run {
-            Sender::DryRun
+            Arc::new(DryRun) as Arc<dyn Sender>
         } else {
-            Sender::Heap(Box::new(HeapClient::new(&plan.base_url, self.heap_timeout)))
+            Arc::new(HeapClient::new(&plan.base_url, self.heap_timeout))
         };
         self.metrics.init_route(&plan.cfg.lane);
         for (budget, v) in [

@@ -148,7 +148,8 @@ fn run_transform(file: &std::path::Path, route: Option<&str>, args: &SettingsArg
         settings.heap_batch_size as u32,
     )
     .burst as usize;
-    match transform::transform_payload(&payload, mapping, app_id, batch) {
+    let max_bytes = usize::try_from(settings.heap_max_request_bytes).unwrap_or(usize::MAX);
+    match transform::transform_payload(&payload, mapping, app_id, batch, max_bytes) {
         Ok(out) => {
             let mut stdout = std::io::stdout().lock();
             for r in &out.requests {

@@ -302,13 +302,13 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256), opts in options()) {
         let _ = map_event(&bytes, &opts);
-        let _ = transform_payload(&bytes, &opts, "11", 1000);
+        let _ = transform_payload(&bytes, &opts, "11", 1000, 4 << 20);
     }
 
     #[test]
     fn payload_requests_are_valid_and_chunked(events in prop::collection::vec(event(), 0..12), opts in options()) {
         let payload = Value::Array(events).to_string();
-        let Ok(out) = transform_payload(payload.as_bytes(), &opts, "11", 1000) else {
+        let Ok(out) = transform_payload(payload.as_bytes(), &opts, "11", 1000, 4 << 20) else {
             return Ok(());
         };
         for request in &out.requests {

@@ -6,12 +6,35 @@
 //! cells in any window `W`, so we pick `b` = 1/60 of the budget (at most the bulk size) and
 //! `r = (0.99·B − b) / W`: any window then holds at most 99 % of the budget — the 1 % covers
 //! network jitter between our clock and Heap's — while a backlog drains at ~97 % of it.
+//!
+//! The limiters read tokio's clock ([`TokioClock`]) and waits sleep on tokio's timer, so a test
+//! on paused time drives the budgets exactly, without waiting for real.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::HashMapStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+
+/// Now, on tokio's clock (paused and advanced in tests) as a `std` instant.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioClock;
+
+impl Clock for TokioClock {
+    type Instant = std::time::Instant;
+
+    fn now(&self) -> Self::Instant {
+        tokio::time::Instant::now().into_std()
+    }
+}
+
+type AppLimiter =
+    RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<std::time::Instant>>;
+type IdentityLimiter =
+    RateLimiter<String, HashMapStateStore<String>, TokioClock, NoOpMiddleware<std::time::Instant>>;
 
 /// Burst and quota of one budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,11 +76,10 @@ impl BudgetShape {
 
 #[derive(Debug)]
 pub struct Budgets {
-    app: DefaultDirectRateLimiter,
-    identity: DefaultKeyedRateLimiter<String>,
+    app: AppLimiter,
+    identity: IdentityLimiter,
     app_shape: BudgetShape,
     identity_shape: BudgetShape,
-    clock: DefaultClock,
 }
 
 impl Budgets {
@@ -65,11 +87,10 @@ impl Budgets {
         let app_shape = BudgetShape::new(app, window, max_batch.min(u32::MAX as usize) as u32);
         let identity_shape = BudgetShape::new(identity, window, u32::MAX);
         Self {
-            app: RateLimiter::direct(app_shape.quota()),
-            identity: RateLimiter::keyed(identity_shape.quota()),
+            app: RateLimiter::direct_with_clock(app_shape.quota(), TokioClock),
+            identity: RateLimiter::hashmap_with_clock(identity_shape.quota(), TokioClock),
             app_shape,
             identity_shape,
-            clock: DefaultClock::default(),
         }
     }
 
@@ -94,21 +115,22 @@ impl Budgets {
     /// Waits until `n` app cells (at most [`Self::max_batch`]) are free and takes them.
     /// Returns how long it waited. Cancel-safe: nothing is taken if the future is dropped.
     pub async fn take_app(&self, n: usize) -> Duration {
-        let n = NonZeroU32::new(n.clamp(1, self.max_batch()) as u32).expect("n >= 1");
-        if let Ok(Ok(())) = self.app.check_n(n) {
-            return Duration::ZERO;
+        let n = NonZeroU32::new(n.clamp(1, self.max_batch()) as u32).unwrap_or(NonZeroU32::MIN);
+        let started = tokio::time::Instant::now();
+        let mut waited = Duration::ZERO;
+        // n <= burst, so the capacity error (`Err`) cannot happen.
+        while let Ok(Err(not_until)) = self.app.check_n(n) {
+            tokio::time::sleep(not_until.wait_time_from(TokioClock.now())).await;
+            waited = started.elapsed();
         }
-        let started = std::time::Instant::now();
-        // n <= burst, so the capacity error cannot happen.
-        let _ = self.app.until_n_ready(n).await;
-        started.elapsed()
+        waited
     }
 
     /// Takes one identity cell for `key`, or tells how long until one is available.
     pub fn take_identity(&self, key: &str) -> Result<(), Duration> {
         match self.identity.check_key(&key.to_owned()) {
             Ok(()) => Ok(()),
-            Err(not_until) => Err(not_until.wait_time_from(self.clock.now())),
+            Err(not_until) => Err(not_until.wait_time_from(TokioClock.now())),
         }
     }
 
@@ -160,6 +182,33 @@ mod tests {
         let scaled = BudgetShape::new(NonZeroU32::new(15_000).unwrap(), w / 10, 1000);
         assert_eq!(scaled.burst, app.burst);
         assert!((scaled.rate() - app.rate() * 10.0).abs() < 1.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_app_budget_waits_on_tokio_time_for_exactly_the_missing_cells() {
+        // 6,000 a minute: a burst of 100, then one cell every 10.1 ms.
+        let b = Budgets::new(
+            NonZeroU32::new(6_000).unwrap(),
+            NonZeroU32::new(6_000).unwrap(),
+            Duration::from_secs(60),
+            1000,
+        );
+        let shape = b.app_shape();
+        assert_eq!(b.take_app(shape.burst as usize).await, Duration::ZERO);
+        let started = tokio::time::Instant::now();
+        let waited = b.take_app(10).await;
+        assert_eq!(waited, started.elapsed(), "the wait is on tokio's clock");
+        // tokio's timer has millisecond ticks: the wait ends on the first tick at or after.
+        let tick = Duration::from_millis(1);
+        assert!(
+            waited >= shape.period * 10 && waited <= shape.period * 10 + tick,
+            "{waited:?}"
+        );
+        let one = b.take_app(1).await;
+        assert!(
+            one >= shape.period - tick && one <= shape.period + tick,
+            "{one:?}"
+        );
     }
 
     #[tokio::test]

@@ -15,13 +15,25 @@
 //! Memory and requests are bounded in bytes as well as in events, because Braze events reach
 //! 900 KB: a lane holds at most [`DeliveryConfig::window_bytes`] of events (one event always
 //! fits), and no request body exceeds [`DeliveryConfig::max_request_bytes`] unless it carries a
-//! single event that is larger on its own ([`chunk`]).
+//! single event that is larger on its own ([`crate::heap::bulk`]).
+//!
+//! | file | holds |
+//! |---|---|
+//! | `lane.rs` | [`Delivery`]: a lane's state, [`Delivery::step`] and the loop that runs the steps |
+//! | `refill.rs` | reading the queue into the window; mapping, expiry and skips on the way in |
+//! | `select.rs` | the next batch (app budget, request size) and identity deferral |
+//! | `answer.rs` | sending a batch and what Heap's answer does: ack, retry and pause, bisect, split |
+//! | `budget.rs`, `backoff.rs` | the budgets (governor) and the backoff, each tested alone |
 
+mod answer;
 pub mod backoff;
 pub mod budget;
-pub mod chunk;
-mod scheduler;
+mod lane;
+mod refill;
+mod select;
 mod sender;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -30,8 +42,8 @@ use std::time::Duration;
 
 pub use backoff::Backoff;
 pub use budget::{BudgetShape, Budgets};
-pub use scheduler::{Delivery, LaneCarry};
-pub use sender::Sender;
+pub use lane::{Delivery, LaneCarry, SendReport, Step};
+pub use sender::{DryRun, SendFuture, Sender};
 
 use crate::transform::MappingOptions;
 
@@ -58,7 +70,7 @@ pub struct DeliveryConfig {
     /// How long a partial batch may wait for more events.
     pub linger: Duration,
     /// Largest body of one Heap request; a larger batch is split before it is sent (see
-    /// [`chunk`]).
+    /// [`crate::heap::bulk`]).
     pub max_request_bytes: usize,
     /// Most event bytes the lane holds in memory: read ahead, in flight, waiting for a retry
     /// or a split. At least one event is always held, however large.

@@ -3,7 +3,8 @@
 //! Why here and not in `main.rs`: the dry run is only trustworthy if it runs the very code
 //! `serve` runs. The structural check is [`crate::currents::parse_batch`] (so the subcommand
 //! fails exactly when ingest would answer 400), each event goes through [`super::map_event`],
-//! and the bodies are the same [`BulkTrack`] / [`BulkUserProperties`] shapes delivery sends.
+//! and the bodies come from the batch builder delivery uses ([`crate::heap::bulk`]): the same
+//! cuts by count and bytes, and the same merge of user-property updates per identity.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
@@ -13,16 +14,14 @@ use serde_json::Value;
 
 use super::{DroppedValue, MappingOptions, SkipReason, map_event};
 use crate::currents::{BatchError, parse_batch};
-use crate::heap::model::{
-    BulkTrack, BulkUserProperties, MAX_BULK_ITEMS, TRACK_PATH, TrackItem, USER_PROPERTIES_PATH,
-    UserPropertiesItem,
-};
+use crate::heap::bulk;
+use crate::heap::model::{TRACK_PATH, TrackItem, USER_PROPERTIES_PATH, UserPropertiesItem};
 
 /// What `serve` would do with a payload.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct TransformOutput {
-    /// `{"endpoint": "/api/track", "body": {...}}` objects in sending order: track bodies in
-    /// chunks of [`MAX_BULK_ITEMS`], then add-user-properties bodies in chunks.
+    /// `{"endpoint": "/api/track", "body": {...}}` objects in sending order: per batch, its
+    /// track body, then its add-user-properties bodies.
     pub requests: Vec<Value>,
     /// `(event index, event id, reason)` of every event not sent.
     pub skipped: Vec<(usize, String, SkipReason)>,
@@ -35,8 +34,10 @@ pub struct TransformOutput {
 
 /// Maps a Currents payload — `{"events":[...]}`, a single event object, or a JSON array of
 /// events — to the Heap request bodies `serve` would send for it under `app_id`, in the order
-/// it sends them: per batch of at most `batch_size` events (serve's effective batch: see
-/// `delivery::Budgets::max_batch`), the track body, then the user properties of those events.
+/// it sends them when the payload's events are all queued at once and no identity is over its
+/// budget: per batch of at most `batch_size` events (serve's effective batch: see
+/// `delivery::Budgets::max_batch`) and `max_request_bytes` of track body, the track body, then
+/// the user properties of those events merged per identity.
 ///
 /// `Err` holds one line per reason (naming event indexes) when the payload fails the
 /// structural check that makes ingest answer 400.
@@ -45,6 +46,7 @@ pub fn transform_payload(
     opts: &MappingOptions,
     app_id: &str,
     batch_size: usize,
+    max_request_bytes: usize,
 ) -> Result<TransformOutput, String> {
     let body = as_batch(payload);
     let batch = parse_batch(&body).map_err(|e| describe(&e))?;
@@ -64,31 +66,25 @@ pub fn transform_payload(
             Err(reason) => out.skipped.push((index, event.id.to_string(), reason)),
         }
     }
-    for chunk in mapped.chunks(batch_size.clamp(1, MAX_BULK_ITEMS)) {
-        let track: Vec<TrackItem> = chunk.iter().map(|m| m.track.clone()).collect();
-        out.requests
-            .push(request(TRACK_PATH, &track_body(app_id, &track)));
-        let users: Vec<UserPropertiesItem> = chunk
+    let track: Vec<&TrackItem> = mapped.iter().map(|m| &m.track).collect();
+    for (batch, body) in bulk::track_requests(app_id, &track, batch_size, max_request_bytes) {
+        out.requests.push(request(TRACK_PATH, &body));
+        let updates: Vec<(&str, &UserPropertiesItem)> = mapped[batch]
             .iter()
-            .filter_map(|m| m.user_properties.clone())
+            .filter_map(|m| Some((m.track.timestamp.as_str(), m.user_properties.as_ref()?)))
             .collect();
-        if !users.is_empty() {
-            out.requests
-                .push(request(USER_PROPERTIES_PATH, &users_body(app_id, &users)));
+        if !updates.is_empty() {
+            for users in bulk::users_requests(app_id, &updates, max_request_bytes) {
+                out.requests
+                    .push(request(USER_PROPERTIES_PATH, &users.body));
+            }
         }
     }
     Ok(out)
 }
 
-fn track_body(app_id: &str, events: &[TrackItem]) -> Value {
-    serde_json::to_value(BulkTrack { app_id, events }).unwrap_or(Value::Null)
-}
-
-fn users_body(app_id: &str, users: &[UserPropertiesItem]) -> Value {
-    serde_json::to_value(BulkUserProperties { app_id, users }).unwrap_or(Value::Null)
-}
-
-fn request(endpoint: &str, body: &Value) -> Value {
+fn request(endpoint: &str, body: &[u8]) -> Value {
+    let body: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     serde_json::json!({ "endpoint": endpoint, "body": body })
 }
 
@@ -150,7 +146,8 @@ mod tests {
             payload.to_string().as_bytes(),
             &MappingOptions::default(),
             "11",
-            MAX_BULK_ITEMS,
+            1000,
+            4 << 20,
         )
     }
 
@@ -178,7 +175,7 @@ mod tests {
     fn empty_payloads_send_nothing() {
         for p in [&b""[..], b"{}", b"[]", b" {\"events\":[]} "] {
             let out =
-                transform_payload(p, &MappingOptions::default(), "11", MAX_BULK_ITEMS).unwrap();
+                transform_payload(p, &MappingOptions::default(), "11", 1000, 4 << 20).unwrap();
             assert!(out.requests.is_empty() && out.skipped.is_empty(), "{p:?}");
         }
     }
@@ -207,9 +204,9 @@ mod tests {
     }
 
     #[test]
-    fn requests_are_chunked() {
+    fn requests_are_chunked_and_user_properties_merged_per_identity() {
         let events: Vec<Value> = (0..2001)
-            .map(|i| event(&format!("e{i}"), Some("u")))
+            .map(|i| event(&format!("e{i}"), Some(&format!("u{}", i % 500))))
             .collect();
         let out = run(&json!({"events": events})).unwrap();
         let sizes: Vec<(String, usize)> = out
@@ -230,9 +227,9 @@ mod tests {
             sizes,
             vec![
                 (t.clone(), 1000),
-                (u.clone(), 1000),
+                (u.clone(), 500),
                 (t.clone(), 1000),
-                (u.clone(), 1000),
+                (u.clone(), 500),
                 (t, 1),
                 (u, 1)
             ]
@@ -249,7 +246,7 @@ mod tests {
         assert!(err.contains("event 0: missing `time`"), "{err}");
         for bad in [&b"nope"[..], b"[1,", b"{\"events\":{}}", b"[] x", b"3"] {
             assert!(
-                transform_payload(bad, &MappingOptions::default(), "11", MAX_BULK_ITEMS).is_err(),
+                transform_payload(bad, &MappingOptions::default(), "11", 1000, 4 << 20).is_err(),
                 "{bad:?}"
             );
         }

@@ -1,6 +1,8 @@
-//! Heap request bodies bounded in bytes.
+//! The one batch builder: the Heap bulk request bodies of a batch of mapped events, bounded
+//! in bytes. `serve` (the delivery lanes) and the `transform` subcommand both build their bodies
+//! here, so what `transform` prints is what `serve` sends.
 //!
-//! Why: Heap caps a bulk request at 1000 items but documents no body size (`heap-api.md` §(c)),
+//! Why bounded in bytes: Heap caps a bulk request at 1000 items but documents no body size (`heap-api.md` §(c)),
 //! and Braze events reach 900 KB each. Counting items alone, one request once carried 68 MB:
 //! more than any proxy in front of Heap is likely to take, a whole batch lost to one 413, and
 //! the whole body in memory at once. So every bulk body is built to stay within
@@ -15,12 +17,13 @@
 //! plus one comma between two items ([`BodySize`]); the unit tests check this against
 //! `serde_json`.
 
+use std::collections::HashMap;
 use std::io;
 use std::ops::Range;
 
 use serde::Serialize;
 
-use crate::heap::model::{TrackItem, UserPropertiesItem};
+use crate::heap::model::{MAX_BULK_ITEMS, TrackItem, UserPropertiesItem};
 
 /// Body of a bulk track request over borrowed items (the shape of
 /// [`crate::heap::model::BulkTrack`], without cloning the items).
@@ -163,6 +166,100 @@ pub fn split_by_size(
     out
 }
 
+/// The track requests of a batch, in order: consecutive ranges of `items`, each with its body
+/// (at most `max_items` items, never more than [`MAX_BULK_ITEMS`], and at most `max_body`
+/// bytes; an oversized item alone).
+pub fn track_requests(
+    app_id: &str,
+    items: &[&TrackItem],
+    max_items: usize,
+    max_body: usize,
+) -> Vec<(Range<usize>, Vec<u8>)> {
+    let sizes: Vec<usize> = items.iter().map(|i| serialized_len(*i)).collect();
+    let max_items = max_items.clamp(1, MAX_BULK_ITEMS);
+    split_by_size(&sizes, track_overhead(app_id), max_body, max_items)
+        .into_iter()
+        .map(|r| {
+            let body = track_body(app_id, &items[r.clone()]);
+            (r, body)
+        })
+        .collect()
+}
+
+/// One add-user-properties request: the body and which updates (indexes into the batch's
+/// updates) it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsersRequest {
+    pub members: Vec<usize>,
+    pub body: Vec<u8>,
+}
+
+/// The add-user-properties requests of a batch. `updates` are `(event time, item)` pairs, the
+/// time as the RFC 3339 UTC text of the Currents event.
+///
+/// Heap applies the items of one bulk request in no stated order, so the updates of one
+/// profile are merged into one item first, the later event (by its time) winning each
+/// property; then the merged items are cut into requests of at most [`MAX_BULK_ITEMS`] items
+/// and `max_body` bytes. All updates of one identity travel in one request.
+pub fn users_requests(
+    app_id: &str,
+    updates: &[(&str, &UserPropertiesItem)],
+    max_body: usize,
+) -> Vec<UsersRequest> {
+    let (merged, part_of_update) = merge_by_identity(updates);
+    let sizes: Vec<usize> = merged.iter().map(serialized_len).collect();
+    let ranges = split_by_size(&sizes, users_overhead(app_id), max_body, MAX_BULK_ITEMS);
+    let mut part_of_user = vec![0; merged.len()];
+    for (k, range) in ranges.iter().enumerate() {
+        part_of_user[range.clone()].fill(k);
+    }
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); ranges.len()];
+    for (update, user) in part_of_update.into_iter().enumerate() {
+        members[part_of_user[user]].push(update);
+    }
+    ranges
+        .into_iter()
+        .zip(members)
+        .map(|(range, members)| {
+            let users: Vec<&UserPropertiesItem> = merged[range].iter().collect();
+            UsersRequest {
+                members,
+                body: users_body(app_id, &users),
+            }
+        })
+        .collect()
+}
+
+/// One item per identity, in order of each identity's earliest update, and for each update
+/// the index of the merged item it went into.
+fn merge_by_identity(
+    updates: &[(&str, &UserPropertiesItem)],
+) -> (Vec<UserPropertiesItem>, Vec<usize>) {
+    let mut order: Vec<usize> = (0..updates.len()).collect();
+    // RFC 3339 UTC timestamps of one format sort as text; stable, so ties keep arrival order.
+    order.sort_by(|&a, &b| updates[a].0.cmp(updates[b].0));
+    let mut merged: Vec<UserPropertiesItem> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut into = vec![0; updates.len()];
+    for i in order {
+        let item = updates[i].1;
+        into[i] = match index.get(item.identity.as_str()) {
+            Some(&m) => {
+                merged[m]
+                    .properties
+                    .extend(item.properties.iter().map(|(k, v)| (k.clone(), v.clone())));
+                m
+            }
+            None => {
+                index.insert(&item.identity, merged.len());
+                merged.push(item.clone());
+                merged.len() - 1
+            }
+        };
+    }
+    (merged, into)
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -218,6 +315,82 @@ mod tests {
         body.add(serialized_len(&user));
         body.add(serialized_len(&user));
         assert_eq!(body.len(), users_body(app_id, &users).len());
+    }
+
+    fn props(identity: &str, pairs: &[(&str, &str)]) -> UserPropertiesItem {
+        UserPropertiesItem {
+            identity: identity.to_owned(),
+            properties: pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), PropertyValue::Str((*v).to_owned())))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn two_updates_of_one_profile_merge_and_the_later_event_wins() {
+        let newer = props("alice", &[("email", "new@x"), ("city", "Paris")]);
+        let older = props("alice", &[("email", "old@x"), ("phone", "1")]);
+        let bob = props("bob", &[("email", "b@x")]);
+        let updates = [
+            ("2026-01-02T00:00:00Z", &newer),
+            ("2026-01-01T00:00:00Z", &bob),
+            ("2026-01-01T00:00:00Z", &older),
+        ];
+        let requests = users_requests("7", &updates, usize::MAX);
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].members, [0, 1, 2]);
+        let body: serde_json::Value = serde_json::from_slice(&requests[0].body).unwrap();
+        let users = body["users"].as_array().unwrap();
+        assert_eq!(users.len(), 2);
+        let alice = users.iter().find(|u| u["identity"] == "alice").unwrap();
+        assert_eq!(alice["properties"]["email"], "new@x");
+        assert_eq!(alice["properties"].as_object().unwrap().len(), 3);
+    }
+
+    #[test]
+    fn the_updates_of_one_identity_travel_in_one_request() {
+        let big = "x".repeat(300);
+        let items: Vec<UserPropertiesItem> = (0..6)
+            .map(|i| {
+                props(
+                    &format!("user-{}", i % 3),
+                    &[(&format!("p{i}"), big.as_str())],
+                )
+            })
+            .collect();
+        let updates: Vec<(&str, &UserPropertiesItem)> =
+            items.iter().map(|i| ("2026-01-01T00:00:00Z", i)).collect();
+        let requests = users_requests("7", &updates, 800);
+        assert!(requests.len() > 1, "the cap splits the batch");
+        let mut seen = vec![0; updates.len()];
+        for r in &requests {
+            assert!(r.body.len() <= 800 || r.members.iter().all(|m| m % 3 == r.members[0] % 3));
+            for m in &r.members {
+                seen[*m] += 1;
+                // Every update of the same identity is in this request too.
+                for other in (0..updates.len()).filter(|o| o % 3 == m % 3) {
+                    assert!(r.members.contains(&other), "{m} and {other} apart");
+                }
+            }
+        }
+        assert!(
+            seen.iter().all(|n| *n == 1),
+            "each update in exactly one request"
+        );
+    }
+
+    #[test]
+    fn track_requests_cover_the_batch_in_order() {
+        let items: Vec<TrackItem> = (0..5).map(|i| track(&i.to_string(), 2, 200)).collect();
+        let refs: Vec<&TrackItem> = items.iter().collect();
+        let one = serialized_len(&items[0]);
+        let requests = track_requests("7", &refs, 1000, track_overhead("7") + 2 * one + 1);
+        let ranges: Vec<Range<usize>> = requests.iter().map(|(r, _)| r.clone()).collect();
+        assert_eq!(ranges, vec![0..2, 2..4, 4..5]);
+        for (r, body) in &requests {
+            assert_eq!(body, &track_body("7", &refs[r.clone()]));
+        }
     }
 
     #[test]

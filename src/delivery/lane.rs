@@ -1,0 +1,328 @@
+//! [`Delivery`]: one lane's state and its loop, as a sequence of [`Delivery::step`]s.
+//!
+//! A step takes one decision — wait out a pause, wait for events, or send one batch — and
+//! returns what happened ([`Step`]); [`Delivery::run`] only does the waiting a step asks for.
+//! Tests drive the steps on paused time: every clock here is tokio's, and the budgets wait
+//! on tokio's timer.
+//!
+//! The other files of this module add to `Delivery` by idea: [`super::refill`] (reading the
+//! queue into the window), [`super::select`] (what the next batch is, and identity deferral),
+//! [`super::answer`] (sending, and what Heap's answer does to the events).
+//!
+//! Memory is bounded in bytes as well as in events: every event the lane holds (read ahead in
+//! `pending`, in a bisected or split part in `forced`, in flight, or back after a failed
+//! attempt) is accounted for in `in_memory` with its weight, and refill stops reading the
+//! queue once `DeliveryConfig::window_bytes` is reached. A batch is cut to what fits in one
+//! request of `DeliveryConfig::max_request_bytes` before its budget is taken.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::select::Deferral;
+use super::{Budgets, DeliveryConfig, Sender};
+use crate::heap::bulk;
+use crate::heap::model::{TrackItem, UserPropertiesItem};
+use crate::metrics::Metrics;
+use crate::queue::{Queue, QueueError, QueueOp};
+
+/// Events held in memory per lane, as a multiple of the batch size.
+pub(super) const PENDING_BATCHES: usize = 4;
+
+/// An event on its way to Heap.
+#[derive(Debug, Clone)]
+pub(super) struct Item {
+    pub(super) seq: i64,
+    pub(super) received_at: i64,
+    pub(super) loaded_at: Instant,
+    pub(super) track: TrackItem,
+    pub(super) user_properties: Option<UserPropertiesItem>,
+    /// The track part was delivered; only the user properties remain.
+    pub(super) track_done: bool,
+    /// Serialized length of `track` in a bulk body.
+    pub(super) track_bytes: usize,
+    /// Serialized length of `user_properties` (0 without).
+    pub(super) props_bytes: usize,
+}
+
+impl Item {
+    /// What it adds to the request it is selected for: its track item, or its user
+    /// properties once the track part is done.
+    pub(super) fn request_bytes(&self) -> usize {
+        if self.track_done {
+            self.props_bytes
+        } else {
+            self.track_bytes
+        }
+    }
+}
+
+/// The delivery loop of one lane (one Heap app id).
+pub struct Delivery {
+    pub(super) cfg: DeliveryConfig,
+    pub(super) budgets: Budgets,
+    pub(super) sender: Arc<dyn Sender>,
+    pub(super) queue: Arc<dyn Queue>,
+    pub(super) metrics: Metrics,
+    new_data: Arc<Notify>,
+    pub(super) pending: VecDeque<Item>,
+    /// Every event held in memory (`pending`, `forced`, in flight) with its weight in bytes:
+    /// the larger of its stored payload and its serialized Heap items.
+    pub(super) in_memory: HashMap<i64, usize>,
+    /// Sum of the weights in `in_memory`: what `window_bytes` bounds.
+    pub(super) held_bytes: usize,
+    window_gauge: prometheus::IntGauge,
+    /// Length of an empty bulk track body of this app id.
+    pub(super) track_overhead: usize,
+    /// The lane's position in the queue: fresh events after it are read next.
+    pub(super) cursor: i64,
+    pub(super) deferred: HashMap<String, Deferral>,
+    /// Bisected or split parts, sent before anything else.
+    pub(super) forced: VecDeque<Vec<Item>>,
+    pub(super) paused_until: Option<Instant>,
+    /// Consecutive failed requests (the backoff's exponent).
+    pub(super) failures: u32,
+    last_housekeeping: Instant,
+}
+
+/// What a lane hands to the lane that replaces it (a configuration reload): the budget state
+/// and a `Retry-After` pause, so neither starts afresh because the configuration changed.
+#[derive(Debug)]
+pub struct LaneCarry {
+    pub budgets: Budgets,
+    pub paused_until: Option<Instant>,
+}
+
+/// What one [`Delivery::step`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The lane is paused (`Retry-After` or backoff) until then; nothing was done.
+    Paused { until: Instant },
+    /// Nothing to send now: wait this long (linger, a deferred identity) or for new events.
+    Idle { wait: Duration },
+    /// One batch went to Heap (or was finished without a request: expired events).
+    Sent(SendReport),
+    /// The queue could not be read; nothing changed.
+    QueueUnavailable(QueueError),
+    /// The stop signal came while waiting for the budget; nothing was sent.
+    Stopped,
+}
+
+/// What a sent batch's events became.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendReport {
+    /// Requests made to Heap.
+    pub requests: usize,
+    /// Events finished: Heap accepted every part of them, and they left the queue.
+    pub delivered: usize,
+    /// Events put back after a transient failure (the lane pauses).
+    pub retried: usize,
+    /// Events moved to the dead letters (rejected alone, too large alone, expired).
+    pub dead_lettered: usize,
+    /// Requests Heap refused whole (400/413) and that were halved for another try.
+    pub halved: usize,
+}
+
+impl Delivery {
+    pub fn new(
+        cfg: DeliveryConfig,
+        sender: Arc<dyn Sender>,
+        queue: Arc<dyn Queue>,
+        metrics: Metrics,
+        new_data: Arc<Notify>,
+    ) -> Self {
+        let budgets = Budgets::new(
+            cfg.events_per_window,
+            cfg.identity_events_per_window,
+            cfg.window,
+            cfg.batch_size.clamp(1, crate::heap::model::MAX_BULK_ITEMS),
+        );
+        let window_gauge = metrics
+            .delivery_window_bytes
+            .with_label_values(&[&cfg.lane]);
+        window_gauge.set(0);
+        let track_overhead = bulk::track_overhead(&cfg.app_id);
+        Self {
+            cfg,
+            budgets,
+            sender,
+            queue,
+            metrics,
+            new_data,
+            pending: VecDeque::new(),
+            in_memory: HashMap::new(),
+            held_bytes: 0,
+            window_gauge,
+            track_overhead,
+            cursor: 0,
+            deferred: HashMap::new(),
+            forced: VecDeque::new(),
+            paused_until: None,
+            failures: 0,
+            last_housekeeping: Instant::now(),
+        }
+    }
+
+    /// Events per second this lane sends while it has a backlog.
+    pub fn budget_rate(&self) -> f64 {
+        self.budgets.app_shape().rate()
+    }
+
+    pub(super) fn max_batch(&self) -> usize {
+        self.budgets.max_batch()
+    }
+
+    /// Continues from a stopped lane of the same app id; its budgets are taken only when they
+    /// have the same shape (a changed budget starts afresh).
+    pub fn resume(&mut self, carry: LaneCarry) {
+        if carry.budgets.same_shape(&self.budgets) {
+            self.budgets = carry.budgets;
+        }
+        self.paused_until = carry.paused_until;
+    }
+
+    /// Runs until `shutdown` is cancelled. A request in flight is finished first; whatever is
+    /// not acknowledged stays queued for the next start. Returns what a successor lane
+    /// continues from.
+    pub async fn run(mut self, shutdown: CancellationToken) -> LaneCarry {
+        tracing::info!(
+            message = "Delivery started.",
+            route = %self.cfg.lane,
+            app_id = %self.cfg.app_id,
+            max_batch = self.max_batch(),
+            app_events_per_second = self.budgets.app_shape().rate(),
+        );
+        while !shutdown.is_cancelled() {
+            match self.step(&shutdown).await {
+                Step::Sent(_) => {}
+                Step::Paused { until } => tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = shutdown.cancelled() => break,
+                },
+                Step::Idle { wait } => tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.new_data.notified() => {}
+                    _ = shutdown.cancelled() => break,
+                },
+                Step::QueueUnavailable(e) => {
+                    tracing::error!(message = "Reading the queue failed.", route = %self.cfg.lane, error = %e);
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+                Step::Stopped => break,
+            }
+        }
+        tracing::info!(message = "Delivery stopped.", route = %self.cfg.lane);
+        LaneCarry {
+            budgets: self.budgets,
+            paused_until: self.paused_until,
+        }
+    }
+
+    /// Takes one decision and carries it out: ends an expired pause, tops up the window from
+    /// the queue, then sends the next batch (a bisected or split part first) once its budget
+    /// is free — or says what to wait for. Waiting for the budget ends early, with
+    /// [`Step::Stopped`], when `stop` is cancelled; a request once started is finished.
+    pub async fn step(&mut self, stop: &CancellationToken) -> Step {
+        if let Some(until) = self.paused_until {
+            if until > Instant::now() {
+                return Step::Paused { until };
+            }
+            self.paused_until = None;
+            self.metrics
+                .delivery_paused
+                .with_label_values(&[&self.cfg.lane])
+                .set(0);
+        }
+        self.housekeeping();
+        if self.pending.len() < self.max_batch() * PENDING_BATCHES / 2
+            && self.held_bytes < self.cfg.window_bytes / 2
+            && let Err(e) = self.refill().await
+        {
+            return Step::QueueUnavailable(e);
+        }
+        let batch = if let Some(forced) = self.forced.pop_front() {
+            tokio::select! {
+                b = self.admit_forced(forced) => b,
+                _ = stop.cancelled() => return Step::Stopped,
+            }
+        } else {
+            if let Some(wait) = self.next_wait() {
+                return Step::Idle { wait };
+            }
+            let (n, _) = self.plan();
+            let waited = tokio::select! {
+                w = self.budgets.take_app(n) => w,
+                _ = stop.cancelled() => return Step::Stopped,
+            };
+            self.record_wait("app", waited);
+            self.select(n).await
+        };
+        let mut report = SendReport::default();
+        if !batch.is_empty() {
+            self.send(batch, &mut report).await;
+        }
+        Step::Sent(report)
+    }
+
+    /// Periodic upkeep: forget idle identities (bounded memory) and expired deferrals.
+    fn housekeeping(&mut self) {
+        if self.last_housekeeping.elapsed() < Duration::from_secs(10) {
+            return;
+        }
+        self.last_housekeeping = Instant::now();
+        self.budgets.forget_idle_identities();
+        let now = crate::queue::unix_millis();
+        self.deferred.retain(|_, d| d.next_slot > now);
+    }
+
+    /// Counts an event as held in memory.
+    pub(super) fn hold(&mut self, seq: i64, weight: usize) {
+        if let Some(old) = self.in_memory.insert(seq, weight) {
+            self.held_bytes -= old;
+        }
+        self.held_bytes += weight;
+        self.window_gauge.set(self.held_bytes as i64);
+    }
+
+    /// Forgets an event held in memory (acknowledged, dead-lettered, parked in the queue).
+    pub(super) fn release(&mut self, seq: i64) {
+        if let Some(weight) = self.in_memory.remove(&seq) {
+            self.held_bytes -= weight;
+            self.window_gauge.set(self.held_bytes as i64);
+        }
+    }
+
+    /// Whether the window has room for an event of `bytes` more. An empty window always has:
+    /// a single event larger than the window still makes progress.
+    pub(super) fn has_room(&self, bytes: usize) -> bool {
+        self.held_bytes == 0 || self.held_bytes.saturating_add(bytes) <= self.cfg.window_bytes
+    }
+
+    /// Applies a change to the queue, retrying until it succeeds: losing an ack would re-send
+    /// (fine, idempotent), but losing a dead letter must not happen silently. A closed queue
+    /// (shutdown) leaves the change for the next start.
+    pub(super) async fn apply(&self, op: QueueOp) {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.queue.apply(op.clone()).await {
+                Ok(_) => return,
+                Err(e @ QueueError::Closed) => {
+                    tracing::warn!(message = "Queue closed; the change is left for the next start.", error = %e);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(message = "Queue update failed; retrying.", error = %e);
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
