@@ -81,18 +81,18 @@ pub async fn list(
                 "seq": d.seq,
                 "reason": d.reason,
                 "detail": d.detail,
-                "route": d.route,
-                "event_id": d.event_id,
-                "event_type": d.event_type,
-                "identity": d.identity,
-                "event_time": d.event_time,
-                "attempts": d.attempts,
-                "received_at": rfc3339_millis(d.received_at),
+                "route": d.event.route,
+                "event_id": d.event.event_id,
+                "event_type": d.event.event_type,
+                "identity": d.event.identity,
+                "event_time": d.event.event_time,
+                "attempts": d.event.attempts,
+                "received_at": rfc3339_millis(d.event.received_at),
                 "dead_at": rfc3339_millis(d.dead_at),
             });
             if with_payload {
-                line["payload"] = serde_json::from_slice(&d.payload)
-                    .unwrap_or_else(|_| json!(String::from_utf8_lossy(&d.payload)));
+                line["payload"] = serde_json::from_slice(&d.event.payload)
+                    .unwrap_or_else(|_| json!(String::from_utf8_lossy(&d.event.payload)));
             }
             writeln!(out, "{line}")?;
             printed += 1;
@@ -144,19 +144,19 @@ pub async fn replay(
             if !sel.ids.is_empty() && !sel.ids.contains(&d.seq) {
                 continue;
             }
-            let group = app_group_id(&d.payload);
+            let group = app_group_id(&d.event.payload);
             // The current configuration decides; without a route for it, an event keeps
             // the destination it had (none, if it was unroutable from the start).
-            match router.route(d.workspace.as_deref(), group.as_deref()) {
+            match router.route(d.event.workspace.as_deref(), group.as_deref()) {
                 Some(t) => items.push(ReplayItem {
                     seq: d.seq,
                     route: t.name.to_string(),
                     app_id: t.app_id.to_string(),
                 }),
-                None if router.serves(&d.app_id) => items.push(ReplayItem {
+                None if router.serves(&d.event.app_id) => items.push(ReplayItem {
                     seq: d.seq,
-                    route: d.route.clone(),
-                    app_id: d.app_id.clone(),
+                    route: d.event.route.clone(),
+                    app_id: d.event.app_id.clone(),
                 }),
                 None => done.still_unroutable += 1,
             }

@@ -53,14 +53,14 @@ impl Delivery {
         let mut unsendable = Vec::new();
         let mut loaded = 0usize;
         for row in ready.due {
-            if loaded >= want || !self.has_room(row.payload.len()) {
+            if loaded >= want || !self.has_room(row.event.payload.len()) {
                 break;
             }
             loaded += usize::from(self.take_row(row, now, &mut unsendable));
         }
         for row in ready.fresh {
             // The cursor moves only past rows handled here, so none is ever stepped over.
-            if loaded >= want || !self.has_room(row.payload.len()) {
+            if loaded >= want || !self.has_room(row.event.payload.len()) {
                 break;
             }
             self.cursor = self.cursor.max(row.seq);
@@ -81,7 +81,11 @@ impl Delivery {
         // Unsendable rows are finished (and forgotten) before refill returns: no weight.
         let weight = match self.prepare(&row, now) {
             Ok(item) => {
-                let weight = row.payload.len().max(item.track_bytes + item.props_bytes);
+                let weight = row
+                    .event
+                    .payload
+                    .len()
+                    .max(item.track_bytes + item.props_bytes);
                 self.pending.push_back(item);
                 weight
             }
@@ -96,11 +100,11 @@ impl Delivery {
 
     /// Maps one stored event, or says why it will not be sent.
     fn prepare(&self, row: &QueuedEvent, now: i64) -> Result<Item, Unsendable> {
-        if self.is_expired(row.received_at, now) {
+        if self.is_expired(row.event.received_at, now) {
             return Err(Unsendable::Dead(self.expired(row.seq)));
         }
-        let options = self.cfg.mapping_for(&row.route);
-        let mapped = map_event(&row.payload, &options.mapping).map_err(|reason| {
+        let options = self.cfg.mapping_for(&row.event.route);
+        let mapped = map_event(&row.event.payload, &options.mapping).map_err(|reason| {
             Unsendable::Skipped(row.seq, reason.as_str(), options.dead_letter_skipped)
         })?;
         let invalid = validate_track_item(&mapped.track).err().or_else(|| {
@@ -118,7 +122,7 @@ impl Delivery {
         }
         Ok(Item {
             seq: row.seq,
-            received_at: row.received_at,
+            received_at: row.event.received_at,
             loaded_at: Instant::now(),
             track_bytes: bulk::serialized_len(&mapped.track),
             props_bytes: mapped

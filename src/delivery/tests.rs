@@ -247,7 +247,12 @@ async fn retry_after_pauses_the_lane_for_exactly_that_long() {
         (report.requests, report.retried, report.delivered),
         (1, 2, 0)
     );
-    let attempts: Vec<i64> = lane.queued().await.iter().map(|e| e.attempts).collect();
+    let attempts: Vec<i64> = lane
+        .queued()
+        .await
+        .iter()
+        .map(|e| e.event.attempts)
+        .collect();
     assert_eq!(
         attempts,
         [1, 1],
@@ -348,7 +353,11 @@ async fn an_identity_over_its_budget_is_parked_while_the_others_flow() {
     );
     let queued = lane.queued().await;
     assert_eq!(queued.len(), 18);
-    assert!(queued.iter().all(|e| e.identity.as_deref() == Some("hot")));
+    assert!(
+        queued
+            .iter()
+            .all(|e| e.event.identity.as_deref() == Some("hot"))
+    );
     let mut parked: Vec<i64> = queued
         .iter()
         .map(|e| e.not_before)
@@ -428,7 +437,7 @@ async fn a_rejected_request_is_bisected_until_the_poisoned_event_is_dead_lettere
         .unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(
-        (dead[0].event_id.as_str(), dead[0].reason.as_str()),
+        (dead[0].event.event_id.as_str(), dead[0].reason.as_str()),
         ("e-5", "rejected")
     );
 }

@@ -26,7 +26,8 @@ use std::pin::Pin;
 
 pub use model::{
     AppendError, AppendReceipt, DeadLetter, DeadLetterItem, DeadLetterQuery, NewEvent, OpOutcome,
-    QueueError, QueueOp, QueueTotals, QueuedEvent, Ready, ReadyRequest, ReplayItem, unix_millis,
+    QueueError, QueueOp, QueueTotals, QueuedEvent, Ready, ReadyRequest, ReplayItem, StoredEvent,
+    unix_millis,
 };
 
 /// The future a [`Queue`] method returns.

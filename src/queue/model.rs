@@ -74,43 +74,43 @@ pub enum QueueError {
     Unavailable(String),
 }
 
-/// One queued event, as stored.
+/// An event as stored: what ingest received and where it goes. Queued events and dead
+/// letters both carry one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub route: String,
+    pub app_id: String,
+    pub workspace: Option<String>,
+    pub event_id: String,
+    pub event_type: String,
+    pub identity: Option<String>,
+    pub event_time: i64,
+    pub received_at: i64,
+    /// Delivery attempts that failed so far.
+    pub attempts: i64,
+    /// The raw Currents event JSON.
+    pub payload: Vec<u8>,
+}
+
+/// One queued event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueuedEvent {
     /// Its position in the queue: FIFO order, and the key of every change to it.
     pub seq: i64,
-    pub route: String,
-    pub app_id: String,
-    pub workspace: Option<String>,
-    pub event_id: String,
-    pub event_type: String,
-    pub identity: Option<String>,
-    pub event_time: i64,
-    pub received_at: i64,
-    pub attempts: i64,
     /// Parked until then (UNIX ms); 0 when never parked.
     pub not_before: i64,
-    pub payload: Vec<u8>,
+    pub event: StoredEvent,
 }
 
-/// One dead-lettered event, as stored.
+/// One dead-lettered event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
     /// Its own sequence in the dead-letter store (the `seq` that `dlq list` prints).
     pub seq: i64,
-    pub route: String,
-    pub app_id: String,
-    pub workspace: Option<String>,
-    pub event_id: String,
-    pub event_type: String,
-    pub identity: Option<String>,
-    pub event_time: i64,
-    pub received_at: i64,
-    pub attempts: i64,
     pub reason: String,
     pub detail: Option<String>,
     pub dead_at: i64,
-    pub payload: Vec<u8>,
+    pub event: StoredEvent,
 }
 
 /// What a delivery lane asks for: its ready events, bounded in count and bytes.

@@ -165,7 +165,7 @@ async fn anonymous_events_are_dead_lettered_when_dead_letter_skipped_is_set() {
     let dead = h.dead_letters();
     let mut dead_ids: Vec<(&str, &str)> = dead
         .iter()
-        .map(|d| (d.event_id.as_str(), d.reason.as_str()))
+        .map(|d| (d.event.event_id.as_str(), d.reason.as_str()))
         .collect();
     dead_ids.sort_unstable();
     assert_eq!(

@@ -240,9 +240,9 @@ impl Harness {
             .map(|r| {
                 format!(
                     "{} of {:?}: {} attempts, not_before {}",
-                    r.event_id,
-                    r.identity,
-                    r.attempts,
+                    r.event.event_id,
+                    r.event.identity,
+                    r.event.attempts,
                     if r.not_before == 0 {
                         "unset".to_owned()
                     } else {

@@ -42,9 +42,9 @@ async fn a_poison_event_is_isolated_by_bisection_and_dead_lettered_alone() {
     let dead = h.dead_letters();
     assert_eq!(dead.len(), 1, "{dead:?}");
     let d = &dead[0];
-    assert_eq!(d.event_id, poison);
+    assert_eq!(d.event.event_id, poison);
     assert_eq!(d.reason, "rejected");
-    assert_eq!(d.identity.as_deref(), Some("bis-user-37"));
+    assert_eq!(d.event.identity.as_deref(), Some("bis-user-37"));
     let detail = d.detail.as_deref().expect("Heap's answer is kept");
     assert!(detail.contains("400"), "{detail}");
     assert!(
@@ -75,7 +75,7 @@ async fn a_poison_event_is_isolated_by_bisection_and_dead_lettered_alone() {
         String::from_utf8_lossy(&summary)
     );
     // The dead letter keeps the event as Braze sent it, for a replay.
-    let payload: serde_json::Value = serde_json::from_slice(&d.payload).unwrap();
+    let payload: serde_json::Value = serde_json::from_slice(&d.event.payload).unwrap();
     assert_eq!(payload, events[37]);
 
     let text = h.metrics().await;
@@ -118,7 +118,7 @@ async fn several_poison_events_in_one_batch_are_each_dead_lettered_and_the_rest_
     let mut dead: Vec<(String, String)> = h
         .dead_letters()
         .into_iter()
-        .map(|d| (d.event_id, d.reason))
+        .map(|d| (d.event.event_id, d.reason))
         .collect();
     dead.sort_unstable();
     let mut expected: Vec<(String, String)> = poisoned
@@ -172,7 +172,7 @@ async fn repeated_413s_split_down_to_single_events_and_only_those_are_dead_lette
         .unwrap();
     let dead = h.dead_letters();
     assert_eq!(dead.len(), 1, "{dead:?}");
-    assert_eq!(dead[0].event_id, ids[0]);
+    assert_eq!(dead[0].event.event_id, ids[0]);
     assert_eq!(dead[0].reason, "too_large");
     assert!(dead[0].detail.as_deref().unwrap_or("").contains("413"));
     assert_eq!(dead_lettered(&h.metrics().await, "too_large"), 1.0);
@@ -197,7 +197,7 @@ async fn events_not_delivered_within_max_event_age_are_dead_lettered_as_expired(
     .await;
     let dead = h.dead_letters();
     assert!(dead.iter().all(|d| d.reason == "expired"), "{dead:?}");
-    let mut dead_ids: Vec<String> = dead.into_iter().map(|d| d.event_id).collect();
+    let mut dead_ids: Vec<String> = dead.into_iter().map(|d| d.event.event_id).collect();
     dead_ids.sort_unstable();
     let mut expected = ids.clone();
     expected.sort_unstable();
@@ -256,7 +256,7 @@ async fn a_400_on_user_properties_is_bisected_without_resending_the_track_events
     )
     .await;
     let dead = h.dead_letters();
-    assert_eq!(dead[0].event_id, "upb-lone");
+    assert_eq!(dead[0].event.event_id, "upb-lone");
     assert_eq!(dead[0].reason, "rejected_user_properties");
     let report = h.heap.report();
     assert_eq!(

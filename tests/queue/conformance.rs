@@ -108,7 +108,7 @@ async fn fresh_ids(q: &dyn Queue, req: ReadyRequest) -> Vec<String> {
 }
 
 fn ids(events: &[QueuedEvent]) -> Vec<String> {
-    events.iter().map(|e| e.event_id.clone()).collect()
+    events.iter().map(|e| e.event.event_id.clone()).collect()
 }
 
 async fn queued(q: &dyn Queue) -> Vec<QueuedEvent> {
@@ -140,17 +140,21 @@ pub async fn append_is_durable_and_dedups_across_a_restart<B: Backend>() {
     let rows = queued(&*q).await;
     assert_eq!(ids(&rows), ["a", "b", "c"]);
     let c = &rows[2];
-    assert_eq!(c.payload, br#"{"id":"c"}"#);
+    assert_eq!(c.event.payload, br#"{"id":"c"}"#);
     assert_eq!(
-        (c.route.as_str(), c.app_id.as_str(), c.workspace.as_deref()),
+        (
+            c.event.route.as_str(),
+            c.event.app_id.as_str(),
+            c.event.workspace.as_deref()
+        ),
         ("route-1111", APP, Some("ws"))
     );
-    assert_eq!(c.identity.as_deref(), Some("user-of-c"));
+    assert_eq!(c.event.identity.as_deref(), Some("user-of-c"));
     assert_eq!(
-        (c.event_time, c.attempts, c.not_before),
+        (c.event.event_time, c.event.attempts, c.not_before),
         (1_700_000_000, 0, 0)
     );
-    assert!(c.received_at > 0 && c.received_at <= unix_millis());
+    assert!(c.event.received_at > 0 && c.event.received_at <= unix_millis());
     assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq), "FIFO by seq");
     let r = q.append(events(&["a", "d"])).await.unwrap();
     assert_eq!(
@@ -201,7 +205,7 @@ pub async fn concurrent_appends_each_store_every_event_once<B: Backend>() {
         accepted += t.await.unwrap();
     }
     let stored = queued(&*q).await;
-    let unique: HashSet<String> = stored.iter().map(|e| e.event_id.clone()).collect();
+    let unique: HashSet<String> = stored.iter().map(|e| e.event.event_id.clone()).collect();
     assert_eq!(stored.len(), unique.len(), "an id stored twice");
     // 8 clients x 5 rounds x 15 own ids, plus 5 rounds x 5 shared ids (client 0's own 15
     // include them).
@@ -224,7 +228,7 @@ pub async fn ready_reads_one_lane_in_fifo_order_within_its_bounds<B: Backend>() 
     .unwrap();
     let all = queued(&*q).await;
     assert_eq!(ids(&all), ["a", "b", "c", "d"], "only the lane's events");
-    let seq = |id: &str| all.iter().find(|e| e.event_id == id).unwrap().seq;
+    let seq = |id: &str| all.iter().find(|e| e.event.event_id == id).unwrap().seq;
     let req = |after, max_events, max_bytes| ReadyRequest {
         after,
         max_events,
@@ -338,7 +342,7 @@ pub async fn failed_attempts_are_counted<B: Backend>() {
         .await
         .unwrap();
     }
-    let attempts: Vec<i64> = queued(&*q).await.iter().map(|e| e.attempts).collect();
+    let attempts: Vec<i64> = queued(&*q).await.iter().map(|e| e.event.attempts).collect();
     assert_eq!(attempts, [2, 0]);
     assert_eq!(q.totals().events, 2, "an attempt keeps the event");
 }
@@ -376,7 +380,7 @@ pub async fn dead_letters_are_listed_counted_replayed_and_purged<B: Backend>() {
     let letters = q.dead_letters(page(None)).await.unwrap();
     let listed: Vec<(&str, &str)> = letters
         .iter()
-        .map(|d| (d.event_id.as_str(), d.reason.as_str()))
+        .map(|d| (d.event.event_id.as_str(), d.reason.as_str()))
         .collect();
     assert_eq!(
         listed,
@@ -384,10 +388,13 @@ pub async fn dead_letters_are_listed_counted_replayed_and_purged<B: Backend>() {
     );
     let a = &letters[0];
     assert_eq!(a.detail.as_deref(), Some("detail 0"));
-    assert_eq!(a.attempts, 1, "attempts travel with the event");
-    assert_eq!((a.route.as_str(), a.app_id.as_str()), ("route-1111", APP));
-    assert_eq!(a.payload, br#"{"id":"a"}"#);
-    assert!(a.dead_at >= a.received_at);
+    assert_eq!(a.event.attempts, 1, "attempts travel with the event");
+    assert_eq!(
+        (a.event.route.as_str(), a.event.app_id.as_str()),
+        ("route-1111", APP)
+    );
+    assert_eq!(a.event.payload, br#"{"id":"a"}"#);
+    assert!(a.dead_at >= a.event.received_at);
     let rejected = q.dead_letters(page(Some("rejected"))).await.unwrap();
     assert_eq!(rejected.len(), 2);
     assert_eq!(
@@ -409,8 +416,8 @@ pub async fn dead_letters_are_listed_counted_replayed_and_purged<B: Backend>() {
     assert_eq!((out.rows, out.queue_events_delta), (1, 1));
     let replayed = q.ready(everything(OTHER_APP)).await.unwrap().fresh;
     assert_eq!(ids(&replayed), ["a"]);
-    assert_eq!(replayed[0].route, "elsewhere");
-    assert_eq!(replayed[0].payload, br#"{"id":"a"}"#);
+    assert_eq!(replayed[0].event.route, "elsewhere");
+    assert_eq!(replayed[0].event.payload, br#"{"id":"a"}"#);
     assert_eq!(q.totals().events, 2);
 
     // Purge by reason, then by id.
@@ -442,7 +449,7 @@ pub async fn dead_letters_are_listed_counted_replayed_and_purged<B: Backend>() {
 }
 
 fn ids_of_dead(d: &[currents_heap::queue::DeadLetter]) -> Vec<&str> {
-    d.iter().map(|d| d.event_id.as_str()).collect()
+    d.iter().map(|d| d.event.event_id.as_str()).collect()
 }
 
 pub async fn dead_letter_pages_are_bounded_in_bytes<B: Backend>() {
@@ -535,7 +542,7 @@ pub async fn appends_straight_to_the_dead_letters<B: Backend>() {
         .unwrap();
     assert_eq!(ids_of_dead(&d), ["lost"]);
     assert_eq!(
-        d[0].workspace.as_deref(),
+        d[0].event.workspace.as_deref(),
         Some("ws"),
         "kept so a replay can route again"
     );
@@ -586,7 +593,7 @@ pub async fn the_oldest_event_is_known<B: Backend>() {
     q.append(events(&["b"])).await.unwrap();
     let oldest = q.oldest_received_at().await.unwrap().unwrap();
     let a = queued(&*q).await[0].clone();
-    assert_eq!(oldest, a.received_at);
+    assert_eq!(oldest, a.event.received_at);
     assert!(oldest >= before);
     q.apply(QueueOp::Ack { seqs: vec![a.seq] }).await.unwrap();
     assert!(q.oldest_received_at().await.unwrap().unwrap() > oldest);

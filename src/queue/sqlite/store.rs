@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
-use crate::queue::{DeadLetter, QueuedEvent, Ready, ReadyRequest};
+use crate::queue::{DeadLetter, QueuedEvent, Ready, ReadyRequest, StoredEvent};
 
 const SCHEMA_VERSION: i64 = 1;
 pub(crate) const DB_FILE: &str = "queue.sqlite3";
@@ -265,12 +265,18 @@ pub struct Reader {
     conn: Connection,
 }
 
+/// The columns of a queued event: `seq`, the event (1 to 10), `not_before` (11) and the
+/// payload's length (12).
 const QUEUED_COLUMNS: &str = "seq, route, app_id, workspace, event_id, event_type, identity, \
-     event_time, received_at, attempts, not_before, payload";
+     event_time, received_at, attempts, payload, not_before, length(payload)";
+/// The columns of a dead letter: `seq`, the event (1 to 10), `reason` (11), `detail` (12),
+/// `dead_at` (13) and the payload's length (14).
+const DEAD_LETTER_COLUMNS: &str = "seq, route, app_id, workspace, event_id, event_type, identity, \
+     event_time, received_at, attempts, payload, reason, detail, dead_at, length(payload)";
 
-fn queued_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
-    Ok(QueuedEvent {
-        seq: r.get(0)?,
+/// The event in columns 1 to 10 of a row.
+fn stored_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
         route: r.get(1)?,
         app_id: r.get(2)?,
         workspace: r.get(3)?,
@@ -280,21 +286,40 @@ fn queued_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
         event_time: r.get(7)?,
         received_at: r.get(8)?,
         attempts: r.get(9)?,
-        not_before: r.get(10)?,
-        payload: r.get(11)?,
+        payload: r.get(10)?,
     })
 }
 
-/// Reads rows of `SELECT {QUEUED_COLUMNS}, length(payload)` (without a `LIMIT`: the rows
-/// passed over must not count) until `limit` rows are taken or the next payload would take the
-/// total over `max_bytes`; the first row is always taken. Rows in `held` are passed over. The
-/// checks read `seq` and the length column only, never copying a payload that is not taken.
-fn collect_within(
+fn queued_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueuedEvent> {
+    Ok(QueuedEvent {
+        seq: r.get(0)?,
+        not_before: r.get(11)?,
+        event: stored_event(r)?,
+    })
+}
+
+fn dead_letter(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
+    Ok(DeadLetter {
+        seq: r.get(0)?,
+        reason: r.get(11)?,
+        detail: r.get(12)?,
+        dead_at: r.get(13)?,
+        event: stored_event(r)?,
+    })
+}
+
+/// Reads `rows` (without a `LIMIT` when some may be passed over, so those do not count) until
+/// `limit` rows are taken or the next payload would take the total over `max_bytes`; the first
+/// row is always taken. Rows whose `seq` is in `held` are passed over. The checks read `seq`
+/// and the length (column `len_column`) only, never copying a payload that is not taken.
+fn collect_within<T>(
     mut rows: rusqlite::Rows<'_>,
-    limit: usize,
-    max_bytes: usize,
+    bounds: (usize, usize),
     held: &HashSet<i64>,
-) -> rusqlite::Result<Vec<QueuedEvent>> {
+    len_column: usize,
+    read: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let (limit, max_bytes) = bounds;
     let mut out = Vec::new();
     let mut total = 0usize;
     while out.len() < limit
@@ -303,12 +328,12 @@ fn collect_within(
         if held.contains(&row.get::<_, i64>(0)?) {
             continue;
         }
-        let len = usize::try_from(row.get::<_, i64>(12)?).unwrap_or(0);
+        let len = usize::try_from(row.get::<_, i64>(len_column)?).unwrap_or(0);
         if !out.is_empty() && total.saturating_add(len) > max_bytes {
             break;
         }
         total = total.saturating_add(len);
-        out.push(queued_event(row)?);
+        out.push(read(row)?);
     }
     Ok(out)
 }
@@ -324,7 +349,7 @@ impl Reader {
             req.max_bytes,
             &req.held,
         )?;
-        let due_bytes: usize = due.iter().map(|e| e.payload.len()).sum();
+        let due_bytes: usize = due.iter().map(|e| e.event.payload.len()).sum();
         let full = due.len() >= req.max_events || (!due.is_empty() && due_bytes >= req.max_bytes);
         let fresh = if full {
             Vec::new()
@@ -375,11 +400,10 @@ impl Reader {
         held: &HashSet<i64>,
     ) -> rusqlite::Result<Vec<QueuedEvent>> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {QUEUED_COLUMNS}, length(payload) FROM queue
-             WHERE app_id = ?1 AND seq > ?2 ORDER BY seq"
+            "SELECT {QUEUED_COLUMNS} FROM queue WHERE app_id = ?1 AND seq > ?2 ORDER BY seq"
         ))?;
         let rows = stmt.query(rusqlite::params![app_id, after_seq])?;
-        collect_within(rows, limit, max_bytes, held)
+        collect_within(rows, (limit, max_bytes), held, 12, queued_event)
     }
 
     /// Heap app ids that have queued events (one index scan).
@@ -402,12 +426,12 @@ impl Reader {
         held: &HashSet<i64>,
     ) -> rusqlite::Result<Vec<QueuedEvent>> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {QUEUED_COLUMNS}, length(payload) FROM queue
+            "SELECT {QUEUED_COLUMNS} FROM queue
              WHERE app_id = ?1 AND not_before > 0 AND not_before <= ?2
              ORDER BY not_before, seq"
         ))?;
         let rows = stmt.query(rusqlite::params![app_id, now])?;
-        collect_within(rows, limit, max_bytes, held)
+        collect_within(rows, (limit, max_bytes), held, 12, queued_event)
     }
 
     /// Dead letters, oldest first, optionally of one reason, starting after `after_seq`.
@@ -429,38 +453,12 @@ impl Reader {
         limit: usize,
         max_bytes: usize,
     ) -> rusqlite::Result<Vec<DeadLetter>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, route, app_id, workspace, event_id, event_type, identity, event_time,
-                    received_at, attempts, reason, detail, dead_at, payload, length(payload)
-             FROM dead_letter WHERE (?1 IS NULL OR reason = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3",
-        )?;
-        let mut rows = stmt.query(rusqlite::params![reason, after_seq, limit as i64])?;
-        let mut out = Vec::new();
-        let mut total = 0usize;
-        while let Some(r) = rows.next()? {
-            let len = usize::try_from(r.get::<_, i64>(14)?).unwrap_or(0);
-            if !out.is_empty() && total.saturating_add(len) > max_bytes {
-                break;
-            }
-            total = total.saturating_add(len);
-            out.push(DeadLetter {
-                seq: r.get(0)?,
-                route: r.get(1)?,
-                app_id: r.get(2)?,
-                workspace: r.get(3)?,
-                event_id: r.get(4)?,
-                event_type: r.get(5)?,
-                identity: r.get(6)?,
-                event_time: r.get(7)?,
-                received_at: r.get(8)?,
-                attempts: r.get(9)?,
-                reason: r.get(10)?,
-                detail: r.get(11)?,
-                dead_at: r.get(12)?,
-                payload: r.get(13)?,
-            });
-        }
-        Ok(out)
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letter
+             WHERE (?1 IS NULL OR reason = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3"
+        ))?;
+        let rows = stmt.query(rusqlite::params![reason, after_seq, limit as i64])?;
+        collect_within(rows, (limit, max_bytes), &HashSet::new(), 14, dead_letter)
     }
 
     /// Dead letters by reason.
