@@ -10,6 +10,7 @@
 //! original event.
 
 pub mod catalogue;
+mod fields;
 mod validate;
 
 pub use validate::{

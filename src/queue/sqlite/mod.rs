@@ -22,6 +22,7 @@
 //! - `stats`: running totals of the queue (events, payload bytes), kept in the same transactions
 //!   as the rows they count, so start-up never has to scan the backlog.
 
+mod append;
 pub(crate) mod dedup;
 mod ops;
 mod store;
