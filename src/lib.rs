@@ -12,16 +12,21 @@
 //! | [`ingest`] | the HTTP surface: `POST /currents`, `/healthz`, `/readyz`, `/metrics`, status codes |
 //! | [`currents`] | the Braze Currents wire model and its structural validation (no I/O) |
 //! | [`transform`] | the pure, documented mapping of one Currents event to Heap items (`docs/MAPPING.md`) |
-//! | [`heap`] | Heap's server-side API: request shapes and limits ([`heap::model`]), HTTPS client, retry classification |
-//! | [`queue`] | the crash-safe SQLite store: queue, dedup window, dead letters, group commit |
+//! | [`heap`] | Heap's server-side API: request shapes and limits ([`heap::model`]), the batch builder ([`heap::bulk`]), HTTPS client, retry classification |
+//! | [`queue`] | the [`queue::Queue`] seam and its stores ([`queue::sqlite`]: queue, dedup window, dead letters, group commit) |
+//! | [`delivery`] | one lane per Heap app id, as steps: refill, select, send, Heap's answer |
+//! | [`dlq`] | `dlq list/replay/purge` over the queue |
+//! | [`routing`] | which route (and Heap app id) an event takes |
 //! | [`loadgen`] | realistic batches for the load generator and benchmarks |
 //! | [`metrics`] | the metric catalogue and registry |
 //! | [`shutdown`] | SIGTERM/SIGINT |
 //! | [`standin`] | a local Heap stand-in HTTP server for tests and the load harness (not Heap) |
 //! | [`telemetry`] | JSON logs via `tracing-subscriber` |
 //!
-//! Dependency direction: `ingest` → `currents`, `queue`, `metrics`; `currents` and `queue` know
-//! nothing of HTTP; `app` wires them together.
+//! Dependency direction: `ingest` → `currents`, `queue`, `metrics`; `delivery` → `queue`,
+//! `transform`, `heap`; `currents` and `heap` never import each other (only `transform` sees
+//! both); `currents` and `queue` know nothing of HTTP; `app` wires them together; only `app`
+//! and the `dlq` command choose a queue store, everything else sees the [`queue::Queue`] trait.
 #![forbid(unsafe_code)]
 
 pub mod app;
