@@ -1,8 +1,14 @@
-//! Validated value types and the parsers of sizes, durations and URLs.
+//! Validated value types, the error type, and the parsers the settings table names.
+//!
+//! A parser takes one [`Raw`] value (flag, environment, file or default) and returns the typed
+//! value or a message; the caller adds which setting, in which form, was refused.
 
 use std::fmt;
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use super::declare::{Decl, Raw};
 
 /// A secret that never prints.
 #[derive(Clone, PartialEq, Eq)]
@@ -46,6 +52,23 @@ pub enum LogFormat {
     Text,
 }
 
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Json => "json",
+            LogFormat::Text => "text",
+        }
+    }
+}
+
+/// The retry delays after transient Heap failures: `initial` doubles per consecutive failure
+/// up to `max` (validated: `0 < initial <= max`). `delivery::Backoff` is built from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBackoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
 /// A setting that failed validation, named in every form an operator may have used.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid setting {setting}: {message}")]
@@ -55,9 +78,10 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub(super) fn new(key: &str, env: &str, message: impl Into<String>) -> Self {
+    /// A flat setting: its key, flag and environment variable.
+    pub(super) fn new(decl: &Decl, message: impl Into<String>) -> Self {
         Self {
-            setting: format!("`{key}` (flag --{}, env {env})", key.replace('_', "-")),
+            setting: format!("`{}` (flag {}, env {})", decl.key, decl.flag(), decl.env),
             message: message.into(),
         }
     }
@@ -70,7 +94,52 @@ impl ConfigError {
     }
 }
 
-pub(super) fn validate_base_url(raw: &str) -> Result<String, String> {
+/// Why a token setting that is present but holds no token is refused.
+pub(super) const BLANK_TOKEN: &str = "is set but holds no token (empty, blank, or only commas): \
+    that would turn authentication off. Set a token, or remove the setting altogether to accept \
+    unauthenticated requests (a warning is logged then)";
+
+pub(super) fn address(raw: Raw) -> Result<SocketAddr, String> {
+    let s = raw.text();
+    s.parse()
+        .map_err(|e| format!("{s:?} is not an address like 127.0.0.1:8080: {e}"))
+}
+
+/// Bearer tokens: given but empty is an error, never "no token" (an empty secret mounted into
+/// the variable must not turn authentication off).
+pub(super) fn tokens(raw: Raw) -> Result<Vec<Secret>, String> {
+    let list = raw.list();
+    if list.is_empty() {
+        return Err(BLANK_TOKEN.to_owned());
+    }
+    list.into_iter()
+        .map(|t| {
+            if t.bytes().all(|b| b.is_ascii_graphic()) {
+                Ok(Secret(t))
+            } else {
+                Err("a token may only contain printable ASCII without spaces".to_owned())
+            }
+        })
+        .collect()
+}
+
+pub(super) fn path(raw: Raw) -> Result<PathBuf, String> {
+    let p = match raw {
+        Raw::Path(p) => p,
+        other => PathBuf::from(other.text()),
+    };
+    if p.as_os_str().is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    Ok(p)
+}
+
+pub(super) fn app_id(raw: Raw) -> Result<HeapAppId, String> {
+    HeapAppId::parse(&raw.text())
+}
+
+pub(super) fn base_url(raw: Raw) -> Result<String, String> {
+    let raw = raw.text();
     let url = raw.trim().trim_end_matches('/');
     let uri: http::Uri = url
         .parse()
@@ -92,40 +161,84 @@ pub(super) fn validate_base_url(raw: &str) -> Result<String, String> {
     Ok(url.to_owned())
 }
 
-pub(super) fn parse_size(
-    key: &str,
-    env: &str,
-    raw: Option<String>,
-    default: &str,
-) -> Result<u64, ConfigError> {
-    let s = raw.unwrap_or_else(|| default.to_owned());
-    let t = s.trim();
-    if let Ok(n) = t.parse::<u64>() {
-        return Ok(n);
-    }
-    t.parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|_| {
-            ConfigError::new(
-                key,
-                env,
-                format!("{s:?} is not a size such as 8MiB or 10GiB"),
-            )
-        })
+pub(super) fn per_minute(raw: Raw) -> Result<std::num::NonZeroU32, String> {
+    let s = raw.text();
+    s.trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a positive integer"))
 }
 
-pub(super) fn parse_duration(
-    key: &str,
-    env: &str,
-    raw: Option<String>,
-    default: &str,
-) -> Result<Duration, ConfigError> {
-    let s = raw.unwrap_or_else(|| default.to_owned());
-    humantime::parse_duration(s.trim()).map_err(|e| {
-        ConfigError::new(
-            key,
-            env,
-            format!("{s:?} is not a duration such as 30s or 24h: {e}"),
-        )
-    })
+/// A whole number from `lo` to `hi`.
+pub(super) fn count(lo: usize, hi: usize) -> impl Fn(Raw) -> Result<usize, String> {
+    move |raw| {
+        let s = raw.text();
+        s.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (lo..=hi).contains(n))
+            .ok_or_else(|| format!("{s:?} is not a whole number from {lo} to {hi}"))
+    }
+}
+
+/// A size (`8MiB`, `10GB`, plain bytes) from `lo` to `hi`; `why` says what is out of bounds.
+pub(super) fn size(lo: u64, hi: u64, why: &'static str) -> impl Fn(Raw) -> Result<u64, String> {
+    move |raw| {
+        let s = raw.text();
+        let t = s.trim();
+        let n = match t.parse::<u64>() {
+            Ok(n) => n,
+            Err(_) => t
+                .parse::<bytesize::ByteSize>()
+                .map(|b| b.as_u64())
+                .map_err(|_| format!("{s:?} is not a size such as 8MiB or 10GiB"))?,
+        };
+        if !(lo..=hi).contains(&n) {
+            return Err(why.to_owned());
+        }
+        Ok(n)
+    }
+}
+
+/// A duration (`30s`, `24h`) of at least `min`; `why` says what is too short.
+pub(super) fn duration(
+    min: Duration,
+    why: &'static str,
+) -> impl Fn(Raw) -> Result<Duration, String> {
+    move |raw| {
+        let s = raw.text();
+        let d = humantime::parse_duration(s.trim())
+            .map_err(|e| format!("{s:?} is not a duration such as 30s or 24h: {e}"))?;
+        if d < min {
+            return Err(why.to_owned());
+        }
+        Ok(d)
+    }
+}
+
+pub(super) fn log_format(raw: Raw) -> Result<LogFormat, String> {
+    match raw.text().trim() {
+        "json" => Ok(LogFormat::Json),
+        "text" => Ok(LogFormat::Text),
+        other => Err(format!("{other:?} is neither \"json\" nor \"text\"")),
+    }
+}
+
+/// On or off: a TOML boolean, or what the flag and environment accept (`true`, `1`, `yes`, ...).
+pub(super) fn switch(raw: Raw) -> Result<bool, String> {
+    match raw {
+        Raw::Bool(b) => Ok(b),
+        other => {
+            let s = other.text();
+            match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "y" | "on" => Ok(true),
+                "false" | "0" | "no" | "n" | "off" | "" => Ok(false),
+                _ => Err(format!("{s:?} is neither true nor false")),
+            }
+        }
+    }
+}
+
+/// A list of plain strings (property keys).
+pub(super) fn strings(raw: Raw) -> Result<Vec<String>, String> {
+    Ok(raw.list())
 }

@@ -1,0 +1,414 @@
+//! The machinery behind the settings table (`table.rs`): from one declaration per setting, the
+//! [`settings!`] macro makes the clap arguments, the TOML file keys (top level and `[[route]]`),
+//! the layering (file < environment < flag), the parsing with errors that name the setting, and
+//! the lines `check-config` prints.
+//!
+//! Nothing here names a setting: to add or change one, edit `table.rs` only (and the README's
+//! settings table, which a test holds to the declarations).
+
+use std::path::PathBuf;
+
+use clap::builder::{BoolishValueParser, ValueParser, ValueRange};
+
+use super::sources::{Scalar, Tokens};
+use super::values::ConfigError;
+
+/// One setting as declared: what the help, the errors, the README test and the defaults use.
+#[derive(Debug, Clone, Copy)]
+pub struct Decl {
+    /// The TOML key; the flag is `--` and the key with `-` for `_`.
+    pub key: &'static str,
+    pub env: &'static str,
+    /// Parsed like a given value when the setting is not given; `None`: not set.
+    pub default: Option<&'static str>,
+}
+
+impl Decl {
+    /// The flag of the setting.
+    pub fn flag(&self) -> String {
+        format!("--{}", self.key.replace('_', "-"))
+    }
+}
+
+/// How a setting is written: the type clap and the TOML file give it, and its flag's shape.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Kind {
+    /// A string in the file.
+    Text,
+    /// A number or a string in the file (`15000`, `"10GiB"`).
+    Scalar,
+    /// A comma-separated list on the command line, a string or an array in the file.
+    List,
+    /// A list of secrets: like [`Kind::List`], and the environment value is never shown.
+    Secret,
+    /// A file or directory.
+    Path,
+    /// On or off: `--flag` alone means on, `--flag=false` off.
+    Switch,
+}
+
+impl Kind {
+    pub(super) fn num_args(self) -> ValueRange {
+        match self {
+            Kind::Switch => ValueRange::new(0..=1),
+            _ => ValueRange::new(1),
+        }
+    }
+
+    pub(super) fn missing(self) -> Option<&'static str> {
+        matches!(self, Kind::Switch).then_some("true")
+    }
+
+    pub(super) fn value_parser(self) -> ValueParser {
+        match self {
+            Kind::Switch => BoolishValueParser::new().into(),
+            Kind::Path => ValueParser::path_buf(),
+            _ => ValueParser::string(),
+        }
+    }
+
+    pub(super) fn secret(self) -> bool {
+        matches!(self, Kind::Secret)
+    }
+
+    pub(super) fn value_name(self) -> Option<&'static str> {
+        matches!(self, Kind::Path).then_some("PATH")
+    }
+}
+
+/// The type clap gives a setting of this kind.
+macro_rules! arg_ty {
+    (Switch) => {
+        bool
+    };
+    (Path) => {
+        std::path::PathBuf
+    };
+    ($other:ident) => {
+        String
+    };
+}
+
+/// The type the TOML file gives a setting of this kind.
+macro_rules! file_ty {
+    (Text) => {
+        String
+    };
+    (Scalar) => {
+        $crate::config::Scalar
+    };
+    (List) => {
+        $crate::config::Tokens
+    };
+    (Secret) => {
+        $crate::config::Tokens
+    };
+    (Path) => {
+        std::path::PathBuf
+    };
+    (Switch) => {
+        bool
+    };
+}
+
+macro_rules! opt {
+    () => {
+        None
+    };
+    ($v:expr) => {
+        Some($v)
+    };
+}
+
+/// A value as given, before parsing.
+#[derive(Debug, Clone)]
+pub enum Raw {
+    Text(String),
+    List(Vec<String>),
+    Path(PathBuf),
+    Bool(bool),
+}
+
+impl Raw {
+    pub(super) fn text(self) -> String {
+        match self {
+            Raw::Text(s) => s,
+            Raw::List(v) => v.join(","),
+            Raw::Path(p) => p.display().to_string(),
+            Raw::Bool(b) => b.to_string(),
+        }
+    }
+
+    /// The items of a list (a comma-separated string or an array), trimmed, empty ones dropped.
+    pub(super) fn list(self) -> Vec<String> {
+        let items = match self {
+            Raw::List(v) => v,
+            other => other.text().split(',').map(str::to_owned).collect(),
+        };
+        items
+            .into_iter()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+}
+
+/// A value from one layer (flag/env or file).
+pub(super) trait Given {
+    fn raw(self) -> Raw;
+}
+
+impl Given for String {
+    fn raw(self) -> Raw {
+        Raw::Text(self)
+    }
+}
+
+impl Given for PathBuf {
+    fn raw(self) -> Raw {
+        Raw::Path(self)
+    }
+}
+
+impl Given for bool {
+    fn raw(self) -> Raw {
+        Raw::Bool(self)
+    }
+}
+
+impl Given for Scalar {
+    fn raw(self) -> Raw {
+        Raw::Text(self.to_string())
+    }
+}
+
+impl Given for Tokens {
+    fn raw(self) -> Raw {
+        match self {
+            Tokens::One(s) => Raw::Text(s),
+            Tokens::Many(v) => Raw::List(v),
+        }
+    }
+}
+
+/// A parser of a setting that always has a value (its default when not given).
+pub(super) fn need<T>(
+    parse: impl Fn(Raw) -> Result<T, String>,
+) -> impl Fn(Option<Raw>) -> Result<T, String> {
+    move |raw| raw.map_or_else(|| Err("has no value".to_owned()), &parse)
+}
+
+/// A parser of a setting that may be unset.
+pub(super) fn maybe<T>(
+    parse: impl Fn(Raw) -> Result<T, String>,
+) -> impl Fn(Option<Raw>) -> Result<Option<T>, String> {
+    move |raw| raw.map(&parse).transpose()
+}
+
+/// Lays the flag/env value over the file's, falls back to the default, and parses the result.
+pub(super) fn layer<T>(
+    decl: &Decl,
+    arg: Option<impl Given>,
+    file: Option<impl Given>,
+    parse: impl Fn(Option<Raw>) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    let raw = arg
+        .map(Given::raw)
+        .or_else(|| file.map(Given::raw))
+        .or_else(|| decl.default.map(|d| Raw::Text(d.to_owned())));
+    parse(raw).map_err(|m| ConfigError::new(decl, m))
+}
+
+/// A `[[route]]` value if the table gives one, else the flat setting's (inherited).
+pub(super) fn inherit<T: Clone>(
+    inherited: &T,
+    given: Option<impl Given>,
+    parse: impl Fn(Option<Raw>) -> Result<T, String>,
+) -> Result<T, String> {
+    match given {
+        Some(g) => parse(Some(g.raw())),
+        None => Ok(inherited.clone()),
+    }
+}
+
+/// The help of a flag: its doc comment, one paragraph, and its default.
+pub(super) fn help(doc: &[&str], default: Option<&str>) -> String {
+    let mut text = doc.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ");
+    match default {
+        Some(d) if !d.is_empty() => text.push_str(&format!(" [default: {d}]")),
+        _ => {}
+    }
+    text
+}
+
+/// A value as `check-config` prints it: TOML text, or `None` when not set.
+pub(super) trait Show {
+    fn show(&self) -> Option<String>;
+}
+
+/// One printed line: `key = value`, or `# key = (not set...)`.
+pub(super) fn line(out: &mut String, key: &str, value: Option<String>, unset: Option<&str>) {
+    match (value, unset) {
+        (Some(v), _) => out.push_str(&format!("{key} = {v}\n")),
+        (None, Some(why)) => out.push_str(&format!("# {key} = (not set: {why})\n")),
+        (None, None) => out.push_str(&format!("# {key} = (not set)\n")),
+    }
+}
+
+/// The whole settings table. See `table.rs` for the grammar of a declaration:
+///
+/// ```text
+/// /// Help text (the flag's help; the README says more).
+/// key: Type = parser, Kind, env "ENV_NAME" [, default "text"] [, unset "why"];
+/// ```
+///
+/// `flat` settings exist at the top level only; `shared` ones also in `[[route]]` tables, where
+/// a route that does not give one inherits the flat value; `route_only` keys exist in
+/// `[[route]]` tables only (the route's own parsing is in `routes.rs`).
+macro_rules! settings {
+    (
+        flat {
+            $( $(#[doc = $fdoc:literal])*
+               $fkey:ident : $fty:ty = $fparse:expr, $fkind:ident, env $fenv:literal
+               $(, default $fdef:literal)? $(, unset $funset:literal)? ; )*
+        }
+        shared {
+            $( $(#[doc = $sdoc:literal])*
+               $skey:ident : $sty:ty = $sparse:expr, $skind:ident, env $senv:literal
+               $(, default $sdef:literal)? ; )*
+        }
+        route_only {
+            $( $(#[doc = $rdoc:literal])* $rkey:ident : $rkind:ident ; )*
+        }
+    ) => {
+        /// The flag / environment forms of every setting. `None` means "not given at this layer".
+        #[derive(Debug, Clone, Default, clap::Args)]
+        pub struct SettingsArgs {
+            /// TOML configuration file (at most 1 MiB); flags and environment variables override it.
+            #[arg(long, env = "CURRENTS_HEAP_CONFIG", value_name = "FILE")]
+            pub config: Option<std::path::PathBuf>,
+            $(
+                #[arg(
+                    long,
+                    env = $fenv,
+                    help = help(&[$($fdoc),*], opt!($($fdef)?)),
+                    num_args = Kind::$fkind.num_args(),
+                    default_missing_value = Kind::$fkind.missing(),
+                    value_parser = Kind::$fkind.value_parser(),
+                    hide_env_values = Kind::$fkind.secret(),
+                    value_name = Kind::$fkind.value_name(),
+                )]
+                pub $fkey: Option<arg_ty!($fkind)>,
+            )*
+            $(
+                #[arg(
+                    long,
+                    env = $senv,
+                    help = help(&[$($sdoc),*], opt!($($sdef)?)),
+                    num_args = Kind::$skind.num_args(),
+                    default_missing_value = Kind::$skind.missing(),
+                    value_parser = Kind::$skind.value_parser(),
+                    hide_env_values = Kind::$skind.secret(),
+                    value_name = Kind::$skind.value_name(),
+                )]
+                pub $skey: Option<arg_ty!($skind)>,
+            )*
+        }
+
+        /// The TOML file. Keys are the flag names with `_` for `-`; unknown keys are errors.
+        #[derive(Debug, Default, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct FileConfig {
+            $( $(#[doc = $fdoc])* pub $fkey: Option<file_ty!($fkind)>, )*
+            $( $(#[doc = $sdoc])* pub $skey: Option<file_ty!($skind)>, )*
+            /// `[[route]]` tables.
+            #[serde(default)]
+            pub route: Vec<RouteFile>,
+        }
+
+        /// One `[[route]]` table as written.
+        #[derive(Debug, Clone, Default, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct RouteFile {
+            $( $(#[doc = $rdoc])* pub $rkey: Option<file_ty!($rkind)>, )*
+            $( $(#[doc = $sdoc])* pub $skey: Option<file_ty!($skind)>, )*
+        }
+
+        /// One constant a setting, named as its TOML key: for errors about that setting.
+        #[allow(non_upper_case_globals)]
+        pub mod setting {
+            use super::Decl;
+            $( pub const $fkey: Decl =
+                Decl { key: stringify!($fkey), env: $fenv, default: opt!($($fdef)?) }; )*
+            $( pub const $skey: Decl =
+                Decl { key: stringify!($skey), env: $senv, default: opt!($($sdef)?) }; )*
+        }
+
+        /// Every declared setting, in declaration order (flat, then shared).
+        pub const DECLARATIONS: &[Decl] = &[ $( setting::$fkey, )* $( setting::$skey, )* ];
+
+        /// The flat settings, each parsed and validated on its own.
+        #[derive(Debug, Clone)]
+        pub(super) struct Flat {
+            $( pub $fkey: $fty, )*
+        }
+
+        impl Flat {
+            pub(super) fn from_layers(
+                args: &SettingsArgs,
+                file: &FileConfig,
+            ) -> Result<Self, ConfigError> {
+                Ok(Self {
+                    $( $fkey: layer(
+                        &setting::$fkey,
+                        args.$fkey.clone(),
+                        file.$fkey.clone(),
+                        $fparse,
+                    )?, )*
+                })
+            }
+
+            pub(super) fn print(&self, out: &mut String) {
+                $( line(out, stringify!($fkey), self.$fkey.show(), opt!($($funset)?)); )*
+            }
+        }
+
+        /// The settings a `[[route]]` may override, each parsed and validated on its own.
+        #[derive(Debug, Clone)]
+        pub(super) struct Shared {
+            $( pub $skey: $sty, )*
+        }
+
+        impl Shared {
+            pub(super) fn from_layers(
+                args: &SettingsArgs,
+                file: &FileConfig,
+            ) -> Result<Self, ConfigError> {
+                Ok(Self {
+                    $( $skey: layer(
+                        &setting::$skey,
+                        args.$skey.clone(),
+                        file.$skey.clone(),
+                        $sparse,
+                    )?, )*
+                })
+            }
+
+            /// This route's values: its own where it gives them, else these (the flat ones).
+            pub(super) fn overridden(
+                &self,
+                route: &RouteFile,
+                error: impl Fn(&str, String) -> ConfigError,
+            ) -> Result<Self, ConfigError> {
+                Ok(Self {
+                    $( $skey: inherit(&self.$skey, route.$skey.clone(), $sparse)
+                        .map_err(|m| error(stringify!($skey), m))?, )*
+                })
+            }
+
+            pub(super) fn print(&self, out: &mut String) {
+                $( line(out, stringify!($skey), self.$skey.show(), None); )*
+            }
+        }
+    };
+}
