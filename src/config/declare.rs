@@ -70,10 +70,6 @@ impl Kind {
     pub(super) fn secret(self) -> bool {
         matches!(self, Kind::Secret)
     }
-
-    pub(super) fn value_name(self) -> Option<&'static str> {
-        matches!(self, Kind::Path).then_some("PATH")
-    }
 }
 
 /// The type clap gives a setting of this kind.
@@ -95,13 +91,13 @@ macro_rules! file_ty {
         String
     };
     (Scalar) => {
-        $crate::config::Scalar
+        Scalar
     };
     (List) => {
-        $crate::config::Tokens
+        Tokens
     };
     (Secret) => {
-        $crate::config::Tokens
+        Tokens
     };
     (Path) => {
         std::path::PathBuf
@@ -234,6 +230,9 @@ pub(super) fn inherit<T: Clone>(
 /// The help of a flag: its doc comment, one paragraph, and its default.
 pub(super) fn help(doc: &[&str], default: Option<&str>) -> String {
     let mut text = doc.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ");
+    if text.ends_with('.') {
+        text.pop();
+    }
     match default {
         Some(d) if !d.is_empty() => text.push_str(&format!(" [default: {d}]")),
         _ => {}
@@ -267,19 +266,26 @@ pub(super) fn line(out: &mut String, key: &str, value: Option<String>, unset: Op
 /// `[[route]]` tables only (the route's own parsing is in `routes.rs`).
 macro_rules! settings {
     (
-        flat {
-            $( $(#[doc = $fdoc:literal])*
-               $fkey:ident : $fty:ty = $fparse:expr, $fkind:ident, env $fenv:literal
-               $(, default $fdef:literal)? $(, unset $funset:literal)? ; )*
-        }
-        shared {
-            $( $(#[doc = $sdoc:literal])*
-               $skey:ident : $sty:ty = $sparse:expr, $skind:ident, env $senv:literal
-               $(, default $sdef:literal)? ; )*
-        }
-        route_only {
-            $( $(#[doc = $rdoc:literal])* $rkey:ident : $rkind:ident ; )*
-        }
+        flat { $($flat:tt)* }
+        shared { $($shared:tt)* }
+        route_only { $( $(#[doc = $rdoc:literal])* $rkey:ident : $rkind:ident ; )* }
+    ) => {
+        settings!(@layers [$($flat)* $($shared)*] [$($shared)*]
+            [$( $(#[doc = $rdoc])* $rkey : $rkind ; )*]);
+        settings!(@values Flat, "The flat settings", [$($flat)*]);
+        settings!(@values Shared, "The settings a `[[route]]` may override", [$($shared)*]);
+        settings!(@inherit [$($shared)*]);
+    };
+
+    // The clap arguments, the file keys and one `Decl` constant a setting.
+    (@layers
+        [$( $(#[doc = $doc:literal])*
+            $key:ident : $ty:ty = $parse:expr, $kind:ident, env $env:literal
+            $(, default $def:literal)? $(, unset $unset:literal)? ; )*]
+        [$( $(#[doc = $sdoc:literal])*
+            $skey:ident : $sty:ty = $sparse:expr, $skind:ident, env $senv:literal
+            $(, default $sdef:literal)? $(, unset $sunset:literal)? ; )*]
+        [$( $(#[doc = $rdoc:literal])* $rkey:ident : $rkind:ident ; )*]
     ) => {
         /// The flag / environment forms of every setting. `None` means "not given at this layer".
         #[derive(Debug, Clone, Default, clap::Args)]
@@ -290,28 +296,14 @@ macro_rules! settings {
             $(
                 #[arg(
                     long,
-                    env = $fenv,
-                    help = help(&[$($fdoc),*], opt!($($fdef)?)),
-                    num_args = Kind::$fkind.num_args(),
-                    default_missing_value = Kind::$fkind.missing(),
-                    value_parser = Kind::$fkind.value_parser(),
-                    hide_env_values = Kind::$fkind.secret(),
-                    value_name = Kind::$fkind.value_name(),
+                    env = $env,
+                    help = help(&[$($doc),*], opt!($($def)?)),
+                    num_args = Kind::$kind.num_args(),
+                    default_missing_value = Kind::$kind.missing(),
+                    value_parser = Kind::$kind.value_parser(),
+                    hide_env_values = Kind::$kind.secret(),
                 )]
-                pub $fkey: Option<arg_ty!($fkind)>,
-            )*
-            $(
-                #[arg(
-                    long,
-                    env = $senv,
-                    help = help(&[$($sdoc),*], opt!($($sdef)?)),
-                    num_args = Kind::$skind.num_args(),
-                    default_missing_value = Kind::$skind.missing(),
-                    value_parser = Kind::$skind.value_parser(),
-                    hide_env_values = Kind::$skind.secret(),
-                    value_name = Kind::$skind.value_name(),
-                )]
-                pub $skey: Option<arg_ty!($skind)>,
+                pub $key: Option<arg_ty!($kind)>,
             )*
         }
 
@@ -319,8 +311,7 @@ macro_rules! settings {
         #[derive(Debug, Default, serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         pub struct FileConfig {
-            $( $(#[doc = $fdoc])* pub $fkey: Option<file_ty!($fkind)>, )*
-            $( $(#[doc = $sdoc])* pub $skey: Option<file_ty!($skind)>, )*
+            $( $(#[doc = $doc])* pub $key: Option<file_ty!($kind)>, )*
             /// `[[route]]` tables.
             #[serde(default)]
             pub route: Vec<RouteFile>,
@@ -338,62 +329,49 @@ macro_rules! settings {
         #[allow(non_upper_case_globals)]
         pub mod setting {
             use super::Decl;
-            $( pub const $fkey: Decl =
-                Decl { key: stringify!($fkey), env: $fenv, default: opt!($($fdef)?) }; )*
-            $( pub const $skey: Decl =
-                Decl { key: stringify!($skey), env: $senv, default: opt!($($sdef)?) }; )*
+            $( pub const $key: Decl =
+                Decl { key: stringify!($key), env: $env, default: opt!($($def)?) }; )*
         }
 
         /// Every declared setting, in declaration order (flat, then shared).
-        pub const DECLARATIONS: &[Decl] = &[ $( setting::$fkey, )* $( setting::$skey, )* ];
+        pub const DECLARATIONS: &[Decl] = &[ $( setting::$key, )* ];
+    };
 
-        /// The flat settings, each parsed and validated on its own.
+    // The parsed values of a group, how they are layered and how they are printed.
+    (@values $name:ident, $what:literal,
+        [$( $(#[doc = $doc:literal])*
+            $key:ident : $ty:ty = $parse:expr, $kind:ident, env $env:literal
+            $(, default $def:literal)? $(, unset $unset:literal)? ; )*]
+    ) => {
+        #[doc = concat!($what, ", each parsed and validated on its own.")]
         #[derive(Debug, Clone)]
-        pub(super) struct Flat {
-            $( pub $fkey: $fty, )*
+        pub(super) struct $name {
+            $( pub $key: $ty, )*
         }
 
-        impl Flat {
+        impl $name {
             pub(super) fn from_layers(
                 args: &SettingsArgs,
                 file: &FileConfig,
             ) -> Result<Self, ConfigError> {
                 Ok(Self {
-                    $( $fkey: layer(
-                        &setting::$fkey,
-                        args.$fkey.clone(),
-                        file.$fkey.clone(),
-                        $fparse,
-                    )?, )*
+                    $( $key: layer(&setting::$key, args.$key.clone(), file.$key.clone(), $parse)?, )*
                 })
             }
 
             pub(super) fn print(&self, out: &mut String) {
-                $( line(out, stringify!($fkey), self.$fkey.show(), opt!($($funset)?)); )*
+                $( line(out, stringify!($key), self.$key.show(), opt!($($unset)?)); )*
             }
         }
+    };
 
-        /// The settings a `[[route]]` may override, each parsed and validated on its own.
-        #[derive(Debug, Clone)]
-        pub(super) struct Shared {
-            $( pub $skey: $sty, )*
-        }
-
+    // A route's values: its own where it gives them, else the flat ones.
+    (@inherit
+        [$( $(#[doc = $doc:literal])*
+            $key:ident : $ty:ty = $parse:expr, $kind:ident, env $env:literal
+            $(, default $def:literal)? $(, unset $unset:literal)? ; )*]
+    ) => {
         impl Shared {
-            pub(super) fn from_layers(
-                args: &SettingsArgs,
-                file: &FileConfig,
-            ) -> Result<Self, ConfigError> {
-                Ok(Self {
-                    $( $skey: layer(
-                        &setting::$skey,
-                        args.$skey.clone(),
-                        file.$skey.clone(),
-                        $sparse,
-                    )?, )*
-                })
-            }
-
             /// This route's values: its own where it gives them, else these (the flat ones).
             pub(super) fn overridden(
                 &self,
@@ -401,13 +379,9 @@ macro_rules! settings {
                 error: impl Fn(&str, String) -> ConfigError,
             ) -> Result<Self, ConfigError> {
                 Ok(Self {
-                    $( $skey: inherit(&self.$skey, route.$skey.clone(), $sparse)
-                        .map_err(|m| error(stringify!($skey), m))?, )*
+                    $( $key: inherit(&self.$key, route.$key.clone(), $parse)
+                        .map_err(|m| error(stringify!($key), m))?, )*
                 })
-            }
-
-            pub(super) fn print(&self, out: &mut String) {
-                $( line(out, stringify!($skey), self.$skey.show(), None); )*
             }
         }
     };

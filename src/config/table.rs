@@ -16,6 +16,7 @@ use glob::Pattern;
 
 use super::declare::{Decl, Kind, Show, help, inherit, layer, line, maybe, need};
 use super::mapping::{self, AnonymousMode, Naming};
+use super::sources::{Scalar, Tokens};
 use super::values::{
     ConfigError, HeapAppId, LogFormat, Secret, address, app_id, base_url, count, duration,
     log_format, path, per_minute, size, strings, switch, tokens,
