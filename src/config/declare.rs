@@ -201,18 +201,20 @@ pub(super) fn maybe<T>(
     move |raw| raw.map(&parse).transpose()
 }
 
-/// Lays the flag/env value over the file's, falls back to the default, and parses the result.
+/// Lays the flag/env value over the file's, falls back to the default, and parses the result;
+/// an error names the setting and the layer its value came from.
 pub(super) fn layer<T>(
     decl: &Decl,
     arg: Option<impl Given>,
     file: Option<impl Given>,
     parse: impl Fn(Option<Raw>) -> Result<T, String>,
 ) -> Result<T, ConfigError> {
-    let raw = arg
-        .map(Given::raw)
-        .or_else(|| file.map(Given::raw))
-        .or_else(|| decl.default.map(|d| Raw::Text(d.to_owned())));
-    parse(raw).map_err(|m| ConfigError::new(decl, m))
+    let (raw, source) = match (arg, file) {
+        (Some(a), _) => (Some(a.raw()), "given by flag or environment"),
+        (None, Some(f)) => (Some(f.raw()), "given in the configuration file"),
+        (None, None) => (decl.default.map(|d| Raw::Text(d.to_owned())), "the default"),
+    };
+    parse(raw).map_err(|m| ConfigError::given(decl, source, m))
 }
 
 /// A `[[route]]` value if the table gives one, else the flat setting's (inherited).

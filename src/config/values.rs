@@ -86,6 +86,19 @@ impl ConfigError {
         }
     }
 
+    /// A flat setting and where its value came from.
+    pub(super) fn given(decl: &Decl, source: &str, message: impl Into<String>) -> Self {
+        Self {
+            setting: format!(
+                "`{}` (flag {}, env {}; {source})",
+                decl.key,
+                decl.flag(),
+                decl.env
+            ),
+            message: message.into(),
+        }
+    }
+
     pub(super) fn file(path: &Path, message: impl Into<String>) -> Self {
         Self {
             setting: format!("--config {}", path.display()),
