@@ -10,6 +10,8 @@ use currents_heap::metrics::DEAD_LETTER_REASONS;
 use currents_heap::queue::Store;
 use currents_heap::routing::Router;
 
+use super::load::load;
+
 #[derive(Subcommand)]
 pub enum DlqAction {
     /// Print dead letters as JSON lines (oldest first) and a count per reason.
@@ -56,7 +58,7 @@ pub fn run(action: DlqAction) -> ExitCode {
         | DlqAction::Replay { select }
         | DlqAction::Purge { select, .. } => select,
     };
-    let settings = match super::load(&select.settings) {
+    let settings = match load(&select.settings) {
         Ok(s) => s,
         Err(code) => return code,
     };

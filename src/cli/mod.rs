@@ -1,15 +1,17 @@
 //! The command line: one file per subcommand (`serve.rs`: `serve` and `check-config`,
-//! `transform.rs`, `dlq.rs`). Every subcommand that reads settings takes [`SettingsArgs`], the
-//! flags declared once in `config`'s settings table.
+//! `transform.rs`, `dlq.rs`); `load.rs` loads the settings (exit 2 when invalid). Every
+//! subcommand that reads settings takes [`SettingsArgs`], the flags declared once in `config`'s
+//! settings table.
 
 mod dlq;
+mod load;
 mod serve;
 mod transform;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use currents_heap::config::{ConfigError, Settings, SettingsArgs};
+use currents_heap::config::SettingsArgs;
 
 #[derive(Parser)]
 #[command(
@@ -47,23 +49,4 @@ impl Cli {
             Command::Dlq { action } => dlq::run(action),
         }
     }
-}
-
-/// The settings, or exit code 2 with the reason on stderr.
-fn load(args: &SettingsArgs) -> Result<Settings, ExitCode> {
-    Settings::load(args).map_err(|e| config_failure(&e))
-}
-
-/// The settings `serve` (and `check-config`) needs, or exit code 2.
-fn load_for_serve(args: &SettingsArgs) -> Result<Settings, ExitCode> {
-    let settings = load(args)?;
-    settings
-        .validate_for_serve()
-        .map_err(|e| config_failure(&e))?;
-    Ok(settings)
-}
-
-fn config_failure(e: &ConfigError) -> ExitCode {
-    eprintln!("currents-heap: {e}");
-    ExitCode::from(2)
 }

@@ -6,9 +6,11 @@ use currents_heap::app::App;
 use currents_heap::config::SettingsArgs;
 use currents_heap::{shutdown, telemetry};
 
+use super::load::load_for_serve;
+
 /// Validates the settings (the TLS files included) and prints them, secrets redacted.
 pub fn check_config(args: &SettingsArgs) -> ExitCode {
-    let settings = match super::load_for_serve(args) {
+    let settings = match load_for_serve(args) {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -28,7 +30,7 @@ pub fn check_config(args: &SettingsArgs) -> ExitCode {
 
 /// Runs the forwarder until SIGTERM/SIGINT; SIGHUP reloads the configuration from `args`.
 pub fn serve(args: SettingsArgs) -> ExitCode {
-    let settings = match super::load_for_serve(&args) {
+    let settings = match load_for_serve(&args) {
         Ok(s) => s,
         Err(code) => return code,
     };

@@ -9,6 +9,8 @@ use currents_heap::delivery::BudgetShape;
 use currents_heap::routing::DRY_RUN_APP_ID;
 use currents_heap::transform::{self, MappingOptions, TransformOutput};
 
+use super::load::load;
+
 #[derive(clap::Args)]
 pub struct TransformArgs {
     /// The payload file; `-` reads standard input. At most --max-body-bytes (8 MiB), as in
@@ -22,7 +24,7 @@ pub struct TransformArgs {
 }
 
 pub fn run(args: &TransformArgs) -> ExitCode {
-    let settings = match super::load(&args.settings) {
+    let settings = match load(&args.settings) {
         Ok(s) => s,
         Err(code) => return code,
     };

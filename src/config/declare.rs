@@ -11,24 +11,7 @@ use std::path::PathBuf;
 use clap::builder::{BoolishValueParser, ValueParser, ValueRange};
 
 use super::sources::{Scalar, Tokens};
-use super::values::ConfigError;
-
-/// One setting as declared: what the help, the errors, the README test and the defaults use.
-#[derive(Debug, Clone, Copy)]
-pub struct Decl {
-    /// The TOML key; the flag is `--` and the key with `-` for `_`.
-    pub key: &'static str,
-    pub env: &'static str,
-    /// Parsed like a given value when the setting is not given; `None`: not set.
-    pub default: Option<&'static str>,
-}
-
-impl Decl {
-    /// The flag of the setting.
-    pub fn flag(&self) -> String {
-        format!("--{}", self.key.replace('_', "-"))
-    }
-}
+use super::values::{ConfigError, Decl, Raw};
 
 /// How a setting is written: the type clap and the TOML file give it, and its flag's shape.
 #[derive(Debug, Clone, Copy)]
@@ -114,39 +97,6 @@ macro_rules! opt {
     ($v:expr) => {
         Some($v)
     };
-}
-
-/// A value as given, before parsing.
-#[derive(Debug, Clone)]
-pub enum Raw {
-    Text(String),
-    List(Vec<String>),
-    Path(PathBuf),
-    Bool(bool),
-}
-
-impl Raw {
-    pub(super) fn text(self) -> String {
-        match self {
-            Raw::Text(s) => s,
-            Raw::List(v) => v.join(","),
-            Raw::Path(p) => p.display().to_string(),
-            Raw::Bool(b) => b.to_string(),
-        }
-    }
-
-    /// The items of a list (a comma-separated string or an array), trimmed, empty ones dropped.
-    pub(super) fn list(self) -> Vec<String> {
-        let items = match self {
-            Raw::List(v) => v,
-            other => other.text().split(',').map(str::to_owned).collect(),
-        };
-        items
-            .into_iter()
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty())
-            .collect()
-    }
 }
 
 /// A value from one layer (flag/env or file).

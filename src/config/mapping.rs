@@ -3,7 +3,7 @@
 
 use glob::Pattern;
 
-use super::declare::Raw;
+use super::values::Raw;
 
 /// Longest accepted event-name prefix, in characters. Heap event names are limited to 1024
 /// characters; a bounded prefix leaves room for every table name untruncated.

@@ -14,6 +14,7 @@
 mod declare;
 mod edge;
 mod mapping;
+mod parse;
 mod print;
 mod routes;
 mod sources;
@@ -24,19 +25,18 @@ mod values;
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use declare::Decl;
 pub use edge::{EdgeSettings, TlsFiles};
 pub use mapping::{
     AnonymousMode, MAX_PREFIX_CHARS, MappingSettings, Naming, check_prefix, patterns,
 };
 pub use routes::{DEFAULT_ROUTE, Route, RouteSettings};
-pub use sources::{MAX_CONFIG_BYTES, Scalar, Tokens};
+pub use sources::{Scalar, Tokens};
 pub use table::{DECLARATIONS, FileConfig, RouteFile, SettingsArgs};
 use table::{Flat, Shared, setting};
-pub use values::{ConfigError, HeapAppId, LogFormat, RetryBackoff, Secret};
+pub use values::{ConfigError, Decl, HeapAppId, LogFormat, RetryBackoff, Secret};
 
 /// Validated, effective settings.
 #[derive(Debug, Clone)]
@@ -92,7 +92,7 @@ impl Settings {
             args.to_mut().ingest_token = Some(v.to_string_lossy().into_owned());
         }
         let file = match &args.config {
-            Some(path) => sources::read_config_file(path)?,
+            Some(path) => read_config_file(path)?,
             None => FileConfig::default(),
         };
         Self::resolve(&args, file)
@@ -158,7 +158,7 @@ impl Settings {
             flat,
             shared,
         };
-        routes::check_shared_app_ids(&settings)?;
+        routes::check_shared_app_ids(settings.all_routes())?;
         Ok(settings)
     }
 
@@ -172,4 +172,58 @@ impl Settings {
         }
         Ok(())
     }
+    /// The effective settings as TOML, secrets redacted (printed by `check-config`).
+    pub fn to_redacted_toml(&self) -> String {
+        print::redacted(&self.flat, &self.shared, &self.routes)
+    }
+
+    /// The default route: the flat settings.
+    pub fn default_route(&self) -> Route<'_> {
+        Route {
+            name: DEFAULT_ROUTE,
+            heap_app_id: self.heap_app_id.as_ref(),
+            heap_base_url: &self.heap_base_url,
+            heap_events_per_minute: self.heap_events_per_minute,
+            heap_identity_events_per_minute: self.heap_identity_events_per_minute,
+            mapping: &self.mapping,
+            dead_letter_skipped: self.dead_letter_skipped,
+        }
+    }
+
+    /// Every route: the default one first, then the `[[route]]` tables in file order.
+    pub fn all_routes(&self) -> impl Iterator<Item = Route<'_>> {
+        std::iter::once(self.default_route()).chain(self.routes.iter().map(RouteSettings::view))
+    }
+
+    /// The route named `name` ([`DEFAULT_ROUTE`] for the flat settings).
+    pub fn route(&self, name: &str) -> Option<Route<'_>> {
+        self.all_routes().find(|r| r.name == name)
+    }
+}
+
+/// Largest configuration file read: a real one is a few kilobytes, and `--config /dev/zero`
+/// (or a log file by mistake) must not be read without end.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// The configuration file, read up to [`MAX_CONFIG_BYTES`] (plus one byte, to tell a file over
+/// the limit) and parsed.
+fn read_config_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| ConfigError::file(path, format!("cannot read: {e}"));
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(cannot)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::file(
+            path,
+            "is larger than 1 MiB, the most a configuration file may hold (is --config / \
+             CURRENTS_HEAP_CONFIG pointing at the right file?)",
+        ));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| ConfigError::file(path, "cannot read: the file is not UTF-8 text"))?;
+    toml::from_str(&text).map_err(|e| ConfigError::file(path, e.to_string()))
 }

@@ -10,8 +10,9 @@ use glob::Pattern;
 
 use super::declare::{Show, line};
 use super::mapping::{AnonymousMode, Naming};
+use super::routes::RouteSettings;
+use super::table::{Flat, Shared};
 use super::values::{HeapAppId, LogFormat, Secret};
-use super::{RouteSettings, Settings};
 
 fn quoted(s: &str) -> Option<String> {
     Some(toml::Value::String(s.to_owned()).to_string())
@@ -57,18 +58,16 @@ show_as! {
     Vec<Secret> => |v| array(v.iter().map(|_| "<redacted>"));
 }
 
-impl Settings {
-    /// The effective settings as TOML, secrets redacted (printed by `check-config`).
-    pub fn to_redacted_toml(&self) -> String {
-        let mut out = String::new();
-        self.flat.print(&mut out);
-        self.shared.print(&mut out);
-        for r in &self.routes {
-            out.push('\n');
-            route_toml(r, &mut out);
-        }
-        out
+/// The effective settings as TOML, secrets redacted: the flat ones, then the `[[route]]` tables.
+pub(super) fn redacted(flat: &Flat, shared: &Shared, routes: &[RouteSettings]) -> String {
+    let mut out = String::new();
+    flat.print(&mut out);
+    shared.print(&mut out);
+    for r in routes {
+        out.push('\n');
+        route_toml(r, &mut out);
     }
+    out
 }
 
 fn route_toml(r: &RouteSettings, out: &mut String) {

@@ -8,10 +8,11 @@
 
 use std::num::NonZeroU32;
 
+use super::declare::Given;
 use super::mapping::MappingSettings;
+use super::parse::{app_id, tokens};
 use super::table::{RouteFile, Shared};
-use super::values::{ConfigError, HeapAppId, Secret, app_id, tokens};
-use super::{Settings, declare::Given};
+use super::values::{ConfigError, HeapAppId, Secret};
 
 /// A validated route.
 #[derive(Debug, Clone)]
@@ -49,36 +50,18 @@ pub struct Route<'a> {
     pub dead_letter_skipped: bool,
 }
 
-impl Settings {
-    /// The default route: the flat settings.
-    pub fn default_route(&self) -> Route<'_> {
+impl RouteSettings {
+    /// This route as the rest of the program reads every route.
+    pub fn view(&self) -> Route<'_> {
         Route {
-            name: DEFAULT_ROUTE,
-            heap_app_id: self.heap_app_id.as_ref(),
+            name: &self.name,
+            heap_app_id: Some(&self.heap_app_id),
             heap_base_url: &self.heap_base_url,
             heap_events_per_minute: self.heap_events_per_minute,
             heap_identity_events_per_minute: self.heap_identity_events_per_minute,
             mapping: &self.mapping,
             dead_letter_skipped: self.dead_letter_skipped,
         }
-    }
-
-    /// Every route: the default one first, then the `[[route]]` tables in file order.
-    pub fn all_routes(&self) -> impl Iterator<Item = Route<'_>> {
-        std::iter::once(self.default_route()).chain(self.routes.iter().map(|r| Route {
-            name: &r.name,
-            heap_app_id: Some(&r.heap_app_id),
-            heap_base_url: &r.heap_base_url,
-            heap_events_per_minute: r.heap_events_per_minute,
-            heap_identity_events_per_minute: r.heap_identity_events_per_minute,
-            mapping: &r.mapping,
-            dead_letter_skipped: r.dead_letter_skipped,
-        }))
-    }
-
-    /// The route named `name` ([`DEFAULT_ROUTE`] for the flat settings).
-    pub fn route(&self, name: &str) -> Option<Route<'_>> {
-        self.all_routes().find(|r| r.name == name)
     }
 }
 
@@ -194,11 +177,10 @@ pub(super) fn validate_routes(
 }
 
 /// Routes sharing a Heap app id share its budgets and pause, so they must agree on them.
-pub(super) fn check_shared_app_ids(settings: &Settings) -> Result<(), ConfigError> {
-    let lanes: Vec<Route<'_>> = settings
-        .all_routes()
-        .filter(|r| r.heap_app_id.is_some())
-        .collect();
+pub(super) fn check_shared_app_ids<'a>(
+    routes: impl Iterator<Item = Route<'a>>,
+) -> Result<(), ConfigError> {
+    let lanes: Vec<Route<'_>> = routes.filter(|r| r.heap_app_id.is_some()).collect();
     for (i, a) in lanes.iter().enumerate() {
         for b in &lanes[..i] {
             if a.heap_app_id == b.heap_app_id

@@ -14,13 +14,14 @@ use std::time::Duration;
 
 use glob::Pattern;
 
-use super::declare::{Decl, Kind, Show, help, inherit, layer, line, maybe, need};
+use super::declare::{Kind, Show, help, inherit, layer, line, maybe, need};
 use super::mapping::{self, AnonymousMode, Naming};
-use super::sources::{Scalar, Tokens};
-use super::values::{
-    ConfigError, HeapAppId, LogFormat, Secret, address, app_id, base_url, count, duration,
-    log_format, path, per_minute, size, strings, switch, tokens,
+use super::parse::{
+    address, app_id, base_url, count, duration, log_format, path, per_minute, size, strings,
+    switch, tokens,
 };
+use super::sources::{Scalar, Tokens};
+use super::values::{ConfigError, Decl, HeapAppId, LogFormat, Secret};
 
 /// Braze drops events above 900 KB, so a one-event batch must always fit under the body limit.
 const MIN_BODY_BYTES: u64 = 1024 * 1024;
