@@ -1,5 +1,5 @@
 //! The machinery behind the settings table (`table.rs`): from one declaration per setting, the
-//! [`settings!`] macro makes the clap arguments, the TOML file keys (top level and `[[route]]`),
+//! `settings!` macro makes the clap arguments, the TOML file keys (top level and `[[route]]`),
 //! the layering (file < environment < flag), the parsing with errors that name the setting, and
 //! the lines `check-config` prints.
 //!
