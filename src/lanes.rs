@@ -73,7 +73,7 @@ pub fn plan(settings: &Settings) -> Vec<LanePlan> {
             settings.heap_events_per_minute,
             settings.heap_identity_events_per_minute,
             RouteMapping {
-                mapping: settings.mapping.options.clone(),
+                mapping: (&settings.mapping).into(),
                 dead_letter_skipped: settings.dead_letter_skipped,
             },
         );
@@ -86,7 +86,7 @@ pub fn plan(settings: &Settings) -> Vec<LanePlan> {
             r.heap_events_per_minute,
             r.heap_identity_events_per_minute,
             RouteMapping {
-                mapping: r.mapping.options.clone(),
+                mapping: (&r.mapping).into(),
                 dead_letter_skipped: r.dead_letter_skipped,
             },
         );
@@ -108,7 +108,7 @@ pub fn plan(settings: &Settings) -> Vec<LanePlan> {
                 events_per_window: l.per_minute,
                 identity_events_per_window: l.identity_per_minute,
                 window: settings.heap_budget_window,
-                backoff: settings.retry_backoff,
+                backoff: (&settings.retry_backoff).into(),
                 max_event_age: settings.max_event_age,
             },
         })

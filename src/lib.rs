@@ -4,7 +4,7 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`config`] | settings: TOML file < environment < flags, validation, redaction |
+//! | [`config`] | settings, each declared once (`config/table.rs`): TOML file < environment < flags, validation, redaction |
 //! | [`app`] | process wiring: build the store, writer and HTTP server; run until a signal; drain |
 //! | [`lanes`] | the delivery lanes of a configuration (one per Heap app id) and how a reload replaces them |
 //! | [`reload`] | `SIGHUP`: re-read the configuration, swap tokens/routes/lanes, refuse an invalid file |

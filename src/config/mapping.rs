@@ -1,79 +1,123 @@
-//! The mapping settings of a route (the flat settings are the default route's): the six raw
-//! values as configured, for printing, and the validated [`MappingOptions`] they build.
+//! The mapping settings of a route (the flat settings are the default route's), validated:
+//! `transform::MappingOptions` is built from [`MappingSettings`] and shares its value parsers.
 
-use crate::transform::MappingOptions;
+use glob::Pattern;
 
-#[derive(Debug, Clone)]
-pub struct MappingSettings {
-    pub event_naming: String,
-    pub event_prefix: String,
-    pub anonymous: String,
-    pub include_event_types: Vec<String>,
-    pub exclude_event_types: Vec<String>,
-    pub drop_properties: Vec<String>,
-    /// Built from the six values above.
-    pub options: MappingOptions,
+use super::values::Raw;
+
+/// Longest accepted event-name prefix, in characters. Heap event names are limited to 1024
+/// characters; a bounded prefix leaves room for every table name untruncated.
+pub const MAX_PREFIX_CHARS: usize = 128;
+
+/// How Heap event names are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Naming {
+    /// The documented human-readable table (`Email Sent`, ...); see `transform::names`.
+    #[default]
+    Friendly,
+    /// The Currents `event_type` itself (`users.messages.email.Send`).
+    Raw,
 }
 
-impl MappingSettings {
-    /// Validates the six values; `Err((key, message))` names the one that was refused.
-    pub(super) fn build(
-        event_naming: String,
-        event_prefix: String,
-        anonymous: String,
-        include_event_types: Vec<String>,
-        exclude_event_types: Vec<String>,
-        drop_properties: Vec<String>,
-    ) -> Result<Self, (&'static str, String)> {
-        let options = MappingOptions::from_parts(
-            Some(&event_naming),
-            Some(&event_prefix),
-            Some(&anonymous),
-            &include_event_types,
-            &exclude_event_types,
-            &drop_properties,
-        )
-        .map_err(|m| {
-            let alone = |n, p, a, i: &[String], e: &[String]| {
-                MappingOptions::from_parts(n, p, a, i, e, &[]).is_err()
-            };
-            let key = if alone(Some(&event_naming), None, None, &[], &[]) {
-                "event_naming"
-            } else if alone(None, Some(&event_prefix), None, &[], &[]) {
-                "event_prefix"
-            } else if alone(None, None, Some(&anonymous), &[], &[]) {
-                "anonymous"
-            } else if alone(None, None, None, &include_event_types, &[]) {
-                "include_event_types"
-            } else if alone(None, None, None, &[], &exclude_event_types) {
-                "exclude_event_types"
-            } else {
-                "drop_properties"
-            };
-            (key, m)
-        })?;
-        Ok(Self {
-            event_naming,
-            event_prefix,
-            anonymous,
-            include_event_types,
-            exclude_event_types,
-            drop_properties,
-            options,
-        })
+impl Naming {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Naming::Friendly => "friendly",
+            Naming::Raw => "raw",
+        }
     }
 
-    /// The six settings as TOML key/value pairs, in the order `check-config` prints them.
-    pub(super) fn toml_values(&self) -> [(&'static str, toml::Value); 6] {
-        let s = |v: &str| toml::Value::String(v.to_owned());
-        let a = |v: &[String]| toml::Value::Array(v.iter().map(|x| s(x)).collect());
-        [
-            ("event_naming", s(&self.event_naming)),
-            ("event_prefix", s(&self.event_prefix)),
-            ("anonymous", s(&self.anonymous)),
-            ("include_event_types", a(&self.include_event_types)),
-            ("exclude_event_types", a(&self.exclude_event_types)),
-            ("drop_properties", a(&self.drop_properties)),
-        ]
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "friendly" => Ok(Naming::Friendly),
+            "raw" => Ok(Naming::Raw),
+            other => Err(format!(
+                "invalid naming {other:?}: expected \"friendly\" or \"raw\""
+            )),
+        }
     }
+}
+
+/// What happens to events without a usable `user.external_user_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AnonymousMode {
+    /// Skip them (`reason="anonymous"` / `"invalid_identity"`).
+    #[default]
+    Skip,
+    /// Send them with a synthetic Heap `user_id` derived from `user.user_id`.
+    SyntheticUserId,
+}
+
+impl AnonymousMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnonymousMode::Skip => "skip",
+            AnonymousMode::SyntheticUserId => "synthetic_user_id",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "skip" => Ok(AnonymousMode::Skip),
+            "synthetic_user_id" => Ok(AnonymousMode::SyntheticUserId),
+            other => Err(format!(
+                "invalid anonymous handling {other:?}: expected \"skip\" or \"synthetic_user_id\""
+            )),
+        }
+    }
+}
+
+/// A prefix for every Heap event name: at most [`MAX_PREFIX_CHARS`], no control characters.
+pub fn check_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.chars().count() > MAX_PREFIX_CHARS {
+        return Err(format!(
+            "invalid prefix {prefix:?}: longer than {MAX_PREFIX_CHARS} characters"
+        ));
+    }
+    if prefix.chars().any(char::is_control) {
+        return Err(format!(
+            "invalid prefix {prefix:?}: contains a control character"
+        ));
+    }
+    Ok(())
+}
+
+/// Glob patterns on `event_type`; `which` (`include`, `exclude`) names them in errors.
+pub fn patterns(which: &str, raw: &[String]) -> Result<Vec<Pattern>, String> {
+    raw.iter()
+        .map(|p| Pattern::new(p).map_err(|e| format!("invalid {which} pattern {p:?}: {e}")))
+        .collect()
+}
+
+/// The validated mapping settings of one route.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MappingSettings {
+    pub event_naming: Naming,
+    pub event_prefix: String,
+    pub anonymous: AnonymousMode,
+    pub include_event_types: Vec<Pattern>,
+    pub exclude_event_types: Vec<Pattern>,
+    pub drop_properties: Vec<String>,
+}
+
+pub(super) fn naming(raw: Raw) -> Result<Naming, String> {
+    Naming::parse(&raw.text())
+}
+
+pub(super) fn anonymous(raw: Raw) -> Result<AnonymousMode, String> {
+    AnonymousMode::parse(&raw.text())
+}
+
+pub(super) fn prefix(raw: Raw) -> Result<String, String> {
+    let p = raw.text();
+    check_prefix(&p)?;
+    Ok(p)
+}
+
+pub(super) fn include(raw: Raw) -> Result<Vec<Pattern>, String> {
+    patterns("include", &raw.list())
+}
+
+pub(super) fn exclude(raw: Raw) -> Result<Vec<Pattern>, String> {
+    patterns("exclude", &raw.list())
 }

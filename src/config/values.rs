@@ -1,7 +1,8 @@
-//! Validated value types and the parsers of sizes, durations and URLs.
+//! The vocabulary of the configuration: a declared setting ([`Decl`]), a value as given
+//! ([`Raw`]), the error, and the validated value types.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A secret that never prints.
@@ -46,6 +47,23 @@ pub enum LogFormat {
     Text,
 }
 
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Json => "json",
+            LogFormat::Text => "text",
+        }
+    }
+}
+
+/// The retry delays after transient Heap failures: `initial` doubles per consecutive failure
+/// up to `max` (validated: `0 < initial <= max`). `delivery::Backoff` is built from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBackoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
 /// A setting that failed validation, named in every form an operator may have used.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid setting {setting}: {message}")]
@@ -55,9 +73,23 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub(super) fn new(key: &str, env: &str, message: impl Into<String>) -> Self {
+    /// A flat setting: its key, flag and environment variable.
+    pub(super) fn new(decl: &Decl, message: impl Into<String>) -> Self {
         Self {
-            setting: format!("`{key}` (flag --{}, env {env})", key.replace('_', "-")),
+            setting: format!("`{}` (flag {}, env {})", decl.key, decl.flag(), decl.env),
+            message: message.into(),
+        }
+    }
+
+    /// A flat setting and where its value came from.
+    pub(super) fn given(decl: &Decl, source: &str, message: impl Into<String>) -> Self {
+        Self {
+            setting: format!(
+                "`{}` (flag {}, env {}; {source})",
+                decl.key,
+                decl.flag(),
+                decl.env
+            ),
             message: message.into(),
         }
     }
@@ -70,62 +102,52 @@ impl ConfigError {
     }
 }
 
-pub(super) fn validate_base_url(raw: &str) -> Result<String, String> {
-    let url = raw.trim().trim_end_matches('/');
-    let uri: http::Uri = url
-        .parse()
-        .map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") | Some("https") => {}
-        _ => {
-            return Err(format!(
-                "{raw:?} must start with https:// (or http:// for a local stand-in)"
-            ));
+/// One setting as declared: what the help, the errors, the README test and the defaults use.
+#[derive(Debug, Clone, Copy)]
+pub struct Decl {
+    /// The TOML key; the flag is `--` and the key with `-` for `_`.
+    pub key: &'static str,
+    pub env: &'static str,
+    /// Parsed like a given value when the setting is not given; `None`: not set.
+    pub default: Option<&'static str>,
+}
+
+impl Decl {
+    /// The flag of the setting.
+    pub fn flag(&self) -> String {
+        format!("--{}", self.key.replace('_', "-"))
+    }
+}
+
+/// A value as given, before parsing.
+#[derive(Debug, Clone)]
+pub enum Raw {
+    Text(String),
+    List(Vec<String>),
+    Path(PathBuf),
+    Bool(bool),
+}
+
+impl Raw {
+    pub(super) fn text(self) -> String {
+        match self {
+            Raw::Text(s) => s,
+            Raw::List(v) => v.join(","),
+            Raw::Path(p) => p.display().to_string(),
+            Raw::Bool(b) => b.to_string(),
         }
     }
-    if uri.host().is_none() {
-        return Err(format!("{raw:?} has no host"));
-    }
-    if uri.query().is_some() {
-        return Err(format!("{raw:?} must not carry a query string"));
-    }
-    Ok(url.to_owned())
-}
 
-pub(super) fn parse_size(
-    key: &str,
-    env: &str,
-    raw: Option<String>,
-    default: &str,
-) -> Result<u64, ConfigError> {
-    let s = raw.unwrap_or_else(|| default.to_owned());
-    let t = s.trim();
-    if let Ok(n) = t.parse::<u64>() {
-        return Ok(n);
+    /// The items of a list (a comma-separated string or an array), trimmed, empty ones dropped.
+    pub(super) fn list(self) -> Vec<String> {
+        let items = match self {
+            Raw::List(v) => v,
+            other => other.text().split(',').map(str::to_owned).collect(),
+        };
+        items
+            .into_iter()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect()
     }
-    t.parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|_| {
-            ConfigError::new(
-                key,
-                env,
-                format!("{s:?} is not a size such as 8MiB or 10GiB"),
-            )
-        })
-}
-
-pub(super) fn parse_duration(
-    key: &str,
-    env: &str,
-    raw: Option<String>,
-    default: &str,
-) -> Result<Duration, ConfigError> {
-    let s = raw.unwrap_or_else(|| default.to_owned());
-    humantime::parse_duration(s.trim()).map_err(|e| {
-        ConfigError::new(
-            key,
-            env,
-            format!("{s:?} is not a duration such as 30s or 24h: {e}"),
-        )
-    })
 }

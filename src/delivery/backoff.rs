@@ -40,6 +40,17 @@ impl Backoff {
     }
 }
 
+/// The configured retry delays (validated there: `0 < initial <= max`).
+impl From<&crate::config::RetryBackoff> for Backoff {
+    fn from(r: &crate::config::RetryBackoff) -> Self {
+        let base = r.initial.max(Duration::from_nanos(1));
+        Self {
+            base,
+            cap: r.max.max(base),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,47 +8,8 @@ use std::collections::BTreeSet;
 
 use glob::Pattern;
 
-/// Longest accepted event-name prefix, in characters. Heap event names are limited to 1024
-/// characters; a bounded prefix leaves room for every table name untruncated.
-pub const MAX_PREFIX_CHARS: usize = 128;
-
-/// How Heap event names are chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Naming {
-    /// The documented human-readable table (`Email Sent`, ...); see [`super::names`].
-    #[default]
-    Friendly,
-    /// The Currents `event_type` itself (`users.messages.email.Send`).
-    Raw,
-}
-
-impl Naming {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Naming::Friendly => "friendly",
-            Naming::Raw => "raw",
-        }
-    }
-}
-
-/// What happens to events without a usable `user.external_user_id`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AnonymousMode {
-    /// Skip them (`reason="anonymous"` / `"invalid_identity"`).
-    #[default]
-    Skip,
-    /// Send them with a synthetic Heap `user_id` derived from `user.user_id`.
-    SyntheticUserId,
-}
-
-impl AnonymousMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AnonymousMode::Skip => "skip",
-            AnonymousMode::SyntheticUserId => "synthetic_user_id",
-        }
-    }
-}
+pub use crate::config::{AnonymousMode, MAX_PREFIX_CHARS, Naming};
+use crate::config::{MappingSettings, check_prefix, patterns};
 
 /// The mapping settings of one route. `Default` = friendly names, no prefix, skip anonymous
 /// events, every event type included, no property dropped.
@@ -80,35 +41,10 @@ impl MappingOptions {
         exclude: &[String],
         drop_properties: &[String],
     ) -> Result<Self, String> {
-        let naming = match naming {
-            None | Some("friendly") => Naming::Friendly,
-            Some("raw") => Naming::Raw,
-            Some(other) => {
-                return Err(format!(
-                    "invalid naming {other:?}: expected \"friendly\" or \"raw\""
-                ));
-            }
-        };
-        let anonymous = match anonymous {
-            None | Some("skip") => AnonymousMode::Skip,
-            Some("synthetic_user_id") => AnonymousMode::SyntheticUserId,
-            Some(other) => {
-                return Err(format!(
-                    "invalid anonymous handling {other:?}: expected \"skip\" or \"synthetic_user_id\""
-                ));
-            }
-        };
+        let naming = naming.map_or(Ok(Naming::Friendly), Naming::parse)?;
+        let anonymous = anonymous.map_or(Ok(AnonymousMode::Skip), AnonymousMode::parse)?;
         let prefix = prefix.unwrap_or_default();
-        if prefix.chars().count() > MAX_PREFIX_CHARS {
-            return Err(format!(
-                "invalid prefix {prefix:?}: longer than {MAX_PREFIX_CHARS} characters"
-            ));
-        }
-        if prefix.chars().any(char::is_control) {
-            return Err(format!(
-                "invalid prefix {prefix:?}: contains a control character"
-            ));
-        }
+        check_prefix(prefix)?;
         Ok(MappingOptions {
             naming,
             prefix: prefix.to_string(),
@@ -159,10 +95,18 @@ impl MappingOptions {
     }
 }
 
-fn patterns(setting: &str, raw: &[String]) -> Result<Vec<Pattern>, String> {
-    raw.iter()
-        .map(|p| Pattern::new(p).map_err(|e| format!("invalid {setting} pattern {p:?}: {e}")))
-        .collect()
+/// The options of a route's validated settings (the configuration checked every value).
+impl From<&MappingSettings> for MappingOptions {
+    fn from(m: &MappingSettings) -> Self {
+        MappingOptions {
+            naming: m.event_naming,
+            prefix: m.event_prefix.clone(),
+            anonymous: m.anonymous,
+            include: m.include_event_types.clone(),
+            exclude: m.exclude_event_types.clone(),
+            drop_properties: m.drop_properties.iter().cloned().collect(),
+        }
+    }
 }
 
 #[cfg(test)]
