@@ -296,11 +296,8 @@ fn main() -> ExitCode {
             match Settings::load(&args).and_then(|s| s.validate_for_serve().map(|()| s)) {
                 Ok(s) => {
                     if let Some(t) = &s.edge.tls
-                        && let Err(e) = currents_heap::server::tls::CertStore::load(
-                            &t.cert,
-                            &t.key,
-                            currents_heap::metrics::Metrics::new(),
-                        )
+                        && let Err(e) =
+                            currents_heap::server::tls::CertStore::check(&t.cert, &t.key)
                     {
                         eprintln!("currents-heap: invalid setting `tls_cert` / `tls_key`: {e}");
                         return ExitCode::from(2);

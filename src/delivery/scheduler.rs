@@ -22,7 +22,7 @@ use crate::heap::model::{
     validate_track_item, validate_user_properties_item,
 };
 use crate::heap::retry::{Verdict, classify, status_class};
-use crate::metrics::Metrics;
+use crate::metrics::{LaneMetrics, Metrics, Retried};
 use crate::queue::{DeadLetterItem, QueueOp, QueuedEvent, Reader, Writer, unix_millis};
 use crate::transform::map_event;
 
@@ -75,7 +75,7 @@ pub struct Delivery {
     sender: Sender,
     writer: Writer,
     reader: Arc<Mutex<Reader>>,
-    metrics: Metrics,
+    metrics: LaneMetrics,
     new_data: Arc<Notify>,
     pending: VecDeque<Item>,
     /// Every event held in memory (`pending`, `forced`, in flight) with its weight in bytes:
@@ -83,7 +83,6 @@ pub struct Delivery {
     in_memory: HashMap<i64, usize>,
     /// Sum of the weights in `in_memory`: what `window_bytes` bounds.
     held_bytes: usize,
-    window_gauge: prometheus::IntGauge,
     /// Length of an empty bulk track body of this app id.
     track_overhead: usize,
     /// Length of an empty bulk add-user-properties body of this app id.
@@ -126,10 +125,8 @@ impl Delivery {
             cfg.window,
             cfg.batch_size.clamp(1, crate::heap::model::MAX_BULK_ITEMS),
         );
-        let window_gauge = metrics
-            .delivery_window_bytes
-            .with_label_values(&[&cfg.lane]);
-        window_gauge.set(0);
+        let metrics = metrics.delivery.lane(&cfg.lane);
+        metrics.set_window_bytes(0);
         let track_overhead = chunk::track_overhead(&cfg.app_id);
         let users_overhead = chunk::users_overhead(&cfg.app_id);
         Self {
@@ -143,7 +140,6 @@ impl Delivery {
             pending: VecDeque::new(),
             in_memory: HashMap::new(),
             held_bytes: 0,
-            window_gauge,
             track_overhead,
             users_overhead,
             cursor: 0,
@@ -179,14 +175,14 @@ impl Delivery {
             self.held_bytes -= old;
         }
         self.held_bytes += weight;
-        self.window_gauge.set(self.held_bytes as i64);
+        self.metrics.set_window_bytes(self.held_bytes);
     }
 
     /// Forgets an event held in memory (acknowledged, dead-lettered, parked in the store).
     fn release(&mut self, seq: i64) {
         if let Some(weight) = self.in_memory.remove(&seq) {
             self.held_bytes -= weight;
-            self.window_gauge.set(self.held_bytes as i64);
+            self.metrics.set_window_bytes(self.held_bytes);
         }
     }
 
@@ -232,10 +228,7 @@ impl Delivery {
                     }
                 }
                 self.paused_until = None;
-                self.metrics
-                    .delivery_paused
-                    .with_label_values(&[&self.cfg.lane])
-                    .set(0);
+                self.metrics.resumed();
             }
             self.housekeeping();
             if self.pending.len() < self.max_batch() * PENDING_BATCHES / 2
@@ -313,16 +306,7 @@ impl Delivery {
     }
 
     fn record_wait(&self, budget: &'static str, waited: Duration) {
-        if !waited.is_zero() {
-            self.metrics
-                .rate_limit_waits
-                .with_label_values(&[&self.cfg.lane, budget])
-                .inc();
-            self.metrics
-                .rate_limit_wait_seconds
-                .with_label_values(&[&self.cfg.lane, budget])
-                .inc_by(waited.as_secs_f64());
-        }
+        self.metrics.budget_waited(budget, waited);
     }
 
     /// Periodic upkeep: forget idle identities (bounded memory) and expired deferrals.
@@ -495,10 +479,7 @@ impl Delivery {
         let mut dead = dead;
         let mut acks = Vec::new();
         for (seq, reason, keep) in &skipped {
-            self.metrics
-                .events_skipped
-                .with_label_values(&[&self.cfg.lane, *reason])
-                .inc();
+            self.metrics.skipped(reason);
             if *keep {
                 dead.push(DeadLetterItem {
                     seq: *seq,
@@ -510,7 +491,7 @@ impl Delivery {
             }
         }
         for d in &dead {
-            self.metrics.dead_letter_inc(&self.cfg.lane, &d.reason);
+            self.metrics.dead_lettered(&d.reason);
         }
         let seqs: Vec<i64> = dead
             .iter()
@@ -581,10 +562,7 @@ impl Delivery {
                     taken.push(item);
                 }
                 Err(wait) => {
-                    self.metrics
-                        .rate_limit_waits
-                        .with_label_values(&[&self.cfg.lane, "identity"])
-                        .inc();
+                    self.metrics.identity_deferred();
                     let slot = unix_millis() + wait.as_millis() as i64;
                     let entry = self.deferred.entry(key.to_owned()).or_insert(Deferral {
                         until: now + wait,
@@ -709,10 +687,7 @@ impl Delivery {
             };
             match self.request(TRACK_PATH, body, part, "rejected").await {
                 (Sent::Delivered, mut items) => {
-                    self.metrics
-                        .events_delivered
-                        .with_label_values(&[&self.cfg.lane])
-                        .inc_by(items.len() as u64);
+                    self.metrics.delivered(items.len());
                     for i in &mut items {
                         i.track_done = true;
                     }
@@ -814,15 +789,10 @@ impl Delivery {
         let started = Instant::now();
         let result = self.sender.post(path, Bytes::from(body)).await;
         self.metrics
-            .heap_request_duration
-            .with_label_values(&[&self.cfg.lane, path])
-            .observe(started.elapsed().as_secs_f64());
+            .heap_request_took(path, started.elapsed().as_secs_f64());
         let (verdict, detail) = match &result {
             Ok(resp) => {
-                self.metrics
-                    .heap_requests
-                    .with_label_values(&[&self.cfg.lane, path, status_class(resp.status)])
-                    .inc();
+                self.metrics.heap_answered(path, status_class(resp.status));
                 let verdict = classify(resp.status, resp.retry_after.as_ref(), SystemTime::now());
                 (
                     verdict,
@@ -830,10 +800,7 @@ impl Delivery {
                 )
             }
             Err(e) => {
-                self.metrics
-                    .heap_requests
-                    .with_label_values(&[&self.cfg.lane, path, "error"])
-                    .inc();
+                self.metrics.heap_answered(path, "error");
                 (
                     Verdict::Retry {
                         reason: e.reason(),
@@ -901,27 +868,17 @@ impl Delivery {
         detail: String,
         transport: Option<HeapError>,
     ) {
-        self.metrics
-            .delivery_retries
-            .with_label_values(&[&self.cfg.lane, reason])
-            .inc();
         let pause = retry_after.unwrap_or_else(|| self.cfg.backoff.delay(self.failures));
         self.failures = self.failures.saturating_add(1);
         self.paused_until = Some(Instant::now() + pause);
-        self.metrics
-            .delivery_paused
-            .with_label_values(&[&self.cfg.lane])
-            .set(1);
-        tracing::warn!(
-            message = "Heap request failed; retrying after a pause.",
-            route = %self.cfg.lane,
+        self.metrics.retried(Retried {
             reason,
-            pause_ms = pause.as_millis() as u64,
-            retry_after = retry_after.is_some(),
-            consecutive_failures = self.failures,
-            detail = %detail,
-            transport = transport.is_some(),
-        );
+            pause,
+            retry_after: retry_after.is_some(),
+            consecutive_failures: self.failures,
+            detail: &detail,
+            transport: transport.is_some(),
+        });
         let seqs = items.iter().map(|i| i.seq).collect();
         self.apply(QueueOp::Attempt {
             seqs,

@@ -105,9 +105,7 @@ impl IngestState {
         store: Store,
         metrics: Metrics,
     ) -> Self {
-        metrics
-            .ingest_buffer_capacity
-            .set(edge.ingest_buffer_bytes.min(i64::MAX as u64) as i64);
+        metrics.ingest.set_buffer_capacity(edge.ingest_buffer_bytes);
         Self {
             routing: RwLock::new(Arc::new(routing)),
             max_body_bytes,
@@ -162,15 +160,12 @@ impl IngestState {
     fn refresh_queue_gauges(&self) {
         let arrived = Instant::now();
         let stats = self.store.stats();
-        self.metrics.queue_events.set(stats.events() as i64);
-        self.metrics.queue_bytes.set(stats.bytes() as i64);
+        self.metrics.queue.set_size(stats.events(), stats.bytes());
+        self.metrics.queue.set_store_healthy(stats.is_healthy());
+        self.metrics.queue.set_dedup_ids(stats.dedup_ids());
         self.metrics
-            .store_healthy
-            .set(i64::from(stats.is_healthy()));
-        self.metrics.dedup_ids.set(stats.dedup_ids() as i64);
-        self.metrics
-            .ingest_buffer_bytes
-            .set(self.buffer.used_bytes().min(i64::MAX as u64) as i64);
+            .ingest
+            .set_buffer_bytes(self.buffer.used_bytes());
         let drain_rate = self.routing().drain_rate;
         let drain = if stats.events() == 0 {
             0.0
@@ -179,7 +174,7 @@ impl IngestState {
         } else {
             f64::INFINITY
         };
-        self.metrics.queue_drain_estimate.set(drain);
+        self.metrics.queue.set_drain_estimate(drain);
         let mut guard = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         if guard.last_round.is_some_and(|t| t > arrived) {
             return;
@@ -197,17 +192,8 @@ impl IngestState {
         match read {
             Ok((oldest, dead)) => {
                 let age = oldest.map_or(0.0, |t| (unix_millis() - t).max(0) as f64 / 1000.0);
-                self.metrics.queue_oldest_age.set(age);
-                for reason in crate::metrics::DEAD_LETTER_REASONS {
-                    let n = dead
-                        .iter()
-                        .find(|(r, _)| r == reason)
-                        .map_or(0, |(_, n)| *n);
-                    self.metrics
-                        .dead_letter_events
-                        .with_label_values(&[*reason])
-                        .set(n as i64);
-                }
+                self.metrics.queue.set_oldest_age(age);
+                self.metrics.queue.set_dead_letters(&dead);
             }
             Err(e) => {
                 tracing::warn!(message = "Cannot read the queue for metrics.", error = %e);
@@ -245,7 +231,7 @@ pub async fn serve(req: Request<Incoming>, state: Arc<IngestState>) -> Response<
             Admin::Uncounted(response) => return response,
         }
     };
-    state.metrics.observe_request(
+    state.metrics.ingest.request(
         outcome,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
