@@ -2,7 +2,7 @@
 
 use prometheus::{Error, IntCounterVec, IntGauge, Registry};
 
-use super::{CONNECTION_CLOSE_REASONS, gauge, gauge_value};
+use super::{CONNECTION_CLOSE_REASONS, counter_vec, gauge, gauge_value, zeroed};
 
 /// The log target of the connection events logged here (where they were logged before).
 const TARGET: &str = "currents_heap::server";
@@ -17,14 +17,11 @@ pub struct ConnectionMetrics {
 impl ConnectionMetrics {
     /// Registers the connection collectors, every close reason at 0.
     pub fn register(registry: &Registry) -> Result<Self, Error> {
-        let closed = super::counter_vec(registry, "currents_heap_connections_closed_total")?;
-        for r in CONNECTION_CLOSE_REASONS {
-            closed.with_label_values(&[*r]);
-        }
+        let closed = counter_vec(registry, "currents_heap_connections_closed_total")?;
         Ok(ConnectionMetrics {
             open: gauge(registry, "currents_heap_connections_open")?,
             max: gauge(registry, "currents_heap_connections_max")?,
-            closed,
+            closed: zeroed(closed, CONNECTION_CLOSE_REASONS),
         })
     }
 

@@ -3,7 +3,7 @@
 
 use prometheus::{Error, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
 
-use super::{OUTCOMES, REJECT_REASONS, STATUSES, counter, counter_vec, gauge, gauge_value};
+use super::{OUTCOMES, REJECT_REASONS, STATUSES, counter, counter_vec, gauge, gauge_value, zeroed};
 use crate::currents::catalogue::KNOWN_EVENT_TYPES;
 
 /// Buckets of `ingest_request_duration_seconds`.
@@ -32,31 +32,24 @@ impl IngestMetrics {
     /// Registers the ingest collectors, every outcome, status and reject reason at 0;
     /// `unroutable` counts the events no route takes (see [`super::DeliveryMetrics`]).
     pub fn register(registry: &Registry, unroutable: IntCounter) -> Result<Self, Error> {
-        let m = IngestMetrics {
-            requests: counter_vec(registry, "currents_heap_ingest_requests_total")?,
-            duration: super::histogram_vec(
-                registry,
-                "currents_heap_ingest_request_duration_seconds",
-                DURATION_BUCKETS,
-            )?,
+        let requests = counter_vec(registry, "currents_heap_ingest_requests_total")?;
+        let duration = super::histogram_vec(
+            registry,
+            "currents_heap_ingest_request_duration_seconds",
+            DURATION_BUCKETS,
+        )?;
+        let rejected = counter_vec(registry, "currents_heap_events_rejected_total")?;
+        Ok(IngestMetrics {
+            requests: zeroed(requests, OUTCOMES),
+            duration: zeroed(duration, STATUSES),
             received: counter(registry, "currents_heap_events_received_total")?,
             accepted: counter_vec(registry, "currents_heap_events_accepted_total")?,
             duplicate: counter(registry, "currents_heap_events_duplicate_total")?,
-            rejected: counter_vec(registry, "currents_heap_events_rejected_total")?,
+            rejected: zeroed(rejected, REJECT_REASONS),
             unroutable,
             buffer_bytes: gauge(registry, "currents_heap_ingest_buffer_bytes")?,
             buffer_capacity: gauge(registry, "currents_heap_ingest_buffer_capacity_bytes")?,
-        };
-        for o in OUTCOMES {
-            m.requests.with_label_values(&[*o]);
-        }
-        for s in STATUSES {
-            m.duration.with_label_values(&[*s]);
-        }
-        for r in REJECT_REASONS {
-            m.rejected.with_label_values(&[*r]);
-        }
-        Ok(m)
+        })
     }
 
     /// Creates the accepted-event series of `route` at 0: every known event type and `other`.

@@ -17,10 +17,7 @@ static PROPERTIES_DROPPED: LazyLock<Result<IntCounterVec, String>> = LazyLock::n
     let build = || {
         let (opts, labels) = super::described(NAME, "counter", true)?;
         let counter = IntCounterVec::new(opts, &labels)?;
-        for r in crate::transform::DROP_REASONS {
-            counter.with_label_values(&[*r]);
-        }
-        Ok::<_, Error>(counter)
+        Ok::<_, Error>(super::zeroed(counter, crate::transform::DROP_REASONS))
     };
     build().map_err(|e| e.to_string())
 });

@@ -20,7 +20,7 @@ mod mapping;
 mod queue;
 mod reloads;
 
-use prometheus::core::Collector;
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     CounterVec, Encoder, Error, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -136,56 +136,59 @@ fn described(name: &str, kind: &str, labelled: bool) -> Result<(Opts, Vec<&'stat
     Ok((Opts::new(name, entry.help), entry.labels))
 }
 
-/// Builds and registers an unlabelled metric of the catalogue.
-fn scalar<C: Collector + Clone + 'static>(
+/// Builds (with `new`, from its catalogue options and labels) and registers metric `name` of
+/// the catalogue, checked to be of type `kind` and labelled or not.
+fn build<C: Collector + Clone + 'static>(
     registry: &Registry,
     name: &str,
     kind: &str,
-    new: impl FnOnce(Opts) -> Result<C, Error>,
-) -> Result<C, Error> {
-    let (opts, _) = described(name, kind, false)?;
-    register(registry, new(opts)?)
-}
-
-/// Builds and registers a labelled metric of the catalogue, with its catalogue labels.
-fn labelled<C: Collector + Clone + 'static>(
-    registry: &Registry,
-    name: &str,
-    kind: &str,
+    labelled: bool,
     new: impl FnOnce(Opts, &[&str]) -> Result<C, Error>,
 ) -> Result<C, Error> {
-    let (opts, labels) = described(name, kind, true)?;
+    let (opts, labels) = described(name, kind, labelled)?;
     register(registry, new(opts, &labels)?)
 }
 
 fn counter(registry: &Registry, name: &str) -> Result<IntCounter, Error> {
-    scalar(registry, name, "counter", IntCounter::with_opts)
+    build(registry, name, "counter", false, |o, _| {
+        IntCounter::with_opts(o)
+    })
 }
 
 fn gauge(registry: &Registry, name: &str) -> Result<IntGauge, Error> {
-    scalar(registry, name, "gauge", IntGauge::with_opts)
+    build(registry, name, "gauge", false, |o, _| {
+        IntGauge::with_opts(o)
+    })
 }
 
 fn float_gauge(registry: &Registry, name: &str) -> Result<Gauge, Error> {
-    scalar(registry, name, "gauge", Gauge::with_opts)
+    build(registry, name, "gauge", false, |o, _| Gauge::with_opts(o))
 }
 
 fn counter_vec(registry: &Registry, name: &str) -> Result<IntCounterVec, Error> {
-    labelled(registry, name, "counter", IntCounterVec::new)
+    build(registry, name, "counter", true, IntCounterVec::new)
 }
 
 fn float_counter_vec(registry: &Registry, name: &str) -> Result<CounterVec, Error> {
-    labelled(registry, name, "counter", CounterVec::new)
+    build(registry, name, "counter", true, CounterVec::new)
 }
 
 fn gauge_vec(registry: &Registry, name: &str) -> Result<IntGaugeVec, Error> {
-    labelled(registry, name, "gauge", IntGaugeVec::new)
+    build(registry, name, "gauge", true, IntGaugeVec::new)
 }
 
 fn histogram_vec(registry: &Registry, name: &str, buckets: &[f64]) -> Result<HistogramVec, Error> {
-    labelled(registry, name, "histogram", |opts, labels| {
+    build(registry, name, "histogram", true, |opts, labels| {
         HistogramVec::new(HistogramOpts::from(opts).buckets(buckets.to_vec()), labels)
     })
+}
+
+/// Creates the series of each of `values` (of a one-label vec) at 0, and hands the vec back.
+fn zeroed<T: MetricVecBuilder>(vec: MetricVec<T>, values: &[&str]) -> MetricVec<T> {
+    for v in values {
+        vec.with_label_values(&[*v]);
+    }
+    vec
 }
 
 /// A count or size as a gauge value (saturating at `i64::MAX`).

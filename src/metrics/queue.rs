@@ -22,9 +22,6 @@ impl QueueMetrics {
     /// Registers the queue gauges, the dead-letter gauge of every reason at 0.
     pub fn register(registry: &Registry) -> Result<Self, Error> {
         let dead_letters = super::gauge_vec(registry, "currents_heap_dead_letter_events")?;
-        for r in DEAD_LETTER_REASONS {
-            dead_letters.with_label_values(&[*r]);
-        }
         Ok(QueueMetrics {
             events: gauge(registry, "currents_heap_queue_events")?,
             bytes: gauge(registry, "currents_heap_queue_bytes")?,
@@ -34,7 +31,7 @@ impl QueueMetrics {
             dedup_ids: gauge(registry, "currents_heap_dedup_ids")?,
             dedup_capacity: gauge(registry, "currents_heap_dedup_capacity")?,
             store_healthy: gauge(registry, "currents_heap_store_healthy")?,
-            dead_letters,
+            dead_letters: super::zeroed(dead_letters, DEAD_LETTER_REASONS),
         })
     }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use prometheus::{Error, IntCounterVec, Registry};
 
-use super::{CONFIG_RELOAD_OUTCOMES, TLS_RELOAD_OUTCOMES, counter_vec};
+use super::{CONFIG_RELOAD_OUTCOMES, TLS_RELOAD_OUTCOMES, counter_vec, zeroed};
 use crate::lanes::LaneChanges;
 
 /// The log targets of the events logged here (where they were logged before).
@@ -22,17 +22,12 @@ pub struct ReloadMetrics {
 impl ReloadMetrics {
     /// Registers both counters, every outcome at 0.
     pub fn register(registry: &Registry) -> Result<Self, Error> {
-        let m = ReloadMetrics {
-            config: counter_vec(registry, "currents_heap_config_reloads_total")?,
-            tls: counter_vec(registry, "currents_heap_tls_reloads_total")?,
-        };
-        for outcome in CONFIG_RELOAD_OUTCOMES {
-            m.config.with_label_values(&[*outcome]);
-        }
-        for outcome in TLS_RELOAD_OUTCOMES {
-            m.tls.with_label_values(&[*outcome]);
-        }
-        Ok(m)
+        let config = counter_vec(registry, "currents_heap_config_reloads_total")?;
+        let tls = counter_vec(registry, "currents_heap_tls_reloads_total")?;
+        Ok(ReloadMetrics {
+            config: zeroed(config, CONFIG_RELOAD_OUTCOMES),
+            tls: zeroed(tls, TLS_RELOAD_OUTCOMES),
+        })
     }
 
     /// A configuration reload was applied, changing the lanes as `changes` says.
