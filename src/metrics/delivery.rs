@@ -249,3 +249,46 @@ impl LaneMetrics {
         self.paused.set(0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    #[test]
+    fn a_lane_counts_under_its_route_and_a_retry_pauses_it() {
+        let m = Metrics::with_routes(&["brand-a"]).unwrap();
+        let lane = m.delivery.lane("brand-a");
+        lane.delivered(3);
+        lane.dead_lettered("expired");
+        lane.dead_lettered("not_a_reason");
+        lane.budget_waited("app", Duration::from_millis(500));
+        lane.budget_waited("app", Duration::ZERO);
+        lane.retried(Retried {
+            reason: "status_5xx",
+            pause: Duration::from_secs(1),
+            retry_after: false,
+            consecutive_failures: 1,
+            detail: "HTTP 503",
+            transport: false,
+        });
+        let text = m.render();
+        for line in [
+            r#"currents_heap_events_delivered_total{route="brand-a"} 3"#,
+            r#"currents_heap_events_dead_lettered_total{reason="expired",route="brand-a"} 1"#,
+            r#"currents_heap_events_dead_lettered_total{reason="other",route="brand-a"} 1"#,
+            r#"currents_heap_rate_limit_waits_total{budget="app",route="brand-a"} 1"#,
+            r#"currents_heap_rate_limit_wait_seconds_total{budget="app",route="brand-a"} 0.5"#,
+            r#"currents_heap_delivery_retries_total{reason="status_5xx",route="brand-a"} 1"#,
+            r#"currents_heap_delivery_paused{route="brand-a"} 1"#,
+            r#"currents_heap_delivery_retries_total{reason="timeout",route="brand-a"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        lane.resumed();
+        assert!(
+            m.render()
+                .contains(r#"currents_heap_delivery_paused{route="brand-a"} 0"#)
+        );
+    }
+}

@@ -122,15 +122,12 @@ fn register<C: Collector + Clone + 'static>(registry: &Registry, collector: C) -
 /// labelled (`labelled`) or not.
 fn described(name: &str, kind: &str, labelled: bool) -> Result<(Opts, Vec<&'static str>), Error> {
     let entry = catalogue::entry(name)?;
-    if entry.kind != kind || entry.labels.is_empty() == labelled {
+    let labelled_if = |yes: bool| if yes { "labelled " } else { "" };
+    let found = format!("{}{}", labelled_if(!entry.labels.is_empty()), entry.kind);
+    let wanted = format!("{}{kind}", labelled_if(labelled));
+    if found != wanted {
         return Err(Error::Msg(format!(
-            "{name} is a {}{} in the catalogue",
-            if entry.labels.is_empty() {
-                ""
-            } else {
-                "labelled "
-            },
-            entry.kind
+            "{name} is a {found} in the catalogue, not a {wanted}"
         )));
     }
     Ok((Opts::new(name, entry.help), entry.labels))
@@ -235,5 +232,28 @@ mod tests {
             .count();
         // Known types and `other`, for the default route and `unroutable`.
         assert_eq!(series, (KNOWN_EVENT_TYPES.len() + 1) * 2);
+    }
+
+    #[test]
+    fn a_metric_outside_the_catalogue_or_unlike_its_entry_is_an_error() {
+        let r = Registry::new();
+        let err = counter(&r, "currents_heap_no_such_total").unwrap_err();
+        assert!(
+            err.to_string().contains("not in the metric catalogue"),
+            "{err}"
+        );
+        let err = gauge(&r, "currents_heap_events_received_total").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is a counter in the catalogue, not a gauge"),
+            "{err}"
+        );
+        assert!(counter_vec(&r, "currents_heap_events_received_total").is_err());
+        assert!(counter(&r, "currents_heap_events_rejected_total").is_err());
+        assert!(counter(&r, "currents_heap_events_received_total").is_ok());
+        assert!(
+            counter(&r, "currents_heap_events_received_total").is_err(),
+            "a second registration of one name is refused"
+        );
     }
 }
