@@ -35,6 +35,8 @@ pub enum AppError {
     Queue(#[from] QueueError),
     #[error("TLS: {0}")]
     Tls(#[from] crate::server::tls::TlsError),
+    #[error("cannot register the metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -77,11 +79,9 @@ impl App {
         let route_names: Vec<&str> = std::iter::once(DEFAULT_ROUTE)
             .chain(settings.routes.iter().map(|r| r.name.as_str()))
             .collect();
-        let metrics = Metrics::with_routes(&route_names);
-        metrics
-            .queue_max_bytes
-            .set(settings.max_queue_bytes.min(i64::MAX as u64) as i64);
-        metrics.dedup_capacity.set(settings.dedup_capacity as i64);
+        let metrics = Metrics::with_routes(&route_names)?;
+        metrics.queue.set_max_bytes(settings.max_queue_bytes);
+        metrics.queue.set_dedup_capacity(settings.dedup_capacity);
         let listener =
             TcpListener::bind(settings.listen)
                 .await

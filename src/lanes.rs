@@ -178,9 +178,8 @@ impl LaneSet {
             ("identity", plan.cfg.identity_events_per_window),
         ] {
             self.metrics
-                .budget_per_minute
-                .with_label_values(&[&plan.cfg.lane, budget])
-                .set(i64::from(v.get()));
+                .delivery
+                .set_budget(&plan.cfg.lane, budget, v.get());
         }
         let delivery = Delivery::new(
             plan.cfg.clone(),

@@ -163,23 +163,10 @@ impl Controller {
     async fn reload(&mut self) -> Result<LaneChanges, ReloadError> {
         let metrics = self.state.metrics.clone();
         let result = self.try_reload().await;
-        let outcome = match &result {
-            Ok(changes) => {
-                tracing::info!(
-                    message = "Configuration reloaded.",
-                    lanes_started = ?changes.started,
-                    lanes_replaced = ?changes.replaced,
-                    lanes_stopped = ?changes.stopped,
-                    lanes_unchanged = ?changes.unchanged,
-                );
-                "applied"
-            }
-            Err(e) => {
-                tracing::error!(message = "Configuration not reloaded.", error = %e);
-                "refused"
-            }
-        };
-        metrics.config_reloads.with_label_values(&[outcome]).inc();
+        match &result {
+            Ok(changes) => metrics.reloads.config_applied(changes),
+            Err(e) => metrics.reloads.config_refused(e),
+        }
         result
     }
 

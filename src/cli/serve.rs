@@ -15,11 +15,7 @@ pub fn check_config(args: &SettingsArgs) -> ExitCode {
         Err(code) => return code,
     };
     if let Some(t) = &settings.edge.tls
-        && let Err(e) = currents_heap::server::tls::CertStore::load(
-            &t.cert,
-            &t.key,
-            currents_heap::metrics::Metrics::new(),
-        )
+        && let Err(e) = currents_heap::server::tls::CertStore::check(&t.cert, &t.key)
     {
         eprintln!("currents-heap: invalid setting `tls_cert` / `tls_key`: {e}");
         return ExitCode::from(2);

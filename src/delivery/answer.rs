@@ -17,6 +17,7 @@ use crate::heap::bulk;
 use crate::heap::client::HeapError;
 use crate::heap::model::{TRACK_PATH, TrackItem, USER_PROPERTIES_PATH, UserPropertiesItem};
 use crate::heap::retry::{Verdict, classify, status_class};
+use crate::metrics::Retried;
 use crate::queue::{DeadLetterItem, QueueOp, unix_millis};
 
 /// What one Heap request did with its items.
@@ -71,10 +72,7 @@ impl Delivery {
                 .await
             {
                 Sent::Delivered(mut items) => {
-                    self.metrics
-                        .events_delivered
-                        .with_label_values(&[&self.cfg.lane])
-                        .inc_by(items.len() as u64);
+                    self.metrics.delivered(items.len());
                     for i in &mut items {
                         i.track_done = true;
                     }
@@ -159,15 +157,10 @@ impl Delivery {
         let started = Instant::now();
         let result = self.sender.post(path, Bytes::from(body)).await;
         self.metrics
-            .heap_request_duration
-            .with_label_values(&[&self.cfg.lane, path])
-            .observe(started.elapsed().as_secs_f64());
+            .heap_request_took(path, started.elapsed().as_secs_f64());
         let (verdict, detail) = match &result {
             Ok(resp) => {
-                self.metrics
-                    .heap_requests
-                    .with_label_values(&[&self.cfg.lane, path, status_class(resp.status)])
-                    .inc();
+                self.metrics.heap_answered(path, status_class(resp.status));
                 let verdict = classify(resp.status, resp.retry_after.as_ref(), SystemTime::now());
                 (
                     verdict,
@@ -175,10 +168,7 @@ impl Delivery {
                 )
             }
             Err(e) => {
-                self.metrics
-                    .heap_requests
-                    .with_label_values(&[&self.cfg.lane, path, "error"])
-                    .inc();
+                self.metrics.heap_answered(path, "error");
                 let verdict = Verdict::Retry {
                     reason: e.reason(),
                     retry_after: None,
@@ -248,27 +238,17 @@ impl Delivery {
         detail: String,
         transport: Option<HeapError>,
     ) {
-        self.metrics
-            .delivery_retries
-            .with_label_values(&[&self.cfg.lane, reason])
-            .inc();
         let pause = retry_after.unwrap_or_else(|| self.cfg.backoff.delay(self.failures));
         self.failures = self.failures.saturating_add(1);
         self.paused_until = Some(Instant::now() + pause);
-        self.metrics
-            .delivery_paused
-            .with_label_values(&[&self.cfg.lane])
-            .set(1);
-        tracing::warn!(
-            message = "Heap request failed; retrying after a pause.",
-            route = %self.cfg.lane,
+        self.metrics.retried(Retried {
             reason,
-            pause_ms = pause.as_millis() as u64,
-            retry_after = retry_after.is_some(),
-            consecutive_failures = self.failures,
-            detail = %detail,
-            transport = transport.is_some(),
-        );
+            pause,
+            retry_after: retry_after.is_some(),
+            consecutive_failures: self.failures,
+            detail: &detail,
+            transport: transport.is_some(),
+        });
         let seqs = items.iter().map(|i| i.seq).collect();
         self.apply(QueueOp::Attempt {
             seqs,

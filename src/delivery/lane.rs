@@ -27,7 +27,7 @@ use super::select::Deferral;
 use super::{Budgets, DeliveryConfig, Sender};
 use crate::heap::bulk;
 use crate::heap::model::{TrackItem, UserPropertiesItem};
-use crate::metrics::Metrics;
+use crate::metrics::{LaneMetrics, Metrics};
 use crate::queue::{Queue, QueueError, QueueOp};
 
 /// Events held in memory per lane, as a multiple of the batch size.
@@ -67,7 +67,7 @@ pub struct Delivery {
     pub(super) budgets: Budgets,
     pub(super) sender: Arc<dyn Sender>,
     pub(super) queue: Arc<dyn Queue>,
-    pub(super) metrics: Metrics,
+    pub(super) metrics: LaneMetrics,
     new_data: Arc<Notify>,
     pub(super) pending: VecDeque<Item>,
     /// Every event held in memory (`pending`, `forced`, in flight) with its weight in bytes:
@@ -75,7 +75,6 @@ pub struct Delivery {
     pub(super) in_memory: HashMap<i64, usize>,
     /// Sum of the weights in `in_memory`: what `window_bytes` bounds.
     pub(super) held_bytes: usize,
-    window_gauge: prometheus::IntGauge,
     /// Length of an empty bulk track body of this app id.
     pub(super) track_overhead: usize,
     /// The lane's position in the queue: fresh events after it are read next.
@@ -141,10 +140,8 @@ impl Delivery {
             cfg.window,
             cfg.batch_size.clamp(1, crate::heap::model::MAX_BULK_ITEMS),
         );
-        let window_gauge = metrics
-            .delivery_window_bytes
-            .with_label_values(&[&cfg.lane]);
-        window_gauge.set(0);
+        let metrics = metrics.delivery.lane(&cfg.lane);
+        metrics.set_window_bytes(0);
         let track_overhead = bulk::track_overhead(&cfg.app_id);
         Self {
             cfg,
@@ -156,7 +153,6 @@ impl Delivery {
             pending: VecDeque::new(),
             in_memory: HashMap::new(),
             held_bytes: 0,
-            window_gauge,
             track_overhead,
             cursor: 0,
             deferred: HashMap::new(),
@@ -235,10 +231,7 @@ impl Delivery {
                 return Step::Paused { until };
             }
             self.paused_until = None;
-            self.metrics
-                .delivery_paused
-                .with_label_values(&[&self.cfg.lane])
-                .set(0);
+            self.metrics.resumed();
         }
         self.housekeeping();
         if self.pending.len() < self.max_batch() * PENDING_BATCHES / 2
@@ -288,14 +281,14 @@ impl Delivery {
             self.held_bytes -= old;
         }
         self.held_bytes += weight;
-        self.window_gauge.set(self.held_bytes as i64);
+        self.metrics.set_window_bytes(self.held_bytes);
     }
 
     /// Forgets an event held in memory (acknowledged, dead-lettered, parked in the queue).
     pub(super) fn release(&mut self, seq: i64) {
         if let Some(weight) = self.in_memory.remove(&seq) {
             self.held_bytes -= weight;
-            self.window_gauge.set(self.held_bytes as i64);
+            self.metrics.set_window_bytes(self.held_bytes);
         }
     }
 

@@ -157,10 +157,7 @@ impl Delivery {
             match u {
                 Unsendable::Dead(d) => dead.push(d),
                 Unsendable::Skipped(seq, reason, keep) => {
-                    self.metrics
-                        .events_skipped
-                        .with_label_values(&[&self.cfg.lane, reason])
-                        .inc();
+                    self.metrics.skipped(reason);
                     if keep {
                         dead.push(DeadLetterItem {
                             seq,
@@ -174,7 +171,7 @@ impl Delivery {
             }
         }
         for d in &dead {
-            self.metrics.dead_letter_inc(&self.cfg.lane, &d.reason);
+            self.metrics.dead_lettered(&d.reason);
         }
         let dead_count = dead.len();
         let seqs: Vec<i64> = dead

@@ -68,16 +68,7 @@ impl Delivery {
     }
 
     pub(super) fn record_wait(&self, budget: &'static str, waited: Duration) {
-        if !waited.is_zero() {
-            self.metrics
-                .rate_limit_waits
-                .with_label_values(&[&self.cfg.lane, budget])
-                .inc();
-            self.metrics
-                .rate_limit_wait_seconds
-                .with_label_values(&[&self.cfg.lane, budget])
-                .inc_by(waited.as_secs_f64());
-        }
+        self.metrics.budget_waited(budget, waited);
     }
 
     /// Takes up to `n` eligible events that fit in one request of `max_request_bytes`,
@@ -113,10 +104,7 @@ impl Delivery {
                     taken.push(item);
                 }
                 Err(wait) => {
-                    self.metrics
-                        .rate_limit_waits
-                        .with_label_values(&[&self.cfg.lane, "identity"])
-                        .inc();
+                    self.metrics.identity_deferred();
                     self.defer(key.to_owned(), now, wait);
                     keep.push_back(item);
                 }

@@ -140,7 +140,7 @@ async fn lane(cfg: DeliveryConfig) -> Lane {
         cfg,
         Arc::clone(&heap) as Arc<dyn Sender>,
         Arc::clone(&queue),
-        Metrics::new(),
+        Metrics::new().unwrap(),
         Arc::new(Notify::new()),
     );
     Lane {

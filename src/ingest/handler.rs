@@ -79,19 +79,12 @@ async fn append_body(
             Err(e) => {
                 let e = IngestError::from(e);
                 if let IngestError::InvalidEvents { total, errors } = &e {
-                    state.metrics.events_received.inc_by(*total as u64);
-                    state.metrics.reject_events("invalid_event", errors.len());
-                    state
-                        .metrics
-                        .reject_events("invalid_batch", total - errors.len());
+                    state.metrics.ingest.invalid_events(*total, errors.len());
                 }
                 return Err(e);
             }
         };
-        state
-            .metrics
-            .events_received
-            .inc_by(batch.events.len() as u64);
+        state.metrics.ingest.received(batch.events.len());
         batch
             .events
             .iter()
@@ -135,7 +128,7 @@ async fn append_body(
         Err(e) => {
             let e = IngestError::from(e);
             if let Some(reason) = e.reject_reason() {
-                state.metrics.reject_events(reason, n);
+                state.metrics.ingest.rejected(reason, n);
             }
             return Err(e);
         }
@@ -144,11 +137,7 @@ async fn append_body(
     let mut woken: Vec<&str> = Vec::new();
     for ((event_type, route, app_id, dead), queued) in labels.iter().zip(&receipt.queued) {
         if *queued {
-            state
-                .metrics
-                .events_accepted
-                .with_label_values(&[*event_type, route])
-                .inc();
+            state.metrics.ingest.accepted(event_type, route);
             unroutable += usize::from(*dead);
             if !*dead && !woken.contains(&&**app_id) {
                 woken.push(app_id);
@@ -159,19 +148,13 @@ async fn append_body(
         }
     }
     if unroutable > 0 {
-        tracing::warn!(
-            message = "Events match no route and there is no default route; kept as dead letters (reason unroutable).",
-            events = unroutable,
-            workspace = workspace.as_deref().unwrap_or(""),
-        );
         state
             .metrics
-            .events_dead_lettered
-            .with_label_values(&[UNROUTABLE, UNROUTABLE])
-            .inc_by(unroutable as u64);
+            .ingest
+            .unroutable(unroutable, workspace.as_deref());
     }
     let duplicates = receipt.duplicates();
-    state.metrics.events_duplicate.inc_by(duplicates as u64);
+    state.metrics.ingest.duplicates(duplicates);
     Ok(Accepted {
         accepted: receipt.accepted(),
         duplicates,

@@ -97,9 +97,7 @@ impl IngestState {
         queue: Arc<dyn Queue>,
         metrics: Metrics,
     ) -> Self {
-        metrics
-            .ingest_buffer_capacity
-            .set(edge.ingest_buffer_bytes.min(i64::MAX as u64) as i64);
+        metrics.ingest.set_buffer_capacity(edge.ingest_buffer_bytes);
         Self {
             routing: RwLock::new(Arc::new(routing)),
             max_body_bytes,
@@ -153,13 +151,12 @@ impl IngestState {
     async fn refresh_queue_gauges(&self) {
         let arrived = Instant::now();
         let totals = self.queue.totals();
-        self.metrics.queue_events.set(totals.events as i64);
-        self.metrics.queue_bytes.set(totals.bytes as i64);
-        self.metrics.store_healthy.set(i64::from(totals.healthy));
-        self.metrics.dedup_ids.set(totals.dedup_ids as i64);
+        self.metrics.queue.set_size(totals.events, totals.bytes);
+        self.metrics.queue.set_store_healthy(totals.healthy);
+        self.metrics.queue.set_dedup_ids(totals.dedup_ids);
         self.metrics
-            .ingest_buffer_bytes
-            .set(self.buffer.used_bytes().min(i64::MAX as u64) as i64);
+            .ingest
+            .set_buffer_bytes(self.buffer.used_bytes());
         let drain_rate = self.routing().drain_rate;
         let drain = if totals.events == 0 {
             0.0
@@ -168,7 +165,7 @@ impl IngestState {
         } else {
             f64::INFINITY
         };
-        self.metrics.queue_drain_estimate.set(drain);
+        self.metrics.queue.set_drain_estimate(drain);
         let mut last_round = self.gauge_round.lock().await;
         if last_round.is_some_and(|t| t > arrived) {
             return;
@@ -181,17 +178,8 @@ impl IngestState {
         match read.await {
             Ok((oldest, dead)) => {
                 let age = oldest.map_or(0.0, |t| (unix_millis() - t).max(0) as f64 / 1000.0);
-                self.metrics.queue_oldest_age.set(age);
-                for reason in crate::metrics::DEAD_LETTER_REASONS {
-                    let n = dead
-                        .iter()
-                        .find(|(r, _)| r == reason)
-                        .map_or(0, |(_, n)| *n);
-                    self.metrics
-                        .dead_letter_events
-                        .with_label_values(&[*reason])
-                        .set(n as i64);
-                }
+                self.metrics.queue.set_oldest_age(age);
+                self.metrics.queue.set_dead_letters(&dead);
             }
             Err(e) => {
                 tracing::warn!(message = "Cannot read the queue for metrics.", error = %e);
@@ -228,7 +216,7 @@ pub async fn serve(req: Request<Incoming>, state: Arc<IngestState>) -> Response<
             Admin::Uncounted(response) => return response,
         }
     };
-    state.metrics.observe_request(
+    state.metrics.ingest.request(
         outcome,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),

@@ -129,7 +129,7 @@ pub struct Connections {
 
 impl Connections {
     pub fn new(max: usize, state: Arc<IngestState>) -> Arc<Self> {
-        state.metrics.connections_max.set(max as i64);
+        state.metrics.connections.set_max(max);
         Arc::new(Self {
             epoch: Instant::now(),
             max,
@@ -179,7 +179,7 @@ impl Connections {
         let conn = Arc::new(ConnState::new(self.epoch));
         open.insert(id, Arc::clone(&conn));
         self.state.connections_full.store(false, Ordering::SeqCst);
-        self.state.metrics.connections_open.set(open.len() as i64);
+        self.state.metrics.connections.set_open(open.len());
         Admission::Admitted(ConnGuard {
             id,
             conn,
@@ -190,7 +190,7 @@ impl Connections {
     fn remove(&self, id: u64) {
         let mut open = self.lock();
         open.remove(&id);
-        self.state.metrics.connections_open.set(open.len() as i64);
+        self.state.metrics.connections.set_open(open.len());
         if open.len() < self.max {
             self.state.connections_full.store(false, Ordering::SeqCst);
         }

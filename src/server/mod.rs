@@ -114,7 +114,8 @@ impl Server {
         let tls = match &edge.tls {
             None => None,
             Some(files) => {
-                let store = CertStore::load(&files.cert, &files.key, state.metrics.clone())?;
+                let store =
+                    CertStore::load(&files.cert, &files.key, state.metrics.reloads.clone())?;
                 let acceptor = store.acceptor().map_err(|e| TlsError::Read {
                     path: files.cert.clone(),
                     message: e.to_string(),
@@ -249,8 +250,7 @@ impl Conn {
         match handshake {
             Ok(tls) => self.serve(TokioIo::new(tls)).await,
             Err(e) => {
-                count_close(&self.state, "tls_handshake_failed");
-                tracing::debug!(message = "TLS handshake failed.", error = %e);
+                self.state.metrics.connections.handshake_failed(&e);
             }
         }
     }
@@ -280,8 +280,7 @@ impl Conn {
                 return;
             }
             why = watchdog(self.watched(), &self.edge) => {
-                count_close(&self.state, why.as_str());
-                tracing::debug!(message = "Connection closed.", reason = why.as_str());
+                self.state.metrics.connections.timed_out(why.as_str());
                 // A head that never completed has no request to finish: drop it at once.
                 why == CloseReason::IdleTimeout
             }
@@ -301,11 +300,7 @@ impl Conn {
 }
 
 fn count_close(state: &IngestState, reason: &str) {
-    state
-        .metrics
-        .connections_closed
-        .with_label_values(&[reason])
-        .inc();
+    state.metrics.connections.closed(reason);
 }
 
 /// Re-reads the certificate when its files change, and on `SIGHUP`, until `stop`.

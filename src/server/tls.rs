@@ -24,7 +24,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
-use crate::metrics::Metrics;
+use crate::metrics::ReloadMetrics;
 
 /// Certificate and key files larger than this are refused (a chain is a few KiB).
 const MAX_PEM_BYTES: u64 = 1024 * 1024;
@@ -61,7 +61,7 @@ pub struct CertStore {
     seen: Mutex<Stamps>,
     /// A change the watch saw, waiting one more interval for the files to settle.
     settling: Mutex<Option<Stamps>>,
-    metrics: Metrics,
+    metrics: ReloadMetrics,
 }
 
 impl CertStore {
@@ -69,7 +69,7 @@ impl CertStore {
     pub fn load(
         cert_path: &Path,
         key_path: &Path,
-        metrics: Metrics,
+        metrics: ReloadMetrics,
     ) -> Result<Arc<Self>, TlsError> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let seen = [stamp(cert_path), stamp(key_path)];
@@ -83,6 +83,13 @@ impl CertStore {
             settling: Mutex::new(None),
             metrics,
         }))
+    }
+
+    /// Checks that the pair loads, as [`Self::load`] would (`check-config`), without serving
+    /// or counting anything.
+    pub fn check(cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        read_pair(cert_path, key_path, &provider).map(drop)
     }
 
     /// A TLS acceptor that asks this store at every handshake.
@@ -113,7 +120,7 @@ impl CertStore {
                 return false;
             }
         }
-        let outcome = match read_pair(&self.cert_path, &self.key_path, &self.provider) {
+        let reloaded = match read_pair(&self.cert_path, &self.key_path, &self.provider) {
             Ok(key) => {
                 let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
                 if current.cert == key.cert {
@@ -122,24 +129,17 @@ impl CertStore {
                     return false;
                 }
                 *current = Arc::new(key);
-                tracing::info!(
-                    message = "TLS certificate reloaded.",
-                    cert = %self.cert_path.display(),
-                );
-                "reloaded"
+                self.metrics.tls_reloaded(&self.cert_path);
+                true
             }
             Err(e) => {
-                tracing::error!(
-                    message = "TLS certificate not reloaded; the previous one stays in use.",
-                    error = %e,
-                );
-                "failed"
+                self.metrics.tls_failed(&e);
+                false
             }
         };
         // Remember the stamps either way: a broken pair is reported once, not every interval.
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = now;
-        self.metrics.tls_reloads.with_label_values(&[outcome]).inc();
-        outcome == "reloaded"
+        reloaded
     }
 }
 
@@ -213,6 +213,7 @@ fn read_pair(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
 
     fn fixture(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -222,7 +223,7 @@ mod tests {
 
     #[test]
     fn a_matching_pair_loads_and_a_mismatched_one_is_refused() {
-        let m = Metrics::new();
+        let m = Metrics::new().unwrap().reloads;
         assert!(CertStore::load(&fixture("cert-a.pem"), &fixture("key-a.pem"), m.clone()).is_ok());
         let err =
             CertStore::load(&fixture("cert-a.pem"), &fixture("key-b.pem"), m.clone()).unwrap_err();
@@ -237,19 +238,19 @@ mod tests {
         let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
         std::fs::copy(fixture("cert-a.pem"), &cert).unwrap();
         std::fs::copy(fixture("key-a.pem"), &key).unwrap();
-        let m = Metrics::new();
+        let m = Metrics::new().unwrap().reloads;
         let store = CertStore::load(&cert, &key, m.clone()).unwrap();
         let served = |s: &CertStore| s.current.read().unwrap().cert[0].clone();
         let a = served(&store);
         assert!(!store.reload(false), "nothing changed");
         assert!(!store.reload(true), "the same pair again is no reload");
-        assert_eq!(m.tls_reloads.with_label_values(&["reloaded"]).get(), 0);
+        assert_eq!(m.tls_reload_count("reloaded"), 0);
 
         // Half-written rotation: a new certificate with the old key is refused.
         std::fs::copy(fixture("cert-b.pem"), &cert).unwrap();
         assert!(!store.reload(true));
         assert_eq!(served(&store), a);
-        assert_eq!(m.tls_reloads.with_label_values(&["failed"]).get(), 1);
+        assert_eq!(m.tls_reload_count("failed"), 1);
 
         std::fs::copy(fixture("key-b.pem"), &key).unwrap();
         assert!(
@@ -258,6 +259,6 @@ mod tests {
         );
         assert!(store.reload(false));
         assert_ne!(served(&store), a);
-        assert_eq!(m.tls_reloads.with_label_values(&["reloaded"]).get(), 1);
+        assert_eq!(m.tls_reload_count("reloaded"), 1);
     }
 }

@@ -368,7 +368,7 @@ mod tests {
                 "properties":{{"source":"ads","big":1e999,"s":"\ud800","list":[1,-1e400,2],
                     "deep":{deep_array},"obj":{{"kept":true,"deeper":{deep_object}}}}}}}"#
         );
-        let before = crate::metrics::Metrics::new().render();
+        let before = crate::metrics::Metrics::new().unwrap().render();
         let m = map_event(raw.as_bytes(), &MappingOptions::default()).expect("mapped");
         assert_eq!(
             serde_json::to_value(&m.track.properties).unwrap(),
@@ -405,7 +405,7 @@ mod tests {
             ]
         );
         // Counted, process-wide (other tests map events concurrently: at least these).
-        let after = crate::metrics::Metrics::new().render();
+        let after = crate::metrics::Metrics::new().unwrap().render();
         let count = |text: &str, reason: &str| {
             let series = format!("currents_heap_properties_dropped_total{{reason=\"{reason}\"}} ");
             text.lines()

@@ -17,11 +17,7 @@ use crate::helpers::*;
 const PATIENCE: Duration = Duration::from_secs(20);
 
 fn closed(app: &TestApp, reason: &str) -> u64 {
-    app.state
-        .metrics
-        .connections_closed
-        .with_label_values(&[reason])
-        .get()
+    app.state.metrics.connections.closed_count(reason)
 }
 
 /// An authenticated `POST /currents` declaring `declared` bytes, of which `first` are sent.
@@ -260,7 +256,7 @@ async fn at_the_cap_the_longest_idle_connection_makes_room_and_busy_ones_refuse(
     }
     let state = Arc::clone(&app.state);
     wait_until("four connections are open", PATIENCE, || {
-        state.metrics.connections_open.get() == 4
+        state.metrics.connections.open_now() == 4
     })
     .await;
     app.post_authed(batch(&email_sends("room", 2)))
@@ -273,7 +269,7 @@ async fn at_the_cap_the_longest_idle_connection_makes_room_and_busy_ones_refuse(
     );
     drop(idle);
     wait_until("the idle connections are gone", PATIENCE, || {
-        state.metrics.connections_open.get() <= 1
+        state.metrics.connections.open_now() <= 1
     })
     .await;
 
@@ -302,7 +298,7 @@ async fn at_the_cap_the_longest_idle_connection_makes_room_and_busy_ones_refuse(
     assert!(state.is_saturated(), "/readyz would say saturated");
     drop(busy);
     wait_until("the busy connections are gone", PATIENCE, || {
-        state.metrics.connections_open.get() == 0
+        state.metrics.connections.open_now() == 0
     })
     .await;
     assert!(!state.is_saturated());
