@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DEFAULT_ROUTE, Settings, SettingsArgs};
+use crate::config::{Settings, SettingsArgs};
 use crate::ingest::IngestState;
 use crate::lanes::{LaneSet, dead_letter_orphans};
 use crate::metrics::Metrics;
@@ -76,9 +76,7 @@ impl App {
             queued_bytes = sqlite.totals().bytes,
         );
         let queue: Arc<dyn Queue> = Arc::new(sqlite);
-        let route_names: Vec<&str> = std::iter::once(DEFAULT_ROUTE)
-            .chain(settings.routes.iter().map(|r| r.name.as_str()))
-            .collect();
+        let route_names: Vec<&str> = settings.all_routes().map(|r| r.name).collect();
         let metrics = Metrics::with_routes(&route_names)?;
         metrics.queue.set_max_bytes(settings.max_queue_bytes);
         metrics.queue.set_dedup_capacity(settings.dedup_capacity);

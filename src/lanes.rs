@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DEFAULT_ROUTE, Settings};
+use crate::config::Settings;
 use crate::delivery::{
     BudgetShape, Delivery, DeliveryConfig, DryRun, LaneCarry, RouteMapping, Sender,
 };
@@ -65,28 +65,23 @@ pub fn plan(settings: &Settings) -> Vec<LanePlan> {
                 fallback: mapping,
             }),
         };
-    if let Some(app_id) = default_app_id(settings) {
+    for r in settings.all_routes() {
+        // The default route has a lane only with an app id (or in a dry run without routes).
+        let Some(app_id) = r
+            .heap_app_id
+            .map(|id| id.as_str())
+            .or_else(|| default_app_id(settings))
+        else {
+            continue;
+        };
         add(
-            DEFAULT_ROUTE,
+            r.name,
             app_id,
-            &settings.heap_base_url,
-            settings.heap_events_per_minute,
-            settings.heap_identity_events_per_minute,
-            RouteMapping {
-                mapping: (&settings.mapping).into(),
-                dead_letter_skipped: settings.dead_letter_skipped,
-            },
-        );
-    }
-    for r in &settings.routes {
-        add(
-            &r.name,
-            r.heap_app_id.as_str(),
-            &r.heap_base_url,
+            r.heap_base_url,
             r.heap_events_per_minute,
             r.heap_identity_events_per_minute,
             RouteMapping {
-                mapping: (&r.mapping).into(),
+                mapping: r.mapping.into(),
                 dead_letter_skipped: r.dead_letter_skipped,
             },
         );

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, DEFAULT_ROUTE, Settings, SettingsArgs};
+use crate::config::{ConfigError, Settings, SettingsArgs};
 use crate::ingest::{Auth, IngestState, Routing};
 use crate::lanes::{LaneChanges, LaneSet, dead_letter_orphans};
 use crate::routing::Router;
@@ -187,9 +187,7 @@ impl Controller {
             );
         }
         let metrics = &self.state.metrics;
-        for route in
-            std::iter::once(DEFAULT_ROUTE).chain(new.routes.iter().map(|r| r.name.as_str()))
-        {
+        for route in new.all_routes().map(|r| r.name) {
             metrics.init_route(route);
             metrics.init_ingest_route(route);
         }
