@@ -44,6 +44,7 @@ pub enum AppError {
     },
 }
 
+#[derive(Debug)]
 pub struct App {
     server: Server,
     state: Arc<IngestState>,

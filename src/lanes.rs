@@ -111,6 +111,7 @@ pub fn plan(settings: &Settings) -> Vec<LanePlan> {
 }
 
 /// A lane built and not yet started, running, or stopped.
+#[derive(Debug)]
 enum LaneState {
     Ready(Box<Delivery>),
     Stopped,
@@ -120,6 +121,7 @@ enum LaneState {
     },
 }
 
+#[derive(Debug)]
 struct Lane {
     plan: LanePlan,
     notify: Arc<Notify>,
@@ -136,6 +138,7 @@ pub struct LaneChanges {
 }
 
 /// The lanes of the running configuration, by Heap app id.
+#[derive(Debug)]
 pub struct LaneSet {
     lanes: Vec<Lane>,
     queue: Arc<dyn Queue>,

@@ -116,6 +116,7 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
 
 /// The task that owns the lanes while the server runs: starts them, reloads on `SIGHUP` or a
 /// [`ReloadHandle`] request, and gives them back when `stop` is cancelled.
+#[derive(Debug)]
 pub struct Controller {
     pub lanes: LaneSet,
     pub state: Arc<IngestState>,

@@ -13,7 +13,7 @@ use currents_heap::routing::Router;
 use super::load::load;
 
 #[derive(Subcommand)]
-pub enum DlqAction {
+pub(super) enum DlqAction {
     /// Print dead letters as JSON lines (oldest first) and a count per reason.
     List {
         #[command(flatten)]
@@ -41,7 +41,7 @@ pub enum DlqAction {
 }
 
 #[derive(clap::Args)]
-pub struct DlqSelect {
+pub(super) struct DlqSelect {
     #[command(flatten)]
     settings: SettingsArgs,
     /// Only dead letters of this reason (rejected, expired, anonymous, ...).
@@ -52,7 +52,7 @@ pub struct DlqSelect {
     ids: Vec<i64>,
 }
 
-pub fn run(action: DlqAction) -> ExitCode {
+pub(super) fn run(action: DlqAction) -> ExitCode {
     let select = match &action {
         DlqAction::List { select, .. }
         | DlqAction::Replay { select }

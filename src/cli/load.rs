@@ -5,12 +5,12 @@ use std::process::ExitCode;
 use currents_heap::config::{ConfigError, Settings, SettingsArgs};
 
 /// The settings, or exit code 2 with the reason on stderr.
-pub fn load(args: &SettingsArgs) -> Result<Settings, ExitCode> {
+pub(super) fn load(args: &SettingsArgs) -> Result<Settings, ExitCode> {
     Settings::load(args).map_err(|e| config_failure(&e))
 }
 
 /// The settings `serve` (and `check-config`) needs, or exit code 2.
-pub fn load_for_serve(args: &SettingsArgs) -> Result<Settings, ExitCode> {
+pub(super) fn load_for_serve(args: &SettingsArgs) -> Result<Settings, ExitCode> {
     let settings = load(args)?;
     settings
         .validate_for_serve()

@@ -19,7 +19,7 @@ use currents_heap::config::SettingsArgs;
     version,
     about = "Forward Braze Currents to Heap, durably and at Heap's pace."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -41,7 +41,7 @@ enum Command {
 }
 
 impl Cli {
-    pub fn run(self) -> ExitCode {
+    pub(crate) fn run(self) -> ExitCode {
         match self.command {
             Command::Serve(args) => serve::serve(args),
             Command::CheckConfig(args) => serve::check_config(&args),

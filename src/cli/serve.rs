@@ -9,7 +9,7 @@ use currents_heap::{shutdown, telemetry};
 use super::load::load_for_serve;
 
 /// Validates the settings (the TLS files included) and prints them, secrets redacted.
-pub fn check_config(args: &SettingsArgs) -> ExitCode {
+pub(super) fn check_config(args: &SettingsArgs) -> ExitCode {
     let settings = match load_for_serve(args) {
         Ok(s) => s,
         Err(code) => return code,
@@ -25,7 +25,7 @@ pub fn check_config(args: &SettingsArgs) -> ExitCode {
 }
 
 /// Runs the forwarder until SIGTERM/SIGINT; SIGHUP reloads the configuration from `args`.
-pub fn serve(args: SettingsArgs) -> ExitCode {
+pub(super) fn serve(args: SettingsArgs) -> ExitCode {
     let settings = match load_for_serve(&args) {
         Ok(s) => s,
         Err(code) => return code,

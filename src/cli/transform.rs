@@ -12,7 +12,7 @@ use currents_heap::transform::{self, MappingOptions, TransformOutput};
 use super::load::load;
 
 #[derive(clap::Args)]
-pub struct TransformArgs {
+pub(super) struct TransformArgs {
     /// The payload file; `-` reads standard input. At most --max-body-bytes (8 MiB), as in
     /// serve.
     file: PathBuf,
@@ -23,7 +23,7 @@ pub struct TransformArgs {
     settings: SettingsArgs,
 }
 
-pub fn run(args: &TransformArgs) -> ExitCode {
+pub(super) fn run(args: &TransformArgs) -> ExitCode {
     let settings = match load(&args.settings) {
         Ok(s) => s,
         Err(code) => return code,

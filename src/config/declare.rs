@@ -279,9 +279,9 @@ macro_rules! settings {
 
         /// One constant a setting, named as its TOML key: for errors about that setting.
         #[allow(non_upper_case_globals)]
-        pub mod setting {
+        pub(crate) mod setting {
             use super::Decl;
-            $( pub const $key: Decl =
+            $( pub(crate) const $key: Decl =
                 Decl { key: stringify!($key), env: $env, default: opt!($($def)?) }; )*
         }
 

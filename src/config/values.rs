@@ -121,7 +121,7 @@ impl Decl {
 
 /// A value as given, before parsing.
 #[derive(Debug, Clone)]
-pub enum Raw {
+pub(super) enum Raw {
     Text(String),
     List(Vec<String>),
     Path(PathBuf),

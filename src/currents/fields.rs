@@ -108,7 +108,7 @@ pub fn object_entries(text: &str) -> Result<Vec<(Cow<'_, str>, &RawValue)>, serd
 
 /// [`object_entries`] without collecting them: `f` sees each key and unparsed value in order
 /// (the accept path reads every event this way, so it allocates nothing per event).
-pub fn visit_entries<'a>(
+pub(super) fn visit_entries<'a>(
     text: &'a str,
     f: impl FnMut(Cow<'a, str>, &'a RawValue),
 ) -> Result<(), serde_json::Error> {

@@ -62,6 +62,7 @@ impl Item {
 }
 
 /// The delivery loop of one lane (one Heap app id).
+#[derive(Debug)]
 pub struct Delivery {
     pub(super) cfg: DeliveryConfig,
     pub(super) budgets: Budgets,

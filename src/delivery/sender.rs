@@ -14,7 +14,7 @@ pub type SendFuture<'a> =
     Pin<Box<dyn Future<Output = Result<HeapResponse, HeapError>> + Send + 'a>>;
 
 /// Sends one Heap request: `path` is the endpoint, `body` the JSON body.
-pub trait Sender: Send + Sync {
+pub trait Sender: Send + Sync + std::fmt::Debug {
     fn post(&self, path: &'static str, body: Bytes) -> SendFuture<'_>;
 }
 

@@ -32,7 +32,7 @@ enum Answer {
 
 /// Answers from a script (then 200), or 400 to any body carrying the poisoned key; records
 /// every request.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct ScriptedHeap {
     script: Mutex<VecDeque<Answer>>,
     poison: Mutex<Option<String>>,

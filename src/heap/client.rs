@@ -40,7 +40,7 @@ impl HeapError {
 /// Bytes of a response body kept (Heap's error bodies are short; a proxy's HTML page is not).
 const MAX_BODY: usize = 4096;
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct HeapClient {
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     base_url: String,

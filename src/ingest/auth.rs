@@ -11,6 +11,7 @@ use subtle::{Choice, ConstantTimeEq};
 
 use crate::config::Secret;
 
+#[derive(Debug)]
 pub struct Auth {
     /// Accepted without a routing hint: the global tokens and every route's own tokens.
     digests: Vec<[u8; 32]>,

@@ -21,7 +21,10 @@ pub struct Accepted {
     pub duplicates: usize,
 }
 
-pub async fn accept(req: Request<Incoming>, state: &IngestState) -> Result<Accepted, IngestError> {
+pub(super) async fn accept(
+    req: Request<Incoming>,
+    state: &IngestState,
+) -> Result<Accepted, IngestError> {
     if state.is_draining() {
         return Err(IngestError::Draining);
     }

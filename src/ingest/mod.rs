@@ -50,6 +50,7 @@ impl InFlight {
     }
 }
 
+#[derive(Debug)]
 pub struct InFlightGuard<'a>(&'a InFlight);
 
 impl Drop for InFlightGuard<'_> {
@@ -60,6 +61,7 @@ impl Drop for InFlightGuard<'_> {
 
 /// What a configuration reload may change on the ingest side: who may post, where events go,
 /// whom to wake. A request takes one snapshot when it starts and uses it to the end.
+#[derive(Debug)]
 pub struct Routing {
     pub auth: Auth,
     /// Which route (and Heap app id) each event takes.
@@ -72,6 +74,7 @@ pub struct Routing {
 }
 
 /// Everything a request needs, shared by all connections.
+#[derive(Debug)]
 pub struct IngestState {
     routing: RwLock<Arc<Routing>>,
     pub max_body_bytes: u64,

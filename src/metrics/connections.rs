@@ -7,7 +7,7 @@ use super::{CONNECTION_CLOSE_REASONS, counter_vec, gauge, gauge_value, zeroed};
 /// The log target of the connection events logged here (where they were logged before).
 const TARGET: &str = "currents_heap::server";
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ConnectionMetrics {
     open: IntGauge,
     max: IntGauge,

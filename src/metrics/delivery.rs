@@ -24,7 +24,7 @@ const BUDGETS: [&str; 2] = ["app", "identity"];
 /// The log target of the delivery events logged here (where they were logged before).
 const TARGET: &str = "currents_heap::delivery::scheduler";
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct DeliveryMetrics {
     delivered: IntCounterVec,
     skipped: IntCounterVec,
@@ -140,7 +140,7 @@ pub struct Retried<'a> {
 }
 
 /// The metrics of one delivery lane.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct LaneMetrics {
     route: String,
     delivered: IntCounter,

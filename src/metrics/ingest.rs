@@ -14,7 +14,7 @@ const DURATION_BUCKETS: &[f64] = &[
 /// The log target of the ingest events logged here (where they were logged before).
 const TARGET: &str = "currents_heap::ingest::handler";
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct IngestMetrics {
     requests: IntCounterVec,
     duration: HistogramVec,

@@ -38,7 +38,7 @@ pub use queue::QueueMetrics;
 pub use reloads::ReloadMetrics;
 
 /// All collectors, registered in one private registry (tests run several apps per process).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
     pub ingest: IngestMetrics,

@@ -5,7 +5,7 @@ use prometheus::{Error, Gauge, IntGauge, IntGaugeVec, Registry};
 
 use super::{DEAD_LETTER_REASONS, float_gauge, gauge, gauge_value};
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct QueueMetrics {
     events: IntGauge,
     bytes: IntGauge,

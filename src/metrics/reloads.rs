@@ -13,7 +13,7 @@ use crate::lanes::LaneChanges;
 const CONFIG_TARGET: &str = "currents_heap::reload";
 const TLS_TARGET: &str = "currents_heap::server::tls";
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ReloadMetrics {
     config: IntCounterVec,
     tls: IntCounterVec,

@@ -94,7 +94,7 @@ impl ConnState {
 
 /// Marks a request finished (and the connection idle from now) when dropped.
 #[derive(Debug)]
-pub struct RequestGuard(Arc<ConnState>);
+pub(super) struct RequestGuard(Arc<ConnState>);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
@@ -106,6 +106,7 @@ impl Drop for RequestGuard {
 }
 
 /// Whether a new connection was admitted.
+#[derive(Debug)]
 pub enum Admission {
     Admitted(ConnGuard),
     /// At the cap: the longest-idle connection is being closed; try again once it is gone
@@ -119,6 +120,7 @@ pub enum Admission {
 }
 
 /// The registry of open connections.
+#[derive(Debug)]
 pub struct Connections {
     epoch: Instant,
     max: usize,
@@ -198,6 +200,7 @@ impl Connections {
 }
 
 /// One admitted connection; leaves the registry when dropped.
+#[derive(Debug)]
 pub struct ConnGuard {
     id: u64,
     conn: Arc<ConnState>,

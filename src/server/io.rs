@@ -14,13 +14,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::connections::ConnState;
 
-pub struct TrackedIo<S> {
+pub(super) struct TrackedIo<S> {
     inner: S,
     conn: Arc<ConnState>,
 }
 
 impl<S> TrackedIo<S> {
-    pub fn new(inner: S, conn: Arc<ConnState>) -> Self {
+    pub(super) fn new(inner: S, conn: Arc<ConnState>) -> Self {
         Self { inner, conn }
     }
 }

@@ -100,6 +100,16 @@ pub struct Server {
     stop: CancellationToken,
 }
 
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("listener", &self.listener)
+            .field("tls", &self.tls.is_some())
+            .field("edge", &self.edge)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Server {
     /// Serves `listener` with `edge`'s limits; the connection cap is lowered (with a warning)
     /// when the descriptor limit cannot hold it. With TLS configured, the certificate is

@@ -10,6 +10,7 @@ use super::read::{DropReason, MAX_DEPTH};
 use super::user_properties::{PROFILE_FIELDS, user_properties_summary};
 
 /// A generated section: `<!-- generated:NAME -->` ... `<!-- /generated:NAME -->`.
+#[derive(Debug)]
 pub struct Section {
     pub name: &'static str,
     pub body: String,

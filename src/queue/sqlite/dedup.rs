@@ -59,7 +59,7 @@ pub(crate) struct Undo(Vec<(u32, Option<u32>)>);
 
 impl DedupIndex {
     /// Rebuilds the map from the log rows still inside the window (at most `capacity`).
-    pub fn load(conn: &Connection, cutoff: i64, capacity: usize) -> rusqlite::Result<Self> {
+    pub(crate) fn load(conn: &Connection, cutoff: i64, capacity: usize) -> rusqlite::Result<Self> {
         let mut index = DedupIndex {
             map: HashMap::default(),
             hasher: RandomState::new(),
@@ -98,7 +98,7 @@ impl DedupIndex {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.map.len()
     }
 
@@ -107,7 +107,7 @@ impl DedupIndex {
     }
 
     /// True if `id` was accepted at or after `cutoff` (nothing is recorded).
-    pub fn is_duplicate(
+    pub(crate) fn is_duplicate(
         &self,
         tx: &Transaction<'_>,
         id: &str,
@@ -137,7 +137,7 @@ impl DedupIndex {
 
     /// True if `id` is new (and is now recorded in the open transaction); false if it was
     /// accepted at or after `cutoff`.
-    pub fn check_and_record(
+    pub(crate) fn check_and_record(
         &mut self,
         tx: &Transaction<'_>,
         id: &str,
@@ -162,7 +162,7 @@ impl DedupIndex {
     }
 
     /// Reverts the map changes of a transaction that rolled back.
-    pub fn rollback(&mut self, undo: Undo) {
+    pub(crate) fn rollback(&mut self, undo: Undo) {
         for (fp, previous) in undo.0.into_iter().rev() {
             self.next_seq -= 1;
             match previous {
@@ -174,7 +174,7 @@ impl DedupIndex {
 
     /// Forgets ids older than `cutoff`, then the oldest ids beyond `capacity`, one chunk at a
     /// time. Returns true when there may be more to prune.
-    pub fn prune(&mut self, conn: &mut Connection, cutoff: i64) -> rusqlite::Result<bool> {
+    pub(crate) fn prune(&mut self, conn: &mut Connection, cutoff: i64) -> rusqlite::Result<bool> {
         let live_rows = self.next_seq - self.oldest_seq;
         let over_capacity = (live_rows - self.capacity as i64).max(0);
         let tx = conn.transaction()?;
