@@ -12,8 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use currents_heap::currents::parse_batch;
-use currents_heap::loadgen::{Template, build_batch, load_templates};
 use currents_heap::queue::{NewEvent, Store, Writer, WriterConfig};
+use currents_heap_testkit::loadgen::{Template, build_batch, load_templates};
 
 const BATCH: usize = 100;
 

@@ -14,11 +14,13 @@
 //! | [`transform`] | the pure, documented mapping of one Currents event to Heap items (`docs/MAPPING.md`) |
 //! | [`heap`] | Heap's server-side API: request shapes and limits ([`heap::model`]), HTTPS client, retry classification |
 //! | [`queue`] | the crash-safe SQLite store: queue, dedup window, dead letters, group commit |
-//! | [`loadgen`] | realistic batches for the load generator and benchmarks |
 //! | [`metrics`] | the metric catalogue and registry |
 //! | [`shutdown`] | SIGTERM/SIGINT |
-//! | [`standin`] | a local Heap stand-in HTTP server for tests and the load harness (not Heap) |
 //! | [`telemetry`] | JSON logs via `tracing-subscriber` |
+//!
+//! Test-only tooling (the Heap stand-in, the load generator, the forwarder as a child process)
+//! lives in the workspace's dev-only crate `currents-heap-testkit` (`testkit/`), which the
+//! product never depends on.
 //!
 //! Dependency direction: `ingest` → `currents`, `queue`, `metrics`; `currents` and `queue` know
 //! nothing of HTTP; `app` wires them together.
@@ -32,13 +34,11 @@ pub mod dlq;
 pub mod heap;
 pub mod ingest;
 pub mod lanes;
-pub mod loadgen;
 pub mod metrics;
 pub mod queue;
 pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod shutdown;
-pub mod standin;
 pub mod telemetry;
 pub mod transform;

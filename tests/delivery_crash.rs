@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use currents_heap::loadgen::ServerProcess;
-use currents_heap::standin::{Fault, HeapStandIn, StandInConfig};
+use currents_heap_testkit::process::ServerProcess;
+use currents_heap_testkit::standin::{Fault, HeapStandIn, StandInConfig};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;

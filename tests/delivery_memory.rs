@@ -13,8 +13,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use currents_heap::loadgen::ServerProcess;
-use currents_heap::standin::{HeapStandIn, StandInConfig};
+use currents_heap_testkit::process::ServerProcess;
+use currents_heap_testkit::standin::{HeapStandIn, StandInConfig};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use currents_heap::loadgen::ServerProcess;
+use currents_heap_testkit::process::ServerProcess;
 
 mod common;
 use serde_json::json;

@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use currents_heap::config::SettingsArgs;
 use currents_heap::queue::{NewEvent, Store, Writer, WriterConfig};
-use currents_heap::standin::{HeapStandIn, Report, StandInConfig, max_in_window};
+use currents_heap_testkit::standin::{HeapStandIn, Report, StandInConfig, max_in_window};
 
 #[allow(dead_code)]
 #[path = "delivery/helpers.rs"]

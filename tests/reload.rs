@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use currents_heap::app::App;
 use currents_heap::config::{Settings, SettingsArgs};
-use currents_heap::loadgen::ServerProcess;
+use currents_heap_testkit::process::ServerProcess;
 
 mod common;
-use currents_heap::standin::{HeapStandIn, StandInConfig};
+use currents_heap_testkit::standin::{HeapStandIn, StandInConfig};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -9,7 +9,7 @@ use currents_heap::config::{FileConfig, Settings, SettingsArgs};
 use currents_heap::dlq;
 use currents_heap::queue::Store;
 use currents_heap::routing::Router;
-use currents_heap::standin::{HeapStandIn, StandInConfig};
+use currents_heap_testkit::standin::{HeapStandIn, StandInConfig};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use currents_heap::loadgen::ServerProcess;
+use currents_heap_testkit::process::ServerProcess;
 
 mod common;
 use http::{Request, StatusCode};

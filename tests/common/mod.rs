@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use currents_heap::loadgen::ServerProcess;
+use currents_heap_testkit::process::ServerProcess;
 
 /// Token `tok`, Heap app 1 at a port where nothing listens, retried only after an hour: the
 /// queue only grows, and nothing leaves the machine.

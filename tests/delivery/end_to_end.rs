@@ -283,7 +283,7 @@ async fn excluded_event_types_are_skipped_and_counted() {
 async fn no_request_carries_more_than_heap_batch_size_or_heaps_1000_items() {
     // A budget large enough that only the bulk limit bounds a request.
     let h = Harness::start(
-        currents_heap::standin::StandInConfig {
+        currents_heap_testkit::standin::StandInConfig {
             events_per_window: 1_000_000,
             ..heap_budgets()
         },

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use currents_heap::app::App;
 use currents_heap::config::{FileConfig, Settings, SettingsArgs};
 use currents_heap::queue::{DeadLetter, Store};
-use currents_heap::standin::{HeapStandIn, Report, StandInConfig};
+use currents_heap_testkit::standin::{HeapStandIn, Report, StandInConfig};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use currents_heap::config::SettingsArgs;
-use currents_heap::standin::Fault;
+use currents_heap_testkit::standin::Fault;
 
 use crate::helpers::*;
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use currents_heap::config::SettingsArgs;
-use currents_heap::standin::{Fault, Mode};
+use currents_heap_testkit::standin::{Fault, Mode};
 
 use crate::helpers::*;
 

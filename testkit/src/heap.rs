@@ -1,0 +1,376 @@
+//! The stand-in's own reading of Heap's ingestion contract: item types and their checks,
+//! written from `heap-api.md` (the project's Heap API note) and **independent of the product's
+//! validators** (`currents_heap::heap::model`). Both encode the same documentation; because they
+//! are written separately, a rule the product's validator gets wrong is still refused here, and
+//! the delivery tests that run against the stand-in catch it.
+//!
+//! Everything works on the JSON value Heap would receive, not on the product's types: an item is
+//! checked field by field (kinds, lengths, ranges) and only then turned into a [`TrackItem`] or a
+//! [`UserPropertiesItem`] for the report.
+//!
+//! | rule | `heap-api.md` |
+//! |---|---|
+//! | at most 1000 items per bulk request, and at least one | §(a) rows 2 and 4, §(c) |
+//! | `event`: a string of 1 to 1024 characters | §(b) 1 "Limited to 1024 characters", §(c) (clients reject empty names) |
+//! | `identity`: a string of 1 to 255 characters | §(b) 1, §(c) "limited to 255 characters" |
+//! | `user_id`: digits only, at most 2^53 − 1 | §(b) 1, §(c), §(d) 1 |
+//! | identity and user_id: one of them, not both (track); identity required (user properties) | §(b) 1 "Use either identity or user_id, but not both", §(b) 3 |
+//! | property key: non-empty, fewer than 1024 characters, not `id` in any casing | §(b) 1 and 3, §(c), §(d) 1 |
+//! | user property key: also not `user_id`; Heap's Email property is only the lowercase `email` | §(b) 3 |
+//! | property value: a string of fewer than 1024 characters, or a number | §(b) 1, §(c) |
+//! | `timestamp`: ISO 8601 date-time with `Z` or a `±HH:MM` offset | §(b) 1 |
+//!
+//! "Characters" are Unicode scalar values, as Heap's official clients count them (§(e)).
+//! `heap-api.md` states no maximum number of properties per event or user, no request size
+//! limit and no idempotency-key format (§(c)), so the stand-in enforces none of these.
+//!
+//! Stricter than Heap, on purpose (see the module docs of [`crate::standin`]): `timestamp` and
+//! `idempotency_key` are required on track items, arrays, booleans, nulls and nested objects
+//! are refused as property values, unknown fields are refused, and placeholder identities
+//! ([`is_placeholder_identity`]) are refused.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Map, Number, Value};
+
+/// Path of the (bulk) track endpoint (§(a) rows 1–2).
+pub const TRACK_PATH: &str = "/api/track";
+/// Path of the (bulk) add-user-properties endpoint (§(a) rows 3–4).
+pub const USER_PROPERTIES_PATH: &str = "/api/add_user_properties";
+/// Items per bulk request (§(c): 1000 events per bulk track, 1000 users per bulk
+/// add-user-properties).
+pub const MAX_BULK_ITEMS: usize = 1000;
+/// Longest event name (§(b) 1: "Limited to 1024 characters").
+pub const EVENT_MAX_CHARS: usize = 1024;
+/// Longest identity (§(b) 1: "limited to 255 characters").
+pub const IDENTITY_MAX_CHARS: usize = 255;
+/// Property keys and string values have *fewer than* this many characters (§(b) 1).
+pub const PROPERTY_CHARS_BELOW: usize = 1024;
+/// The largest `user_id`: 2^53 − 1 (§(b) 1).
+pub const USER_ID_MAX: u64 = (1 << 53) - 1;
+
+/// A property value as Heap received it: a string or a number.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum PropertyValue {
+    Str(String),
+    Num(Number),
+}
+
+/// Properties of an accepted item, by key.
+pub type Properties = BTreeMap<String, PropertyValue>;
+
+/// One accepted item of a bulk track request. Serializes back to the fields it was sent with
+/// (in this order), so a test can measure the body a batch was sent in.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrackItem {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    pub event: String,
+    pub timestamp: String,
+    pub idempotency_key: String,
+    pub properties: Properties,
+}
+
+impl TrackItem {
+    /// The per-identity budget key (§(c): 1000 events/min per identity): the identity, else the
+    /// `user_id`.
+    pub fn budget_key(&self) -> &str {
+        self.identity
+            .as_deref()
+            .or(self.user_id.as_deref())
+            .unwrap_or_default()
+    }
+}
+
+/// One accepted item of a bulk add-user-properties request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UserPropertiesItem {
+    pub identity: String,
+    pub properties: Properties,
+}
+
+/// The JSON body `{"app_id": ..., "events": [...]}` of a bulk track request, as sent.
+pub fn bulk_track_body(app_id: &str, events: &[TrackItem]) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        app_id: &'a str,
+        events: &'a [TrackItem],
+    }
+    serde_json::to_vec(&Body { app_id, events }).expect("serializable")
+}
+
+/// The JSON body `{"app_id": ..., "users": [...]}` of a bulk add-user-properties request.
+pub fn bulk_user_properties_body(app_id: &str, users: &[UserPropertiesItem]) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        app_id: &'a str,
+        users: &'a [UserPropertiesItem],
+    }
+    serde_json::to_vec(&Body { app_id, users }).expect("serializable")
+}
+
+/// A "no value" identity: blank, or `null` / `undefined` / `none` in any letter case around
+/// optional whitespace. Heap would take it and merge every such user into one profile, which
+/// cannot be undone (`heap-api.md`, "Identity vs user_id"); the stand-in refuses it.
+pub fn is_placeholder_identity(identity: &str) -> bool {
+    let lower = identity.trim().to_ascii_lowercase();
+    matches!(lower.as_str(), "" | "null" | "undefined" | "none")
+}
+
+const TRACK_FIELDS: [&str; 6] = [
+    "identity",
+    "user_id",
+    "event",
+    "timestamp",
+    "idempotency_key",
+    "properties",
+];
+const USER_FIELDS: [&str; 2] = ["identity", "properties"];
+
+/// Checks one item of a bulk track body and returns it; `Err` says which rule it breaks.
+pub fn check_track_item(item: &Value) -> Result<TrackItem, String> {
+    let fields = object_with_only(item, &TRACK_FIELDS)?;
+    let identity = optional_string(fields, "identity")?;
+    let user_id = optional_string(fields, "user_id")?;
+    match (&identity, &user_id) {
+        (Some(_), Some(_)) => {
+            return Err("both `identity` and `user_id`: Heap takes one or the other".into());
+        }
+        (None, None) => return Err("no `identity` and no `user_id`".into()),
+        (Some(identity), None) => check_identity(identity)?,
+        (None, Some(user_id)) => check_user_id(user_id)?,
+    }
+    let event = required_string(fields, "event")?;
+    let event_chars = event.chars().count();
+    if !(1..=EVENT_MAX_CHARS).contains(&event_chars) {
+        return Err(format!(
+            "`event` is {event_chars} characters long; Heap takes 1 to {EVENT_MAX_CHARS}"
+        ));
+    }
+    let timestamp = required_string(fields, "timestamp")?;
+    if !is_iso8601_date_time(&timestamp) {
+        return Err(format!(
+            "`timestamp` {timestamp:?} is not an ISO 8601 date-time with an offset"
+        ));
+    }
+    let idempotency_key = required_string(fields, "idempotency_key")?;
+    if idempotency_key.is_empty() {
+        return Err("`idempotency_key` is empty".into());
+    }
+    let properties = check_properties(fields, false)?;
+    Ok(TrackItem {
+        identity,
+        user_id,
+        event,
+        timestamp,
+        idempotency_key,
+        properties,
+    })
+}
+
+/// Checks one item of a bulk add-user-properties body and returns it.
+pub fn check_user_properties_item(item: &Value) -> Result<UserPropertiesItem, String> {
+    let fields = object_with_only(item, &USER_FIELDS)?;
+    let identity =
+        optional_string(fields, "identity")?.ok_or("no `identity`: user properties need one")?;
+    check_identity(&identity)?;
+    let properties = check_properties(fields, true)?;
+    Ok(UserPropertiesItem {
+        identity,
+        properties,
+    })
+}
+
+fn object_with_only<'a>(
+    item: &'a Value,
+    allowed: &[&str],
+) -> Result<&'a Map<String, Value>, String> {
+    let Value::Object(fields) = item else {
+        return Err("item is not a JSON object".into());
+    };
+    match fields.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(unknown) => Err(format!("unknown field `{unknown}`")),
+        None => Ok(fields),
+    }
+}
+
+fn optional_string(fields: &Map<String, Value>, name: &str) -> Result<Option<String>, String> {
+    match fields.get(name) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(format!("`{name}` must be a string, got {}", kind(other))),
+    }
+}
+
+fn required_string(fields: &Map<String, Value>, name: &str) -> Result<String, String> {
+    optional_string(fields, name)?.ok_or_else(|| format!("`{name}` is missing"))
+}
+
+fn check_identity(identity: &str) -> Result<(), String> {
+    let chars = identity.chars().count();
+    if !(1..=IDENTITY_MAX_CHARS).contains(&chars) {
+        return Err(format!(
+            "`identity` is {chars} characters long; Heap takes 1 to {IDENTITY_MAX_CHARS}"
+        ));
+    }
+    if is_placeholder_identity(identity) {
+        return Err(format!(
+            "placeholder identity {identity:?}: Heap would merge all such users irreversibly"
+        ));
+    }
+    Ok(())
+}
+
+fn check_user_id(user_id: &str) -> Result<(), String> {
+    let in_range = !user_id.is_empty()
+        && user_id.bytes().all(|b| b.is_ascii_digit())
+        && user_id
+            .trim_start_matches('0')
+            .parse::<u128>()
+            .map_or(user_id.trim_start_matches('0').is_empty(), |n| {
+                n <= u128::from(USER_ID_MAX)
+            });
+    if in_range {
+        Ok(())
+    } else {
+        Err(format!(
+            "`user_id` {user_id:?} is not the decimal form of an integer from 0 to 2^53 - 1"
+        ))
+    }
+}
+
+fn check_properties(fields: &Map<String, Value>, user: bool) -> Result<Properties, String> {
+    let properties = match fields.get("properties") {
+        None => return Ok(Properties::new()),
+        Some(Value::Object(properties)) => properties,
+        Some(other) => {
+            return Err(format!(
+                "`properties` must be an object, got {}",
+                kind(other)
+            ));
+        }
+    };
+    let mut out = Properties::new();
+    for (key, value) in properties {
+        let shown: String = key.chars().take(64).collect();
+        let key_chars = key.chars().count();
+        if key_chars == 0 || key_chars >= PROPERTY_CHARS_BELOW {
+            return Err(format!(
+                "property key {shown:?} is {key_chars} characters long; Heap takes 1 to {}",
+                PROPERTY_CHARS_BELOW - 1
+            ));
+        }
+        if key.eq_ignore_ascii_case("id") {
+            return Err(format!(
+                "property key {key:?} clashes with Heap's internal `id`"
+            ));
+        }
+        if user && key == "user_id" {
+            return Err("user property key \"user_id\" is reserved by Heap".into());
+        }
+        if user && key != "email" && key.eq_ignore_ascii_case("email") {
+            return Err(format!(
+                "user property key {key:?}: Heap's Email property is written as lowercase `email`"
+            ));
+        }
+        let value = match value {
+            Value::String(s) => {
+                let chars = s.chars().count();
+                if chars >= PROPERTY_CHARS_BELOW {
+                    return Err(format!(
+                        "property {shown:?} has a value of {chars} characters; Heap takes fewer than {PROPERTY_CHARS_BELOW}"
+                    ));
+                }
+                PropertyValue::Str(s.clone())
+            }
+            Value::Number(n) => PropertyValue::Num(n.clone()),
+            other => {
+                return Err(format!(
+                    "property {shown:?} is {}; Heap takes strings and numbers",
+                    kind(other)
+                ));
+            }
+        };
+        out.insert(key.clone(), value);
+    }
+    Ok(out)
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array (Heap joins arrays with `||`; the forwarder never sends them)",
+        Value::Object(_) => "a nested object",
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, with a real calendar date (leap years
+/// included) and a real time of day (no leap second).
+pub fn is_iso8601_date_time(ts: &str) -> bool {
+    let Some((date, time)) = ts.split_once('T') else {
+        return false;
+    };
+    let number = |s: &str, len: usize| -> Option<u32> {
+        (s.len() == len && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let mut date_parts = date.split('-');
+    let (Some(y), Some(m), Some(d), None) = (
+        date_parts.next().and_then(|s| number(s, 4)),
+        date_parts.next().and_then(|s| number(s, 2)),
+        date_parts.next().and_then(|s| number(s, 2)),
+        date_parts.next(),
+    ) else {
+        return false;
+    };
+    let february = if y % 400 == 0 || (y % 4 == 0 && y % 100 != 0) {
+        29
+    } else {
+        28
+    };
+    let month_days = [31, february, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if !(1..=12).contains(&m) || d == 0 || d > month_days[m as usize - 1] {
+        return false;
+    }
+    let (clock, offset) = if let Some(clock) = time.strip_suffix('Z') {
+        (clock, None)
+    } else if let Some(at) = time.rfind(['+', '-']) {
+        (&time[..at], Some(&time[at + 1..]))
+    } else {
+        return false;
+    };
+    if let Some(offset) = offset {
+        let Some((oh, om)) = offset.split_once(':') else {
+            return false;
+        };
+        match (number(oh, 2), number(om, 2)) {
+            (Some(oh), Some(om)) if oh < 24 && om < 60 => {}
+            _ => return false,
+        }
+    }
+    let (hms, fraction) = match clock.split_once('.') {
+        Some((hms, fraction)) => (hms, Some(fraction)),
+        None => (clock, None),
+    };
+    if fraction.is_some_and(|f| f.is_empty() || !f.bytes().all(|b| b.is_ascii_digit())) {
+        return false;
+    }
+    let mut clock_parts = hms.split(':');
+    matches!(
+        (
+            clock_parts.next().and_then(|s| number(s, 2)),
+            clock_parts.next().and_then(|s| number(s, 2)),
+            clock_parts.next().and_then(|s| number(s, 2)),
+            clock_parts.next(),
+        ),
+        (Some(h), Some(min), Some(s), None) if h < 24 && min < 60 && s < 60
+    )
+}
