@@ -230,6 +230,13 @@ fn has_control(s: &str) -> bool {
 
 fn check_track(item: &TrackItem) -> Result<(), TestCaseError> {
     prop_assert_eq!(validate_track_item(item), Ok(()));
+    // The Heap stand-in's own rules (written separately from heap-api.md) agree.
+    let sent = serde_json::to_value(item).unwrap();
+    if let Err(e) = currents_heap_testkit::heap::check_track_item(&sent) {
+        return Err(TestCaseError::fail(format!(
+            "the stand-in refuses {sent}: {e}"
+        )));
+    }
     if let Some(identity) = &item.identity {
         prop_assert!(
             !is_placeholder_identity(identity),
@@ -242,6 +249,12 @@ fn check_track(item: &TrackItem) -> Result<(), TestCaseError> {
 
 fn check_users(item: &UserPropertiesItem) -> Result<(), TestCaseError> {
     prop_assert_eq!(validate_user_properties_item(item), Ok(()));
+    let sent = serde_json::to_value(item).unwrap();
+    if let Err(e) = currents_heap_testkit::heap::check_user_properties_item(&sent) {
+        return Err(TestCaseError::fail(format!(
+            "the stand-in refuses {sent}: {e}"
+        )));
+    }
     prop_assert!(!is_placeholder_identity(&item.identity));
     prop_assert!(!has_control(&item.identity));
     Ok(())

@@ -374,3 +374,320 @@ pub fn is_iso8601_date_time(ts: &str) -> bool {
         (Some(h), Some(min), Some(s), None) if h < 24 && min < 60 && s < 60
     )
 }
+
+/// One test per rule of `heap-api.md` the stand-in enforces: the largest value Heap takes
+/// passes, the next one is refused. These are the stand-in's own rules; a product validator
+/// that let through what is refused here would be caught by the delivery tests.
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// A track item within every limit.
+    fn track() -> Value {
+        json!({
+            "identity": "alice@example.com",
+            "event": "Email Sent",
+            "timestamp": "2017-03-10T22:21:56+00:00",
+            "idempotency_key": "f47ac10b-58cc-4372-a567-0e02b2c3d479",
+            "properties": {"subject": "Welcome", "variation": "A", "count": 3, "ratio": 0.5}
+        })
+    }
+
+    fn track_with(change: impl FnOnce(&mut Map<String, Value>)) -> Result<TrackItem, String> {
+        let mut item = track();
+        change(item.as_object_mut().unwrap());
+        check_track_item(&item)
+    }
+
+    fn track_property(key: &str, value: Value) -> Result<TrackItem, String> {
+        track_with(|i| {
+            i.insert("properties".into(), json!({ key: value }));
+        })
+    }
+
+    fn user_property(key: &str, value: Value) -> Result<UserPropertiesItem, String> {
+        check_user_properties_item(&json!({"identity": "bob", "properties": { key: value }}))
+    }
+
+    fn refused<T: std::fmt::Debug>(result: Result<T, String>, mentions: &str) {
+        match result {
+            Ok(item) => panic!("accepted {item:?}; should be refused for {mentions:?}"),
+            Err(e) => assert!(e.contains(mentions), "{e:?} should mention {mentions:?}"),
+        }
+    }
+
+    #[test]
+    fn the_documented_examples_pass() {
+        let item = check_track_item(&track()).unwrap();
+        assert_eq!(item.identity.as_deref(), Some("alice@example.com"));
+        assert_eq!(item.budget_key(), "alice@example.com");
+        assert_eq!(item.properties.len(), 4);
+        // §(b) 3 and 4.
+        let user = check_user_properties_item(&json!({"identity": "bob@example.com",
+            "properties": {"age": "25", "language": "English", "email": "bob2@example2.com"}}))
+        .unwrap();
+        assert_eq!(user.identity, "bob@example.com");
+        // Properties are optional.
+        assert!(track_with(|i| drop(i.remove("properties"))).is_ok());
+        assert!(check_user_properties_item(&json!({"identity": "bob"})).is_ok());
+    }
+
+    #[test]
+    fn event_names_have_1_to_1024_characters() {
+        // Characters, not bytes: 1024 three-byte characters pass.
+        assert!(track_with(|i| drop(i.insert("event".into(), json!("€".repeat(1024))))).is_ok());
+        refused(
+            track_with(|i| drop(i.insert("event".into(), json!("e".repeat(1025))))),
+            "`event` is 1025 characters",
+        );
+        refused(
+            track_with(|i| drop(i.insert("event".into(), json!("")))),
+            "`event` is 0 characters",
+        );
+        refused(
+            track_with(|i| drop(i.remove("event"))),
+            "`event` is missing",
+        );
+        refused(
+            track_with(|i| drop(i.insert("event".into(), json!(7)))),
+            "`event` must be a string",
+        );
+    }
+
+    #[test]
+    fn identities_have_1_to_255_characters_and_are_not_placeholders() {
+        let with_identity =
+            |identity: &str| track_with(|i| drop(i.insert("identity".into(), json!(identity))));
+        assert!(with_identity(&"ü".repeat(255)).is_ok());
+        refused(
+            with_identity(&"ü".repeat(256)),
+            "`identity` is 256 characters",
+        );
+        refused(with_identity(""), "`identity` is 0 characters");
+        for placeholder in ["null", "NULL", " undefined ", "None", "  "] {
+            refused(with_identity(placeholder), "placeholder identity");
+        }
+        for fine in ["0", "nullable", "none-of-the-above", "Alice"] {
+            assert!(with_identity(fine).is_ok(), "{fine:?}");
+        }
+        refused(
+            check_user_properties_item(&json!({"identity": "x".repeat(256)})),
+            "`identity` is 256 characters",
+        );
+        refused(
+            check_user_properties_item(&json!({"identity": "null"})),
+            "placeholder identity",
+        );
+    }
+
+    #[test]
+    fn a_track_item_names_its_user_exactly_once() {
+        refused(
+            track_with(|i| drop(i.remove("identity"))),
+            "no `identity` and no `user_id`",
+        );
+        refused(
+            track_with(|i| drop(i.insert("user_id".into(), json!("42")))),
+            "both `identity` and `user_id`",
+        );
+        let anonymous = track_with(|i| {
+            i.remove("identity");
+            i.insert("user_id".into(), json!("42"));
+        })
+        .unwrap();
+        assert_eq!(anonymous.budget_key(), "42");
+        // User properties target an identity only (§(b) 3).
+        refused(
+            check_user_properties_item(&json!({"properties": {"plan": "pro"}})),
+            "no `identity`",
+        );
+        refused(
+            check_user_properties_item(&json!({"user_id": "42", "properties": {}})),
+            "unknown field `user_id`",
+        );
+    }
+
+    #[test]
+    fn user_ids_are_decimal_integers_up_to_2_pow_53_minus_1() {
+        let with_user_id = |user_id: Value| {
+            track_with(|i| {
+                i.remove("identity");
+                i.insert("user_id".into(), user_id);
+            })
+        };
+        for ok in ["0", "1", "9007199254740991"] {
+            assert!(with_user_id(json!(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "9007199254740992",
+            "",
+            "-1",
+            "+1",
+            "1.0",
+            " 1",
+            "1e3",
+            "abc",
+        ] {
+            refused(with_user_id(json!(bad)), "`user_id`");
+        }
+        refused(with_user_id(json!("9".repeat(60))), "`user_id`");
+        refused(with_user_id(json!(42)), "`user_id` must be a string");
+    }
+
+    #[test]
+    fn property_keys_have_1_to_1023_characters_and_are_not_id() {
+        assert!(track_property(&"k".repeat(1023), json!("v")).is_ok());
+        refused(
+            track_property(&"k".repeat(1024), json!("v")),
+            "is 1024 characters long",
+        );
+        refused(track_property("", json!("v")), "is 0 characters long");
+        for id in ["id", "ID", "Id", "iD"] {
+            refused(track_property(id, json!("v")), "internal `id`");
+            refused(user_property(id, json!("v")), "internal `id`");
+        }
+        assert!(track_property("identifier", json!("v")).is_ok());
+    }
+
+    #[test]
+    fn user_property_keys_also_avoid_user_id_and_miscased_email() {
+        assert!(user_property("email", json!("b@x")).is_ok());
+        refused(user_property("user_id", json!("1")), "reserved");
+        for email in ["Email", "EMAIL", "eMail"] {
+            refused(user_property(email, json!("b@x")), "lowercase `email`");
+        }
+        // Track events may carry these keys.
+        assert!(track_property("user_id", json!("1")).is_ok());
+        assert!(track_property("Email", json!("b@x")).is_ok());
+    }
+
+    #[test]
+    fn string_values_have_fewer_than_1024_characters() {
+        assert!(track_property("k", json!("é".repeat(1023))).is_ok());
+        refused(
+            track_property("k", json!("é".repeat(1024))),
+            "a value of 1024 characters",
+        );
+        assert!(user_property("k", json!("x".repeat(1023))).is_ok());
+        refused(
+            user_property("k", json!("x".repeat(1024))),
+            "a value of 1024 characters",
+        );
+    }
+
+    #[test]
+    fn values_are_strings_or_numbers() {
+        for number in [
+            json!(0),
+            json!(-3),
+            json!(1.5),
+            json!(9_007_199_254_740_993_u64),
+        ] {
+            assert!(track_property("n", number.clone()).is_ok(), "{number}");
+        }
+        for (value, kind) in [
+            (json!(true), "a boolean"),
+            (Value::Null, "null"),
+            (json!(["a", "b"]), "an array"),
+            (json!({"plan": "pro"}), "a nested object"),
+        ] {
+            refused(track_property("k", value.clone()), kind);
+            refused(user_property("k", value), kind);
+        }
+        refused(
+            track_with(|i| drop(i.insert("properties".into(), json!(["a"])))),
+            "`properties` must be an object",
+        );
+    }
+
+    /// `heap-api.md` §(c): "Max properties per event/user: not documented". The stand-in has
+    /// no such limit, so the forwarder must not be held to an invented one.
+    #[test]
+    fn no_property_count_limit_is_documented() {
+        let many: Map<String, Value> = (0..5000).map(|i| (format!("p{i}"), json!(i))).collect();
+        let item = track_with(|i| drop(i.insert("properties".into(), Value::Object(many))));
+        assert_eq!(item.unwrap().properties.len(), 5000);
+    }
+
+    #[test]
+    fn timestamps_are_iso8601_date_times_with_an_offset() {
+        for ok in [
+            "2017-03-10T22:21:56+00:00",
+            "2016-05-10T22:21:56+00:00",
+            "2026-11-28T10:00:00Z",
+            "2024-02-29T23:59:59Z",
+            "2000-02-29T00:00:00Z",
+            "2017-03-10T22:21:56.123-05:30",
+        ] {
+            assert!(is_iso8601_date_time(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "2026-11-28",
+            "2026-11-28T10:00:00",
+            "2026-11-28 10:00:00Z",
+            "2023-02-29T00:00:00Z",
+            "1900-02-29T00:00:00Z",
+            "2026-04-31T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-00-10T00:00:00Z",
+            "2026-11-28T24:00:00Z",
+            "2026-11-28T10:60:00Z",
+            "2026-11-28T10:00:60Z",
+            "2026-11-28T10:00:00.Z",
+            "2026-11-28T10:00:00+0100",
+            "2026-11-28T10:00:00+24:00",
+            "2026-11-28T10:00:00Zjunk",
+            "26-11-28T10:00:00Z",
+            "1780000000",
+        ] {
+            assert!(!is_iso8601_date_time(bad), "{bad}");
+        }
+        refused(
+            track_with(|i| drop(i.insert("timestamp".into(), json!("yesterday")))),
+            "`timestamp`",
+        );
+        refused(
+            track_with(|i| drop(i.remove("timestamp"))),
+            "`timestamp` is missing",
+        );
+    }
+
+    #[test]
+    fn idempotency_keys_are_required_strings() {
+        refused(
+            track_with(|i| drop(i.insert("idempotency_key".into(), json!("")))),
+            "`idempotency_key` is empty",
+        );
+        refused(
+            track_with(|i| drop(i.remove("idempotency_key"))),
+            "`idempotency_key` is missing",
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        refused(
+            track_with(|i| drop(i.insert("session_id".into(), json!("s")))),
+            "unknown field `session_id`",
+        );
+        refused(check_track_item(&json!("an item")), "not a JSON object");
+    }
+
+    #[test]
+    fn accepted_items_serialize_back_to_what_was_sent() {
+        let sent = track();
+        let item = check_track_item(&sent).unwrap();
+        assert_eq!(serde_json::to_value(&item).unwrap(), sent);
+        let body = bulk_track_body("11", std::slice::from_ref(&item));
+        let back: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(back, json!({"app_id": "11", "events": [sent]}));
+        let user = check_user_properties_item(&json!({"identity": "bob"})).unwrap();
+        assert_eq!(
+            bulk_user_properties_body("11", &[user]),
+            br#"{"app_id":"11","users":[{"identity":"bob","properties":{}}]}"#
+        );
+    }
+}

@@ -1428,6 +1428,45 @@ mod tests {
         );
     }
 
+    /// `heap-api.md` §(c): 1000 events per bulk track request, 1000 users per bulk
+    /// add-user-properties request; an empty bulk is refused too.
+    #[test]
+    fn bulk_requests_hold_1_to_1000_items() {
+        let track = |n: usize| {
+            parse_bulk_track(
+                track_body(APP, &items("alice", "k", n))
+                    .to_string()
+                    .as_bytes(),
+            )
+        };
+        assert_eq!(track(MAX_BULK_ITEMS).unwrap().1.len(), MAX_BULK_ITEMS);
+        assert!(
+            track(MAX_BULK_ITEMS + 1)
+                .unwrap_err()
+                .contains("1001 items")
+        );
+        assert!(track(0).unwrap_err().contains("0 items"));
+        let users = |n: usize| {
+            let users: Vec<Value> = (0..n)
+                .map(|i| serde_json::json!({"identity": format!("u{i}")}))
+                .collect();
+            let body = serde_json::json!({"app_id": APP, "users": users});
+            parse_bulk_user_properties(body.to_string().as_bytes())
+        };
+        assert_eq!(users(MAX_BULK_ITEMS).unwrap().1.len(), MAX_BULK_ITEMS);
+        assert!(
+            users(MAX_BULK_ITEMS + 1)
+                .unwrap_err()
+                .contains("1001 items")
+        );
+        assert!(users(0).unwrap_err().contains("0 items"));
+        // One bad item refuses the whole request, and the message says which.
+        let mut events = items("alice", "k", 3);
+        events[2].event = "e".repeat(1025);
+        let err = parse_bulk_track(track_body(APP, &events).to_string().as_bytes()).unwrap_err();
+        assert!(err.starts_with("events[2]: `event`"), "{err}");
+    }
+
     // ---- over HTTP ----
 
     #[tokio::test]
