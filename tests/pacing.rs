@@ -28,11 +28,9 @@ use currents_heap::config::SettingsArgs;
 use currents_heap::queue::{NewEvent, Store, Writer, WriterConfig};
 use currents_heap_testkit::standin::{HeapStandIn, Report, StandInConfig, max_in_window};
 
-#[allow(dead_code)]
-#[path = "delivery/helpers.rs"]
-mod helpers;
+mod common;
 
-use helpers::*;
+use common::*;
 
 /// The pacing runs measure how fully the budget is used, so they take turns: two at once on
 /// two cores would measure each other.
@@ -186,7 +184,7 @@ async fn run(s: &Scenario, until: Until) -> Figures {
         heap_linger: Some(format!("{}ms", (s.window / 60).as_millis())),
         ..base_args()
     };
-    let mut h = Harness::stopped(heap, data_dir, args);
+    let mut h = TestApp::stopped(heap, data_dir, args);
     h.start_app().await;
 
     let total = (s.cold_events() + s.hot_events) as f64;
@@ -198,11 +196,11 @@ async fn run(s: &Scenario, until: Until) -> Figures {
     let within = expected * 2 + Duration::from_secs(10);
     if until == Until::ColdDelivered {
         wait_until("the ordinary identities are delivered", within, || {
-            let report = h.heap.report();
+            let report = h.heap().report();
             cold.iter().all(|k| report.key_count(k) > 0)
         })
         .await;
-        let report = h.heap.report();
+        let report = h.heap().report();
         h.stop_app().await;
         assert_eq!(report.duplicate_deliveries(), 0);
         return figures(s, report);
@@ -456,7 +454,7 @@ async fn deferred_events_coming_due_do_not_strand_the_rest_of_the_backlog() {
     let _turn = take_turn().await;
     // One identity over its budget (2 + ~58 events/s) inside a backlog of 665 others: its
     // deferred events come due while fresh events are still being read.
-    let h = Harness::start(
+    let h = TestApp::start(
         StandInConfig {
             events_per_window: 3_000,
             identity_events_per_window: 120,

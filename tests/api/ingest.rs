@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::helpers::*;
+use crate::common::*;
 
 fn ids(events: &[Value]) -> Vec<String> {
     events
@@ -83,7 +83,7 @@ async fn unknown_event_types_are_counted_under_other() {
         .await
         .assert_accepted(5, 0);
 
-    let metrics = app.metrics_text().await;
+    let metrics = app.metrics().await;
     let accepted = |t: &str| {
         metric_value(
             &metrics,

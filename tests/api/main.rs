@@ -1,13 +1,15 @@
 //! Black-box tests of the accept path (product.md §2–§3), over real HTTP against an in-process
 //! server bound to port 0. One binary for all modules keeps link time down.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod admin;
 mod auth;
 mod backpressure;
 mod dedup;
 mod edge;
 mod encoding;
-mod helpers;
 mod ingest;
 mod samples;
 mod shutdown;

@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::helpers::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn braze_batches_reach_heap_exactly_once_and_anonymous_events_are_skipped() {
-    let h = Harness::start(heap_budgets(), base_args()).await;
+    let h = TestApp::start(heap_budgets(), base_args()).await;
 
     // 5 batches of 40: email sends, custom events, subscription changes (track + user
     // properties) and anonymous sends, over 50 identities (≤ 16 events each: the identity
@@ -55,7 +55,7 @@ async fn braze_batches_reach_heap_exactly_once_and_anonymous_events_are_skipped(
     // Let a stray duplicate (none expected) arrive before judging.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let report = {
-        let later = h.heap.report();
+        let later = h.heap().report();
         assert_eq!(later.events_accepted, report.events_accepted);
         later
     };
@@ -146,7 +146,7 @@ async fn braze_batches_reach_heap_exactly_once_and_anonymous_events_are_skipped(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_events_are_dead_lettered_when_dead_letter_skipped_is_set() {
-    let h = Harness::start(
+    let h = TestApp::start(
         heap_budgets(),
         currents_heap::config::SettingsArgs {
             dead_letter_skipped: Some(true),
@@ -191,7 +191,7 @@ async fn anonymous_events_are_dead_lettered_when_dead_letter_skipped_is_set() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_events_get_a_synthetic_user_id_when_configured() {
-    let h = Harness::start(
+    let h = TestApp::start(
         heap_budgets(),
         currents_heap::config::SettingsArgs {
             anonymous: Some("synthetic_user_id".into()),
@@ -226,7 +226,7 @@ async fn anonymous_events_get_a_synthetic_user_id_when_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placeholder_identities_never_reach_heap() {
-    let h = Harness::start(heap_budgets(), base_args()).await;
+    let h = TestApp::start(heap_budgets(), base_args()).await;
     let (mut events, ids) = sends("ph", 5, 5);
     for (i, placeholder) in ["null", "UNDEFINED", " None ", "", &"x".repeat(256)]
         .iter()
@@ -255,7 +255,7 @@ async fn placeholder_identities_never_reach_heap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn excluded_event_types_are_skipped_and_counted() {
-    let h = Harness::start(
+    let h = TestApp::start(
         heap_budgets(),
         currents_heap::config::SettingsArgs {
             exclude_event_types: Some("users.behaviors.*".into()),
@@ -282,7 +282,7 @@ async fn excluded_event_types_are_skipped_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_carries_more_than_heap_batch_size_or_heaps_1000_items() {
     // A budget large enough that only the bulk limit bounds a request.
-    let h = Harness::start(
+    let h = TestApp::start(
         currents_heap_testkit::standin::StandInConfig {
             events_per_window: 1_000_000,
             ..heap_budgets()
@@ -307,7 +307,7 @@ async fn no_request_carries_more_than_heap_batch_size_or_heaps_1000_items() {
     let largest = report.track_batches.iter().map(|b| b.events.len()).max();
     assert_eq!(largest, Some(1000), "bulk requests should be full");
 
-    let h = Harness::start(
+    let h = TestApp::start(
         heap_budgets(),
         currents_heap::config::SettingsArgs {
             heap_batch_size: Some("40".into()),

@@ -1,5 +1,5 @@
 //! Black-box tests of the delivery side (product.md §4–§6): Braze batches go in over real HTTP,
-//! the in-process server delivers them to the Heap stand-in (`currents_heap::standin`), and
+//! the in-process server delivers them to the Heap stand-in (`currents_heap_testkit::standin`), and
 //! the tests look at what the stand-in received, at `/metrics` and at the dead-letter store.
 //! One binary for all modules keeps link time down; the pacing measurements have a binary of
 //! their own (`tests/pacing.rs`), so no other test competes with them for the two cores.
@@ -7,9 +7,11 @@
 //! Budgets are the production ones unless a test scales them (`heap_budget_window`); backoffs
 //! are shortened to milliseconds; every wait polls with a deadline.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod dlq;
 mod end_to_end;
-mod helpers;
 mod quota;
 mod rejections;
 mod retries;

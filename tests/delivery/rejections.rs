@@ -7,7 +7,7 @@ use std::time::Duration;
 use currents_heap::config::SettingsArgs;
 use currents_heap_testkit::standin::Fault;
 
-use crate::helpers::*;
+use crate::common::*;
 
 fn dead_lettered(text: &str, reason: &str) -> f64 {
     metric_value(
@@ -20,10 +20,10 @@ fn dead_lettered(text: &str, reason: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_event_is_isolated_by_bisection_and_dead_lettered_alone() {
-    let h = Harness::start(heap_budgets(), base_args()).await;
+    let h = TestApp::start(heap_budgets(), base_args()).await;
     let (events, ids) = sends("bis", 100, 100);
     let poison = ids[37].clone();
-    h.heap.poison(poison.clone());
+    h.heap().poison(poison.clone());
     // One request of 100 events.
     h.post_events(&events).await;
     let good: Vec<String> = ids.iter().filter(|k| **k != poison).cloned().collect();
@@ -98,11 +98,11 @@ async fn a_poison_event_is_isolated_by_bisection_and_dead_lettered_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_poison_events_in_one_batch_are_each_dead_lettered_and_the_rest_delivered() {
-    let h = Harness::start(heap_budgets(), base_args()).await;
+    let h = TestApp::start(heap_budgets(), base_args()).await;
     let (events, ids) = sends("bis2", 64, 64);
     let poisoned = [ids[0].clone(), ids[1].clone(), ids[40].clone()];
     for p in &poisoned {
-        h.heap.poison(p.clone());
+        h.heap().poison(p.clone());
     }
     h.post_events(&events).await;
     let good: Vec<String> = ids
@@ -130,8 +130,8 @@ async fn several_poison_events_in_one_batch_are_each_dead_lettered_and_the_rest_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_413_splits_the_batch_and_every_half_is_delivered() {
-    let h = Harness::start(heap_budgets(), base_args()).await;
-    h.heap.push_fault(Fault::status(413));
+    let h = TestApp::start(heap_budgets(), base_args()).await;
+    h.heap().push_fault(Fault::status(413));
     let (events, ids) = sends("split", 100, 100);
     h.post_events(&events).await;
     let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
@@ -154,9 +154,9 @@ async fn a_413_splits_the_batch_and_every_half_is_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_413s_split_down_to_single_events_and_only_those_are_dead_lettered() {
-    let h = Harness::start(heap_budgets(), base_args()).await;
+    let h = TestApp::start(heap_budgets(), base_args()).await;
     // 8 → 4 + 4; 4 → 2 + 2; 2 → 1 + 1; the first single event is refused too.
-    h.heap.push_faults([
+    h.heap().push_faults([
         Fault::status(413),
         Fault::status(413),
         Fault::status(413),
@@ -179,7 +179,7 @@ async fn repeated_413s_split_down_to_single_events_and_only_those_are_dead_lette
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_not_delivered_within_max_event_age_are_dead_lettered_as_expired() {
-    let h = Harness::start(
+    let h = TestApp::start(
         heap_budgets(),
         SettingsArgs {
             max_event_age: Some("1s".into()),
@@ -187,7 +187,7 @@ async fn events_not_delivered_within_max_event_age_are_dead_lettered_as_expired(
         },
     )
     .await;
-    h.heap.set_down(true);
+    h.heap().set_down(true);
     let (events, ids) = sends("old", 20, 20);
     h.post_events(&events).await;
     wait_until("all 20 events expired", Duration::from_secs(20), || {
@@ -202,13 +202,13 @@ async fn events_not_delivered_within_max_event_age_are_dead_lettered_as_expired(
     expected.sort_unstable();
     assert_eq!(dead_ids, expected);
     assert_eq!(h.queued_count(), 0);
-    assert_eq!(h.heap.report().events_accepted, 0);
+    assert_eq!(h.heap().report().events_accepted, 0);
     let text = h.metrics().await;
     assert_eq!(dead_lettered(&text, "expired"), 20.0);
     assert_eq!(metric_value(&text, "currents_heap_queue_events"), 0.0);
 
     // Delivery goes on once Heap is back.
-    h.heap.set_down(false);
+    h.heap().set_down(false);
     let (events, ids) = sends("fresh", 5, 5);
     h.post_events(&events).await;
     let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
@@ -219,10 +219,10 @@ async fn events_not_delivered_within_max_event_age_are_dead_lettered_as_expired(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_400_on_user_properties_is_bisected_without_resending_the_track_events() {
-    let h = Harness::start(heap_budgets(), base_args()).await;
+    let h = TestApp::start(heap_budgets(), base_args()).await;
     // Track passes (a zero delay is a no-op fault); the 4 users get one 400, then pass in
     // halves. A lone event whose user properties are refused is dead-lettered.
-    h.heap
+    h.heap()
         .push_faults([Fault::Delay(Duration::ZERO), Fault::status(400)]);
     let ids: Vec<String> = (0..4).map(|i| format!("upb-{i}")).collect();
     let events: Vec<_> = ids
@@ -244,7 +244,7 @@ async fn a_400_on_user_properties_is_bisected_without_resending_the_track_events
     assert_eq!(sizes, [2, 2]);
     assert!(h.dead_letters().is_empty());
 
-    h.heap
+    h.heap()
         .push_faults([Fault::Delay(Duration::ZERO), Fault::status(400)]);
     h.post_events(&[subscription_change("upb-lone", "upb-user-9")])
         .await;
@@ -257,7 +257,7 @@ async fn a_400_on_user_properties_is_bisected_without_resending_the_track_events
     let dead = h.dead_letters();
     assert_eq!(dead[0].event_id, "upb-lone");
     assert_eq!(dead[0].reason, "rejected_user_properties");
-    let report = h.heap.report();
+    let report = h.heap().report();
     assert_eq!(
         report.key_count("upb-lone"),
         1,

@@ -9,7 +9,7 @@ use currents_heap_testkit::heap::{bulk_track_body, bulk_user_properties_body};
 use currents_heap_testkit::standin::StandInConfig;
 use serde_json::{Map, Value, json};
 
-use crate::helpers::*;
+use crate::common::*;
 
 const CAP: usize = 64 * 1024;
 
@@ -60,7 +60,7 @@ async fn requests_are_cut_at_the_byte_cap_and_every_event_arrives_once_within_bu
         window: Duration::from_secs(2),
         enforce: true,
     };
-    let h = Harness::start(
+    let h = TestApp::start(
         heap,
         currents_heap::config::SettingsArgs {
             heap_events_per_minute: Some("1200".into()),
@@ -94,12 +94,12 @@ async fn requests_are_cut_at_the_byte_cap_and_every_event_arrives_once_within_bu
     wait_until(
         "every profile update's user properties arrive",
         Duration::from_secs(30),
-        || h.heap.report().user_property_items_accepted >= 40,
+        || h.heap().report().user_property_items_accepted >= 40,
     )
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let report = {
-        let later = h.heap.report();
+        let later = h.heap().report();
         assert_eq!(later.events_accepted, report.events_accepted);
         later
     };
