@@ -10,11 +10,9 @@
 //! it fails instead).
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use currents_heap_testkit::process::ServerProcess;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -135,11 +133,7 @@ async fn every_200_follows_a_sync_of_the_write_ahead_log() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::spawn(
-        Path::new(env!("CARGO_BIN_EXE_currents-heap")),
-        &dir.path().join("data"),
-        common::HEAP_UNREACHABLE,
-    );
+    let server = common::spawn_forwarder(&dir.path().join("data"), common::HEAP_UNREACHABLE);
     let pid = server.pid();
     let wal = wal_descriptors(pid);
     assert!(!wal.is_empty(), "the store's WAL is open");

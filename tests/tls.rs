@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use currents_heap_testkit::process::ServerProcess;
 
 mod common;
 use http::{Request, StatusCode};
@@ -92,8 +91,7 @@ async fn https_serves_http1_and_http2_and_swaps_certificates_without_dropping_co
     install(&fixture("cert-a.pem"), &cert);
     install(&fixture("key-a.pem"), &key);
     let data = dir.path().join("data");
-    let server = ServerProcess::spawn(
-        Path::new(env!("CARGO_BIN_EXE_currents-heap")),
+    let server = common::spawn_forwarder(
         &data,
         &common::heap_unreachable_and(&[
             "--tls-cert",

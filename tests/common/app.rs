@@ -9,6 +9,8 @@
 //! * **the Heap stand-in** ([`TestApp::start`], [`TestApp::with_stand_in`],
 //!   [`TestApp::stopped`], settings [`base_args`]): production budgets unless the test scales
 //!   them, millisecond backoffs; the tests look at what the stand-in received.
+//! * **the test's own** ([`TestApp::routed`], [`TestApp::from_config_file`]): a
+//!   configuration naming Heaps (stand-ins, closed ports) that the test holds.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -21,6 +23,7 @@ use currents_heap::app::App;
 use currents_heap::config::{FileConfig, Settings, SettingsArgs};
 use currents_heap::ingest::IngestState;
 use currents_heap::queue::{DeadLetter, Store};
+use currents_heap::reload::ReloadHandle;
 use currents_heap_testkit::standin::{HeapStandIn, Report, StandInConfig};
 use http::{Method, StatusCode};
 use serde_json::Value;
@@ -119,6 +122,8 @@ enum Heap {
     /// Keeps the port of an unreachable Heap reserved (bound, never listening).
     Unreachable(TcpSocket),
     StandIn(HeapStandIn),
+    /// Named by the configuration; the test holds them.
+    External,
 }
 
 /// The server task of a running app.
@@ -134,11 +139,13 @@ pub struct TestApp {
     /// Removed when the app is dropped.
     data_dir: TempDir,
     args: SettingsArgs,
+    /// The configuration file (routes, TOML), under `args`.
+    config_file: String,
     /// The `Authorization` header value of [`TestApp::post_events`]: the first configured
     /// ingest token.
     bearer: Option<String>,
-    /// Address and state of the last start.
-    started: Option<(SocketAddr, Arc<IngestState>)>,
+    /// Address, state and reload handle of the last start.
+    started: Option<(SocketAddr, Arc<IngestState>, ReloadHandle)>,
     running: Option<Running>,
     client: HttpClient,
 }
@@ -155,6 +162,7 @@ impl TestApp {
             heap,
             data_dir,
             args,
+            config_file: String::new(),
             bearer,
             started: None,
             running: None,
@@ -185,6 +193,38 @@ impl TestApp {
         TestApp::new(Heap::StandIn(heap), data_dir, args)
     }
 
+    /// Starts an app configured by `toml` (a configuration file: `[[route]]` tables) under
+    /// `args`, delivering to the Heaps its routes name.
+    pub async fn routed(toml: &str, mut args: SettingsArgs) -> TestApp {
+        init_logs();
+        let data_dir = tempfile::tempdir().expect("temporary data directory");
+        args.data_dir = Some(data_dir.path().into());
+        let mut app = TestApp::new(Heap::External, data_dir, args);
+        app.reconfigure(toml);
+        app.start_app().await;
+        app
+    }
+
+    /// Starts an app whose settings come from the configuration file `config`, as `serve
+    /// --config` does, reloadable from it ([`TestApp::reload_handle`], the `SIGHUP` path).
+    pub async fn from_config_file(config: &Path) -> TestApp {
+        init_logs();
+        let data_dir = tempfile::tempdir().expect("temporary data directory");
+        let args = SettingsArgs {
+            config: Some(config.to_owned()),
+            data_dir: Some(data_dir.path().into()),
+            ..Default::default()
+        };
+        let mut app = TestApp::new(Heap::External, data_dir, args);
+        app.start_app().await;
+        app
+    }
+
+    /// Replaces the configuration file's settings, for the next start.
+    pub fn reconfigure(&mut self, toml: &str) {
+        self.config_file = toml.to_owned();
+    }
+
     /// The Heap stand-in the app delivers to.
     ///
     /// # Panics
@@ -192,7 +232,9 @@ impl TestApp {
     pub fn heap(&self) -> &HeapStandIn {
         match &self.heap {
             Heap::StandIn(heap) => heap,
-            Heap::Unreachable(_) => panic!("this app's Heap is unreachable, not the stand-in"),
+            Heap::Unreachable(_) | Heap::External => {
+                panic!("this app's Heap is not a stand-in of its own")
+            }
         }
     }
 
@@ -202,14 +244,21 @@ impl TestApp {
 
     /// The settings the server runs with.
     pub fn settings(&self) -> Settings {
-        Settings::resolve(&self.args, FileConfig::default()).expect("valid test settings")
+        let file: FileConfig = toml::from_str(&self.config_file).expect("test config is TOML");
+        Settings::resolve(&self.args, file).expect("valid test settings")
     }
 
     /// Starts (or restarts) the server on the data directory.
     pub async fn start_app(&mut self) {
         assert!(self.running.is_none(), "the server is already running");
-        let app = App::build(&self.settings()).await.expect("the app builds");
-        self.started = Some((app.local_addr(), app.state()));
+        let app = if self.args.config.is_some() {
+            let settings = Settings::load(&self.args).expect("valid settings");
+            let app = App::build(&settings).await.expect("the app builds");
+            app.reload_from(self.args.clone())
+        } else {
+            App::build(&self.settings()).await.expect("the app builds")
+        };
+        self.started = Some((app.local_addr(), app.state(), app.reload_handle()));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
@@ -220,7 +269,7 @@ impl TestApp {
         });
     }
 
-    fn started(&self) -> &(SocketAddr, Arc<IngestState>) {
+    fn started(&self) -> &(SocketAddr, Arc<IngestState>, ReloadHandle) {
         self.started.as_ref().expect("the server was started")
     }
 
@@ -231,6 +280,12 @@ impl TestApp {
 
     pub fn state(&self) -> &Arc<IngestState> {
         &self.started().1
+    }
+
+    /// Asks the running app to reload, as `SIGHUP` does (from the configuration file of
+    /// [`TestApp::from_config_file`]).
+    pub fn reload_handle(&self) -> &ReloadHandle {
+        &self.started().2
     }
 
     /// Starts the drain, as SIGTERM does.
@@ -329,6 +384,26 @@ impl TestApp {
             reply.text()
         );
         reply
+    }
+
+    /// `POST /currents{query}` with `{"events": events}`, a JSON content type and the bearer
+    /// `token` if any; the status and the JSON body (`null` if it is not JSON).
+    pub async fn post_events_as(
+        &self,
+        query: &str,
+        token: Option<&str>,
+        events: &[Value],
+    ) -> (u16, Value) {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(bearer) = &bearer {
+            headers.push(("authorization", bearer.as_str()));
+        }
+        let reply = self
+            .post_to(&format!("/currents{query}"), batch(events), &headers)
+            .await;
+        let body = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+        (reply.status.as_u16(), body)
     }
 
     /// Posts `events` in batches of `per_batch`.
