@@ -24,7 +24,7 @@ use currents_heap::config::{FileConfig, Settings, SettingsArgs};
 use currents_heap::ingest::IngestState;
 use currents_heap::queue::{DeadLetter, Store};
 use currents_heap::reload::ReloadHandle;
-use currents_heap_testkit::standin::{HeapStandIn, Report, StandInConfig};
+use currents_heap_testkit::standin::{Fault, HeapStandIn, Report, StandInConfig};
 use http::{Method, StatusCode};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 use super::client::{
     ChunkedBody, ClientBody, HttpClient, Reply, full, http_client, metric_value, send,
 };
-use super::events::batch;
+use super::events::{batch, subscription_changes};
 
 /// The two rotation tokens of [`default_args`].
 pub const TOKEN_A: &str = "tok-a";
@@ -515,6 +515,42 @@ impl TestApp {
     /// Every dead letter, oldest first.
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         dead_letters(self.data_dir())
+    }
+
+    /// Posts `events` ([`TestApp::post_events`]) and waits until their `ids` are delivered
+    /// ([`TestApp::delivered_once`]).
+    pub async fn post_and_deliver(&self, events: &[Value], ids: &[String]) -> Report {
+        self.post_events(events).await;
+        self.delivered_once(ids).await
+    }
+
+    /// Waits (20 s at most) until every key of `ids` is delivered and the queue is empty
+    /// ([`TestApp::wait_delivered`]); asserts each key arrived exactly once and no other key
+    /// did.
+    pub async fn delivered_once(&self, ids: &[String]) -> Report {
+        let report = self.wait_delivered(ids, Duration::from_secs(20)).await;
+        report
+            .check_exactly_once(ids.iter().map(String::as_str))
+            .unwrap();
+        report
+    }
+
+    /// Posts four subscription changes (a track event and user properties each, ids
+    /// `<prefix>-<i>` of users `<prefix>-user-<i>`) while the stand-in lets their track
+    /// request pass and answers the user-properties request that follows with `code`, once;
+    /// waits until they are delivered exactly once. Returns the report and the ids.
+    pub async fn deliver_past_a_user_properties_fault(
+        &self,
+        prefix: &str,
+        code: u16,
+    ) -> (Report, Vec<String>) {
+        // A zero delay is a no-op fault: the track request passes.
+        self.heap()
+            .push_faults([Fault::Delay(Duration::ZERO), Fault::status(code)]);
+        let (events, ids) = subscription_changes(prefix, 4);
+        let report = self.post_and_deliver(&events, &ids).await;
+        assert_eq!(report.requests_with(USER_PROPERTIES, code), 1);
+        (report, ids)
     }
 
     /// Waits until the stand-in has accepted every key of `keys` at least once and the queue

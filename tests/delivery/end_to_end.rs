@@ -157,11 +157,7 @@ async fn anonymous_events_are_dead_lettered_when_dead_letter_skipped_is_set() {
     let (mut events, ids) = sends("dls", 10, 10);
     events.push(anonymous_send("dls-anon-1"));
     events.push(anonymous_send("dls-anon-2"));
-    h.post_events(&events).await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
+    h.post_and_deliver(&events, &ids).await;
     let dead = h.dead_letters();
     let mut dead_ids: Vec<(&str, &str)> = dead
         .iter()
@@ -202,10 +198,7 @@ async fn anonymous_events_get_a_synthetic_user_id_when_configured() {
     h.post_events(&[anonymous_send("syn-1"), anonymous_send("syn-2")])
         .await;
     let keys = vec!["syn-1".to_owned(), "syn-2".to_owned()];
-    let report = h.wait_delivered(&keys, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(keys.iter().map(String::as_str))
-        .unwrap();
+    let report = h.delivered_once(&keys).await;
     for (_, item) in report.track_items() {
         assert!(item.identity.is_none(), "{item:?}");
         let user_id: u64 = item
@@ -234,11 +227,7 @@ async fn placeholder_identities_never_reach_heap() {
     {
         events.push(email_send(&format!("ph-bad-{i}"), placeholder));
     }
-    h.post_events(&events).await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
+    let report = h.post_and_deliver(&events, &ids).await;
     assert_eq!(
         report.shape_violation_count, 0,
         "{:?}",
@@ -266,11 +255,7 @@ async fn excluded_event_types_are_skipped_and_counted() {
     let (mut events, ids) = sends("exc", 6, 6);
     events.push(custom_event("exc-custom", "exc-user-1", "Ignored"));
     events.push(subscription_change("exc-sub", "exc-user-2"));
-    h.post_events(&events).await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
+    let report = h.post_and_deliver(&events, &ids).await;
     assert_eq!(report.user_property_items_accepted, 0);
     assert_eq!(
         h.metric(r#"currents_heap_events_skipped_total{reason="excluded",route="default"}"#)

@@ -27,10 +27,7 @@ async fn a_poison_event_is_isolated_by_bisection_and_dead_lettered_alone() {
     // One request of 100 events.
     h.post_events(&events).await;
     let good: Vec<String> = ids.iter().filter(|k| **k != poison).cloned().collect();
-    let report = h.wait_delivered(&good, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(good.iter().map(String::as_str))
-        .unwrap();
+    let report = h.delivered_once(&good).await;
     // Bisection, not one request per event: 100 → 50 → 25 → 13 → 7 → 4 → 2 → 1.
     assert!(
         report.poison_rejections <= 8,
@@ -110,10 +107,7 @@ async fn several_poison_events_in_one_batch_are_each_dead_lettered_and_the_rest_
         .filter(|k| !poisoned.contains(k))
         .cloned()
         .collect();
-    let report = h.wait_delivered(&good, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(good.iter().map(String::as_str))
-        .unwrap();
+    h.delivered_once(&good).await;
     let mut dead: Vec<(String, String)> = h
         .dead_letters()
         .into_iter()
@@ -133,11 +127,7 @@ async fn a_413_splits_the_batch_and_every_half_is_delivered() {
     let h = TestApp::start(heap_budgets(), base_args()).await;
     h.heap().push_fault(Fault::status(413));
     let (events, ids) = sends("split", 100, 100);
-    h.post_events(&events).await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
+    let report = h.post_and_deliver(&events, &ids).await;
     assert_eq!(report.requests_with(TRACK, 413), 1);
     let sizes: Vec<usize> = report
         .track_batches
@@ -165,10 +155,7 @@ async fn repeated_413s_split_down_to_single_events_and_only_those_are_dead_lette
     let (events, ids) = sends("split1", 8, 8);
     h.post_events(&events).await;
     let rest: Vec<String> = ids[1..].to_vec();
-    let report = h.wait_delivered(&rest, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(rest.iter().map(String::as_str))
-        .unwrap();
+    h.delivered_once(&rest).await;
     let dead = h.dead_letters();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].event_id, ids[0]);
@@ -210,32 +197,15 @@ async fn events_not_delivered_within_max_event_age_are_dead_lettered_as_expired(
     // Delivery goes on once Heap is back.
     h.heap().set_down(false);
     let (events, ids) = sends("fresh", 5, 5);
-    h.post_events(&events).await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
+    h.post_and_deliver(&events, &ids).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_400_on_user_properties_is_bisected_without_resending_the_track_events() {
     let h = TestApp::start(heap_budgets(), base_args()).await;
-    // Track passes (a zero delay is a no-op fault); the 4 users get one 400, then pass in
-    // halves. A lone event whose user properties are refused is dead-lettered.
-    h.heap()
-        .push_faults([Fault::Delay(Duration::ZERO), Fault::status(400)]);
-    let ids: Vec<String> = (0..4).map(|i| format!("upb-{i}")).collect();
-    let events: Vec<_> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| subscription_change(id, &format!("upb-user-{i}")))
-        .collect();
-    h.post_events(&events).await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
-    assert_eq!(report.requests_with(USER_PROPERTIES, 400), 1);
+    // Track passes; the 4 users get one 400, then pass in halves. A lone event whose user
+    // properties are refused is dead-lettered.
+    let (report, _) = h.deliver_past_a_user_properties_fault("upb", 400).await;
     let sizes: Vec<usize> = report
         .user_property_batches
         .iter()

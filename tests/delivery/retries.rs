@@ -22,11 +22,7 @@ async fn server_errors_are_retried_until_heap_accepts() {
     h.heap()
         .push_faults([Fault::status(500), Fault::status(503), Fault::status(502)]);
     let (events, ids) = sends("5xx", 30, 30);
-    h.post_events(&events).await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
+    let report = h.post_and_deliver(&events, &ids).await;
     assert_eq!(h.heap().pending_faults(), 0);
     for code in [500, 502, 503] {
         assert_eq!(report.requests_with(TRACK, code), 1, "{code}");
@@ -70,11 +66,7 @@ async fn a_429_with_retry_after_pauses_all_delivery_for_that_long() {
         },
     ]);
     let (events, ids) = sends("ra", 60, 60);
-    h.post_events(&events).await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
+    let report = h.post_and_deliver(&events, &ids).await;
     assert_eq!(report.requests_with(TRACK, 429), 1);
     assert_eq!(report.track_batches.len(), 6);
     let a = report.track_batches[0].at;
@@ -134,11 +126,7 @@ async fn a_429_without_retry_after_is_retried_with_backoff() {
     h.heap()
         .push_faults([Fault::status(429), Fault::status(429), Fault::status(408)]);
     let (events, ids) = sends("429", 40, 40);
-    h.post_events(&events).await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
+    let report = h.post_and_deliver(&events, &ids).await;
     assert_eq!(report.requests_with(TRACK, 429), 2);
     let text = h.metrics().await;
     assert_eq!(retries(&text, "status_429"), 2.0);
@@ -180,11 +168,7 @@ async fn connections_dropped_before_processing_are_retried_without_duplicates() 
     h.heap()
         .push_faults([Fault::DropBeforeProcessing, Fault::DropBeforeProcessing]);
     let (events, ids) = sends("dropb", 30, 30);
-    h.post_events(&events).await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
+    let report = h.post_and_deliver(&events, &ids).await;
     assert_eq!(report.dropped_connections.get(TRACK), Some(&2));
 }
 
@@ -250,10 +234,7 @@ async fn everything_queued_while_heap_is_down_arrives_after_it_recovers() {
     assert!(report.requests_with(TRACK, 503) < 200);
 
     h.heap().set_mode(Mode::Normal);
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
+    h.delivered_once(&ids).await;
     assert!(h.dead_letters().is_empty());
     assert_eq!(h.metric("currents_heap_queue_events").await, 0.0);
 }
@@ -261,22 +242,8 @@ async fn everything_queued_while_heap_is_down_arrives_after_it_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transient_failure_of_user_properties_retries_them_without_resending_the_track_events() {
     let h = TestApp::start(heap_budgets(), base_args()).await;
-    // The track request passes (a zero delay is a no-op fault), the user properties request
-    // that follows gets a 503.
-    h.heap()
-        .push_faults([Fault::Delay(Duration::ZERO), Fault::status(503)]);
-    let ids: Vec<String> = (0..4).map(|i| format!("sub-{i}")).collect();
-    let events: Vec<_> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| subscription_change(id, &format!("sub-user-{i}")))
-        .collect();
-    h.post_events(&events).await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
-    assert_eq!(report.requests_with(USER_PROPERTIES, 503), 1);
+    // The track request passes, the user properties request that follows gets a 503.
+    let (report, _) = h.deliver_past_a_user_properties_fault("sub", 503).await;
     let mut users: Vec<&str> = report
         .user_property_items()
         .map(|(_, u)| u.identity.as_str())
