@@ -1,5 +1,6 @@
 //! Black-box tests of the accept path (product.md §2–§3), over real HTTP against an in-process
-//! server bound to port 0. One binary for all modules keeps link time down.
+//! server bound to port 0 (the harness is `tests/common`, shared with the other test binaries).
+//! One binary for all modules keeps link time down.
 
 #[path = "../common/mod.rs"]
 mod common;

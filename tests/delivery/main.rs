@@ -5,7 +5,8 @@
 //! their own (`tests/pacing.rs`), so no other test competes with them for the two cores.
 //!
 //! Budgets are the production ones unless a test scales them (`heap_budget_window`); backoffs
-//! are shortened to milliseconds; every wait polls with a deadline.
+//! are shortened to milliseconds; every wait polls with a deadline. The harness is
+//! `tests/common` (`TestApp::start`), shared with the other test binaries.
 
 #[path = "../common/mod.rs"]
 mod common;
