@@ -117,8 +117,11 @@ pub fn bulk_user_properties_body(app_id: &str, users: &[UserPropertiesItem]) -> 
 /// optional whitespace. Heap would take it and merge every such user into one profile, which
 /// cannot be undone (`heap-api.md`, "Identity vs user_id"); the stand-in refuses it.
 pub fn is_placeholder_identity(identity: &str) -> bool {
-    let lower = identity.trim().to_ascii_lowercase();
-    matches!(lower.as_str(), "" | "null" | "undefined" | "none")
+    let trimmed = identity.trim();
+    trimmed.is_empty()
+        || ["null", "undefined", "none"]
+            .iter()
+            .any(|p| trimmed.eq_ignore_ascii_case(p))
 }
 
 const TRACK_FIELDS: [&str; 6] = [
@@ -256,11 +259,12 @@ fn check_properties(fields: &Map<String, Value>, user: bool) -> Result<Propertie
     };
     let mut out = Properties::new();
     for (key, value) in properties {
-        let shown: String = key.chars().take(64).collect();
+        let shown = || key.chars().take(64).collect::<String>();
         let key_chars = key.chars().count();
         if key_chars == 0 || key_chars >= PROPERTY_CHARS_BELOW {
             return Err(format!(
-                "property key {shown:?} is {key_chars} characters long; Heap takes 1 to {}",
+                "property key {:?} is {key_chars} characters long; Heap takes 1 to {}",
+                shown(),
                 PROPERTY_CHARS_BELOW - 1
             ));
         }
@@ -282,7 +286,8 @@ fn check_properties(fields: &Map<String, Value>, user: bool) -> Result<Propertie
                 let chars = s.chars().count();
                 if chars >= PROPERTY_CHARS_BELOW {
                     return Err(format!(
-                        "property {shown:?} has a value of {chars} characters; Heap takes fewer than {PROPERTY_CHARS_BELOW}"
+                        "property {:?} has a value of {chars} characters; Heap takes fewer than {PROPERTY_CHARS_BELOW}",
+                        shown()
                     ));
                 }
                 PropertyValue::Str(s.clone())
@@ -290,7 +295,8 @@ fn check_properties(fields: &Map<String, Value>, user: bool) -> Result<Propertie
             Value::Number(n) => PropertyValue::Num(n.clone()),
             other => {
                 return Err(format!(
-                    "property {shown:?} is {}; Heap takes strings and numbers",
+                    "property {:?} is {}; Heap takes strings and numbers",
+                    shown(),
                     kind(other)
                 ));
             }
