@@ -4,6 +4,8 @@
 //! `cargo bench --bench accept`. Templates come from `../shared/currents-samples/custom-http`
 //! when present, else `fixtures/currents`. Every iteration uses fresh ids, so the append really
 //! inserts (a repeated id would only hit the dedup window).
+// Test code: `unwrap` is an assertion, and helpers are `pub` for the modules that share them.
+#![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,9 +14,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use currents_heap::currents::parse_batch;
-use currents_heap::loadgen::{Template, build_batch, load_templates};
 use currents_heap::queue::NewEvent;
 use currents_heap::queue::sqlite::{Store, Writer, WriterConfig};
+use currents_heap_testkit::loadgen::{Template, build_batch, load_templates};
 
 const BATCH: usize = 100;
 

@@ -6,7 +6,7 @@
 //! acknowledged events/s, request latency percentiles, the statuses seen and the server's RSS.
 //!
 //! With `--standin` it also runs the whole pipeline: a local Heap stand-in that enforces Heap's
-//! limits (`currents_heap::standin`), and the forwarder binary spawned against it on a fresh
+//! limits (`currents_heap_testkit::standin`), and the forwarder binary spawned against it on a fresh
 //! data directory; after sending it waits for delivery and reports delivered events/s,
 //! duplicates and losses (acknowledged identified events Heap never received), and the fullest
 //! budget windows Heap saw.
@@ -19,6 +19,8 @@
 //! ./target/release/examples/load --standin --all-types --events 20000 --anonymous-share 0.1 \
 //!     --hot-share 0.05 --budget-window 6s
 //! ```
+// Test code: `unwrap` is an assertion, and helpers are `pub` for the modules that share them.
+#![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -29,10 +31,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use currents_heap::loadgen::{
-    ServerProcess, UserMix, build_batch_with, complete_with_catalogue, load_templates,
+use currents_heap::currents::catalogue::KNOWN_EVENT_TYPES;
+use currents_heap_testkit::loadgen::{
+    UserMix, build_batch_with, complete_with_event_types, load_templates,
 };
-use currents_heap::standin::{HeapStandIn, StandInConfig};
+use currents_heap_testkit::process::ServerProcess;
+use currents_heap_testkit::standin::{HeapStandIn, StandInConfig};
 use http_body_util::{BodyExt, Full};
 use tokio::net::TcpStream;
 
@@ -157,7 +161,7 @@ async fn main() {
     });
     let mut templates = load_templates(&dir);
     if args.all_types {
-        complete_with_catalogue(&mut templates);
+        complete_with_event_types(&mut templates, KNOWN_EVENT_TYPES);
     }
     assert!(
         !templates.is_empty(),

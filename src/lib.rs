@@ -17,11 +17,13 @@
 //! | [`delivery`] | one lane per Heap app id, as steps: refill, select, send, Heap's answer |
 //! | [`dlq`] | `dlq list/replay/purge` over the queue |
 //! | [`routing`] | which route (and Heap app id) an event takes |
-//! | [`loadgen`] | realistic batches for the load generator and benchmarks |
 //! | [`metrics`] | the metric catalogue and registry |
 //! | [`shutdown`] | SIGTERM/SIGINT |
-//! | [`standin`] | a local Heap stand-in HTTP server for tests and the load harness (not Heap) |
 //! | [`telemetry`] | JSON logs via `tracing-subscriber` |
+//!
+//! Test-only tooling (the Heap stand-in, the load generator, the forwarder as a child process)
+//! lives in the workspace's dev-only crate `currents-heap-testkit` (`testkit/`), which the
+//! product never depends on.
 //!
 //! Dependency direction: `ingest` → `currents`, `queue`, `metrics`; `delivery` → `queue`,
 //! `transform`, `heap`; `currents` and `heap` never import each other (only `transform` sees
@@ -37,13 +39,11 @@ pub mod dlq;
 pub mod heap;
 pub mod ingest;
 pub mod lanes;
-pub mod loadgen;
 pub mod metrics;
 pub mod queue;
 pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod shutdown;
-pub mod standin;
 pub mod telemetry;
 pub mod transform;

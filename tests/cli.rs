@@ -1,5 +1,7 @@
 //! The command line as an operator uses it: `check-config`, `transform` and `dlq` exit codes
 //! and output, driven through the real binary.
+// Test code: `unwrap` is an assertion, and helpers are `pub` for the modules that share them.
+#![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
 use std::process::{Command, Output};
 

@@ -6,6 +6,8 @@
 //! The server delivers to a Heap that refuses every connection (a local port bound but never
 //! listening, retried only after an hour), so no event leaves the store by delivery; "queued"
 //! means a row of `queue` or, for an event the mapping skipped, of `dead_letter`.
+// Test code: `unwrap` is an assertion, and helpers are `pub` for the modules that share them.
+#![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
@@ -15,49 +17,36 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use currents_heap::loadgen::ServerProcess;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use currents_heap_testkit::process::ServerProcess;
+use http::StatusCode;
 use serde_json::{Value, json};
 
-const TOKEN: &str = "crash-token";
+mod common;
+
+use common::{Braze, kill_9, metric_value, spawn_delivering, terminate};
+
 const CLIENTS: usize = 6;
 const ROUNDS: usize = 3;
 const EVENTS_PER_BATCH: usize = 20;
 /// Acknowledged batches (all clients together) to wait for before each kill.
 const ACKS_BEFORE_KILL: usize = 150;
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
-
 /// The real binary, serving on an ephemeral port.
 type Server = ServerProcess;
-
-fn currents_url(server: &Server) -> String {
-    format!("http://{}/currents", server.addr)
-}
 
 /// Starts the server; its Heap (`heap`) is a bound port that never answers, so nothing leaves
 /// the store by delivery and the test sees exactly what ingest stored.
 fn start_server(data_dir: &Path, heap: SocketAddr) -> Server {
     let heap_url = format!("http://{heap}");
-    ServerProcess::spawn(
-        Path::new(env!("CARGO_BIN_EXE_currents-heap")),
+    spawn_delivering(
         data_dir,
+        &heap_url,
         &[
-            "--ingest-token",
-            TOKEN,
-            "--heap-app-id",
-            "1",
             "--dead-letter-skipped",
             "--retry-initial-backoff",
             "1h",
             "--retry-max-backoff",
             "1h",
-            "--heap-base-url",
-            &heap_url,
         ],
     )
 }
@@ -85,37 +74,25 @@ fn event(id: &str) -> Value {
     })
 }
 
-async fn post(http: &HttpClient, url: &str, body: Bytes) -> Result<(StatusCode, Value), String> {
-    let req = Request::post(url)
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .header("content-type", "application/json")
-        .body(Full::new(body))
-        .unwrap();
-    let fut = async {
-        let resp = http.request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
-    };
-    tokio::time::timeout(Duration::from_secs(20), fut)
-        .await
-        .map_err(|_| "no answer within 20 s".to_owned())?
+/// Posts `body` to `addr`: the status and the JSON answer (`null` if not JSON), or why
+/// there was none within 20 s.
+async fn post(braze: &Braze, addr: SocketAddr, body: Bytes) -> Result<(StatusCode, Value), String> {
+    let reply = braze.post(addr, body, Duration::from_secs(20)).await?;
+    Ok((
+        reply.status,
+        serde_json::from_slice(&reply.body).unwrap_or(Value::Null),
+    ))
 }
 
 /// Streams batches until the server dies or `stop` is set; every 4th batch is invalid.
 async fn client(
     round: usize,
     me: usize,
-    url: String,
+    addr: SocketAddr,
     stop: Arc<AtomicBool>,
     acks: Arc<AtomicUsize>,
 ) -> Ledger {
-    let http: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let braze = Braze::new();
     let mut ledger = Ledger::default();
     for n in 0.. {
         if stop.load(Ordering::SeqCst) {
@@ -130,7 +107,7 @@ async fn client(
             events[7].as_object_mut().unwrap().remove("time");
         }
         let body = Bytes::from(serde_json::to_vec(&json!({ "events": events })).unwrap());
-        match post(&http, &url, body.clone()).await {
+        match post(&braze, addr, body.clone()).await {
             Ok((status, reply)) if status.is_success() => {
                 assert!(!invalid, "an invalid batch was acknowledged: {reply}");
                 assert_eq!(
@@ -191,21 +168,11 @@ fn queued_ids(data_dir: &Path) -> Vec<String> {
 }
 
 async fn metric(server: &Server, series: &str) -> f64 {
-    let http: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let uri = format!("http://{}/metrics", server.addr).parse().unwrap();
-    let resp = http.get(uri).await.expect("GET /metrics");
-    let text = resp.into_body().collect().await.unwrap().to_bytes();
-    let text = String::from_utf8_lossy(&text).into_owned();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("{series} not in /metrics"))
+    let text = Braze::new()
+        .metrics(server.addr)
+        .await
+        .expect("GET /metrics");
+    metric_value(&text, series)
 }
 
 /// Checks the promise against the store of a freshly restarted server.
@@ -282,7 +249,7 @@ async fn every_acknowledged_event_survives_kill_9_and_no_rejected_one_is_stored(
                 tokio::spawn(client(
                     round,
                     me,
-                    currents_url(&server),
+                    server.addr,
                     Arc::clone(&stop),
                     Arc::clone(&acks),
                 ))
@@ -298,9 +265,7 @@ async fn every_acknowledged_event_survives_kill_9_and_no_rejected_one_is_stored(
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // Mid-stream: every client has a batch on the wire or about to be.
-        tokio::task::spawn_blocking(move || server.kill_9())
-            .await
-            .unwrap();
+        kill_9(server).await;
         stop.store(true, Ordering::SeqCst);
         for c in clients {
             let ledger = c.await.expect("client task");
@@ -326,11 +291,9 @@ async fn every_acknowledged_event_survives_kill_9_and_no_rejected_one_is_stored(
     }
 
     // The dedup memory survived the crashes too: re-sent acknowledged batches are duplicates.
-    let http: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let braze = Braze::new();
     for body in all.acked_bodies.iter().step_by(7) {
-        let (status, reply) = post(&http, &currents_url(&server), body.clone())
-            .await
-            .unwrap();
+        let (status, reply) = post(&braze, server.addr, body.clone()).await.unwrap();
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
             reply,
@@ -340,9 +303,7 @@ async fn every_acknowledged_event_survives_kill_9_and_no_rejected_one_is_stored(
 
     // A graceful stop after all that keeps the same set.
     let before: BTreeSet<String> = queued_ids(data.path()).into_iter().collect();
-    tokio::task::spawn_blocking(move || server.terminate())
-        .await
-        .unwrap();
+    terminate(server).await;
     let after: BTreeSet<String> = queued_ids(data.path()).into_iter().collect();
     assert_eq!(before, after);
     assert!(after.len() >= all.acked.len());

@@ -5,6 +5,8 @@
 //! answered, and while Heap is down — and restarted on the same data directory each time.
 //! In the end every identified event reaches the stand-in (by idempotency key), no anonymous
 //! one does, and a crash re-sends at most the one request that was in flight.
+// Test code: `unwrap` is an assertion, and helpers are `pub` for the modules that share them.
+#![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
 use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
@@ -14,39 +16,29 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use currents_heap::loadgen::ServerProcess;
-use currents_heap::standin::{Fault, HeapStandIn, StandInConfig};
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use currents_heap_testkit::process::ServerProcess;
+use currents_heap_testkit::standin::{Fault, HeapStandIn, StandInConfig};
+use http::StatusCode;
 use serde_json::{Value, json};
 
-const TOKEN: &str = "crash-delivery-token";
-const APP_ID: &str = "123";
+mod common;
+
+use common::{Braze, kill_9, spawn_delivering, wait_until};
+
 const BATCHES: usize = 60;
 const EVENTS_PER_BATCH: usize = 25;
 /// The forwarder's largest request: the app budget's burst (1200 / 60).
 const MAX_BATCH: u64 = 20;
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 type Server = ServerProcess;
 
 /// The real binary against the stand-in at `heap_url`, budgets scaled so delivery is mid-way
 /// when the test kills it.
 fn start_server(data_dir: &Path, heap_url: &str) -> Server {
-    ServerProcess::spawn(
-        Path::new(env!("CARGO_BIN_EXE_currents-heap")),
+    spawn_delivering(
         data_dir,
+        heap_url,
         &[
-            "--ingest-token",
-            TOKEN,
-            "--heap-app-id",
-            APP_ID,
-            "--heap-base-url",
-            heap_url,
             // Scaled budgets: 1200 events / 2 s per app (~580/s), 1000 per identity.
             "--heap-events-per-minute",
             "1200",
@@ -128,26 +120,6 @@ fn stream() -> (Vec<Bytes>, Vec<String>, Vec<String>) {
     (bodies, identified_ids, anonymous_ids)
 }
 
-async fn post(http: &HttpClient, addr: SocketAddr, body: Bytes) -> Result<StatusCode, String> {
-    let req = Request::post(format!("http://{addr}/currents"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .header("content-type", "application/json")
-        .body(Full::new(body))
-        .unwrap();
-    let fut = async {
-        let resp = http.request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        resp.into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(status)
-    };
-    tokio::time::timeout(Duration::from_secs(20), fut)
-        .await
-        .map_err(|_| "no answer within 20 s".to_owned())?
-}
-
 /// Braze: posts every batch in order, re-sending each until it gets a 2xx (across the
 /// server's deaths). Counts acknowledged batches.
 async fn braze(
@@ -156,15 +128,16 @@ async fn braze(
     acked: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 ) {
-    let http: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build_http();
+    let braze = Braze::unpooled();
     for body in bodies {
         loop {
             assert!(!stop.load(Ordering::SeqCst), "the client was stopped early");
             let addr = *server.lock().unwrap();
             if let Some(addr) = addr
-                && let Ok(status) = post(&http, addr, body.clone()).await
+                && let Ok(status) = braze
+                    .post(addr, body.clone(), Duration::from_secs(20))
+                    .await
+                    .map(|reply| reply.status)
             {
                 if status.is_success() {
                     break;
@@ -181,20 +154,6 @@ async fn braze(
         // A steady stream rather than one burst, so kills land while batches arrive.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-async fn kill(server: Server) {
-    tokio::task::spawn_blocking(move || server.kill_9())
-        .await
-        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,7 +187,7 @@ async fn every_acknowledged_identified_event_reaches_heap_despite_kill_9_during_
     })
     .await;
     *current.lock().unwrap() = None;
-    kill(server).await;
+    kill_9(server).await;
     kills += 1;
     let acked_at_kill_1 = acked.load(Ordering::SeqCst);
     assert!(
@@ -261,7 +220,7 @@ async fn every_acknowledged_identified_event_reaches_heap_despite_kill_9_during_
         .cloned()
         .expect("the slow request was recorded");
     *current.lock().unwrap() = None;
-    kill(server).await;
+    kill_9(server).await;
     kills += 1;
     server = start_server(data.path(), &url);
     *current.lock().unwrap() = Some(server.addr);
@@ -278,7 +237,7 @@ async fn every_acknowledged_identified_event_reaches_heap_despite_kill_9_during_
     })
     .await;
     *current.lock().unwrap() = None;
-    kill(server).await;
+    kill_9(server).await;
     kills += 1;
     heap.set_down(false);
     server = start_server(data.path(), &url);

@@ -7,23 +7,23 @@
 //! `kill -9`ed, and is restarted with Heap accepting: every event must reach the stand-in,
 //! no request body may exceed `--heap-max-request-bytes` (default 4 MiB), and the restarted
 //! process's peak RSS (`VmHWM`) must stay under [`PEAK_RSS_BOUND`].
+// Test code: `unwrap` is an assertion, and helpers are `pub` for the modules that share them.
+#![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use currents_heap::loadgen::ServerProcess;
-use currents_heap::standin::{HeapStandIn, StandInConfig};
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use currents_heap_testkit::process::ServerProcess;
+use currents_heap_testkit::standin::{HeapStandIn, StandInConfig};
+use http::StatusCode;
 use serde_json::{Map, Value, json};
 
-const TOKEN: &str = "memory-test-token";
-const APP_ID: &str = "123";
+mod common;
+
+use common::{Braze, find_metric, kill_9, spawn_delivering, terminate};
+
 /// Events in the backlog: together more bytes than the RSS bound allows the process.
 const EVENTS: usize = 200;
 /// Events per Currents request (under the default 8 MiB body limit).
@@ -39,8 +39,6 @@ const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// delivery window and 4 MiB requests), a quarter of the 512 Mi limit of deploy/k8s. Measured:
 /// 63–68 MiB; before the byte bounds, the same run peaked at 934 MiB (docs/PERFORMANCE.md).
 const PEAK_RSS_BOUND: u64 = 128 * 1024 * 1024;
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 /// The `custom_properties` object of every event: 5,000 properties, ~880 KB of JSON. Built
 /// once as text: the events differ only in their id and user.
@@ -71,16 +69,10 @@ fn huge_event(i: usize, custom: &str) -> String {
 }
 
 fn start_server(data_dir: &Path, heap_url: &str) -> ServerProcess {
-    ServerProcess::spawn(
-        Path::new(env!("CARGO_BIN_EXE_currents-heap")),
+    spawn_delivering(
         data_dir,
+        heap_url,
         &[
-            "--ingest-token",
-            TOKEN,
-            "--heap-app-id",
-            APP_ID,
-            "--heap-base-url",
-            heap_url,
             "--heap-linger",
             "20ms",
             "--heap-timeout",
@@ -93,34 +85,22 @@ fn start_server(data_dir: &Path, heap_url: &str) -> ServerProcess {
     )
 }
 
-async fn post(http: &HttpClient, addr: SocketAddr, body: Bytes) -> StatusCode {
-    let req = Request::post(format!("http://{addr}/currents"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .header("content-type", "application/json")
-        .body(Full::new(body))
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(60), http.request(req))
+async fn post(braze: &Braze, addr: SocketAddr, body: Bytes) -> StatusCode {
+    braze
+        .post(addr, body, Duration::from_secs(60))
         .await
         .expect("an answer within 60 s")
-        .expect("a response");
-    let status = resp.status();
-    resp.into_body().collect().await.expect("a body");
-    status
+        .status
 }
 
 /// `currents_heap_delivery_window_bytes` of the default lane, from `/metrics`.
-async fn window_gauge(http: &HttpClient, addr: SocketAddr) -> Option<u64> {
-    let req = Request::get(format!("http://{addr}/metrics"))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = http.request(req).await.ok()?;
-    let body = resp.into_body().collect().await.ok()?.to_bytes();
-    String::from_utf8_lossy(&body).lines().find_map(|l| {
-        l.strip_prefix("currents_heap_delivery_window_bytes{route=\"default\"} ")?
-            .trim()
-            .parse()
-            .ok()
-    })
+async fn window_gauge(braze: &Braze, addr: SocketAddr) -> Option<u64> {
+    let text = braze.metrics(addr).await.ok()?;
+    find_metric(
+        &text,
+        "currents_heap_delivery_window_bytes{route=\"default\"}",
+    )
+    .map(|v| v as u64)
 }
 
 /// `VmHWM` (peak resident set) of a process, in bytes.
@@ -145,7 +125,7 @@ async fn a_backlog_of_maximum_size_events_is_delivered_in_bounded_memory_and_req
 
     // 1. Heap is down: every event is acknowledged and stays queued.
     let server = start_server(data.path(), &url);
-    let http: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let braze = Braze::new();
     let custom = custom_properties();
     let mut payload_bytes = 0usize;
     for first in (0..EVENTS).step_by(EVENTS_PER_POST) {
@@ -161,15 +141,13 @@ async fn a_backlog_of_maximum_size_events_is_delivered_in_bounded_memory_and_req
             payload_bytes += e.len();
         }
         let body = Bytes::from(format!("{{\"events\":[{}]}}", events.join(",")));
-        assert_eq!(post(&http, server.addr, body).await, StatusCode::OK);
+        assert_eq!(post(&braze, server.addr, body).await, StatusCode::OK);
     }
     assert!(
         payload_bytes as u64 > PEAK_RSS_BOUND,
         "the backlog ({payload_bytes} bytes) must dwarf what the bound allows in memory"
     );
-    tokio::task::spawn_blocking(move || server.kill_9())
-        .await
-        .unwrap();
+    kill_9(server).await;
     assert_eq!(heap.report().events_accepted, 0);
 
     // 2. Restarted with Heap accepting: the whole backlog drains.
@@ -178,7 +156,7 @@ async fn a_backlog_of_maximum_size_events_is_delivered_in_bounded_memory_and_req
     let deadline = Instant::now() + Duration::from_secs(180);
     let mut window_peak = 0u64;
     let report = loop {
-        if let Some(held) = window_gauge(&http, server.addr).await {
+        if let Some(held) = window_gauge(&braze, server.addr).await {
             window_peak = window_peak.max(held);
         }
         let report = heap.report();
@@ -197,9 +175,7 @@ async fn a_backlog_of_maximum_size_events_is_delivered_in_bounded_memory_and_req
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let peak = peak_rss(server.pid());
-    tokio::task::spawn_blocking(move || server.terminate())
-        .await
-        .unwrap();
+    terminate(server).await;
 
     let largest = report.largest_body.values().copied().max().unwrap_or(0);
     let track_requests = report.requests_with("/api/track", 200);

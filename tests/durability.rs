@@ -8,13 +8,13 @@
 //!
 //! `.ci/run` installs `strace`; elsewhere, without it, the test says so and passes (under `CI`
 //! it fails instead).
+// Test code: `unwrap` is an assertion, and helpers are `pub` for the modules that share them.
+#![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use currents_heap::loadgen::ServerProcess;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -135,11 +135,7 @@ async fn every_200_follows_a_sync_of_the_write_ahead_log() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::spawn(
-        Path::new(env!("CARGO_BIN_EXE_currents-heap")),
-        &dir.path().join("data"),
-        common::HEAP_UNREACHABLE,
-    );
+    let server = common::spawn_forwarder(&dir.path().join("data"), common::HEAP_UNREACHABLE);
     let pid = server.pid();
     let wal = wal_descriptors(pid);
     assert!(!wal.is_empty(), "the store's WAL is open");

@@ -1,6 +1,8 @@
 //! Fault injection on the store file itself: a truncated or overwritten `queue.sqlite3` makes
 //! `serve` refuse to start, say so clearly, and leave the file untouched — it never silently
 //! starts over with an empty queue.
+// Test code: `unwrap` is an assertion, and helpers are `pub` for the modules that share them.
+#![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
 use std::path::Path;
 use std::process::Command;

@@ -6,13 +6,15 @@
 //! flood run at once (each bounded in count and time, loopback only), a well-behaved client
 //! keeps getting 200 within its latency bound, and the server's descriptors and memory stay
 //! bounded. Afterwards every attacking connection is gone and every good event is stored.
+// Test code: `unwrap` is an assertion, and helpers are `pub` for the modules that share them.
+#![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use currents_heap::loadgen::ServerProcess;
+use currents_heap_testkit::process::ServerProcess;
 
 mod common;
 use serde_json::json;

@@ -16,6 +16,8 @@
 //! External tools (`promtool`, `prometheus`, Python with PyYAML) are used when present; a test
 //! that needs a missing one prints a note and returns — except under CI (`CI` set), where
 //! `.ci/run` installs them and a missing tool is a failure.
+// Test code: `unwrap` is an assertion, and helpers are `pub` for the modules that share them.
+#![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};

@@ -19,6 +19,8 @@
 //! ```sh
 //! cargo test --release --test pacing acceptance_pacing -- --ignored --nocapture
 //! ```
+// Test code: `unwrap` is an assertion, and helpers are `pub` for the modules that share them.
+#![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,13 +29,11 @@ use bytes::Bytes;
 use currents_heap::config::SettingsArgs;
 use currents_heap::queue::NewEvent;
 use currents_heap::queue::sqlite::{Store, Writer, WriterConfig};
-use currents_heap::standin::{HeapStandIn, Report, StandInConfig, max_in_window};
+use currents_heap_testkit::standin::{HeapStandIn, Report, StandInConfig, max_in_window};
 
-#[allow(dead_code)]
-#[path = "delivery/helpers.rs"]
-mod helpers;
+mod common;
 
-use helpers::*;
+use common::*;
 
 /// The pacing runs measure how fully the budget is used, so they take turns: two at once on
 /// two cores would measure each other.
@@ -187,7 +187,7 @@ async fn run(s: &Scenario, until: Until) -> Figures {
         heap_linger: Some(format!("{}ms", (s.window / 60).as_millis())),
         ..base_args()
     };
-    let mut h = Harness::stopped(heap, data_dir, args);
+    let mut h = TestApp::stopped(heap, data_dir, args);
     h.start_app().await;
 
     let total = (s.cold_events() + s.hot_events) as f64;
@@ -199,11 +199,11 @@ async fn run(s: &Scenario, until: Until) -> Figures {
     let within = expected * 2 + Duration::from_secs(10);
     if until == Until::ColdDelivered {
         wait_until("the ordinary identities are delivered", within, || {
-            let report = h.heap.report();
+            let report = h.heap().report();
             cold.iter().all(|k| report.key_count(k) > 0)
         })
         .await;
-        let report = h.heap.report();
+        let report = h.heap().report();
         h.stop_app().await;
         assert_eq!(report.duplicate_deliveries(), 0);
         return figures(s, report);
@@ -457,7 +457,7 @@ async fn deferred_events_coming_due_do_not_strand_the_rest_of_the_backlog() {
     let _turn = take_turn().await;
     // One identity over its budget (2 + ~58 events/s) inside a backlog of 665 others: its
     // deferred events come due while fresh events are still being read.
-    let h = Harness::start(
+    let h = TestApp::start(
         StandInConfig {
             events_per_window: 3_000,
             identity_events_per_window: 120,
@@ -485,11 +485,7 @@ async fn deferred_events_coming_due_do_not_strand_the_rest_of_the_backlog() {
         ids.push(id);
     }
     // One request: the whole backlog is queued before delivery reads any of it.
-    h.post_events(&events).await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
+    let report = h.post_and_deliver(&events, &ids).await;
     assert_eq!(report.limit_rejections, 0);
     assert!(report.max_identity_window.events <= 120);
 }

@@ -2,6 +2,8 @@
 //! mapping changed while batches keep arriving — no 5xx, no 401 for a valid token, no event
 //! lost or doubled; an invalid file is refused and the old configuration stays in force; the
 //! queued events of a removed route are dead-lettered `unroutable`, as at start-up.
+// Test code: `unwrap` is an assertion, and helpers are `pub` for the modules that share them.
+#![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -9,15 +11,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use currents_heap::app::App;
-use currents_heap::config::{Settings, SettingsArgs};
-use currents_heap::loadgen::ServerProcess;
-
-mod common;
-use currents_heap::standin::{HeapStandIn, StandInConfig};
+use currents_heap_testkit::standin::{HeapStandIn, StandInConfig};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+mod common;
+
+use common::TestApp;
 
 /// Replaces the configuration file the way an operator's tooling does: write, then rename.
 fn write_config(path: &Path, text: &str) {
@@ -120,11 +121,7 @@ async fn a_reload_under_load_rotates_tokens_adds_a_route_and_loses_or_doubles_no
     let config = dir.path().join("currents-heap.toml");
     write_config(&config, &config_v1(&heap.base_url()));
     let data = dir.path().join("data");
-    let server = ServerProcess::spawn(
-        Path::new(env!("CARGO_BIN_EXE_currents-heap")),
-        &data,
-        &["--config", config.to_str().unwrap()],
-    );
+    let server = common::spawn_forwarder(&data, &["--config", config.to_str().unwrap()]);
     let addr = server.addr;
 
     let sent = Arc::new(Mutex::new(Sent::default()));
@@ -233,37 +230,6 @@ async fn a_reload_under_load_rotates_tokens_adds_a_route_and_loses_or_doubles_no
     server.terminate();
 }
 
-fn in_process_args(config: &Path, data: &Path) -> SettingsArgs {
-    SettingsArgs {
-        config: Some(config.to_owned()),
-        listen: Some("127.0.0.1:0".into()),
-        data_dir: Some(data.to_owned()),
-        ..Default::default()
-    }
-}
-
-async fn start(
-    args: SettingsArgs,
-) -> (
-    std::net::SocketAddr,
-    currents_heap::reload::ReloadHandle,
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<()>,
-) {
-    let settings = Settings::load(&args).expect("valid settings");
-    let app = App::build(&settings)
-        .await
-        .expect("app builds")
-        .reload_from(args);
-    let addr = app.local_addr();
-    let handle = app.reload_handle();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(app.run_until_stopped(async move {
-        let _ = rx.await;
-    }));
-    (addr, handle, tx, task)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_file_is_refused_and_the_old_configuration_stays_in_force() {
     let dir = tempfile::tempdir().unwrap();
@@ -273,8 +239,8 @@ async fn an_invalid_file_is_refused_and_the_old_configuration_stays_in_force() {
         &config,
         "ingest_token = [\"tok-a\"]\nheap_app_id = \"1\"\nheap_base_url = \"http://127.0.0.1:9\"\nretry_initial_backoff = \"1h\"\nretry_max_backoff = \"1h\"\n",
     );
-    let (addr, handle, stop, task) =
-        start(in_process_args(&config, &dir.path().join("data"))).await;
+    let app = TestApp::from_config_file(&config).await;
+    let (addr, handle) = (app.addr(), app.reload_handle());
 
     write_config(
         &config,
@@ -294,8 +260,7 @@ async fn an_invalid_file_is_refused_and_the_old_configuration_stays_in_force() {
     let (_, body) = batch("now-b", 2);
     assert_eq!(post(addr, "/currents", "tok-b", &body).await, 200);
     assert_eq!(post(addr, "/currents", "tok-a", &body).await, 401);
-    let _ = stop.send(());
-    task.await.unwrap();
+    app.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,8 +270,8 @@ async fn the_queued_events_of_a_removed_route_become_unroutable_dead_letters() {
     let base = "ingest_token = [\"tok\"]\nheap_app_id = \"1\"\nheap_base_url = \"http://127.0.0.1:9\"\nretry_initial_backoff = \"1h\"\nretry_max_backoff = \"1h\"\n";
     let route = "\n[[route]]\nname = \"brand-b\"\nworkspace = \"brand-b\"\nheap_app_id = \"2\"\nheap_base_url = \"http://127.0.0.1:9\"\n";
     write_config(&config, &format!("{base}{route}"));
-    let data = dir.path().join("data");
-    let (addr, handle, stop, task) = start(in_process_args(&config, &data)).await;
+    let app = TestApp::from_config_file(&config).await;
+    let (addr, handle) = (app.addr(), app.reload_handle());
     let (ids, body) = batch("b-queued", 5);
     assert_eq!(
         post(addr, "/currents?workspace=brand-b", "tok", &body).await,
@@ -317,7 +282,7 @@ async fn the_queued_events_of_a_removed_route_become_unroutable_dead_letters() {
     let changes = handle.reload().await.expect("applied");
     assert_eq!(changes.stopped, vec!["brand-b".to_owned()]);
     let conn = rusqlite::Connection::open_with_flags(
-        data.join("queue.sqlite3"),
+        app.data_dir().join("queue.sqlite3"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
     )
     .unwrap();
@@ -334,6 +299,5 @@ async fn the_queued_events_of_a_removed_route_become_unroutable_dead_letters() {
         .query_row("SELECT count(*) FROM queue", [], |r| r.get(0))
         .unwrap();
     assert_eq!(queued, 0);
-    let _ = stop.send(());
-    task.await.unwrap();
+    app.stop().await;
 }

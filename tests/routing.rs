@@ -1,98 +1,31 @@
 //! Routing: several Braze workspaces → several Heap environments from one deployment.
 //!
 //! In-process servers on port 0 with `[[route]]` tables, delivering to Heap stand-ins.
+// Test code: `unwrap` is an assertion, and helpers are `pub` for the modules that share them.
+#![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
 use std::time::{Duration, Instant};
 
-use currents_heap::app::App;
 use currents_heap::config::{FileConfig, Settings, SettingsArgs};
 use currents_heap::dlq;
 use currents_heap::queue::Queue;
 use currents_heap::queue::sqlite::SqliteQueue;
 use currents_heap::routing::Router;
-use currents_heap::standin::{HeapStandIn, StandInConfig};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use currents_heap_testkit::standin::{HeapStandIn, StandInConfig};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
-struct Running {
-    addr: std::net::SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
-}
+mod common;
 
-impl Running {
-    async fn start(settings: &Settings) -> Self {
-        let app = App::build(settings).await.expect("app builds");
-        let addr = app.local_addr();
-        let (stop, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(app.run_until_stopped(async {
-            let _ = rx.await;
-        }));
-        Self {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        }
-    }
+use common::TestApp;
 
-    async fn post(&self, query: &str, token: Option<&str>, events: &[Value]) -> (u16, Value) {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
-        let mut req = http::Request::post(format!("http://{}/currents{query}", self.addr))
-            .header("content-type", "application/json");
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let body = json!({ "events": events }).to_string();
-        let resp = client
-            .request(req.body(Full::new(body.into())).unwrap())
-            .await
-            .expect("request");
-        let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
-    async fn metrics(&self) -> String {
-        let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
-        let resp = client
-            .get(format!("http://{}/metrics", self.addr).parse().unwrap())
-            .await
-            .unwrap();
-        String::from_utf8(
-            resp.into_body()
-                .collect()
-                .await
-                .unwrap()
-                .to_bytes()
-                .to_vec(),
-        )
-        .unwrap()
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap();
-    }
-}
-
-fn settings(data_dir: &std::path::Path, toml: &str, args: SettingsArgs) -> Settings {
-    let args = SettingsArgs {
-        listen: Some("127.0.0.1:0".into()),
-        data_dir: Some(data_dir.to_owned()),
+/// `args` with a short linger and millisecond backoffs.
+fn args(args: SettingsArgs) -> SettingsArgs {
+    SettingsArgs {
         heap_linger: Some("50ms".into()),
         retry_initial_backoff: Some("20ms".into()),
         retry_max_backoff: Some("200ms".into()),
         ..args
-    };
-    let file: FileConfig = toml::from_str(toml).expect("test config is TOML");
-    Settings::resolve(&args, file).expect("test config is valid")
+    }
 }
 
 fn event(id: &str, user: &str, app_group_id: &str) -> Value {
@@ -150,26 +83,26 @@ fn delivered(heap: &HeapStandIn, app_id: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_take_the_route_of_their_workspace_their_app_group_or_the_default() {
     let heap = HeapStandIn::start(StandInConfig::heap());
-    let dir = tempfile::tempdir().unwrap();
-    let s = settings(
-        dir.path(),
+    let app = TestApp::routed(
         &routes_toml(&heap.base_url()),
-        SettingsArgs {
+        args(SettingsArgs {
             heap_app_id: Some("9999".into()),
             heap_base_url: Some(heap.base_url()),
             ..Default::default()
-        },
-    );
-    let app = Running::start(&s).await;
+        }),
+    )
+    .await;
 
     let (st, body) = app
-        .post("?workspace=brand-a", None, &events("a", 30, "grp-x"))
+        .post_events_as("?workspace=brand-a", None, &events("a", 30, "grp-x"))
         .await;
     assert_eq!((st, body["accepted"].as_u64()), (200, Some(30)));
-    let (st, _) = app.post("", None, &events("b", 20, "grp-b")).await;
+    let (st, _) = app
+        .post_events_as("", None, &events("b", 20, "grp-b"))
+        .await;
     assert_eq!(st, 200);
     let (st, _) = app
-        .post("?workspace=other&x=1", None, &events("d", 10, "grp-z"))
+        .post_events_as("?workspace=other&x=1", None, &events("d", 10, "grp-z"))
         .await;
     assert_eq!(st, 200);
 
@@ -195,7 +128,6 @@ async fn events_take_the_route_of_their_workspace_their_app_group_or_the_default
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_percent_encoded_workspace_matches_and_route_tokens_guard_their_workspace() {
     let heap = HeapStandIn::start(StandInConfig::heap());
-    let dir = tempfile::tempdir().unwrap();
     let toml = format!(
         r#"
         [[route]]
@@ -207,39 +139,41 @@ async fn a_percent_encoded_workspace_matches_and_route_tokens_guard_their_worksp
         "#,
         heap.base_url()
     );
-    let s = settings(
-        dir.path(),
+    let app = TestApp::routed(
         &toml,
-        SettingsArgs {
+        args(SettingsArgs {
             ingest_token: Some("tok-global".into()),
             heap_app_id: Some("9999".into()),
             heap_base_url: Some(heap.base_url()),
             ..Default::default()
-        },
-    );
-    let app = Running::start(&s).await;
+        }),
+    )
+    .await;
     let one = [event("t-1", "u", "g")];
     assert_eq!(
-        app.post("?workspace=Brand%20A", Some("tok-global"), &one)
+        app.post_events_as("?workspace=Brand%20A", Some("tok-global"), &one)
             .await
             .0,
         401
     );
-    assert_eq!(app.post("?workspace=Brand+A", None, &one).await.0, 401);
     assert_eq!(
-        app.post("?workspace=Brand%20A", Some("tok-brand-a"), &one)
+        app.post_events_as("?workspace=Brand+A", None, &one).await.0,
+        401
+    );
+    assert_eq!(
+        app.post_events_as("?workspace=Brand%20A", Some("tok-brand-a"), &one)
             .await
             .0,
         200
     );
     assert_eq!(
-        app.post("", Some("tok-global"), &[event("t-2", "u", "g")])
+        app.post_events_as("", Some("tok-global"), &[event("t-2", "u", "g")])
             .await
             .0,
         200
     );
     assert_eq!(
-        app.post("?workspace=zzz", Some("nope"), &[event("t-3", "u", "g")])
+        app.post_events_as("?workspace=zzz", Some("nope"), &[event("t-3", "u", "g")])
             .await
             .0,
         401
@@ -254,16 +188,14 @@ async fn a_percent_encoded_workspace_matches_and_route_tokens_guard_their_worksp
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_events_are_acknowledged_dead_lettered_and_replayed_after_a_config_fix() {
     let heap = HeapStandIn::start(StandInConfig::heap());
-    let dir = tempfile::tempdir().unwrap();
     // Routes but no default route: a workspace nobody configured is unroutable.
-    let s = settings(
-        dir.path(),
+    let mut app = TestApp::routed(
         &routes_toml(&heap.base_url()),
-        SettingsArgs::default(),
-    );
-    let app = Running::start(&s).await;
+        args(SettingsArgs::default()),
+    )
+    .await;
     let lost = events("c", 25, "grp-c");
-    let (st, body) = app.post("?workspace=brand-c", None, &lost).await;
+    let (st, body) = app.post_events_as("?workspace=brand-c", None, &lost).await;
     assert_eq!(st, 200, "never bounced to Braze: {body}");
     assert_eq!(body["accepted"], 25);
     let text = app.metrics().await;
@@ -280,11 +212,11 @@ async fn unroutable_events_are_acknowledged_dead_lettered_and_replayed_after_a_c
             .join("\n")
     );
     // A re-send is a duplicate, not a second dead letter.
-    let (_, body) = app.post("?workspace=brand-c", None, &lost).await;
+    let (_, body) = app.post_events_as("?workspace=brand-c", None, &lost).await;
     assert_eq!(body["duplicates"], 25);
-    app.stop().await;
+    app.stop_app().await;
 
-    let queue = SqliteQueue::open_maintenance(dir.path()).unwrap();
+    let queue = SqliteQueue::open_maintenance(app.data_dir()).unwrap();
     let mut listed = Vec::new();
     let mut summary = Vec::new();
     dlq::list(
@@ -310,7 +242,8 @@ async fn unroutable_events_are_acknowledged_dead_lettered_and_replayed_after_a_c
         reason: Some("unroutable".into()),
         ids: Vec::new(),
     };
-    let r = dlq::replay(&queue, &sel, &Router::from_settings(&s))
+    let old = app.settings();
+    let r = dlq::replay(&queue, &sel, &Router::from_settings(&old))
         .await
         .unwrap();
     assert_eq!((r.requeued, r.still_unroutable), (0, 25));
@@ -321,14 +254,15 @@ async fn unroutable_events_are_acknowledged_dead_lettered_and_replayed_after_a_c
         routes_toml(&heap.base_url()),
         heap.base_url()
     );
-    let fixed = settings(dir.path(), &fixed_toml, SettingsArgs::default());
+    app.reconfigure(&fixed_toml);
+    let fixed = app.settings();
     let r = dlq::replay(&queue, &sel, &Router::from_settings(&fixed))
         .await
         .unwrap();
     assert_eq!((r.requeued, r.still_unroutable), (25, 0));
     queue.close().await.unwrap();
     drop(queue);
-    let app = Running::start(&fixed).await;
+    app.start_app().await;
     wait_for("replayed events delivered", Duration::from_secs(20), || {
         delivered(&heap, "3333") == 25
     })
@@ -368,26 +302,34 @@ async fn one_environment_down_never_slows_the_other() {
         heap_a.base_url(),
         heap_b.base_url()
     );
-    let dir = tempfile::tempdir().unwrap();
-    let s = settings(
-        dir.path(),
+    let app = TestApp::routed(
         &toml,
-        SettingsArgs {
+        args(SettingsArgs {
             heap_events_per_minute: Some("600".into()),
             heap_identity_events_per_minute: Some("600".into()),
             heap_budget_window: Some("2s".into()),
             ..Default::default()
-        },
-    );
-    let app = Running::start(&s).await;
+        }),
+    )
+    .await;
     let a_events = events("a", 1200, "g");
     let b_events = events("b", 1200, "g");
     for chunk in b_events.chunks(100) {
-        assert_eq!(app.post("?workspace=brand-b", None, chunk).await.0, 200);
+        assert_eq!(
+            app.post_events_as("?workspace=brand-b", None, chunk)
+                .await
+                .0,
+            200
+        );
     }
     let started = Instant::now();
     for chunk in a_events.chunks(100) {
-        assert_eq!(app.post("?workspace=brand-a", None, chunk).await.0, 200);
+        assert_eq!(
+            app.post_events_as("?workspace=brand-a", None, chunk)
+                .await
+                .0,
+            200
+        );
     }
     wait_for(
         "brand-a drained while brand-b is down",

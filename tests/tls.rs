@@ -2,13 +2,14 @@
 //! self-signed pairs of `fixtures/tls`: HTTP/1.1 and HTTP/2 over TLS (ALPN), a certificate
 //! swapped on disk is served after `SIGHUP` and, without a signal, after the file watch notices
 //! it, and a connection opened before the swap keeps working.
+// Test code: `unwrap` is an assertion, and helpers are `pub` for the modules that share them.
+#![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use currents_heap::loadgen::ServerProcess;
 
 mod common;
 use http::{Request, StatusCode};
@@ -92,8 +93,7 @@ async fn https_serves_http1_and_http2_and_swaps_certificates_without_dropping_co
     install(&fixture("cert-a.pem"), &cert);
     install(&fixture("key-a.pem"), &key);
     let data = dir.path().join("data");
-    let server = ServerProcess::spawn(
-        Path::new(env!("CARGO_BIN_EXE_currents-heap")),
+    let server = common::spawn_forwarder(
         &data,
         &common::heap_unreachable_and(&[
             "--tls-cert",

@@ -3,6 +3,8 @@
 //! The generated sections (between `<!-- generated:NAME -->` markers) are rendered by
 //! `currents_heap::transform::docs`; this test fails when the document differs, and
 //! `UPDATE_GOLDEN=1 cargo test --test transform_docs` rewrites them.
+// Test code: `unwrap` is an assertion, and helpers are `pub` for the modules that share them.
+#![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
 use std::path::Path;
 

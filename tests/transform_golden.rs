@@ -5,6 +5,8 @@
 //!
 //! Regenerate after an intended mapping change with
 //! `UPDATE_GOLDEN=1 cargo test --test transform_golden`, then read the diff.
+// Test code: `unwrap` is an assertion, and helpers are `pub` for the modules that share them.
+#![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
 use std::path::{Path, PathBuf};
 

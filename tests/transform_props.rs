@@ -3,6 +3,8 @@
 //! event types and identities) and arbitrary settings, every item `map_event` returns satisfies
 //! Heap's documented limits, no placeholder identity ever leaves, the result is deterministic,
 //! and distinct event types never share a Heap event name.
+// Test code: `unwrap` is an assertion, and helpers are `pub` for the modules that share them.
+#![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
 use currents_heap::currents::catalogue::KNOWN_EVENT_TYPES;
 use currents_heap::heap::model::{
@@ -230,6 +232,13 @@ fn has_control(s: &str) -> bool {
 
 fn check_track(item: &TrackItem) -> Result<(), TestCaseError> {
     prop_assert_eq!(validate_track_item(item), Ok(()));
+    // The Heap stand-in's own rules (written separately from heap-api.md) agree.
+    let sent = serde_json::to_value(item).unwrap();
+    if let Err(e) = currents_heap_testkit::heap::check_track_item(&sent) {
+        return Err(TestCaseError::fail(format!(
+            "the stand-in refuses {sent}: {e}"
+        )));
+    }
     if let Some(identity) = &item.identity {
         prop_assert!(
             !is_placeholder_identity(identity),
@@ -242,6 +251,12 @@ fn check_track(item: &TrackItem) -> Result<(), TestCaseError> {
 
 fn check_users(item: &UserPropertiesItem) -> Result<(), TestCaseError> {
     prop_assert_eq!(validate_user_properties_item(item), Ok(()));
+    let sent = serde_json::to_value(item).unwrap();
+    if let Err(e) = currents_heap_testkit::heap::check_user_properties_item(&sent) {
+        return Err(TestCaseError::fail(format!(
+            "the stand-in refuses {sent}: {e}"
+        )));
+    }
     prop_assert!(!is_placeholder_identity(&item.identity));
     prop_assert!(!has_control(&item.identity));
     Ok(())

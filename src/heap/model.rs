@@ -4,8 +4,9 @@
 //! bare `400` (body format undocumented, `heap-api.md` §(d)), and the delivery path then has to
 //! bisect the batch to find the culprit. Checking every item against Heap's documented limits
 //! before it is queued turns those 400s into bugs caught by our own tests instead. The same
-//! validators back the property tests of the mapping and the Heap stand-in server used by the
-//! black-box tests, so they are deliberately strict and exact:
+//! validators back the property tests of the mapping, so they are deliberately strict and exact
+//! (the Heap stand-in of the black-box tests, in the dev-only `testkit/` crate, checks items
+//! with its own rules written separately from `heap-api.md`, so a mistake here shows there):
 //!
 //! | field | rule (source: `heap-api.md` §(b), (c)) |
 //! |---|---|

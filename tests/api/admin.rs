@@ -5,7 +5,7 @@ use currents_heap::currents::catalogue::KNOWN_EVENT_TYPES;
 use currents_heap::metrics::{CATALOGUE, OUTCOMES, REJECT_REASONS, STATUSES};
 use http::{Method, StatusCode};
 
-use crate::helpers::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn healthz_answers_200_while_the_process_serves() {
@@ -52,7 +52,7 @@ async fn metrics_exports_the_whole_catalogue_at_start_up() {
 async fn every_labelled_series_with_known_values_starts_at_zero() {
     let app = spawn_app().await;
 
-    let text = app.metrics_text().await;
+    let text = app.metrics().await;
 
     for outcome in OUTCOMES {
         let series = format!("currents_heap_ingest_requests_total{{outcome=\"{outcome}\"}}");
@@ -104,7 +104,7 @@ async fn request_outcomes_and_queue_gauges_follow_the_traffic() {
     app.post_authed("nope").await;
     app.post("{}", &[]).await;
 
-    let text = app.metrics_text().await;
+    let text = app.metrics().await;
 
     let value = |s: &str| metric_value(&text, s);
     assert_eq!(

@@ -4,7 +4,7 @@
 use currents_heap::config::SettingsArgs;
 use http::StatusCode;
 
-use crate::helpers::*;
+use crate::common::*;
 
 #[track_caller]
 fn assert_unauthorized(reply: &Reply) {

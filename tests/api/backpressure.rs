@@ -5,7 +5,7 @@ use currents_heap::config::SettingsArgs;
 use http::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::*;
+use crate::common::*;
 
 #[track_caller]
 fn assert_unavailable(reply: &Reply, error: &str) {
@@ -54,7 +54,7 @@ async fn a_backlog_over_its_quota_answers_503_with_retry_after_and_stores_nothin
 
     assert_unavailable(&refused, "over_quota");
     assert_eq!(app.stored_count(), 4, "a refused batch leaves no trace");
-    let metrics = app.metrics_text().await;
+    let metrics = app.metrics().await;
     assert_eq!(
         metric_value(
             &metrics,
@@ -181,7 +181,7 @@ async fn a_store_that_cannot_commit_answers_503_and_turns_readyz_503_until_it_re
         .await
         .assert_accepted(1, 0);
     // Another process holds the database's write lock (an operator's sqlite3 shell, say).
-    let lock = rusqlite::Connection::open(&app.store_path).unwrap();
+    let lock = rusqlite::Connection::open(app.store_path()).unwrap();
     lock.execute_batch("BEGIN IMMEDIATE").unwrap();
     let body = batch(&email_sends("locked", 3));
 

@@ -5,7 +5,7 @@
 use currents_heap::config::SettingsArgs;
 use serde_json::json;
 
-use crate::helpers::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn a_batch_sent_again_within_the_dedup_window_is_acknowledged_as_duplicates() {

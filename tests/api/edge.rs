@@ -11,18 +11,18 @@ use currents_heap::config::SettingsArgs;
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Empty};
 
-use crate::helpers::*;
+use crate::common::*;
 
 /// Far more than any timeout below, far less than the defaults they replace.
 const PATIENCE: Duration = Duration::from_secs(20);
 
 fn closed(app: &TestApp, reason: &str) -> u64 {
-    app.state.metrics.connections.closed_count(reason)
+    app.state().metrics.connections.closed_count(reason)
 }
 
 /// An authenticated `POST /currents` declaring `declared` bytes, of which `first` are sent.
 async fn upload(app: &TestApp, declared: &str, first: &[u8]) -> RawConn {
-    let mut conn = RawConn::connect(app.addr).await;
+    let mut conn = RawConn::connect(app.addr()).await;
     conn.send_head(&[
         ("authorization", "Bearer tok-a"),
         ("content-length", declared),
@@ -44,7 +44,7 @@ async fn a_connection_that_sends_nothing_is_closed_at_the_idle_timeout() {
         a.idle_timeout = Some("300ms".into());
     }))
     .await;
-    let mut silent = RawConn::connect(app.addr).await;
+    let mut silent = RawConn::connect(app.addr()).await;
     let sent = silent
         .closed_within(PATIENCE)
         .await
@@ -59,7 +59,7 @@ async fn a_keep_alive_connection_is_closed_once_idle_after_its_request() {
         a.idle_timeout = Some("300ms".into());
     }))
     .await;
-    let mut conn = RawConn::connect(app.addr).await;
+    let mut conn = RawConn::connect(app.addr()).await;
     conn.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         .await;
     let sent = conn
@@ -81,7 +81,7 @@ async fn a_head_that_trickles_in_is_cut_at_the_header_timeout() {
         a.idle_timeout = Some("1h".into());
     }))
     .await;
-    let mut slow = RawConn::connect(app.addr).await;
+    let mut slow = RawConn::connect(app.addr()).await;
     slow.write(b"POST /currents HTTP/1.1\r\n").await;
     // One header byte every 50 ms keeps the connection busy but never finishes the head.
     let trickle = async {
@@ -110,7 +110,7 @@ async fn a_body_that_stops_arriving_gets_408_at_the_body_deadline() {
     }))
     .await;
     let body = batch(&email_sends("stalled", 3));
-    let mut conn = RawConn::connect(app.addr).await;
+    let mut conn = RawConn::connect(app.addr()).await;
     conn.send_head(&[
         ("authorization", "Bearer tok-a"),
         ("content-length", &body.len().to_string()),
@@ -134,7 +134,7 @@ async fn a_body_that_stops_arriving_gets_408_at_the_body_deadline() {
 async fn a_body_cut_off_mid_way_gets_408_and_nothing_is_stored() {
     let app = spawn_app().await;
     let body = batch(&email_sends("cut", 3));
-    let mut conn = RawConn::connect(app.addr).await;
+    let mut conn = RawConn::connect(app.addr()).await;
     conn.send_head(&[
         ("authorization", "Bearer tok-a"),
         ("content-length", &body.len().to_string()),
@@ -167,7 +167,7 @@ async fn stalled_uploads_cannot_starve_ingest() {
     for _ in 0..48 {
         stalled.push(upload(&app, "1000000", br#"{"events":["#).await);
     }
-    let state = Arc::clone(&app.state);
+    let state = Arc::clone(app.state());
     wait_until("every stalled upload is in flight", PATIENCE, || {
         state.batches_in_flight() == 48
     })
@@ -195,7 +195,7 @@ async fn waiting_for_memory_ends_in_503_with_retry_after_and_readyz_says_saturat
     for _ in 0..2 {
         holders.push(upload(&app, "1000000", &vec![b' '; 900 * 1024]).await);
     }
-    let state = Arc::clone(&app.state);
+    let state = Arc::clone(app.state());
     wait_until("the budget is nearly used", PATIENCE, || {
         state.buffer.used_bytes() >= 1800 * 1024
     })
@@ -250,11 +250,11 @@ async fn at_the_cap_the_longest_idle_connection_makes_room_and_busy_ones_refuse(
     .await;
     let mut idle = Vec::new();
     for _ in 0..4 {
-        idle.push(RawConn::connect(app.addr).await);
+        idle.push(RawConn::connect(app.addr()).await);
         // Distinct idle-since times, so "longest idle" is the first.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let state = Arc::clone(&app.state);
+    let state = Arc::clone(app.state());
     wait_until("four connections are open", PATIENCE, || {
         state.metrics.connections.open_now() == 4
     })
@@ -276,7 +276,7 @@ async fn at_the_cap_the_longest_idle_connection_makes_room_and_busy_ones_refuse(
     // Four connections each in the middle of a request: nothing to evict.
     let mut busy = Vec::new();
     for _ in 0..4 {
-        let mut conn = RawConn::connect(app.addr).await;
+        let mut conn = RawConn::connect(app.addr()).await;
         conn.send_head(&[("authorization", "Bearer tok-a"), ("content-length", "100")])
             .await;
         conn.write(b"{").await;
@@ -286,7 +286,7 @@ async fn at_the_cap_the_longest_idle_connection_makes_room_and_busy_ones_refuse(
         state.batches_in_flight() == 4
     })
     .await;
-    let mut refused = RawConn::connect(app.addr).await;
+    let mut refused = RawConn::connect(app.addr()).await;
     let answer = refused
         .closed_within(PATIENCE)
         .await

@@ -11,7 +11,7 @@ use flate2::write::{DeflateEncoder, GzEncoder, ZlibEncoder};
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use crate::common::*;
 
 const LIMIT: usize = 1024 * 1024;
 

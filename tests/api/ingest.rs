@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use crate::helpers::*;
+use crate::common::*;
 
 fn ids(events: &[Value]) -> Vec<String> {
     events
@@ -83,7 +83,7 @@ async fn unknown_event_types_are_counted_under_other() {
         .await
         .assert_accepted(5, 0);
 
-    let metrics = app.metrics_text().await;
+    let metrics = app.metrics().await;
     let accepted = |t: &str| {
         metric_value(
             &metrics,
@@ -208,4 +208,44 @@ async fn query_parameters_and_content_type_do_not_change_the_answer() {
     reply.assert_accepted(1, 0);
 
     assert_eq!(app.stored_count(), 3);
+}
+
+/// The load generator (`currents_heap_testkit::loadgen`, which knows nothing of the product's
+/// parser) builds batches the forwarder's parser accepts, with the asked user mix.
+#[test]
+fn load_generator_batches_are_valid_currents_with_the_asked_user_mix() {
+    use currents_heap::currents::catalogue::KNOWN_EVENT_TYPES;
+    use currents_heap_testkit::loadgen::{UserMix, build_batch_with, complete_with_event_types};
+
+    let mut templates = Vec::new();
+    complete_with_event_types(&mut templates, KNOWN_EVENT_TYPES);
+    assert_eq!(templates.len(), KNOWN_EVENT_TYPES.len());
+    let mix = UserMix {
+        users: 10,
+        anonymous_share: 0.25,
+        hot_share: 0.25,
+    };
+    let mut ids = Vec::new();
+    let mut counter = 0;
+    let body = build_batch_with(&templates, 400, 1, &mut counter, 7, mix, &mut ids);
+    let batch = currents_heap::currents::parse_batch(&body).expect("a valid batch");
+    assert_eq!(batch.events.len(), 400);
+    let anonymous = batch
+        .events
+        .iter()
+        .filter(|e| e.external_user_id.is_none())
+        .count();
+    let hot = batch
+        .events
+        .iter()
+        .filter(|e| e.external_user_id.as_deref() == Some("hot-user"))
+        .count();
+    assert!((60..140).contains(&anonymous), "{anonymous}");
+    assert!((60..140).contains(&hot), "{hot}");
+    assert_eq!(
+        ids.iter().filter(|(_, identified)| !identified).count(),
+        anonymous
+    );
+    let unique: std::collections::HashSet<_> = ids.iter().map(|(id, _)| id).collect();
+    assert_eq!(unique.len(), 400);
 }

@@ -8,17 +8,17 @@ use std::time::Duration;
 use currents_heap::config::SettingsArgs;
 use http::StatusCode;
 
-use crate::helpers::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_server_refuses_new_batches_with_503_and_finishes_the_one_in_flight() {
     let mut app = spawn_app().await;
-    let state = Arc::clone(&app.state);
+    let state = Arc::clone(app.state());
     let slow = batch(&email_sends("in-flight", 3));
     let (head, tail) = slow.split_at(slow.len() / 2);
 
     // A batch whose body is still arriving when the signal comes.
-    let mut conn = RawConn::connect(app.addr).await;
+    let mut conn = RawConn::connect(app.addr()).await;
     conn.send_head(&[
         ("authorization", "Bearer tok-a"),
         ("content-type", "application/json"),
@@ -77,9 +77,9 @@ async fn a_draining_server_refuses_new_batches_with_503_and_finishes_the_one_in_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_server_refuses_even_a_credential_check_with_503() {
     let mut app = spawn_app().await;
-    let state = Arc::clone(&app.state);
+    let state = Arc::clone(app.state());
     // Keep the drain open with a batch in flight.
-    let mut conn = RawConn::connect(app.addr).await;
+    let mut conn = RawConn::connect(app.addr()).await;
     conn.send_head(&[("authorization", "Bearer tok-a"), ("content-length", "100")])
         .await;
     wait_until(

@@ -6,7 +6,7 @@
 use http::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use crate::common::*;
 
 #[track_caller]
 fn assert_malformed(reply: &Reply) {

@@ -7,7 +7,7 @@ use currents_heap::config::SettingsArgs;
 use currents_heap::dlq::Selection;
 use currents_heap::queue::sqlite::SqliteQueue;
 
-use crate::helpers::*;
+use crate::common::*;
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -19,7 +19,7 @@ fn stderr(out: &std::process::Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dlq_lists_replays_after_a_restart_and_purges_dead_letters() {
-    let mut h = Harness::start(
+    let mut h = TestApp::start(
         heap_budgets(),
         SettingsArgs {
             dead_letter_skipped: Some(true),
@@ -30,7 +30,7 @@ async fn dlq_lists_replays_after_a_restart_and_purges_dead_letters() {
     let (mut events, ids) = sends("dlq", 20, 20);
     let poisoned = [ids[3].clone(), ids[11].clone()];
     for p in &poisoned {
-        h.heap.poison(p.clone());
+        h.heap().poison(p.clone());
     }
     events.extend((0..3).map(|i| anonymous_send(&format!("dlq-anon-{i}"))));
     h.post_events(&events).await;
@@ -73,7 +73,7 @@ async fn dlq_lists_replays_after_a_restart_and_purges_dead_letters() {
     // Heap would now take them: replay with the server stopped, then start it again.
     h.stop_app().await;
     for p in &poisoned {
-        h.heap.unpoison(p);
+        h.heap().unpoison(p);
     }
     let out = dlq(h.data_dir(), &["replay", "--reason", "rejected"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
@@ -84,10 +84,7 @@ async fn dlq_lists_replays_after_a_restart_and_purges_dead_letters() {
     );
     assert_eq!(h.queued_count(), 2);
     h.start_app().await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
+    h.delivered_once(&ids).await;
     let left: Vec<String> = h.dead_letters().into_iter().map(|d| d.reason).collect();
     assert_eq!(left, ["anonymous", "anonymous", "anonymous"]);
 
@@ -133,16 +130,16 @@ async fn dlq_lists_replays_after_a_restart_and_purges_dead_letters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_replayed_while_the_server_runs_are_delivered() {
-    let h = Harness::start(heap_budgets(), base_args()).await;
+    let h = TestApp::start(heap_budgets(), base_args()).await;
     let (events, ids) = sends("live", 10, 10);
-    h.heap.poison(ids[4].clone());
+    h.heap().poison(ids[4].clone());
     h.post_events(&events).await;
     let good: Vec<String> = ids.iter().filter(|k| **k != ids[4]).cloned().collect();
     h.wait_delivered(&good, Duration::from_secs(20)).await;
     let dead = h.dead_letters();
     assert_eq!(dead.len(), 1);
 
-    h.heap.unpoison(&ids[4]);
+    h.heap().unpoison(&ids[4]);
     let queue = SqliteQueue::open_maintenance(h.data_dir()).unwrap();
     let sel = Selection {
         reason: None,
@@ -153,9 +150,6 @@ async fn dead_letters_replayed_while_the_server_runs_are_delivered() {
         .await
         .unwrap();
     assert_eq!(n.requeued, 1);
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
+    h.delivered_once(&ids).await;
     assert!(h.dead_letters().is_empty());
 }

@@ -5,11 +5,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::helpers::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn braze_batches_reach_heap_exactly_once_and_anonymous_events_are_skipped() {
-    let h = Harness::start(heap_budgets(), base_args()).await;
+    let h = TestApp::start(heap_budgets(), base_args()).await;
 
     // 5 batches of 40: email sends, custom events, subscription changes (track + user
     // properties) and anonymous sends, over 50 identities (≤ 16 events each: the identity
@@ -55,7 +55,7 @@ async fn braze_batches_reach_heap_exactly_once_and_anonymous_events_are_skipped(
     // Let a stray duplicate (none expected) arrive before judging.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let report = {
-        let later = h.heap.report();
+        let later = h.heap().report();
         assert_eq!(later.events_accepted, report.events_accepted);
         later
     };
@@ -146,7 +146,7 @@ async fn braze_batches_reach_heap_exactly_once_and_anonymous_events_are_skipped(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_events_are_dead_lettered_when_dead_letter_skipped_is_set() {
-    let h = Harness::start(
+    let h = TestApp::start(
         heap_budgets(),
         currents_heap::config::SettingsArgs {
             dead_letter_skipped: Some(true),
@@ -157,11 +157,7 @@ async fn anonymous_events_are_dead_lettered_when_dead_letter_skipped_is_set() {
     let (mut events, ids) = sends("dls", 10, 10);
     events.push(anonymous_send("dls-anon-1"));
     events.push(anonymous_send("dls-anon-2"));
-    h.post_events(&events).await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
+    h.post_and_deliver(&events, &ids).await;
     let dead = h.dead_letters();
     let mut dead_ids: Vec<(&str, &str)> = dead
         .iter()
@@ -191,7 +187,7 @@ async fn anonymous_events_are_dead_lettered_when_dead_letter_skipped_is_set() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_events_get_a_synthetic_user_id_when_configured() {
-    let h = Harness::start(
+    let h = TestApp::start(
         heap_budgets(),
         currents_heap::config::SettingsArgs {
             anonymous: Some("synthetic_user_id".into()),
@@ -202,10 +198,7 @@ async fn anonymous_events_get_a_synthetic_user_id_when_configured() {
     h.post_events(&[anonymous_send("syn-1"), anonymous_send("syn-2")])
         .await;
     let keys = vec!["syn-1".to_owned(), "syn-2".to_owned()];
-    let report = h.wait_delivered(&keys, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(keys.iter().map(String::as_str))
-        .unwrap();
+    let report = h.delivered_once(&keys).await;
     for (_, item) in report.track_items() {
         assert!(item.identity.is_none(), "{item:?}");
         let user_id: u64 = item
@@ -226,7 +219,7 @@ async fn anonymous_events_get_a_synthetic_user_id_when_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placeholder_identities_never_reach_heap() {
-    let h = Harness::start(heap_budgets(), base_args()).await;
+    let h = TestApp::start(heap_budgets(), base_args()).await;
     let (mut events, ids) = sends("ph", 5, 5);
     for (i, placeholder) in ["null", "UNDEFINED", " None ", "", &"x".repeat(256)]
         .iter()
@@ -234,11 +227,7 @@ async fn placeholder_identities_never_reach_heap() {
     {
         events.push(email_send(&format!("ph-bad-{i}"), placeholder));
     }
-    h.post_events(&events).await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
+    let report = h.post_and_deliver(&events, &ids).await;
     assert_eq!(
         report.shape_violation_count, 0,
         "{:?}",
@@ -255,7 +244,7 @@ async fn placeholder_identities_never_reach_heap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn excluded_event_types_are_skipped_and_counted() {
-    let h = Harness::start(
+    let h = TestApp::start(
         heap_budgets(),
         currents_heap::config::SettingsArgs {
             exclude_event_types: Some("users.behaviors.*".into()),
@@ -266,11 +255,7 @@ async fn excluded_event_types_are_skipped_and_counted() {
     let (mut events, ids) = sends("exc", 6, 6);
     events.push(custom_event("exc-custom", "exc-user-1", "Ignored"));
     events.push(subscription_change("exc-sub", "exc-user-2"));
-    h.post_events(&events).await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
+    let report = h.post_and_deliver(&events, &ids).await;
     assert_eq!(report.user_property_items_accepted, 0);
     assert_eq!(
         h.metric(r#"currents_heap_events_skipped_total{reason="excluded",route="default"}"#)
@@ -282,8 +267,8 @@ async fn excluded_event_types_are_skipped_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_request_carries_more_than_heap_batch_size_or_heaps_1000_items() {
     // A budget large enough that only the bulk limit bounds a request.
-    let h = Harness::start(
-        currents_heap::standin::StandInConfig {
+    let h = TestApp::start(
+        currents_heap_testkit::standin::StandInConfig {
             events_per_window: 1_000_000,
             ..heap_budgets()
         },
@@ -307,7 +292,7 @@ async fn no_request_carries_more_than_heap_batch_size_or_heaps_1000_items() {
     let largest = report.track_batches.iter().map(|b| b.events.len()).max();
     assert_eq!(largest, Some(1000), "bulk requests should be full");
 
-    let h = Harness::start(
+    let h = TestApp::start(
         heap_budgets(),
         currents_heap::config::SettingsArgs {
             heap_batch_size: Some("40".into()),

@@ -9,11 +9,11 @@ use bytes::Bytes;
 use currents_heap::config::SettingsArgs;
 use http::{Method, StatusCode};
 
-use crate::helpers::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_sheds_load_at_the_quota_and_recovers_when_the_backlog_drains() {
-    let h = Harness::start(
+    let h = TestApp::start(
         heap_budgets(),
         SettingsArgs {
             // Room for roughly 40 of the test's ~480-byte events.
@@ -22,14 +22,14 @@ async fn ingest_sheds_load_at_the_quota_and_recovers_when_the_backlog_drains() {
         },
     )
     .await;
-    h.heap.set_down(true);
+    h.heap().set_down(true);
 
     let (events, ids) = sends("quota", 200, 20);
     let mut acknowledged: Vec<String> = Vec::new();
     let mut refused = Vec::new();
     for (chunk, chunk_ids) in events.chunks(10).zip(ids.chunks(10)) {
         let reply = h
-            .request(Method::POST, "/currents", Bytes::from(batch(chunk)))
+            .request_authed(Method::POST, "/currents", Bytes::from(batch(chunk)))
             .await;
         match reply.status {
             StatusCode::OK => acknowledged.extend(chunk_ids.iter().cloned()),
@@ -59,14 +59,14 @@ async fn ingest_sheds_load_at_the_quota_and_recovers_when_the_backlog_drains() {
     );
 
     // Heap is back: the backlog drains and the refused batches (Braze retries them) go in.
-    h.heap.set_down(false);
+    h.heap().set_down(false);
     h.wait_delivered(&acknowledged, Duration::from_secs(30))
         .await;
     for (chunk, chunk_ids) in refused {
         let mut accepted = false;
         for _ in 0..200 {
             let reply = h
-                .request(Method::POST, "/currents", Bytes::from(batch(&chunk)))
+                .request_authed(Method::POST, "/currents", Bytes::from(batch(&chunk)))
                 .await;
             if reply.status == StatusCode::OK {
                 accepted = true;

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use currents_heap::config::SettingsArgs;
-use currents_heap::standin::Fault;
+use currents_heap_testkit::standin::Fault;
 
-use crate::helpers::*;
+use crate::common::*;
 
 fn dead_lettered(text: &str, reason: &str) -> f64 {
     metric_value(
@@ -20,17 +20,14 @@ fn dead_lettered(text: &str, reason: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_event_is_isolated_by_bisection_and_dead_lettered_alone() {
-    let h = Harness::start(heap_budgets(), base_args()).await;
+    let h = TestApp::start(heap_budgets(), base_args()).await;
     let (events, ids) = sends("bis", 100, 100);
     let poison = ids[37].clone();
-    h.heap.poison(poison.clone());
+    h.heap().poison(poison.clone());
     // One request of 100 events.
     h.post_events(&events).await;
     let good: Vec<String> = ids.iter().filter(|k| **k != poison).cloned().collect();
-    let report = h.wait_delivered(&good, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(good.iter().map(String::as_str))
-        .unwrap();
+    let report = h.delivered_once(&good).await;
     // Bisection, not one request per event: 100 → 50 → 25 → 13 → 7 → 4 → 2 → 1.
     assert!(
         report.poison_rejections <= 8,
@@ -99,11 +96,11 @@ async fn a_poison_event_is_isolated_by_bisection_and_dead_lettered_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_poison_events_in_one_batch_are_each_dead_lettered_and_the_rest_delivered() {
-    let h = Harness::start(heap_budgets(), base_args()).await;
+    let h = TestApp::start(heap_budgets(), base_args()).await;
     let (events, ids) = sends("bis2", 64, 64);
     let poisoned = [ids[0].clone(), ids[1].clone(), ids[40].clone()];
     for p in &poisoned {
-        h.heap.poison(p.clone());
+        h.heap().poison(p.clone());
     }
     h.post_events(&events).await;
     let good: Vec<String> = ids
@@ -111,10 +108,7 @@ async fn several_poison_events_in_one_batch_are_each_dead_lettered_and_the_rest_
         .filter(|k| !poisoned.contains(k))
         .cloned()
         .collect();
-    let report = h.wait_delivered(&good, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(good.iter().map(String::as_str))
-        .unwrap();
+    h.delivered_once(&good).await;
     let mut dead: Vec<(String, String)> = h
         .dead_letters()
         .into_iter()
@@ -131,14 +125,10 @@ async fn several_poison_events_in_one_batch_are_each_dead_lettered_and_the_rest_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_413_splits_the_batch_and_every_half_is_delivered() {
-    let h = Harness::start(heap_budgets(), base_args()).await;
-    h.heap.push_fault(Fault::status(413));
+    let h = TestApp::start(heap_budgets(), base_args()).await;
+    h.heap().push_fault(Fault::status(413));
     let (events, ids) = sends("split", 100, 100);
-    h.post_events(&events).await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
+    let report = h.post_and_deliver(&events, &ids).await;
     assert_eq!(report.requests_with(TRACK, 413), 1);
     let sizes: Vec<usize> = report
         .track_batches
@@ -155,9 +145,9 @@ async fn a_413_splits_the_batch_and_every_half_is_delivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_413s_split_down_to_single_events_and_only_those_are_dead_lettered() {
-    let h = Harness::start(heap_budgets(), base_args()).await;
+    let h = TestApp::start(heap_budgets(), base_args()).await;
     // 8 → 4 + 4; 4 → 2 + 2; 2 → 1 + 1; the first single event is refused too.
-    h.heap.push_faults([
+    h.heap().push_faults([
         Fault::status(413),
         Fault::status(413),
         Fault::status(413),
@@ -166,10 +156,7 @@ async fn repeated_413s_split_down_to_single_events_and_only_those_are_dead_lette
     let (events, ids) = sends("split1", 8, 8);
     h.post_events(&events).await;
     let rest: Vec<String> = ids[1..].to_vec();
-    let report = h.wait_delivered(&rest, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(rest.iter().map(String::as_str))
-        .unwrap();
+    h.delivered_once(&rest).await;
     let dead = h.dead_letters();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].event.event_id, ids[0]);
@@ -180,7 +167,7 @@ async fn repeated_413s_split_down_to_single_events_and_only_those_are_dead_lette
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_not_delivered_within_max_event_age_are_dead_lettered_as_expired() {
-    let h = Harness::start(
+    let h = TestApp::start(
         heap_budgets(),
         SettingsArgs {
             max_event_age: Some("1s".into()),
@@ -188,7 +175,7 @@ async fn events_not_delivered_within_max_event_age_are_dead_lettered_as_expired(
         },
     )
     .await;
-    h.heap.set_down(true);
+    h.heap().set_down(true);
     let (events, ids) = sends("old", 20, 20);
     h.post_events(&events).await;
     wait_until("all 20 events expired", Duration::from_secs(20), || {
@@ -203,40 +190,23 @@ async fn events_not_delivered_within_max_event_age_are_dead_lettered_as_expired(
     expected.sort_unstable();
     assert_eq!(dead_ids, expected);
     assert_eq!(h.queued_count(), 0);
-    assert_eq!(h.heap.report().events_accepted, 0);
+    assert_eq!(h.heap().report().events_accepted, 0);
     let text = h.metrics().await;
     assert_eq!(dead_lettered(&text, "expired"), 20.0);
     assert_eq!(metric_value(&text, "currents_heap_queue_events"), 0.0);
 
     // Delivery goes on once Heap is back.
-    h.heap.set_down(false);
+    h.heap().set_down(false);
     let (events, ids) = sends("fresh", 5, 5);
-    h.post_events(&events).await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
+    h.post_and_deliver(&events, &ids).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_400_on_user_properties_is_bisected_without_resending_the_track_events() {
-    let h = Harness::start(heap_budgets(), base_args()).await;
-    // Track passes (a zero delay is a no-op fault); the 4 users get one 400, then pass in
-    // halves. A lone event whose user properties are refused is dead-lettered.
-    h.heap
-        .push_faults([Fault::Delay(Duration::ZERO), Fault::status(400)]);
-    let ids: Vec<String> = (0..4).map(|i| format!("upb-{i}")).collect();
-    let events: Vec<_> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| subscription_change(id, &format!("upb-user-{i}")))
-        .collect();
-    h.post_events(&events).await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
-    assert_eq!(report.requests_with(USER_PROPERTIES, 400), 1);
+    let h = TestApp::start(heap_budgets(), base_args()).await;
+    // Track passes; the 4 users get one 400, then pass in halves. A lone event whose user
+    // properties are refused is dead-lettered.
+    let (report, _) = h.deliver_past_a_user_properties_fault("upb", 400).await;
     let sizes: Vec<usize> = report
         .user_property_batches
         .iter()
@@ -245,7 +215,7 @@ async fn a_400_on_user_properties_is_bisected_without_resending_the_track_events
     assert_eq!(sizes, [2, 2]);
     assert!(h.dead_letters().is_empty());
 
-    h.heap
+    h.heap()
         .push_faults([Fault::Delay(Duration::ZERO), Fault::status(400)]);
     h.post_events(&[subscription_change("upb-lone", "upb-user-9")])
         .await;
@@ -258,7 +228,7 @@ async fn a_400_on_user_properties_is_bisected_without_resending_the_track_events
     let dead = h.dead_letters();
     assert_eq!(dead[0].event.event_id, "upb-lone");
     assert_eq!(dead[0].reason, "rejected_user_properties");
-    let report = h.heap.report();
+    let report = h.heap().report();
     assert_eq!(
         report.key_count("upb-lone"),
         1,

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use currents_heap::config::SettingsArgs;
-use currents_heap::standin::{Fault, Mode};
+use currents_heap_testkit::standin::{Fault, Mode};
 
-use crate::helpers::*;
+use crate::common::*;
 
 fn retries(text: &str, reason: &str) -> f64 {
     metric_value(
@@ -18,16 +18,12 @@ fn retries(text: &str, reason: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_are_retried_until_heap_accepts() {
-    let h = Harness::start(heap_budgets(), base_args()).await;
-    h.heap
+    let h = TestApp::start(heap_budgets(), base_args()).await;
+    h.heap()
         .push_faults([Fault::status(500), Fault::status(503), Fault::status(502)]);
     let (events, ids) = sends("5xx", 30, 30);
-    h.post_events(&events).await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
-    assert_eq!(h.heap.pending_faults(), 0);
+    let report = h.post_and_deliver(&events, &ids).await;
+    assert_eq!(h.heap().pending_faults(), 0);
     for code in [500, 502, 503] {
         assert_eq!(report.requests_with(TRACK, code), 1, "{code}");
     }
@@ -53,7 +49,7 @@ async fn a_429_with_retry_after_pauses_all_delivery_for_that_long() {
     // the 429, and four more batches are ready at once, so any request sent during the pause
     // would show up. B's 429 came after A's arrival, so every later arrival must be at
     // least 1 s after A's, on the stand-in's own clock: no tolerance needed.
-    let h = Harness::start(
+    let h = TestApp::start(
         heap_budgets(),
         SettingsArgs {
             heap_batch_size: Some("10".into()),
@@ -61,7 +57,7 @@ async fn a_429_with_retry_after_pauses_all_delivery_for_that_long() {
         },
     )
     .await;
-    h.heap.push_faults([
+    h.heap().push_faults([
         Fault::Delay(Duration::ZERO),
         Fault::Status {
             code: 429,
@@ -70,11 +66,7 @@ async fn a_429_with_retry_after_pauses_all_delivery_for_that_long() {
         },
     ]);
     let (events, ids) = sends("ra", 60, 60);
-    h.post_events(&events).await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
+    let report = h.post_and_deliver(&events, &ids).await;
     assert_eq!(report.requests_with(TRACK, 429), 1);
     assert_eq!(report.track_batches.len(), 6);
     let a = report.track_batches[0].at;
@@ -93,7 +85,7 @@ async fn a_429_with_retry_after_pauses_all_delivery_for_that_long() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_after_processing_is_resent_after_retry_after_and_only_its_events_double() {
-    let h = Harness::start(
+    let h = TestApp::start(
         heap_budgets(),
         SettingsArgs {
             heap_batch_size: Some("10".into()),
@@ -101,7 +93,7 @@ async fn a_429_after_processing_is_resent_after_retry_after_and_only_its_events_
         },
     )
     .await;
-    h.heap.push_fault(Fault::StatusAfterProcessing {
+    h.heap().push_fault(Fault::StatusAfterProcessing {
         code: 429,
         retry_after: Some("1".into()),
         body: "committed, but slow down".into(),
@@ -130,15 +122,11 @@ async fn a_429_after_processing_is_resent_after_retry_after_and_only_its_events_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_429_without_retry_after_is_retried_with_backoff() {
-    let h = Harness::start(heap_budgets(), base_args()).await;
-    h.heap
+    let h = TestApp::start(heap_budgets(), base_args()).await;
+    h.heap()
         .push_faults([Fault::status(429), Fault::status(429), Fault::status(408)]);
     let (events, ids) = sends("429", 40, 40);
-    h.post_events(&events).await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
+    let report = h.post_and_deliver(&events, &ids).await;
     assert_eq!(report.requests_with(TRACK, 429), 2);
     let text = h.metrics().await;
     assert_eq!(retries(&text, "status_429"), 2.0);
@@ -148,14 +136,14 @@ async fn a_429_without_retry_after_is_retried_with_backoff() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_acknowledgements_are_resent_and_only_the_dropped_batch_doubles() {
-    let h = Harness::start(heap_budgets(), base_args()).await;
-    h.heap.push_fault(Fault::DropAfterProcessing);
+    let h = TestApp::start(heap_budgets(), base_args()).await;
+    h.heap().push_fault(Fault::DropAfterProcessing);
     let (events, ids) = sends("drop", 30, 30);
     h.post_events(&events).await;
     let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let report = {
-        let later = h.heap.report();
+        let later = h.heap().report();
         assert_eq!(later.events_accepted, report.events_accepted);
         later
     };
@@ -176,21 +164,17 @@ async fn lost_acknowledgements_are_resent_and_only_the_dropped_batch_doubles() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_dropped_before_processing_are_retried_without_duplicates() {
-    let h = Harness::start(heap_budgets(), base_args()).await;
-    h.heap
+    let h = TestApp::start(heap_budgets(), base_args()).await;
+    h.heap()
         .push_faults([Fault::DropBeforeProcessing, Fault::DropBeforeProcessing]);
     let (events, ids) = sends("dropb", 30, 30);
-    h.post_events(&events).await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
+    let report = h.post_and_deliver(&events, &ids).await;
     assert_eq!(report.dropped_connections.get(TRACK), Some(&2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_slower_than_heap_timeout_are_retried_without_loss() {
-    let h = Harness::start(
+    let h = TestApp::start(
         heap_budgets(),
         SettingsArgs {
             heap_timeout: Some("200ms".into()),
@@ -198,7 +182,7 @@ async fn responses_slower_than_heap_timeout_are_retried_without_loss() {
         },
     )
     .await;
-    h.heap.push_fault(Fault::Delay(Duration::from_secs(1)));
+    h.heap().push_fault(Fault::Delay(Duration::from_secs(1)));
     let (events, ids) = sends("slow", 30, 30);
     h.post_events(&events).await;
     let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
@@ -220,15 +204,15 @@ async fn responses_slower_than_heap_timeout_are_retried_without_loss() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn everything_queued_while_heap_is_down_arrives_after_it_recovers() {
-    let h = Harness::start(heap_budgets(), base_args()).await;
-    h.heap.set_down(true);
+    let h = TestApp::start(heap_budgets(), base_args()).await;
+    h.heap().set_down(true);
     let (events, ids) = sends("down", 90, 45);
     h.post_in_batches(&events[..60], 20).await;
     // Several failed attempts, and nothing accepted meanwhile.
     wait_until(
         "Heap refused three requests",
         Duration::from_secs(20),
-        || h.heap.report().requests_with(TRACK, 503) >= 3,
+        || h.heap().report().requests_with(TRACK, 503) >= 3,
     )
     .await;
     h.post_in_batches(&events[60..], 15).await;
@@ -242,41 +226,24 @@ async fn everything_queued_while_heap_is_down_arrives_after_it_recovers() {
         },
     )
     .await;
-    let report = h.heap.report();
+    let report = h.heap().report();
     assert_eq!(report.events_accepted, 0);
     assert_eq!(h.queued_count(), 90);
     assert_eq!(h.metric("currents_heap_queue_events").await, 90.0);
     // The backoff is capped (200 ms): well under a hundred attempts in this time.
     assert!(report.requests_with(TRACK, 503) < 200);
 
-    h.heap.set_mode(Mode::Normal);
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
+    h.heap().set_mode(Mode::Normal);
+    h.delivered_once(&ids).await;
     assert!(h.dead_letters().is_empty());
     assert_eq!(h.metric("currents_heap_queue_events").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transient_failure_of_user_properties_retries_them_without_resending_the_track_events() {
-    let h = Harness::start(heap_budgets(), base_args()).await;
-    // The track request passes (a zero delay is a no-op fault), the user properties request
-    // that follows gets a 503.
-    h.heap
-        .push_faults([Fault::Delay(Duration::ZERO), Fault::status(503)]);
-    let ids: Vec<String> = (0..4).map(|i| format!("sub-{i}")).collect();
-    let events: Vec<_> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| subscription_change(id, &format!("sub-user-{i}")))
-        .collect();
-    h.post_events(&events).await;
-    let report = h.wait_delivered(&ids, Duration::from_secs(20)).await;
-    report
-        .check_exactly_once(ids.iter().map(String::as_str))
-        .unwrap();
-    assert_eq!(report.requests_with(USER_PROPERTIES, 503), 1);
+    let h = TestApp::start(heap_budgets(), base_args()).await;
+    // The track request passes, the user properties request that follows gets a 503.
+    let (report, _) = h.deliver_past_a_user_properties_fault("sub", 503).await;
     let mut users: Vec<&str> = report
         .user_property_items()
         .map(|(_, u)| u.identity.as_str())

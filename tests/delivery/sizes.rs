@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use currents_heap::heap::model::{BulkTrack, BulkUserProperties};
-use currents_heap::standin::StandInConfig;
+use currents_heap_testkit::heap::{bulk_track_body, bulk_user_properties_body};
+use currents_heap_testkit::standin::StandInConfig;
 use serde_json::{Map, Value, json};
 
-use crate::helpers::*;
+use crate::common::*;
 
 const CAP: usize = 64 * 1024;
 
@@ -60,7 +60,7 @@ async fn requests_are_cut_at_the_byte_cap_and_every_event_arrives_once_within_bu
         window: Duration::from_secs(2),
         enforce: true,
     };
-    let h = Harness::start(
+    let h = TestApp::start(
         heap,
         currents_heap::config::SettingsArgs {
             heap_events_per_minute: Some("1200".into()),
@@ -94,12 +94,12 @@ async fn requests_are_cut_at_the_byte_cap_and_every_event_arrives_once_within_bu
     wait_until(
         "every profile update's user properties arrive",
         Duration::from_secs(30),
-        || h.heap.report().user_property_items_accepted >= 40,
+        || h.heap().report().user_property_items_accepted >= 40,
     )
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let report = {
-        let later = h.heap.report();
+        let later = h.heap().report();
         assert_eq!(later.events_accepted, report.events_accepted);
         later
     };
@@ -119,12 +119,7 @@ async fn requests_are_cut_at_the_byte_cap_and_every_event_arrives_once_within_bu
     // the cap, unless it carries one item that alone is larger.
     let mut track_sizes = Vec::new();
     for b in &report.track_batches {
-        let len = serde_json::to_vec(&BulkTrack {
-            app_id: &b.app_id,
-            events: &b.events,
-        })
-        .unwrap()
-        .len();
+        let len = bulk_track_body(&b.app_id, &b.events).len();
         assert!(
             len <= CAP || b.events.len() == 1,
             "a track body of {len} bytes with {} events",
@@ -139,12 +134,7 @@ async fn requests_are_cut_at_the_byte_cap_and_every_event_arrives_once_within_bu
         .unwrap();
     assert_eq!(huge.events.len(), 1, "the oversized event went alone");
     for b in &report.user_property_batches {
-        let len = serde_json::to_vec(&BulkUserProperties {
-            app_id: &b.app_id,
-            users: &b.users,
-        })
-        .unwrap()
-        .len();
+        let len = bulk_user_properties_body(&b.app_id, &b.users).len();
         assert!(
             len <= CAP || b.users.len() == 1,
             "a user-properties body of {len} bytes with {} users",

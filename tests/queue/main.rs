@@ -1,6 +1,8 @@
 //! The queue seam's conformance suite, run against every store behind
 //! [`currents_heap::queue::Queue`]. `conformance.rs` states each promise once, generically;
 //! each store adds a [`conformance::Backend`] and one `conformance_suite!` line below.
+// Test code: `unwrap` is an assertion, and helpers are `pub` for the modules that share them.
+#![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
 mod conformance;
 

@@ -11,8 +11,9 @@
 //! * **Shapes** (`heap-api.md` §(b), (c)): `POST /api/track` takes the bulk envelope
 //!   `{"app_id": "<digits>", "events": [1..=1000 items]}`, `POST /api/add_user_properties` takes
 //!   `{"app_id": "<digits>", "users": [1..=1000 items]}`. Each item must pass
-//!   [`validate_track_item`] / [`validate_user_properties_item`], the model's encoding of Heap's
-//!   documented item limits. Anything else is a `400` with a short `text/plain` body saying what
+//!   [`check_track_item`] / [`check_user_properties_item`], the stand-in's own encoding of
+//!   Heap's documented item limits ([`crate::heap`], written from `heap-api.md` and independent
+//!   of the product's validators, so it catches a bug in those). Anything else is a `400` with a short `text/plain` body saying what
 //!   is wrong, and is counted as a shape violation. An unknown path is a `404`. Success is
 //!   `200` with the documented body `{}`.
 //! * **Records** every accepted item with its arrival time (per request, relative to the
@@ -36,7 +37,7 @@
 //!   including the documented-for-single-track `session_id`) are refused, as are array property
 //!   values (Heap joins them with `||`) and placeholder identities such as `"null"` (Heap would
 //!   accept them and merge users irreversibly). `timestamp` and `idempotency_key` are required
-//!   on every track item because our model always sends them.
+//!   on every track item because the forwarder always sends them.
 //! * **(assumption)** `Content-Type` must be `application/json` and no `Content-Encoding` other
 //!   than `identity` is accepted. A non-`POST` method on a known path is a `400`.
 //! * **(stand-in guard)** Bodies over [`MAX_BODY_BYTES`] get `413`; Heap documents no size limit.
@@ -58,15 +59,14 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use serde::Deserialize;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::heap::model::{
+use crate::heap::{
     MAX_BULK_ITEMS, TRACK_PATH, TrackItem, USER_PROPERTIES_PATH, UserPropertiesItem,
-    is_placeholder_identity, validate_track_item, validate_user_properties_item,
+    check_track_item, check_user_properties_item,
 };
 
 /// Largest request body the stand-in reads (its own guard; Heap documents no limit).
@@ -1121,32 +1121,13 @@ fn accept_track(
     Answer::ok()
 }
 
-const TRACK_ITEM_FIELDS: &[&str] = &[
-    "identity",
-    "user_id",
-    "event",
-    "timestamp",
-    "idempotency_key",
-    "properties",
-];
-const USER_ITEM_FIELDS: &[&str] = &["identity", "properties"];
-
 /// Checks a bulk track body; `Ok((app_id, events))` or what is wrong.
 pub fn parse_bulk_track(body: &[u8]) -> Result<(String, Vec<TrackItem>), String> {
     let (app_id, items) = parse_envelope(body, "events", "event")?;
     let events = items
         .iter()
         .enumerate()
-        .map(|(i, v)| {
-            let at = |e: String| format!("events[{i}]: {e}");
-            check_item_fields(v, TRACK_ITEM_FIELDS).map_err(at)?;
-            let item = TrackItem::deserialize(v).map_err(|e| at(e.to_string()))?;
-            validate_track_item(&item).map_err(at)?;
-            if let Some(identity) = &item.identity {
-                check_not_placeholder(identity).map_err(at)?;
-            }
-            Ok(item)
-        })
+        .map(|(i, v)| check_track_item(v).map_err(|e| format!("events[{i}]: {e}")))
         .collect::<Result<Vec<_>, String>>()?;
     Ok((app_id, events))
 }
@@ -1159,14 +1140,7 @@ pub fn parse_bulk_user_properties(
     let users = items
         .iter()
         .enumerate()
-        .map(|(i, v)| {
-            let at = |e: String| format!("users[{i}]: {e}");
-            check_item_fields(v, USER_ITEM_FIELDS).map_err(at)?;
-            let item = UserPropertiesItem::deserialize(v).map_err(|e| at(e.to_string()))?;
-            validate_user_properties_item(&item).map_err(at)?;
-            check_not_placeholder(&item.identity).map_err(at)?;
-            Ok(item)
-        })
+        .map(|(i, v)| check_user_properties_item(v).map_err(|e| format!("users[{i}]: {e}")))
         .collect::<Result<Vec<_>, String>>()?;
     Ok((app_id, users))
 }
@@ -1211,51 +1185,10 @@ fn parse_envelope(
     Ok((app_id, items))
 }
 
-/// The item is an object with only `allowed` fields, and its property values are flat.
-fn check_item_fields(item: &Value, allowed: &[&str]) -> Result<(), String> {
-    let Value::Object(fields) = item else {
-        return Err("item is not a JSON object".into());
-    };
-    if let Some(field) = fields.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(format!("unknown field `{field}`"));
-    }
-    match fields.get("properties") {
-        None => {}
-        Some(Value::Object(properties)) => {
-            for (key, value) in properties {
-                let kind = match value {
-                    Value::String(_) | Value::Number(_) => continue,
-                    Value::Object(_) => "a nested object",
-                    Value::Array(_) => {
-                        "an array (Heap joins arrays with `||`; our model never sends them)"
-                    }
-                    Value::Bool(_) => "a boolean",
-                    Value::Null => "null",
-                };
-                let key: String = key.chars().take(64).collect();
-                return Err(format!(
-                    "property {key:?} is {kind}; Heap takes strings and numbers"
-                ));
-            }
-        }
-        Some(_) => return Err("`properties` must be an object".into()),
-    }
-    Ok(())
-}
-
-fn check_not_placeholder(identity: &str) -> Result<(), String> {
-    if is_placeholder_identity(identity) {
-        return Err(format!(
-            "placeholder identity {identity:?}: Heap would merge all such users irreversibly"
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::heap::model::{Properties, PropertyValue};
+    use crate::heap::{Properties, PropertyValue};
     use hyper_util::client::legacy::Client;
     use hyper_util::client::legacy::connect::HttpConnector;
     use proptest::prelude::*;
@@ -1493,6 +1426,45 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    /// `heap-api.md` §(c): 1000 events per bulk track request, 1000 users per bulk
+    /// add-user-properties request; an empty bulk is refused too.
+    #[test]
+    fn bulk_requests_hold_1_to_1000_items() {
+        let track = |n: usize| {
+            parse_bulk_track(
+                track_body(APP, &items("alice", "k", n))
+                    .to_string()
+                    .as_bytes(),
+            )
+        };
+        assert_eq!(track(MAX_BULK_ITEMS).unwrap().1.len(), MAX_BULK_ITEMS);
+        assert!(
+            track(MAX_BULK_ITEMS + 1)
+                .unwrap_err()
+                .contains("1001 items")
+        );
+        assert!(track(0).unwrap_err().contains("0 items"));
+        let users = |n: usize| {
+            let users: Vec<Value> = (0..n)
+                .map(|i| serde_json::json!({"identity": format!("u{i}")}))
+                .collect();
+            let body = serde_json::json!({"app_id": APP, "users": users});
+            parse_bulk_user_properties(body.to_string().as_bytes())
+        };
+        assert_eq!(users(MAX_BULK_ITEMS).unwrap().1.len(), MAX_BULK_ITEMS);
+        assert!(
+            users(MAX_BULK_ITEMS + 1)
+                .unwrap_err()
+                .contains("1001 items")
+        );
+        assert!(users(0).unwrap_err().contains("0 items"));
+        // One bad item refuses the whole request, and the message says which.
+        let mut events = items("alice", "k", 3);
+        events[2].event = "e".repeat(1025);
+        let err = parse_bulk_track(track_body(APP, &events).to_string().as_bytes()).unwrap_err();
+        assert!(err.starts_with("events[2]: `event`"), "{err}");
     }
 
     // ---- over HTTP ----

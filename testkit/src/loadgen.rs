@@ -100,10 +100,11 @@ pub fn load_templates(dir: &Path) -> Vec<Template> {
     out
 }
 
-/// Adds a minimal template for every catalogue event type `templates` does not cover yet, so a
-/// load run exercises every name of the mapping table.
-pub fn complete_with_catalogue(templates: &mut Vec<Template>) {
-    for t in crate::currents::catalogue::KNOWN_EVENT_TYPES {
+/// Adds a minimal template for every event type of `event_types` (say, the product's catalogue
+/// `currents_heap::currents::catalogue::KNOWN_EVENT_TYPES`) that `templates` does not cover
+/// yet, so a load run exercises every name of the mapping table.
+pub fn complete_with_event_types(templates: &mut Vec<Template>, event_types: &[&str]) {
+    for t in event_types {
         if templates.iter().any(|x| x.event_type == *t) {
             continue;
         }
@@ -229,138 +230,17 @@ pub fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// A `currents-heap serve` child process on an ephemeral port: what the crash tests `kill -9`
-/// and what the load harness measures.
-///
-/// Test and load tooling: it panics (with the child's log) when the server does not start.
-pub struct ServerProcess {
-    child: std::process::Child,
-    /// Where it listens.
-    pub addr: std::net::SocketAddr,
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl ServerProcess {
-    /// Spawns `bin serve --listen 127.0.0.1:0 --data-dir DATA_DIR ARGS…` (JSON logs, `info`)
-    /// and waits for its `Listening.` line. The environment's `CURRENTS_HEAP_*` settings are
-    /// not passed on.
-    ///
-    /// # Panics
-    /// When the process cannot start or does not listen within 60 s.
-    pub fn spawn(bin: &Path, data_dir: &Path, args: &[&str]) -> Self {
-        use std::io::{BufRead, BufReader};
-        use std::process::{Command, Stdio};
-        let mut cmd = Command::new(bin);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("CURRENTS_HEAP_") || k.starts_with("HEAP_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let lines = std::sync::Arc::clone(&log);
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Reads stderr to its end, so the child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && v["message"] == "Listening."
-                    && let Some(addr) = v["addr"].as_str().and_then(|a| a.parse().ok())
-                {
-                    let _ = tx.send(addr);
-                }
-                lines.lock().unwrap_or_else(|p| p.into_inner()).push(line);
-            }
-        });
-        let addr = match rx.recv_timeout(std::time::Duration::from_secs(60)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "no \"Listening.\" line; stderr:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
-            }
-        };
-        Self { child, addr, log }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Everything the server logged so far.
-    pub fn log(&self) -> String {
-        self.log
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .join("\n")
-    }
-
-    /// SIGKILL: no drain, no checkpoint, no destructor.
-    pub fn kill_9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    ///
-    /// # Panics
-    /// When the server does not exit with status 0 within 60 s.
-    pub fn terminate(mut self) {
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill -TERM");
-        assert!(sent.success());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                assert!(
-                    status.success(),
-                    "exit {status} after SIGTERM; stderr:\n{}",
-                    self.log()
-                );
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no exit after SIGTERM"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn batches_are_valid_currents_with_the_asked_user_mix() {
+    fn batches_have_the_asked_user_mix_and_unique_ids() {
         let mut templates = Vec::new();
-        complete_with_catalogue(&mut templates);
-        assert_eq!(
-            templates.len(),
-            crate::currents::catalogue::KNOWN_EVENT_TYPES.len()
-        );
+        let types = ["users.messages.email.Send", "users.behaviors.CustomEvent"];
+        complete_with_event_types(&mut templates, &types);
+        complete_with_event_types(&mut templates, &types);
+        assert_eq!(templates.len(), 2, "a covered type gets no second template");
         let mix = UserMix {
             users: 10,
             anonymous_share: 0.25,
@@ -369,24 +249,25 @@ mod tests {
         let mut ids = Vec::new();
         let mut counter = 0;
         let body = build_batch_with(&templates, 400, 1, &mut counter, 7, mix, &mut ids);
-        let batch = crate::currents::parse_batch(&body).expect("a valid batch");
-        assert_eq!(batch.events.len(), 400);
-        let anonymous = batch
-            .events
+        assert_eq!(counter, 400);
+        let batch: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        let events = batch["events"].as_array().expect("an events array");
+        assert_eq!(events.len(), 400);
+        let users: Vec<&serde_json::Value> = events
             .iter()
-            .filter(|e| e.external_user_id.is_none())
-            .count();
-        let hot = batch
-            .events
-            .iter()
-            .filter(|e| e.external_user_id.as_deref() == Some("hot-user"))
-            .count();
+            .map(|e| &e["user"]["external_user_id"])
+            .collect();
+        let anonymous = users.iter().filter(|u| u.is_null()).count();
+        let hot = users.iter().filter(|u| **u == "hot-user").count();
         assert!((60..140).contains(&anonymous), "{anonymous}");
         assert!((60..140).contains(&hot), "{hot}");
         assert_eq!(
             ids.iter().filter(|(_, identified)| !identified).count(),
             anonymous
         );
+        for (event, (id, _)) in events.iter().zip(&ids) {
+            assert_eq!(event["id"], id.as_str());
+        }
         let unique: std::collections::HashSet<_> = ids.iter().map(|(id, _)| id).collect();
         assert_eq!(unique.len(), 400);
     }
