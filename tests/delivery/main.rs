@@ -15,6 +15,7 @@ mod common;
 
 mod dlq;
 mod end_to_end;
+mod parity;
 mod quota;
 mod rejections;
 mod retries;
