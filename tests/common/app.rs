@@ -433,7 +433,7 @@ impl TestApp {
 
     /// The SQLite database of the data directory.
     pub fn store_path(&self) -> std::path::PathBuf {
-        self.data_dir().join("queue.sqlite3")
+        self.settings().data_dir.join("queue.sqlite3")
     }
 
     /// Every stored event (queue and dead-letter store), sorted by id.
