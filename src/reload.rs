@@ -165,7 +165,12 @@ impl Controller {
         let metrics = self.state.metrics.clone();
         let result = self.try_reload().await;
         match &result {
-            Ok(changes) => metrics.reloads.config_applied(changes),
+            Ok(changes) => metrics.reloads.config_applied(crate::metrics::LaneNames {
+                started: &changes.started,
+                replaced: &changes.replaced,
+                stopped: &changes.stopped,
+                unchanged: &changes.unchanged,
+            }),
             Err(e) => metrics.reloads.config_refused(e),
         }
         result

@@ -62,7 +62,7 @@ pub enum BatchError {
 
 /// Longest accepted event `id`, in bytes. A Braze id is a 36-character UUID; a longer one is
 /// not a Braze id, and an unbounded one would be stored, remembered by the dedup window and sent
-/// to Heap at any size. (Ids over [`crate::transform::MAX_VERBATIM_ID_BYTES`] are sent to
+/// to Heap at any size. (Ids over `transform::MAX_VERBATIM_ID_BYTES` are sent to
 /// Heap as a hash.)
 pub const MAX_ID_BYTES: usize = 1024;
 

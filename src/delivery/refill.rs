@@ -107,6 +107,9 @@ impl Delivery {
         let mapped = map_event(&row.event.payload, &options.mapping).map_err(|reason| {
             Unsendable::Skipped(row.seq, reason.as_str(), options.dead_letter_skipped)
         })?;
+        for dropped in &mapped.dropped {
+            crate::metrics::count_dropped_value(dropped.reason);
+        }
         let invalid = validate_track_item(&mapped.track).err().or_else(|| {
             mapped
                 .user_properties

@@ -474,3 +474,40 @@ async fn stop_ends_a_budget_wait_without_sending() {
     );
     assert_eq!(lane.queue.totals().events, 10, "the rest stays queued");
 }
+
+#[tokio::test(start_paused = true)]
+async fn values_the_mapping_leaves_out_are_counted() {
+    let mut lane = lane(config(15_000, 1_000)).await;
+    let series = "currents_heap_properties_dropped_total{reason=\"non_finite_number\"} ";
+    let count = || {
+        Metrics::new()
+            .unwrap()
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap()
+    };
+    let before = count();
+    let raw = br#"{"event_type":"users.behaviors.CustomEvent","id":"nan","time":1780000000,
+        "user":{"external_user_id":"u1"},"properties":{"name":"x","big":1e999,"ok":1}}"#;
+    let event = NewEvent {
+        route: Arc::from("default"),
+        app_id: Arc::from(APP_ID),
+        workspace: None,
+        dead_letter: None,
+        event_id: "nan".into(),
+        event_type: "users.behaviors.CustomEvent".into(),
+        identity: Some("u1".into()),
+        event_time: 1_780_000_000,
+        payload: Bytes::from_static(raw),
+    };
+    lane.queue.append(vec![event]).await.unwrap();
+    assert_eq!(
+        lane.sent().await.delivered,
+        1,
+        "the rest of the event is sent"
+    );
+    // Process-wide: other tests map events at the same time, so at least this one.
+    assert!(count() >= before + 1.0);
+}

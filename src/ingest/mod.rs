@@ -5,7 +5,7 @@
 //! body byte it holds in the ingest memory budget ([`buffer`]) and gets 503 when no room frees
 //! up in time, the writer refuses work beyond its bounded channel, and a draining server
 //! refuses new batches while it finishes the ones in flight. How connections reach this module
-//! (timeouts, the connection cap) is [`crate::server`]'s business.
+//! (timeouts, the connection cap) is the `server` module's business.
 
 mod auth;
 pub mod body;

@@ -1,9 +1,9 @@
 //! `properties_dropped_total`: values the mapping left out.
 //!
-//! Process-wide, unlike every other collector: the mapping is a pure function called wherever
-//! events are mapped (delivery, `transform`, `dlq replay`), none of which hands it a
-//! [`super::Metrics`]. One process runs one forwarder, so its registry exports this counter as
-//! its own; tests that run several apps in one process see the sum and compare differences.
+//! Process-wide, unlike every other collector: the delivery lanes count what their mapping (a
+//! pure function) reports as left out, and one process runs one forwarder, so its registry
+//! exports this counter as its own; tests that run several apps in one process see the sum and
+//! compare differences.
 
 use std::sync::LazyLock;
 

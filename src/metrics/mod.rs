@@ -35,7 +35,7 @@ pub use delivery::{DeliveryMetrics, LaneMetrics, Retried};
 pub use ingest::IngestMetrics;
 pub use mapping::count_dropped_value;
 pub use queue::QueueMetrics;
-pub use reloads::ReloadMetrics;
+pub use reloads::{LaneNames, ReloadMetrics};
 
 /// All collectors, registered in one private registry (tests run several apps per process).
 #[derive(Debug, Clone)]

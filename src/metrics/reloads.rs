@@ -7,7 +7,6 @@ use std::path::Path;
 use prometheus::{Error, IntCounterVec, Registry};
 
 use super::{CONFIG_RELOAD_OUTCOMES, TLS_RELOAD_OUTCOMES, counter_vec, zeroed};
-use crate::lanes::LaneChanges;
 
 /// The log targets of the events logged here (where they were logged before).
 const CONFIG_TARGET: &str = "currents_heap::reload";
@@ -31,14 +30,14 @@ impl ReloadMetrics {
     }
 
     /// A configuration reload was applied, changing the lanes as `changes` says.
-    pub fn config_applied(&self, changes: &LaneChanges) {
+    pub fn config_applied(&self, lanes: LaneNames<'_>) {
         tracing::info!(
             target: CONFIG_TARGET,
             message = "Configuration reloaded.",
-            lanes_started = ?changes.started,
-            lanes_replaced = ?changes.replaced,
-            lanes_stopped = ?changes.stopped,
-            lanes_unchanged = ?changes.unchanged,
+            lanes_started = ?lanes.started,
+            lanes_replaced = ?lanes.replaced,
+            lanes_stopped = ?lanes.stopped,
+            lanes_unchanged = ?lanes.unchanged,
         );
         self.config.with_label_values(&["applied"]).inc();
     }
@@ -73,4 +72,13 @@ impl ReloadMetrics {
     pub fn tls_reload_count(&self, outcome: &str) -> u64 {
         self.tls.with_label_values(&[outcome]).get()
     }
+}
+
+/// The lanes a reload started, replaced, stopped and left alone, by name (for the log line).
+#[derive(Debug, Clone, Copy)]
+pub struct LaneNames<'a> {
+    pub started: &'a [String],
+    pub replaced: &'a [String],
+    pub stopped: &'a [String],
+    pub unchanged: &'a [String],
 }

@@ -182,9 +182,6 @@ pub fn map_event(raw: &[u8], opts: &MappingOptions) -> Result<Mapped, SkipReason
         }
         Target::UserId(_) => None,
     };
-    for dropped in &reader.dropped {
-        crate::metrics::count_dropped_value(dropped.reason);
-    }
     Ok(Mapped {
         track,
         user_properties,
@@ -368,7 +365,6 @@ mod tests {
                 "properties":{{"source":"ads","big":1e999,"s":"\ud800","list":[1,-1e400,2],
                     "deep":{deep_array},"obj":{{"kept":true,"deeper":{deep_object}}}}}}}"#
         );
-        let before = crate::metrics::Metrics::new().unwrap().render();
         let m = map_event(raw.as_bytes(), &MappingOptions::default()).expect("mapped");
         assert_eq!(
             serde_json::to_value(&m.track.properties).unwrap(),
@@ -404,18 +400,6 @@ mod tests {
                 ),
             ]
         );
-        // Counted, process-wide (other tests map events concurrently: at least these).
-        let after = crate::metrics::Metrics::new().unwrap().render();
-        let count = |text: &str, reason: &str| {
-            let series = format!("currents_heap_properties_dropped_total{{reason=\"{reason}\"}} ");
-            text.lines()
-                .find_map(|l| l.strip_prefix(series.as_str()))
-                .and_then(|v| v.parse::<f64>().ok())
-                .expect("series exported")
-        };
-        assert!(count(&after, "non_finite_number") >= count(&before, "non_finite_number") + 3.0);
-        assert!(count(&after, "invalid_string") > count(&before, "invalid_string"));
-        assert!(count(&after, "too_deep") >= count(&before, "too_deep") + 2.0);
         // Deterministic, drops included.
         assert_eq!(map_event(raw.as_bytes(), &MappingOptions::default()), Ok(m));
     }
