@@ -186,64 +186,50 @@ mod tests {
     #[test]
     fn subscriptions() {
         let global = "users.behaviors.subscription.GlobalStateChange";
-        assert_eq!(
-            run(
-                global,
-                json!({"properties": {"channel": "email", "subscription_status": "Opted In"}}),
-                &[]
-            ),
-            json!({"braze_email_subscription_status": "Opted In"})
-        );
-        assert_eq!(
-            run(
-                global,
-                json!({"properties": {"channel": " Push Notification ", "subscription_status": "Subscribed"}}),
-                &[]
-            ),
-            json!({"braze_push_notification_subscription_status": "Subscribed"})
-        );
-        assert_eq!(
-            run(
-                global,
-                json!({"properties": {"subscription_status": "Subscribed"}}),
-                &[]
-            ),
-            json!({})
-        );
-        assert_eq!(
-            run(
-                global,
-                json!({"properties": {"channel": "sms", "subscription_status": null}}),
-                &[]
-            ),
-            json!({})
-        );
         let group = "users.behaviors.subscriptiongroup.StateChange";
-        assert_eq!(
-            run(
-                group,
-                json!({"properties": {"subscription_group_id": "g-1", "subscription_status": "Unsubscribed"}}),
-                &[]
+        let long_group = "g".repeat(1000);
+        let cases = [
+            (
+                global,
+                json!({"channel": "email", "subscription_status": "Opted In"}),
+                json!({"braze_email_subscription_status": "Opted In"}),
             ),
-            json!({"braze_subscription_group_g-1": "Unsubscribed"})
-        );
-        assert_eq!(
-            run(
-                group,
-                json!({"properties": {"subscription_group_id": "g".repeat(1000), "subscription_status": "Subscribed"}}),
-                &[]
+            (
+                global,
+                json!({"channel": " Push Notification ", "subscription_status": "Subscribed"}),
+                json!({"braze_push_notification_subscription_status": "Subscribed"}),
             ),
-            json!({}),
-            "a key over 1023 characters is dropped"
-        );
-        assert_eq!(
-            run(
-                group,
-                json!({"properties": {"subscription_status": "Subscribed"}}),
-                &[]
+            (
+                global,
+                json!({"subscription_status": "Subscribed"}),
+                json!({}),
             ),
-            json!({})
-        );
+            (
+                global,
+                json!({"channel": "sms", "subscription_status": null}),
+                json!({}),
+            ),
+            (
+                group,
+                json!({"subscription_group_id": "g-1", "subscription_status": "Unsubscribed"}),
+                json!({"braze_subscription_group_g-1": "Unsubscribed"}),
+            ),
+            // A key over 1023 characters is dropped.
+            (
+                group,
+                json!({"subscription_group_id": long_group, "subscription_status": "Subscribed"}),
+                json!({}),
+            ),
+            (
+                group,
+                json!({"subscription_status": "Subscribed"}),
+                json!({}),
+            ),
+        ];
+        for (event_type, properties, expected) in cases {
+            let got = run(event_type, json!({ "properties": properties.clone() }), &[]);
+            assert_eq!(got, expected, "{event_type} {properties}");
+        }
     }
 
     #[test]
