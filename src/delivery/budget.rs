@@ -114,13 +114,30 @@ impl Budgets {
 
     /// Waits until `n` app cells (at most [`Self::max_batch`]) are free and takes them.
     /// Returns how long it waited. Cancel-safe: nothing is taken if the future is dropped.
+    ///
+    /// tokio's timer fires on whole milliseconds, later than asked; a lane that takes full
+    /// bursts would lose that lateness for good (up to 1 % of the budget with a scaled window).
+    /// So the timer sleep ends one tick early and the last fraction of a tick is slept on a
+    /// blocking-pool thread, to the microsecond. On a paused clock (tests) that sleep does not
+    /// move time, so a timer sleep finishes the wait.
     pub async fn take_app(&self, n: usize) -> Duration {
+        const TICK: Duration = Duration::from_millis(1);
         let n = NonZeroU32::new(n.clamp(1, self.max_batch()) as u32).unwrap_or(NonZeroU32::MIN);
         let started = tokio::time::Instant::now();
         let mut waited = Duration::ZERO;
+        let mut fine = false;
         // n <= burst, so the capacity error (`Err`) cannot happen.
         while let Ok(Err(not_until)) = self.app.check_n(n) {
-            tokio::time::sleep(not_until.wait_time_from(TokioClock.now())).await;
+            let wait = not_until.wait_time_from(TokioClock.now());
+            if wait > TICK {
+                tokio::time::sleep(wait - TICK).await;
+                fine = false;
+            } else if !fine {
+                let _ = tokio::task::spawn_blocking(move || std::thread::sleep(wait)).await;
+                fine = true;
+            } else {
+                tokio::time::sleep(wait).await;
+            }
             waited = started.elapsed();
         }
         waited
