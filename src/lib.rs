@@ -25,8 +25,9 @@
 //! lives in the workspace's dev-only crate `currents-heap-testkit` (`testkit/`), which the
 //! product never depends on.
 //!
-//! Dependency direction: `ingest` → `currents`, `queue`, `metrics`; `delivery` → `queue`,
-//! `transform`, `heap`; `currents` and `heap` never import each other (only `transform` sees
+//! Dependency direction (no cycle; `config` imports nothing of the crate): `ingest` →
+//! `currents`, `queue`, `metrics`, `routing`; `delivery` → `queue`, `transform`, `heap`,
+//! `metrics`, `config`; `metrics` → the label sets of `currents`, `transform`, `heap`; `currents` and `heap` never import each other (only `transform` sees
 //! both); `currents` and `queue` know nothing of HTTP; `app` wires them together; only `app`
 //! and the `dlq` command choose a queue store, everything else sees the [`queue::Queue`] trait.
 #![forbid(unsafe_code)]

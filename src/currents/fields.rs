@@ -9,7 +9,66 @@ use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use super::validate::EventError;
+/// Longest accepted event `id`, in bytes. A Braze id is a 36-character UUID; a longer one is
+/// not a Braze id, and an unbounded one would be stored, remembered by the dedup window and sent
+/// to Heap at any size. (Ids over `transform::MAX_VERBATIM_ID_BYTES` are sent to
+/// Heap as a hash.)
+pub const MAX_ID_BYTES: usize = 1024;
+
+/// Why one event fails the structural check. Braze drops an event that gets a second 400, so
+/// each reason names exactly what is wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventError {
+    NotAnObject,
+    /// One of the keys the check reads (`id`, `event_type`, `time`, `user`, `properties`)
+    /// appears twice: which value counts would be a guess.
+    DuplicateKey(&'static str),
+    MissingId,
+    IdNotString,
+    EmptyId,
+    /// Longer than [`MAX_ID_BYTES`].
+    IdTooLong,
+    MissingEventType,
+    EventTypeNotString,
+    /// A string field (`id`, `event_type`) with a `\u` escape of a lone UTF-16 surrogate: valid
+    /// JSON syntax, but no Unicode text.
+    InvalidEscape(&'static str),
+    MissingTime,
+    TimeNotInteger,
+    /// An integer, but outside `i64`.
+    TimeOutOfRange,
+}
+
+impl fmt::Display for EventError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventError::NotAnObject => f.write_str("event is not a JSON object"),
+            EventError::DuplicateKey(key) => write!(
+                f,
+                "duplicate key `{key}`: the event names it more than once, so its value is ambiguous"
+            ),
+            EventError::MissingId => f.write_str("missing `id`"),
+            EventError::IdNotString => f.write_str("`id` is not a string"),
+            EventError::EmptyId => f.write_str("`id` is empty"),
+            EventError::IdTooLong => write!(
+                f,
+                "`id` is longer than {MAX_ID_BYTES} bytes (a Braze event id is a 36-character UUID)"
+            ),
+            EventError::MissingEventType => f.write_str("missing `event_type`"),
+            EventError::EventTypeNotString => f.write_str("`event_type` is not a string"),
+            EventError::InvalidEscape(key) => write!(
+                f,
+                "`{key}` contains a \\u escape of a lone UTF-16 surrogate, which is not text"
+            ),
+            EventError::MissingTime => f.write_str("missing `time`"),
+            EventError::TimeNotInteger => f.write_str("`time` is not an integer (UNIX seconds)"),
+            EventError::TimeOutOfRange => f.write_str(
+                "`time` is out of range: UNIX seconds must fit in a signed 64-bit integer \
+                 (-9223372036854775808 to 9223372036854775807)",
+            ),
+        }
+    }
+}
 
 /// The top-level fields of one event, as the structural check reads them.
 #[derive(Debug)]

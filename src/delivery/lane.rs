@@ -2,8 +2,10 @@
 //!
 //! A step takes one decision — wait out a pause, wait for events, or send one batch — and
 //! returns what happened ([`Step`]); [`Delivery::run`] only does the waiting a step asks for.
-//! Tests drive the steps on paused time: every clock here is tokio's, and the budgets wait
-//! on tokio's timer.
+//! Tests drive the steps on paused time: pauses, linger, deferrals and the budgets run on
+//! tokio's clock and timer. Times stored in the queue (park slots, `received_at` for expiry)
+//! are wall-clock UNIX milliseconds, so parked events coming due and expiry are not driven by
+//! a paused clock.
 //!
 //! The other files of this module add to `Delivery` by idea: [`super::refill`] (reading the
 //! queue into the window), [`super::select`] (what the next batch is, and identity deferral),
@@ -23,7 +25,6 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::select::Deferral;
 use super::{Budgets, DeliveryConfig, Sender};
 use crate::heap::bulk;
 use crate::heap::model::{TrackItem, UserPropertiesItem};
@@ -59,6 +60,14 @@ impl Item {
             self.track_bytes
         }
     }
+}
+
+/// An identity over its budget: skip it until `until`; its parked events are given
+/// `not_before` slots starting at `next_slot` (UNIX ms), one budget period apart.
+#[derive(Debug)]
+pub(super) struct Deferral {
+    pub(super) until: Instant,
+    pub(super) next_slot: i64,
 }
 
 /// The delivery loop of one lane (one Heap app id).
@@ -241,10 +250,17 @@ impl Delivery {
         {
             return Step::QueueUnavailable(e);
         }
-        let batch = if let Some(forced) = self.forced.pop_front() {
-            tokio::select! {
-                b = self.admit_forced(forced) => b,
+        let batch = if let Some(n) = self.forced.front().map(Vec::len) {
+            // The part stays queued in `forced` until its budget is taken, so a stop during
+            // the wait loses nothing.
+            let waited = tokio::select! {
+                w = self.budgets.take_app(n) => w,
                 _ = stop.cancelled() => return Step::Stopped,
+            };
+            self.record_wait("app", waited);
+            match self.forced.pop_front() {
+                Some(forced) => self.admit_forced(forced).await,
+                None => Vec::new(),
             }
         } else {
             if let Some(wait) = self.next_wait() {

@@ -12,17 +12,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::lane::{Delivery, Item};
+use super::lane::{Deferral, Delivery, Item};
 use crate::heap::bulk::BodySize;
 use crate::queue::{QueueOp, unix_millis};
-
-/// An identity over its budget: skip it until `until`; its parked events are given
-/// `not_before` slots starting at `next_slot` (UNIX ms), one budget period apart.
-#[derive(Debug)]
-pub(super) struct Deferral {
-    pub(super) until: Instant,
-    pub(super) next_slot: i64,
-}
 
 impl Delivery {
     /// How many eligible events (FIFO, up to the app burst) the next request takes, and
@@ -171,11 +163,9 @@ impl Delivery {
         }
     }
 
-    /// A bisected or split part: it passes the app budget again, and the identity budget
-    /// item by item (items over it are deferred like any other).
+    /// A bisected or split part whose app budget was taken: it passes the identity budget item
+    /// by item (items over it are deferred like any other).
     pub(super) async fn admit_forced(&mut self, items: Vec<Item>) -> Vec<Item> {
-        let waited = self.budgets.take_app(items.len()).await;
-        self.record_wait("app", waited);
         let mut taken = Vec::with_capacity(items.len());
         for item in items {
             let key = item.track.budget_key().to_owned();

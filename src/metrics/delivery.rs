@@ -21,8 +21,8 @@ const DURATION_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 
 /// The outbound budgets (label `budget`).
 const BUDGETS: [&str; 2] = ["app", "identity"];
 
-/// The log target of the delivery events logged here (where they were logged before).
-const TARGET: &str = "currents_heap::delivery::scheduler";
+/// The log target of the delivery events logged here: the lane's answer handling.
+const TARGET: &str = "currents_heap::delivery::answer";
 
 #[derive(Debug, Clone)]
 pub struct DeliveryMetrics {

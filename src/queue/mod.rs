@@ -4,8 +4,10 @@
 //! Why a seam: the queue is the one piece whose home changes with the deployment. One
 //! process on one volume keeps it in SQLite ([`sqlite::SqliteQueue`], the default); several
 //! replicas keep it in a replicated store. The rest of the forwarder sees only this trait, so
-//! a store plugs in here without touching ingest, delivery or the mapping, and one
-//! conformance suite (`tests/queue/`) holds every store to the same promises:
+//! a store plugs in here without touching ingest, delivery or the mapping (what several
+//! replicas add on top — one holder per lane, budget state that travels with it — belongs to
+//! the lanes), and one conformance suite (`tests/queue/`) holds every store to the same
+//! promises:
 //!
 //! - **append** is atomic per request and durable before it returns (the 200 follows it);
 //!   an event id accepted within the dedup window is not queued again;
@@ -13,7 +15,11 @@
 //!   count and bytes;
 //! - **apply** changes queued events and dead letters ([`QueueOp`]) atomically: acknowledge,
 //!   park until a time, count a failed attempt, dead-letter, replay, purge;
-//! - the **totals** stay exact across every change and every restart.
+//! - the **totals** stay exact across every change and every restart;
+//! - a **closed** queue refuses reads and writes alike.
+//!
+//! A `seq` names one queued event (or one dead letter) for as long as it stays where it is;
+//! fresh events of a lane come in increasing `seq` order, which the lane's cursor relies on.
 //!
 //! The trait is object-safe (futures are boxed), so the process holds one
 //! `Arc<dyn Queue>` chosen at start-up.

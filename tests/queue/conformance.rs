@@ -609,6 +609,10 @@ pub async fn a_closed_queue_refuses_everything<B: Backend>() {
         q.apply(QueueOp::Ack { seqs: vec![seq] }).await,
         Err(QueueError::Closed)
     );
+    let everything_now = everything(APP);
+    assert_eq!(q.ready(everything_now).await, Err(QueueError::Closed));
+    assert_eq!(q.oldest_received_at().await, Err(QueueError::Closed));
+    assert_eq!(q.dead_letter_counts().await, Err(QueueError::Closed));
     drop(q);
     let q = b.open(Limits::default()).await;
     assert_eq!(

@@ -29,6 +29,7 @@ mod store;
 mod writer;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use store::{DataDirLock, QueueStats, Reader, Store, StoreError};
@@ -47,6 +48,8 @@ pub struct SqliteQueue {
     writer: Writer,
     handle: Mutex<Option<WriterHandle>>,
     readers: Arc<Mutex<Vec<Reader>>>,
+    /// Set by [`Queue::close`]: reads are refused from then on, as writes are.
+    closed: Arc<AtomicBool>,
     /// Held by `serve` until the queue closes: one process per data directory.
     lock: Mutex<Option<DataDirLock>>,
 }
@@ -75,6 +78,7 @@ impl SqliteQueue {
             writer,
             handle: Mutex::new(Some(handle)),
             readers: Arc::new(Mutex::new(Vec::new())),
+            closed: Arc::new(AtomicBool::new(false)),
             lock: Mutex::new(lock),
         }
     }
@@ -92,7 +96,11 @@ impl SqliteQueue {
     ) -> QueueFuture<'_, T> {
         let pool = Arc::clone(&self.readers);
         let store = self.store.clone();
+        let closed = Arc::clone(&self.closed);
         Box::pin(async move {
+            if closed.load(Ordering::SeqCst) {
+                return Err(QueueError::Closed);
+            }
             tokio::task::spawn_blocking(move || {
                 let pooled = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
                 let reader = match pooled {
@@ -160,6 +168,7 @@ impl Queue for SqliteQueue {
     }
 
     fn close(&self) -> QueueFuture<'_, ()> {
+        self.closed.store(true, Ordering::SeqCst);
         let handle = self.handle.lock().unwrap_or_else(|p| p.into_inner()).take();
         let readers = Arc::clone(&self.readers);
         Box::pin(async move {
