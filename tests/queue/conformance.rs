@@ -116,8 +116,13 @@ async fn queued(q: &dyn Queue) -> Vec<QueuedEvent> {
 }
 
 async fn open<B: Backend>() -> (B, Arc<dyn Queue>) {
+    open_with::<B>(Limits::default()).await
+}
+
+/// A fresh store and its queue with `limits` (the store lives as long as the test keeps it).
+async fn open_with<B: Backend>(limits: Limits) -> (B, Arc<dyn Queue>) {
     let b = B::fresh().await;
-    let q = b.open(Limits::default()).await;
+    let q = b.open(limits).await;
     (b, q)
 }
 
@@ -165,13 +170,11 @@ pub async fn append_is_durable_and_dedups_across_a_restart<B: Backend>() {
 }
 
 pub async fn a_request_is_stored_whole_or_not_at_all<B: Backend>() {
-    let b = B::fresh().await;
-    let q = b
-        .open(Limits {
-            max_queue_bytes: 25,
-            ..Limits::default()
-        })
-        .await;
+    let (_b, q) = open_with::<B>(Limits {
+        max_queue_bytes: 25,
+        ..Limits::default()
+    })
+    .await;
     // 30 bytes: over the quota as a whole, although its first two events would fit.
     let err = q.append(events(&["a", "b", "c"])).await.unwrap_err();
     assert_eq!(err, AppendError::OverQuota { max: 25 });
@@ -550,13 +553,11 @@ pub async fn appends_straight_to_the_dead_letters<B: Backend>() {
 }
 
 pub async fn the_quota_refuses_whole_requests_but_not_resends<B: Backend>() {
-    let b = B::fresh().await;
-    let q = b
-        .open(Limits {
-            max_queue_bytes: 25,
-            ..Limits::default()
-        })
-        .await;
+    let (_b, q) = open_with::<B>(Limits {
+        max_queue_bytes: 25,
+        ..Limits::default()
+    })
+    .await;
     q.append(events(&["a", "b"])).await.unwrap();
     let err = q.append(events(&["c"])).await.unwrap_err();
     assert_eq!(err, AppendError::OverQuota { max: 25 });
@@ -571,13 +572,11 @@ pub async fn the_quota_refuses_whole_requests_but_not_resends<B: Backend>() {
 }
 
 pub async fn dedup_forgets_ids_after_its_window<B: Backend>() {
-    let b = B::fresh().await;
-    let q = b
-        .open(Limits {
-            dedup_window: Duration::from_millis(1),
-            ..Limits::default()
-        })
-        .await;
+    let (_b, q) = open_with::<B>(Limits {
+        dedup_window: Duration::from_millis(1),
+        ..Limits::default()
+    })
+    .await;
     q.append(events(&["a"])).await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let r = q.append(events(&["a"])).await.unwrap();
