@@ -70,11 +70,12 @@ impl App {
                 dedup_capacity: settings.dedup_capacity,
             },
         )?;
+        let totals = sqlite.totals();
         tracing::info!(
             message = "Store open.",
             path = %sqlite.path().display(),
-            queued_events = sqlite.totals().events,
-            queued_bytes = sqlite.totals().bytes,
+            queued_events = totals.events,
+            queued_bytes = totals.bytes,
         );
         let queue: Arc<dyn Queue> = Arc::new(sqlite);
         let route_names: Vec<&str> = settings.all_routes().map(|r| r.name).collect();

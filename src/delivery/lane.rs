@@ -250,29 +250,26 @@ impl Delivery {
         {
             return Step::QueueUnavailable(e);
         }
-        let batch = if let Some(n) = self.forced.front().map(Vec::len) {
-            // The part stays queued in `forced` until its budget is taken, so a stop during
-            // the wait loses nothing.
-            let waited = tokio::select! {
-                w = self.budgets.take_app(n) => w,
-                _ = stop.cancelled() => return Step::Stopped,
-            };
-            self.record_wait("app", waited);
-            match self.forced.pop_front() {
-                Some(forced) => self.admit_forced(forced).await,
-                None => Vec::new(),
+        // A bisected or split part goes first; else the next batch, once it is due.
+        let n = match self.forced.front() {
+            Some(part) => part.len(),
+            None => {
+                if let Some(wait) = self.next_wait() {
+                    return Step::Idle { wait };
+                }
+                self.plan().0
             }
-        } else {
-            if let Some(wait) = self.next_wait() {
-                return Step::Idle { wait };
-            }
-            let (n, _) = self.plan();
-            let waited = tokio::select! {
-                w = self.budgets.take_app(n) => w,
-                _ = stop.cancelled() => return Step::Stopped,
-            };
-            self.record_wait("app", waited);
-            self.select(n).await
+        };
+        // The events stay in `forced` or `pending` until their budget is taken, so a stop
+        // during the wait loses nothing.
+        let waited = tokio::select! {
+            w = self.budgets.take_app(n) => w,
+            _ = stop.cancelled() => return Step::Stopped,
+        };
+        self.record_wait("app", waited);
+        let batch = match self.forced.pop_front() {
+            Some(part) => self.admit_forced(part).await,
+            None => self.select(n).await,
         };
         let mut report = SendReport::default();
         if !batch.is_empty() {
