@@ -20,11 +20,11 @@
 #![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use currents_heap::currents::catalogue::KNOWN_EVENT_TYPES;
@@ -35,6 +35,7 @@ use currents_heap::metrics::{
     REJECT_REASONS, STATUSES, TLS_RELOAD_OUTCOMES, UNROUTABLE,
 };
 use currents_heap::transform::{DROP_REASONS, SKIP_REASONS};
+use currents_heap_testkit::process::ServerProcess;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -1327,56 +1328,28 @@ fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>
 
 /// The real binary, `serve --dry-run` on an ephemeral port and its own data directory.
 struct Forwarder {
-    child: Child,
+    server: ServerProcess,
     addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
     _data: TempDir,
 }
 
 impl Forwarder {
     fn start() -> Forwarder {
         let data = TempDir::new().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_currents-heap"));
-        cmd.args(["serve", "--dry-run", "--listen", "127.0.0.1:0"])
-            .args(["--ingest-token", TOKEN, "--heap-linger", "100ms"])
-            .arg("--data-dir")
-            .arg(data.path())
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        clear_settings_env(&mut cmd);
-        let mut child = cmd.spawn().expect("spawn currents-heap");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let lines = Arc::clone(&log);
-        // Reads stderr to its end, so the child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line)
-                    && v["message"] == "Listening."
-                    && let Some(addr) = v["addr"].as_str().and_then(|a| a.parse().ok())
-                {
-                    let _ = tx.send(addr);
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "no \"Listening.\" line; stderr:\n{}",
-                    log.lock().unwrap().join("\n")
-                );
-            }
-        };
+        let server = ServerProcess::spawn(
+            Path::new(env!("CARGO_BIN_EXE_currents-heap")),
+            data.path(),
+            &[
+                "--dry-run",
+                "--ingest-token",
+                TOKEN,
+                "--heap-linger",
+                "100ms",
+            ],
+        );
         Forwarder {
-            child,
-            addr,
-            log,
+            addr: server.addr,
+            server,
             _data: data,
         }
     }
@@ -1403,14 +1376,7 @@ impl Forwarder {
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for Forwarder {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.server.log()
     }
 }
 

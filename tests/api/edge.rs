@@ -32,6 +32,18 @@ async fn upload(app: &TestApp, declared: &str, first: &[u8]) -> RawConn {
     conn
 }
 
+/// A 408 `body_timeout`, and nothing of the request stored.
+fn assert_body_timeout(app: &TestApp, reply: &Reply) {
+    assert_eq!(
+        reply.status,
+        StatusCode::REQUEST_TIMEOUT,
+        "{}",
+        reply.text()
+    );
+    assert_eq!(reply.json()["error"], "body_timeout");
+    assert_eq!(app.stored_count(), 0);
+}
+
 fn args(f: impl FnOnce(&mut SettingsArgs)) -> SettingsArgs {
     let mut a = default_args();
     f(&mut a);
@@ -110,49 +122,23 @@ async fn a_body_that_stops_arriving_gets_408_at_the_body_deadline() {
     }))
     .await;
     let body = batch(&email_sends("stalled", 3));
-    let mut conn = RawConn::connect(app.addr()).await;
-    conn.send_head(&[
-        ("authorization", "Bearer tok-a"),
-        ("content-length", &body.len().to_string()),
-    ])
-    .await;
-    conn.write(&body[..body.len() / 2]).await;
+    let conn = upload(&app, &body.len().to_string(), &body[..body.len() / 2]).await;
     let reply = tokio::time::timeout(PATIENCE, conn.read_response())
         .await
         .expect("answered within the deadline");
-    assert_eq!(
-        reply.status,
-        StatusCode::REQUEST_TIMEOUT,
-        "{}",
-        reply.text()
-    );
-    assert_eq!(reply.json()["error"], "body_timeout");
-    assert_eq!(app.stored_count(), 0);
+    assert_body_timeout(&app, &reply);
 }
 
 #[tokio::test]
 async fn a_body_cut_off_mid_way_gets_408_and_nothing_is_stored() {
     let app = spawn_app().await;
     let body = batch(&email_sends("cut", 3));
-    let mut conn = RawConn::connect(app.addr()).await;
-    conn.send_head(&[
-        ("authorization", "Bearer tok-a"),
-        ("content-length", &body.len().to_string()),
-    ])
-    .await;
-    conn.write(&body[..body.len() / 2]).await;
+    let mut conn = upload(&app, &body.len().to_string(), &body[..body.len() / 2]).await;
     conn.finish_sending().await;
     let reply = tokio::time::timeout(PATIENCE, conn.read_response())
         .await
         .expect("answered at once, not at the body deadline");
-    assert_eq!(
-        reply.status,
-        StatusCode::REQUEST_TIMEOUT,
-        "{}",
-        reply.text()
-    );
-    assert_eq!(reply.json()["error"], "body_timeout");
-    assert_eq!(app.stored_count(), 0);
+    assert_body_timeout(&app, &reply);
 }
 
 /// Today's defect: 32 stalled authenticated uploads held every body slot for 60 s.
