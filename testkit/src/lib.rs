@@ -6,7 +6,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`heap`] | the stand-in's own reading of Heap's item rules (`heap-api.md`), independent of the product's validators |
-//! | [`standin`] | a local Heap stand-in HTTP server that enforces Heap's documented limits (not Heap) |
+//! | [`standin`] | a local Heap stand-in HTTP server (ingestion and the deletion API) that enforces Heap's documented limits (not Heap) |
 //! | [`process`] | a `currents-heap serve` child process on an ephemeral port |
 //! | [`loadgen`] | realistic Braze Currents batches for the load harness and benchmarks |
 #![forbid(unsafe_code)]

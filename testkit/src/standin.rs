@@ -1,8 +1,8 @@
 //! A Heap stand-in: a local HTTP server that plays Heap's ingestion API for the test suite and
 //! the load harness.
 //!
-//! **This is not Heap.** It models only what `heap-api.md` documents about the two endpoints the
-//! forwarder calls, plus a few assumptions of ours where the documentation is silent. Every
+//! **This is not Heap.** It models only what `heap-api.md` documents about the two ingestion
+//! endpoints the forwarder calls and the deletion API, plus a few assumptions of ours where the documentation is silent. Every
 //! assumption is marked **(assumption)** below; a test that passes against the stand-in proves
 //! that we honour Heap's *documented* contract, not that Heap behaves like this.
 //!
@@ -45,6 +45,10 @@
 //!   the 30 requests / 30 s rule applies to the single-item endpoints, which we do not call.
 //! * The per-identity budget key is [`TrackItem::budget_key`]: the identity, else the `user_id`.
 //!
+//! Heap's deletion (privacy) API, `auth_token`, `user_deletion` and `deletion_status`, lives in
+//! the submodule `deletion` (its own docs list its rules and assumptions); its requests are
+//! read from [`Report::deletion`].
+//!
 //! The stand-in needs a Tokio runtime: [`HeapStandIn::start`] must be called inside one.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -63,6 +67,13 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+mod deletion;
+
+pub use deletion::{
+    AUTH_TOKEN_PATH, DEFAULT_TOKEN_LIFETIME, DELETION_STATUS_PATH, DeletionReport, DeletionRequest,
+    DeletionUser, MAX_DELETION_USERS, USER_DELETION_PATH, parse_user_deletion,
+};
 
 use crate::heap::{
     MAX_BULK_ITEMS, TRACK_PATH, TrackItem, USER_PROPERTIES_PATH, UserPropertiesItem,
@@ -244,6 +255,8 @@ pub struct Report {
     /// The largest request body received, by path (whatever the answer; a body over the
     /// stand-in's own guard counts as `MAX_BODY_BYTES + 1`).
     pub largest_body: BTreeMap<String, usize>,
+    /// The deletion API: accepted requests and counts.
+    pub deletion: DeletionReport,
 }
 
 impl Report {
@@ -481,6 +494,7 @@ impl HeapStandIn {
         let addr = listener.local_addr().expect("stand-in: local_addr");
         let shared = Arc::new(Shared {
             epoch: Instant::now(),
+            base_url: format!("http://{addr}"),
             inner: Mutex::new(Inner::new(config)),
         });
         let cancel = CancellationToken::new();
@@ -495,7 +509,7 @@ impl HeapStandIn {
 
     /// `http://127.0.0.1:PORT`, without a trailing slash.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.shared.base_url.clone()
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -643,6 +657,7 @@ impl HeapStandIn {
             first_arrival: rec.first_arrival,
             last_arrival: rec.last_arrival,
             largest_body: rec.largest_body.clone(),
+            deletion: rec.deletion.clone(),
         }
     }
 }
@@ -655,6 +670,8 @@ impl Drop for HeapStandIn {
 
 struct Shared {
     epoch: Instant,
+    /// `http://127.0.0.1:PORT`.
+    base_url: String,
     inner: Mutex<Inner>,
 }
 
@@ -675,6 +692,7 @@ struct Inner {
     /// Keep the properties of accepted track items in the records (see
     /// [`HeapStandIn::set_keep_properties`]).
     keep_properties: bool,
+    deletion: deletion::DeletionState,
     rec: Records,
 }
 
@@ -686,6 +704,7 @@ impl Inner {
             mode: Mode::Normal,
             poisoned: HashSet::new(),
             keep_properties: true,
+            deletion: deletion::DeletionState::default(),
             rec: Records::default(),
         }
     }
@@ -709,6 +728,7 @@ struct Records {
     first_arrival: Option<Duration>,
     last_arrival: Option<Duration>,
     largest_body: BTreeMap<String, usize>,
+    deletion: DeletionReport,
 }
 
 struct AppState {
@@ -826,7 +846,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, cancel: Cancell
 }
 
 async fn serve(shared: &Shared, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Dropped> {
-    let path = req.uri().path().to_owned();
+    let path = deletion::path_label(req.uri().path()).to_owned();
     let plan = {
         let mut inner = shared.lock();
         match inner.faults.pop_front() {
@@ -892,6 +912,9 @@ enum Endpoint {
 
 /// Heap's behaviour: check the request, then record it (or refuse it).
 async fn process(shared: &Shared, path: &str, req: Request<Incoming>) -> Answer {
+    if deletion::is_deletion_path(path) {
+        return deletion::process(shared, path, req).await;
+    }
     let endpoint = match path {
         TRACK_PATH => Endpoint::Track,
         USER_PROPERTIES_PATH => Endpoint::UserProperties,
@@ -899,7 +922,7 @@ async fn process(shared: &Shared, path: &str, req: Request<Incoming>) -> Answer 
             return Answer::text(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "no such endpoint {path:?} (the stand-in models /api/track and /api/add_user_properties)"
+                    "no such endpoint {path:?} (the stand-in models /api/track, /api/add_user_properties and the deletion API)"
                 ),
             );
         }
