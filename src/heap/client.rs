@@ -1,9 +1,11 @@
 //! The HTTPS client for Heap: hyper + hyper-rustls, connection reuse, a timeout per request.
+//! [`HeapClient::post`] sends the ingestion calls; [`HeapClient::send`] any method with extra
+//! headers (the deletion API's `Authorization`, see [`super::deletion`]).
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -72,13 +74,33 @@ impl HeapClient {
 
     /// POSTs a JSON body to `path` (e.g. `/api/track`).
     pub async fn post(&self, path: &str, body: Bytes) -> Result<HeapResponse, HeapError> {
-        let req = Request::post(format!("{}{}", self.base_url, path))
-            .header(header::CONTENT_TYPE, "application/json")
+        self.send(Method::POST, path, &[], Some(body)).await
+    }
+
+    /// Sends `method` to `path` with `headers` and, if given, a JSON body. Mark secret header
+    /// values [`HeaderValue::set_sensitive`]: hyper then keeps them out of its debug output.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        body: Option<Bytes>,
+    ) -> Result<HeapResponse, HeapError> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base_url, path))
             .header(
                 header::USER_AGENT,
                 concat!("currents-heap/", env!("CARGO_PKG_VERSION")),
-            )
-            .body(Full::new(body))
+            );
+        if body.is_some() {
+            builder = builder.header(header::CONTENT_TYPE, "application/json");
+        }
+        for (name, value) in headers {
+            builder = builder.header(name, value.clone());
+        }
+        let req = builder
+            .body(Full::new(body.unwrap_or_default()))
             .map_err(|e| HeapError::Connect(e.to_string()))?;
         let exchange = async {
             let resp = self
