@@ -12,7 +12,7 @@
 //! | [`ingest`] | the HTTP surface: `POST /currents`, `/healthz`, `/readyz`, `/metrics`, status codes |
 //! | [`currents`] | the Braze Currents wire model and its structural validation (no I/O) |
 //! | [`transform`] | the pure, documented mapping of one Currents event to Heap items (`docs/MAPPING.md`) |
-//! | [`heap`] | Heap's server-side API: request shapes and limits ([`heap::model`]), the batch builder ([`heap::bulk`]), HTTPS client, retry classification |
+//! | [`heap`] | Heap's server-side API: request shapes and limits ([`heap::model`]), the batch builder ([`heap::bulk`]), HTTPS client, retry classification, the deletion (privacy) API client ([`heap::deletion`]) |
 //! | [`queue`] | the [`queue::Queue`] seam and its stores ([`queue::sqlite`]: queue, dedup window, dead letters, group commit) |
 //! | [`delivery`] | one lane per Heap app id, as steps: refill, select, send, Heap's answer |
 //! | [`dlq`] | `dlq list/replay/purge` over the queue |
