@@ -1134,6 +1134,9 @@ fn every_alert_has_a_runbook_section_and_a_firing_unit_test() {
         "CurrentsHeapHeapClientErrors",
         "CurrentsHeapIngestUnauthorized",
         "CurrentsHeapNoEventsReceived",
+        "CurrentsHeapDeletionsFailing",
+        "CurrentsHeapDeletionsUnconfigured",
+        "CurrentsHeapDeletionsOverdue",
     ] {
         assert!(
             names.contains(required),
