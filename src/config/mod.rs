@@ -98,14 +98,20 @@ impl Settings {
     /// Reads the file named by `args.config` (if any) and resolves the layers.
     ///
     /// clap takes an environment variable set to the empty string for an absent one; here an
-    /// empty `CURRENTS_HEAP_INGEST_TOKEN` counts as given (and is refused as blank), because an
-    /// empty secret mounted into it must not silently turn authentication off.
+    /// empty `CURRENTS_HEAP_INGEST_TOKEN` or `HEAP_API_KEY` counts as given (and is refused as
+    /// blank), because an empty secret mounted into it must not silently turn authentication
+    /// off, or leave deletions unsent.
     pub fn load(args: &SettingsArgs) -> Result<Self, ConfigError> {
         let mut args = std::borrow::Cow::Borrowed(args);
         if args.ingest_token.is_none()
             && let Some(v) = std::env::var_os(setting::ingest_token.env)
         {
             args.to_mut().ingest_token = Some(v.to_string_lossy().into_owned());
+        }
+        if args.heap_api_key.is_none()
+            && let Some(v) = std::env::var_os(setting::heap_api_key.env)
+        {
+            args.to_mut().heap_api_key = Some(v.to_string_lossy().into_owned());
         }
         let file = match &args.config {
             Some(path) => read_config_file(path)?,
