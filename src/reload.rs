@@ -16,8 +16,9 @@
 //!    ids that no lane serves any more are dead-lettered `unroutable` — the start-up rule.
 //!
 //! Settings that shape the process itself (listen address, data directory, store limits,
-//! connection limits, TLS file paths, log format, dry run) take effect at the next start; a
-//! reload that changes them says so in its log line.
+//! connection limits, TLS file paths, log format, dry run) and the deletion settings (API keys,
+//! account ids, identity map retention, deletion pacing, polling and overdue time) take effect
+//! at the next start; a reload that changes them says so in its log line.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -111,7 +112,44 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
     check("log_format", old.log_format != new.log_format);
     check("dry_run", old.dry_run != new.dry_run);
     check("heap_timeout", old.heap_timeout != new.heap_timeout);
+    // Deletions: the store and the submitter take these at start.
+    check(
+        "identity_map_retention",
+        old.identity_map_retention != new.identity_map_retention,
+    );
+    check(
+        "deletion_request_interval",
+        old.deletion_request_interval != new.deletion_request_interval,
+    );
+    check(
+        "deletion_poll_interval",
+        old.deletion_poll_interval != new.deletion_poll_interval,
+    );
+    check(
+        "deletion_overdue_after",
+        old.deletion_overdue_after != new.deletion_overdue_after,
+    );
+    let key = per_route_differs(old, new, |r| r.heap_api_key.cloned());
+    let account = per_route_differs(old, new, |r| r.heap_account_app_id.cloned());
+    check("heap_api_key", key);
+    check("heap_account_app_id", account);
+    // Routes added, removed or moved to another app id change where their deletions go too.
+    check(
+        "deletion accounts (routes' Heap accounts for deletions)",
+        !key && !account && old.deletion_accounts() != new.deletion_accounts(),
+    );
     changed
+}
+
+/// Whether `value` differs between `old` and `new` for a route both configure (the default
+/// route included).
+fn per_route_differs<T: PartialEq>(
+    old: &Settings,
+    new: &Settings,
+    value: impl Fn(&crate::config::Route<'_>) -> T,
+) -> bool {
+    old.all_routes()
+        .any(|o| new.route(o.name).is_some_and(|n| value(&o) != value(&n)))
 }
 
 /// The task that owns the lanes while the server runs: starts them, reloads on `SIGHUP` or a
@@ -222,5 +260,59 @@ impl Controller {
             );
         }
         Ok(changes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FileConfig;
+
+    fn settings(text: &str) -> Settings {
+        let file: FileConfig = toml::from_str(text).expect("valid toml");
+        Settings::resolve(&SettingsArgs::default(), file).expect("valid settings")
+    }
+
+    const BASE: &str = "heap_app_id = 1\nheap_api_key = \"k1\"\n\
+        [[route]]\nname = \"a\"\nworkspace = \"a\"\nheap_app_id = 2\n";
+
+    #[test]
+    fn deletion_settings_take_effect_at_the_next_start() {
+        let old = settings(BASE);
+        assert!(needs_restart(&old, &settings(BASE)).is_empty());
+        for (change, named) in [
+            (
+                "identity_map_retention = \"30d\"\n",
+                "identity_map_retention",
+            ),
+            (
+                "deletion_request_interval = \"2s\"\n",
+                "deletion_request_interval",
+            ),
+            (
+                "deletion_poll_interval = \"1m\"\n",
+                "deletion_poll_interval",
+            ),
+            (
+                "deletion_overdue_after = \"3d\"\n",
+                "deletion_overdue_after",
+            ),
+            ("heap_account_app_id = 9\n", "heap_account_app_id"),
+        ] {
+            let new = settings(&format!("{change}{BASE}"));
+            assert_eq!(needs_restart(&old, &new), [named], "{change}");
+        }
+        // A key changed for the default route, or for one route only.
+        let new = settings(&BASE.replace("\"k1\"", "\"k2\""));
+        assert_eq!(needs_restart(&old, &new), ["heap_api_key"]);
+        let new = settings(&format!("{BASE}heap_api_key = \"k3\"\n"));
+        assert_eq!(needs_restart(&old, &new), ["heap_api_key"]);
+        // A route added: its deletions have an account only after a restart.
+        let new = settings(&format!(
+            "{BASE}[[route]]\nname = \"b\"\nworkspace = \"b\"\nheap_app_id = 3\n"
+        ));
+        let named = needs_restart(&old, &new);
+        assert_eq!(named.len(), 1, "{named:?}");
+        assert!(named[0].starts_with("deletion accounts"), "{named:?}");
     }
 }

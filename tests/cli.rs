@@ -338,6 +338,48 @@ fn transform_drops_only_the_values_heap_cannot_take() {
     assert!(stderr.contains(": too_deep"), "{stderr}");
 }
 
+/// An empty secret mounted into `HEAP_API_KEY` (or a blank flag or file key) is a configuration
+/// error, not "no key"; a key never prints, and not set at all is valid (deletions
+/// `unconfigured`).
+#[test]
+fn a_blank_heap_api_key_is_a_configuration_error_and_a_key_never_prints() {
+    let args = ["check-config", "--dry-run"];
+    for blank in ["", "  "] {
+        let by_env = output_within(bin().args(args).env("HEAP_API_KEY", blank), 30);
+        assert_eq!(by_env.status.code(), Some(2), "env {blank:?}: {by_env:?}");
+        let err = String::from_utf8(by_env.stderr).unwrap();
+        assert!(
+            err.contains("HEAP_API_KEY") && err.contains("blank"),
+            "{err}"
+        );
+        let by_flag = output_within(bin().args(args).args(["--heap-api-key", blank]), 30);
+        assert_eq!(
+            by_flag.status.code(),
+            Some(2),
+            "flag {blank:?}: {by_flag:?}"
+        );
+    }
+    let out = output_within(bin().args(args).env("HEAP_API_KEY", "s3cr3t-heap-key"), 30);
+    assert!(out.status.success(), "{out:?}");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!printed.contains("s3cr3t-heap-key"), "{printed}");
+    assert!(
+        printed.contains("heap_api_key = \"<redacted>\""),
+        "{printed}"
+    );
+    let out = run(&["check-config", "--dry-run"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("# heap_api_key = (not set")
+    );
+}
+
 /// An empty secret mounted into the token variable (or a blank flag, or `,,`, or a route's
 /// `ingest_token = [""]`) must not silently turn authentication off: `check-config` and `serve`
 /// exit 2 naming the setting in all its forms. Not set at all still means "open".

@@ -31,8 +31,9 @@ use currents_heap::currents::catalogue::KNOWN_EVENT_TYPES;
 use currents_heap::heap::model::{TRACK_PATH, USER_PROPERTIES_PATH};
 use currents_heap::heap::retry::{RETRY_REASONS, STATUS_CLASSES};
 use currents_heap::metrics::{
-    CATALOGUE, CONFIG_RELOAD_OUTCOMES, CONNECTION_CLOSE_REASONS, DEAD_LETTER_REASONS, OUTCOMES,
-    REJECT_REASONS, STATUSES, TLS_RELOAD_OUTCOMES, UNROUTABLE,
+    CATALOGUE, CONFIG_RELOAD_OUTCOMES, CONNECTION_CLOSE_REASONS, DEAD_LETTER_REASONS,
+    DELETION_OPEN_STATUSES, DELETION_OUTCOMES, OUTCOMES, REJECT_REASONS, STATUSES,
+    TLS_RELOAD_OUTCOMES, UNROUTABLE,
 };
 use currents_heap::transform::{DROP_REASONS, SKIP_REASONS};
 use currents_heap_testkit::process::ServerProcess;
@@ -252,6 +253,8 @@ fn label_values(metric: &str, label: &str) -> Option<Vec<String>> {
     let values = match (metric, label) {
         ("currents_heap_tls_reloads_total", "outcome") => owned(TLS_RELOAD_OUTCOMES),
         ("currents_heap_config_reloads_total", "outcome") => owned(CONFIG_RELOAD_OUTCOMES),
+        ("currents_heap_deletions_total", "outcome") => owned(DELETION_OUTCOMES),
+        ("currents_heap_deletions_open", "status") => owned(DELETION_OPEN_STATUSES),
         (_, "outcome") => owned(OUTCOMES),
         (_, "status") => owned(STATUSES),
         (_, "status_class") => owned(STATUS_CLASSES),
@@ -1131,6 +1134,9 @@ fn every_alert_has_a_runbook_section_and_a_firing_unit_test() {
         "CurrentsHeapHeapClientErrors",
         "CurrentsHeapIngestUnauthorized",
         "CurrentsHeapNoEventsReceived",
+        "CurrentsHeapDeletionsFailing",
+        "CurrentsHeapDeletionsUnconfigured",
+        "CurrentsHeapDeletionsOverdue",
     ] {
         assert!(
             names.contains(required),

@@ -24,6 +24,8 @@ pub(super) enum Kind {
     List,
     /// A list of secrets: like [`Kind::List`], and the environment value is never shown.
     Secret,
+    /// One secret: a string in the file, and the environment value is never shown.
+    SecretText,
     /// A file or directory.
     Path,
     /// On or off: `--flag` alone means on, `--flag=false` off.
@@ -51,7 +53,7 @@ impl Kind {
     }
 
     pub(super) fn secret(self) -> bool {
-        matches!(self, Kind::Secret)
+        matches!(self, Kind::Secret | Kind::SecretText)
     }
 }
 
@@ -81,6 +83,9 @@ macro_rules! file_ty {
     };
     (Secret) => {
         Tokens
+    };
+    (SecretText) => {
+        String
     };
     (Path) => {
         std::path::PathBuf

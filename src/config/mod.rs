@@ -12,6 +12,7 @@
 //! delivery and mapping types are built from its values where they live.
 #[macro_use]
 mod declare;
+mod deletions;
 mod edge;
 mod mapping;
 mod parse;
@@ -28,6 +29,7 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use deletions::DeletionAccount;
 pub use edge::{EdgeSettings, TlsFiles};
 pub use mapping::{
     AnonymousMode, MAX_PREFIX_CHARS, MappingSettings, Naming, check_prefix, patterns,
@@ -71,6 +73,20 @@ pub struct Settings {
     pub mapping: MappingSettings,
     pub dead_letter_skipped: bool,
     pub dry_run: bool,
+    /// The default route's key of Heap's privacy API; `None`: its deletions stay
+    /// `unconfigured`. [`Settings::deletion_accounts`] resolves every route's.
+    pub heap_api_key: Option<Secret>,
+    /// The default route's Heap account (Main Production environment) id; `None`: its
+    /// `heap_app_id`.
+    pub heap_account_app_id: Option<HeapAppId>,
+    /// How long a Braze user_id → Heap identity mapping is kept after the user was last seen.
+    pub identity_map_retention: Duration,
+    /// Least time between two requests to Heap's deletion API, per Heap account.
+    pub deletion_request_interval: Duration,
+    /// How often a submitted deletion's status is asked.
+    pub deletion_poll_interval: Duration,
+    /// A deletion not complete this long after it was received counts as overdue.
+    pub deletion_overdue_after: Duration,
     /// `[[route]]` tables, in file order.
     pub routes: Vec<RouteSettings>,
     /// The declared settings as resolved, for `check-config`.
@@ -82,14 +98,20 @@ impl Settings {
     /// Reads the file named by `args.config` (if any) and resolves the layers.
     ///
     /// clap takes an environment variable set to the empty string for an absent one; here an
-    /// empty `CURRENTS_HEAP_INGEST_TOKEN` counts as given (and is refused as blank), because an
-    /// empty secret mounted into it must not silently turn authentication off.
+    /// empty `CURRENTS_HEAP_INGEST_TOKEN` or `HEAP_API_KEY` counts as given (and is refused as
+    /// blank), because an empty secret mounted into it must not silently turn authentication
+    /// off, or leave deletions unsent.
     pub fn load(args: &SettingsArgs) -> Result<Self, ConfigError> {
         let mut args = std::borrow::Cow::Borrowed(args);
         if args.ingest_token.is_none()
             && let Some(v) = std::env::var_os(setting::ingest_token.env)
         {
             args.to_mut().ingest_token = Some(v.to_string_lossy().into_owned());
+        }
+        if args.heap_api_key.is_none()
+            && let Some(v) = std::env::var_os(setting::heap_api_key.env)
+        {
+            args.to_mut().heap_api_key = Some(v.to_string_lossy().into_owned());
         }
         let file = match &args.config {
             Some(path) => read_config_file(path)?,
@@ -154,6 +176,12 @@ impl Settings {
             mapping: shared.mapping(),
             dead_letter_skipped: shared.dead_letter_skipped,
             dry_run: flat.dry_run,
+            heap_api_key: shared.heap_api_key.clone(),
+            heap_account_app_id: shared.heap_account_app_id.clone(),
+            identity_map_retention: flat.identity_map_retention,
+            deletion_request_interval: flat.deletion_request_interval,
+            deletion_poll_interval: flat.deletion_poll_interval,
+            deletion_overdue_after: flat.deletion_overdue_after,
             routes,
             flat,
             shared,
@@ -187,6 +215,8 @@ impl Settings {
             heap_identity_events_per_minute: self.heap_identity_events_per_minute,
             mapping: &self.mapping,
             dead_letter_skipped: self.dead_letter_skipped,
+            heap_api_key: self.heap_api_key.as_ref(),
+            heap_account_app_id: self.heap_account_app_id.as_ref(),
         }
     }
 

@@ -37,6 +37,20 @@ pub(super) fn tokens(raw: Raw) -> Result<Vec<Secret>, String> {
         .collect()
 }
 
+/// One secret (an API key): given but blank is an error, never "no key"; printable ASCII
+/// without spaces.
+pub(super) fn secret(raw: Raw) -> Result<Secret, String> {
+    let s = raw.text();
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("is set but blank: remove the setting altogether to leave it unset".to_owned());
+    }
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("may only contain printable ASCII without spaces".to_owned());
+    }
+    Ok(Secret(s.to_owned()))
+}
+
 pub(super) fn path(raw: Raw) -> Result<PathBuf, String> {
     let p = match raw {
         Raw::Path(p) => p,

@@ -48,7 +48,7 @@ show_as! {
     LogFormat => |v| quoted(v.as_str());
     Naming => |v| quoted(v.as_str());
     AnonymousMode => |v| quoted(v.as_str());
-    Duration => |v| quoted(&humantime::format_duration(*v).to_string());
+    Duration => |v| quoted(&duration_text(*v));
     NonZeroU32 => |v| Some(v.to_string());
     u64 => |v| Some(v.to_string());
     usize => |v| Some(v.to_string());
@@ -56,6 +56,23 @@ show_as! {
     Vec<String> => |v| array(v.iter().map(String::as_str));
     Vec<Pattern> => |v| array(v.iter().map(Pattern::as_str));
     Vec<Secret> => |v| array(v.iter().map(|_| "<redacted>"));
+    Secret => |_v| quoted("<redacted>");
+}
+
+/// A duration as humantime writes it, except whole days, which stay days: humantime would write
+/// `400d` as `1year 1month 4days 7h 26m 24s` (its year and month are 365.25 and 30.44 days).
+fn duration_text(d: Duration) -> String {
+    const DAY: u64 = 24 * 3600;
+    let secs = d.as_secs();
+    if d.subsec_nanos() == 0 && secs >= DAY && secs.is_multiple_of(DAY) {
+        let days = secs / DAY;
+        return if days == 1 {
+            "1day".to_owned()
+        } else {
+            format!("{days}days")
+        };
+    }
+    humantime::format_duration(d).to_string()
 }
 
 /// The effective settings as TOML, secrets redacted: the flat ones, then the `[[route]]` tables.

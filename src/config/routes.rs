@@ -29,6 +29,10 @@ pub struct RouteSettings {
     pub ingest_tokens: Vec<Secret>,
     pub mapping: MappingSettings,
     pub dead_letter_skipped: bool,
+    /// Key of Heap's privacy API (deletions); `None`: deletions stay `unconfigured`.
+    pub heap_api_key: Option<Secret>,
+    /// The Heap account's Main Production environment id; `None`: `heap_app_id`.
+    pub heap_account_app_id: Option<HeapAppId>,
     /// The shared settings as resolved for this route, for `check-config`.
     pub(super) shared: Shared,
 }
@@ -48,6 +52,20 @@ pub struct Route<'a> {
     pub heap_identity_events_per_minute: NonZeroU32,
     pub mapping: &'a MappingSettings,
     pub dead_letter_skipped: bool,
+    /// Key of Heap's privacy API (deletions); `None`: deletions stay `unconfigured`.
+    pub heap_api_key: Option<&'a Secret>,
+    /// The Heap account's Main Production environment id as configured; see
+    /// [`Route::account_app_id`] for the one in force.
+    pub heap_account_app_id: Option<&'a HeapAppId>,
+}
+
+impl<'a> Route<'a> {
+    /// The environment id Heap's `auth_token` takes for this route's deletions:
+    /// `heap_account_app_id`, else the route's own `heap_app_id` (`None` only for a default
+    /// route without an app id).
+    pub fn account_app_id(&self) -> Option<&'a HeapAppId> {
+        self.heap_account_app_id.or(self.heap_app_id)
+    }
 }
 
 impl RouteSettings {
@@ -61,6 +79,8 @@ impl RouteSettings {
             heap_identity_events_per_minute: self.heap_identity_events_per_minute,
             mapping: &self.mapping,
             dead_letter_skipped: self.dead_letter_skipped,
+            heap_api_key: self.heap_api_key.as_ref(),
+            heap_account_app_id: self.heap_account_app_id.as_ref(),
         }
     }
 }
@@ -170,13 +190,16 @@ pub(super) fn validate_routes(
             ingest_tokens,
             mapping: shared.mapping(),
             dead_letter_skipped: shared.dead_letter_skipped,
+            heap_api_key: shared.heap_api_key.clone(),
+            heap_account_app_id: shared.heap_account_app_id.clone(),
             shared,
         });
     }
     Ok(routes)
 }
 
-/// Routes sharing a Heap app id share its budgets and pause, so they must agree on them.
+/// Routes sharing a Heap app id share its budgets and pause, so they must agree on them; and
+/// one environment belongs to one Heap account, so they must agree on its account id.
 pub(super) fn check_shared_app_ids<'a>(
     routes: impl Iterator<Item = Route<'a>>,
 ) -> Result<(), ConfigError> {
@@ -194,6 +217,18 @@ pub(super) fn check_shared_app_ids<'a>(
                         "both deliver to Heap app id {} but disagree on its base URL or budgets; \
                          one environment has one base URL and one budget",
                         a.heap_app_id.map_or("", HeapAppId::as_str)
+                    ),
+                });
+            }
+            if a.heap_app_id == b.heap_app_id && a.account_app_id() != b.account_app_id() {
+                return Err(ConfigError {
+                    setting: format!("routes {:?} and {:?}", b.name, a.name),
+                    message: format!(
+                        "both deliver to Heap app id {} but name different Heap accounts \
+                         (heap_account_app_id {} and {}); one environment belongs to one account",
+                        a.heap_app_id.map_or("", HeapAppId::as_str),
+                        b.account_app_id().map_or("", HeapAppId::as_str),
+                        a.account_app_id().map_or("", HeapAppId::as_str),
                     ),
                 });
             }

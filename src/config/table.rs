@@ -17,8 +17,8 @@ use glob::Pattern;
 use super::declare::{Kind, Show, help, inherit, layer, line, maybe, need};
 use super::mapping::{self, AnonymousMode, Naming};
 use super::parse::{
-    address, app_id, base_url, count, duration, log_format, path, per_minute, size, strings,
-    switch, tokens,
+    address, app_id, base_url, count, duration, log_format, path, per_minute, secret, size,
+    strings, switch, tokens,
 };
 use super::sources::{Scalar, Tokens};
 use super::values::{ConfigError, Decl, HeapAppId, LogFormat, Secret};
@@ -30,6 +30,7 @@ const MIN_BODY_BYTES: u64 = 1024 * 1024;
 const MIN_HEAP_REQUEST_BYTES: u64 = 64 * 1024;
 const NO_MIN: Duration = Duration::ZERO;
 const MS10: Duration = Duration::from_millis(10);
+const ONE_DAY: Duration = Duration::from_secs(24 * 3600);
 const AT_LEAST_10MS: &str = "must be at least 10ms";
 
 settings! {
@@ -133,6 +134,22 @@ settings! {
         /// Accept and store as usual, but write Heap requests to the log instead of sending
         /// them.
         dry_run: bool = need(switch), Switch, env "CURRENTS_HEAP_DRY_RUN", default "false";
+        /// How long a Braze user_id → Heap identity mapping is kept after the user was last
+        /// seen (at least 1d); a deletion of a user not seen for longer reaches no Heap user.
+        identity_map_retention: Duration = need(duration(ONE_DAY,
+            "must be at least 1d (a deletion must find the identity of a user seen yesterday)")),
+            Text, env "CURRENTS_HEAP_IDENTITY_MAP_RETENTION", default "400d";
+        /// Least time between two requests to Heap's deletion API, per Heap account.
+        deletion_request_interval: Duration = need(duration(NO_MIN, "")), Text,
+            env "CURRENTS_HEAP_DELETION_REQUEST_INTERVAL", default "1s";
+        /// How often Heap is asked for the status of a submitted deletion.
+        deletion_poll_interval: Duration = need(duration(MS10, AT_LEAST_10MS)), Text,
+            env "CURRENTS_HEAP_DELETION_POLL_INTERVAL", default "5m";
+        /// A deletion not complete at Heap this long after it was received counts as overdue
+        /// (metric and alert).
+        deletion_overdue_after: Duration = need(duration(Duration::from_secs(1),
+            "must be at least 1s")), Text,
+            env "CURRENTS_HEAP_DELETION_OVERDUE_AFTER", default "7d";
     }
     shared {
         /// Heap API base URL (EU: https://c.eu.heap-api.com).
@@ -169,6 +186,14 @@ settings! {
         /// count them.
         dead_letter_skipped: bool = need(switch), Switch,
             env "CURRENTS_HEAP_DEAD_LETTER_SKIPPED", default "false";
+        /// Heap API key for the privacy API (user deletions); a secret, never printed or
+        /// logged. Not set: deletions are purged locally and recorded as `unconfigured`.
+        heap_api_key: Option<Secret> = maybe(secret), SecretText, env "HEAP_API_KEY",
+            unset "deletions are purged locally and recorded as unconfigured";
+        /// The Heap account's Main Production environment id, which Heap's auth_token for
+        /// deletions requires (not set: the route's heap_app_id).
+        heap_account_app_id: Option<HeapAppId> = maybe(app_id), Scalar,
+            env "HEAP_ACCOUNT_APP_ID", unset "the route's heap_app_id";
     }
     route_only {
         /// Unique; a bounded metric label.

@@ -76,6 +76,16 @@ fn invalid_values_name_the_setting() {
             "heap_max_request_bytes = \"128MiB\"",
             "delivery_window_bytes",
         ),
+        ("identity_map_retention = \"23h\"", "identity_map_retention"),
+        ("deletion_poll_interval = \"0s\"", "deletion_poll_interval"),
+        (
+            "deletion_request_interval = \"soon\"",
+            "deletion_request_interval",
+        ),
+        ("deletion_overdue_after = \"0s\"", "deletion_overdue_after"),
+        ("heap_api_key = \" \"", "heap_api_key"),
+        ("heap_api_key = \"a key\"", "heap_api_key"),
+        ("heap_account_app_id = \"main\"", "heap_account_app_id"),
     ];
     for (text, key) in cases {
         let err = Settings::resolve(&SettingsArgs::default(), file(text)).unwrap_err();
@@ -317,4 +327,111 @@ fn the_readme_documents_every_declared_setting() {
         assert_eq!(arg.get_long(), Some(&flag[2..]));
         assert_eq!(arg.get_env().and_then(|e| e.to_str()), Some(d.env));
     }
+}
+
+#[test]
+fn deletion_defaults_are_the_documented_ones() {
+    let s = Settings::resolve(&SettingsArgs::default(), FileConfig::default()).unwrap();
+    assert_eq!(s.identity_map_retention, Duration::from_secs(400 * 86_400));
+    assert_eq!(s.deletion_request_interval, Duration::from_secs(1));
+    assert_eq!(s.deletion_poll_interval, Duration::from_secs(300));
+    assert_eq!(s.deletion_overdue_after, Duration::from_secs(7 * 86_400));
+    assert!(s.heap_api_key.is_none() && s.heap_account_app_id.is_none());
+    // No app id: the default route delivers nowhere and has no deletion account.
+    assert!(s.deletion_accounts().is_empty());
+    let printed = s.to_redacted_toml();
+    assert!(
+        printed.contains("# heap_api_key = (not set: deletions are purged locally"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("identity_map_retention = \"400days\""),
+        "{printed}"
+    );
+}
+
+const TWO_ROUTES: &str = "heap_app_id = 100\n\
+    [[route]]\nname = \"a\"\nworkspace = \"a\"\nheap_app_id = 200\nheap_account_app_id = 100\n\
+    [[route]]\nname = \"b\"\nworkspace = \"b\"\nheap_app_id = 300\n";
+
+fn key_of(a: &DeletionAccount) -> Option<&str> {
+    a.api_key.as_ref().map(Secret::expose)
+}
+
+#[test]
+fn routes_of_one_heap_account_share_one_deletion_account() {
+    let args = SettingsArgs {
+        heap_api_key: Some("k-flat".into()),
+        ..Default::default()
+    };
+    let s = Settings::resolve(&args, file(TWO_ROUTES)).unwrap();
+    let accounts = s.deletion_accounts();
+    assert_eq!(accounts.len(), 2, "{accounts:?}");
+    // `a` names account 100, the default route's own app id: one account, one key.
+    assert_eq!(accounts[0].account_app_id, "100");
+    assert_eq!(accounts[0].routes, [DEFAULT_ROUTE, "a"]);
+    assert_eq!(key_of(&accounts[0]), Some("k-flat"));
+    assert_eq!(accounts[0].base_url, "https://heapanalytics.com");
+    // `b` gives no account id: its own app id is the account.
+    assert_eq!(accounts[1].account_app_id, "300");
+    assert_eq!(accounts[1].routes, ["b"]);
+    assert_eq!(key_of(&accounts[1]), Some("k-flat"));
+    assert!(s.routes_without_deletion_key().is_empty());
+}
+
+#[test]
+fn a_route_key_overrides_the_flat_one_and_no_key_is_its_own_entry() {
+    let text = TWO_ROUTES.replace(
+        "heap_account_app_id = 100\n",
+        "heap_account_app_id = 100\nheap_api_key = \"k-route\"\n",
+    );
+    let s = Settings::resolve(&SettingsArgs::default(), file(&text)).unwrap();
+    assert_eq!(
+        s.route("a").unwrap().heap_api_key.map(Secret::expose),
+        Some("k-route")
+    );
+    let accounts = s.deletion_accounts();
+    let summary: Vec<(&str, Option<&str>, Vec<&str>)> = accounts
+        .iter()
+        .map(|a| {
+            let routes = a.routes.iter().map(String::as_str).collect();
+            (a.account_app_id.as_str(), key_of(a), routes)
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("100", None, vec![DEFAULT_ROUTE]),
+            ("100", Some("k-route"), vec!["a"]),
+            ("300", None, vec!["b"]),
+        ]
+    );
+    assert_eq!(s.routes_without_deletion_key(), [DEFAULT_ROUTE, "b"]);
+    // The key never prints.
+    let printed = s.to_redacted_toml();
+    assert!(!printed.contains("k-route"), "{printed}");
+    assert!(
+        printed.contains("heap_api_key = \"<redacted>\""),
+        "{printed}"
+    );
+    assert!(!format!("{s:?}{accounts:?}").contains("k-route"));
+    let table: toml::Table = toml::from_str(&printed).expect("printed settings are TOML");
+    assert_eq!(
+        table["route"][0]["heap_account_app_id"].as_str(),
+        Some("100")
+    );
+}
+
+#[test]
+fn routes_of_one_app_id_must_name_one_account() {
+    let text = "[[route]]\nname = \"a\"\nworkspace = \"a\"\nheap_app_id = 200\n\
+        [[route]]\nname = \"b\"\nworkspace = \"b\"\nheap_app_id = 200\nheap_account_app_id = 100\n";
+    let err = Settings::resolve(&SettingsArgs::default(), file(text)).unwrap_err();
+    assert!(err.to_string().contains("different Heap accounts"), "{err}");
+    let same = text.replace(
+        "heap_app_id = 200\n[[route]]",
+        "heap_app_id = 200\nheap_account_app_id = 100\n[[route]]",
+    );
+    let s = Settings::resolve(&SettingsArgs::default(), file(&same)).unwrap();
+    assert_eq!(s.deletion_accounts()[0].routes, ["a", "b"]);
 }

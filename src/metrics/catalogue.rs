@@ -215,7 +215,48 @@ pub const CATALOGUE: &[(&str, &str, &str, &str)] = &[
         "",
         "1 while the store commits, 0 after a commit failed for a reason other than a full disk.",
     ),
+    (
+        "currents_heap_deletions_total",
+        "counter",
+        "route,outcome",
+        "User deletions (users.UserDeleteRequest) by outcome: received, unknown_user (no Heap identity known), submitted, completed, failed, unconfigured (no heap_api_key) count deletions; purged_events counts the user's queued, parked and dead-lettered events removed locally.",
+    ),
+    (
+        "currents_heap_deletions_pending",
+        "gauge",
+        "route",
+        "Deletions Heap still owes: ledger entries pending_submit, submitted, failed or unconfigured.",
+    ),
+    (
+        "currents_heap_deletions_open",
+        "gauge",
+        "route,status",
+        "Open deletion ledger entries by status (pending_submit, submitted, failed, unconfigured).",
+    ),
+    (
+        "currents_heap_deletions_overdue",
+        "gauge",
+        "route",
+        "Open deletions received longer ago than --deletion-overdue-after (default 7 days).",
+    ),
 ];
+
+/// Outcomes of a user deletion (label `outcome` of `deletions_total`); `purged_events` counts
+/// events, the others deletions.
+pub const DELETION_OUTCOMES: &[&str] = &[
+    "received",
+    "purged_events",
+    "unknown_user",
+    "submitted",
+    "completed",
+    "failed",
+    "unconfigured",
+];
+
+/// The open statuses of the deletion ledger (label `status` of `deletions_open`): the
+/// deletions Heap still owes. The closed ones are `complete` and `unknown_user`.
+pub const DELETION_OPEN_STATUSES: &[&str] =
+    &["pending_submit", "submitted", "failed", "unconfigured"];
 
 /// Outcomes of a request (label `outcome`).
 pub const OUTCOMES: &[&str] = &[

@@ -8,12 +8,14 @@
 //! value.
 //!
 //! [`Metrics`] holds one component per part of the forwarder ([`IngestMetrics`],
-//! [`QueueMetrics`], [`DeliveryMetrics`], [`ConnectionMetrics`], [`ReloadMetrics`]), each
+//! [`QueueMetrics`], [`DeliveryMetrics`], [`ConnectionMetrics`], [`ReloadMetrics`],
+//! [`DeletionMetrics`]), each
 //! registered by a function that returns a `Result`. Where an event is both logged and counted,
 //! the component has one method that does both.
 
 mod catalogue;
 mod connections;
+mod deletions;
 mod delivery;
 mod ingest;
 mod mapping;
@@ -27,10 +29,12 @@ use prometheus::{
 };
 
 pub use catalogue::{
-    CATALOGUE, CONFIG_RELOAD_OUTCOMES, CONNECTION_CLOSE_REASONS, DEAD_LETTER_REASONS, OUTCOMES,
-    REJECT_REASONS, STATUSES, TLS_RELOAD_OUTCOMES, UNROUTABLE,
+    CATALOGUE, CONFIG_RELOAD_OUTCOMES, CONNECTION_CLOSE_REASONS, DEAD_LETTER_REASONS,
+    DELETION_OPEN_STATUSES, DELETION_OUTCOMES, OUTCOMES, REJECT_REASONS, STATUSES,
+    TLS_RELOAD_OUTCOMES, UNROUTABLE,
 };
 pub use connections::ConnectionMetrics;
+pub use deletions::DeletionMetrics;
 pub use delivery::{DeliveryMetrics, LaneMetrics, Retried};
 pub use ingest::IngestMetrics;
 pub use mapping::count_dropped_value;
@@ -46,6 +50,7 @@ pub struct Metrics {
     pub delivery: DeliveryMetrics,
     pub connections: ConnectionMetrics,
     pub reloads: ReloadMetrics,
+    pub deletions: DeletionMetrics,
 }
 
 impl Metrics {
@@ -67,6 +72,7 @@ impl Metrics {
             delivery,
             connections: ConnectionMetrics::register(&registry)?,
             reloads: ReloadMetrics::register(&registry)?,
+            deletions: DeletionMetrics::register(&registry)?,
             registry,
         };
         for route in routes.iter().copied().chain([UNROUTABLE]) {
@@ -83,10 +89,11 @@ impl Metrics {
         self.ingest.init_route(route);
     }
 
-    /// Creates every delivery series of `route` at 0 (at start-up, and for a route a reload
-    /// adds).
+    /// Creates every delivery and deletion series of `route` at 0 (at start-up, and for a
+    /// route a reload adds).
     pub fn init_route(&self, route: &str) {
         self.delivery.init_route(route);
+        self.deletions.init_route(route);
     }
 
     /// The Prometheus text exposition of every registered metric (empty, after an error

@@ -9,6 +9,10 @@ use super::names::{CUSTOM_EVENT_TYPE, EVENT_NAMES};
 use super::read::{DropReason, MAX_DEPTH};
 use super::user_properties::{PROFILE_FIELDS, user_properties_summary};
 
+/// Braze's user deletion: not mapped to a Heap event but handled as a deletion (README
+/// "Deletions").
+const USER_DELETE_REQUEST: &str = "users.UserDeleteRequest";
+
 /// A generated section: `<!-- generated:NAME -->` ... `<!-- /generated:NAME -->`.
 #[derive(Debug)]
 pub struct Section {
@@ -42,6 +46,9 @@ pub fn event_table() -> String {
     for (event_type, name) in EVENT_NAMES {
         let name = if *event_type == CUSTOM_EVENT_TYPE {
             format!("the event's `properties.name` (`{name}` when missing or blank)")
+        } else if *event_type == USER_DELETE_REQUEST {
+            "never sent as a tracked event; handled as a deletion (see Deletions in the README)"
+                .to_owned()
         } else {
             format!("`{name}`")
         };
