@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use currents_heap::currents::parse_batch;
+use currents_heap::queue::HeapUser;
 use currents_heap::queue::NewEvent;
 use currents_heap::queue::sqlite::{Store, Writer, WriterConfig};
 use currents_heap_testkit::loadgen::{Template, build_batch, load_templates};
@@ -48,6 +49,13 @@ fn to_new_events(body: &Bytes, route: &Arc<str>) -> Vec<NewEvent> {
             identity: ev.external_user_id.as_ref().map(|s| s.clone().into_owned()),
             event_time: ev.time,
             payload: body.slice_ref(ev.raw.get().as_bytes()),
+            // As ingest does: the identity map is part of the accept path.
+            braze_user_id: ev.braze_user_id.as_ref().map(|s| s.clone().into_owned()),
+            heap_user: ev
+                .external_user_id
+                .as_ref()
+                .map(|s| HeapUser::Identity(s.clone().into_owned())),
+            deletion: false,
         })
         .collect()
 }
@@ -72,6 +80,7 @@ fn bench_accept(c: &mut Criterion) {
             min_free_disk_bytes: 0,
             dedup_window: Duration::from_secs(24 * 3600),
             dedup_capacity: 4_000_000,
+            identity_map_retention: std::time::Duration::from_secs(400 * 86_400),
         },
     )
     .unwrap();

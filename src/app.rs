@@ -19,6 +19,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Settings, SettingsArgs};
+use crate::deletions::{DeletionConfig, Submitter};
+use crate::delivery::Backoff;
+use crate::heap::deletion::HeapDeletionClient;
 use crate::ingest::IngestState;
 use crate::lanes::{LaneSet, dead_letter_orphans};
 use crate::metrics::Metrics;
@@ -68,6 +71,7 @@ impl App {
                 min_free_disk_bytes: settings.min_free_disk_bytes,
                 dedup_window: settings.dedup_window,
                 dedup_capacity: settings.dedup_capacity,
+                identity_map_retention: settings.identity_map_retention,
             },
         )?;
         let totals = sqlite.totals();
@@ -92,13 +96,16 @@ impl App {
         let lanes = LaneSet::build(settings, &queue, &metrics);
         let served: Vec<&str> = lanes.app_ids().collect();
         dead_letter_orphans(&*queue, &served).await?;
-        let state = Arc::new(IngestState::new(
-            routing_for(settings, &lanes),
-            settings.max_body_bytes,
-            &settings.edge,
-            Arc::clone(&queue),
-            metrics,
-        ));
+        let state = Arc::new(
+            IngestState::new(
+                routing_for(settings, &lanes),
+                settings.max_body_bytes,
+                &settings.edge,
+                Arc::clone(&queue),
+                metrics,
+            )
+            .with_deletion_overdue_after(settings.deletion_overdue_after),
+        );
         let (reload, reload_requests) = reload::channel();
         Ok(App {
             server: Server::new(listener, &settings.edge, Arc::clone(&state))?,
@@ -149,6 +156,7 @@ impl App {
             grace,
         } = self;
         let stop_control = CancellationToken::new();
+        let deletions = start_deletions(&settings, &queue, &state.metrics, &stop_control);
         let controller = tokio::spawn(
             Controller {
                 lanes,
@@ -199,9 +207,70 @@ impl App {
                 message = "Delivery did not stop within the grace period; undelivered events stay queued."
             );
         }
+        for task in deletions {
+            // A request in flight finishes; the ledger keeps the rest for the next start.
+            if tokio::time::timeout(grace.max(Duration::from_secs(1)), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    message = "A deletion submitter did not stop within the grace period."
+                );
+            }
+        }
         if let Err(e) = queue.close().await {
             tracing::warn!(message = "Closing the queue failed.", error = %e);
         }
         tracing::info!(message = "Stopped.");
     }
+}
+
+/// Starts one deletion submitter per Heap account (routes that share an account and key share
+/// one); they stop with `stop`. Routes without an API key get a loud warning: their deletions
+/// are purged locally and kept `unconfigured` until a key is configured.
+fn start_deletions(
+    settings: &Settings,
+    queue: &Arc<dyn Queue>,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    if settings.dry_run {
+        // Nothing reaches Heap in a dry run: the ledger waits for a real run.
+        return Vec::new();
+    }
+    let cfg = DeletionConfig {
+        request_interval: settings.deletion_request_interval,
+        poll_interval: settings.deletion_poll_interval,
+        settle: settings.heap_timeout,
+        backoff: Backoff::from(&settings.retry_backoff),
+    };
+    settings
+        .deletion_accounts()
+        .into_iter()
+        .map(|account| {
+            let client = match &account.api_key {
+                Some(key) => Some(HeapDeletionClient::new(
+                    &account.base_url,
+                    account.account_app_id.as_str(),
+                    key.expose(),
+                    settings.heap_timeout,
+                )),
+                None => {
+                    tracing::warn!(
+                        message = "No Heap API key (heap_api_key): Braze user deletions of these routes are purged here but not sent to Heap.",
+                        routes = %account.routes.join(","),
+                    );
+                    None
+                }
+            };
+            let submitter = Submitter::new(
+                account.routes,
+                client,
+                Arc::clone(queue),
+                metrics.clone(),
+                cfg.clone(),
+            );
+            tokio::spawn(submitter.run(stop.child_token()))
+        })
+        .collect()
 }

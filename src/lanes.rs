@@ -14,13 +14,12 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::delivery::{
-    BudgetShape, Delivery, DeliveryConfig, DryRun, LaneCarry, RouteMapping, Sender,
+    BudgetShape, Delivery, DeliveryConfig, DryRun, LaneBell, LaneCarry, RouteMapping, Sender,
 };
 use crate::heap::client::HeapClient;
 use crate::metrics::{Metrics, UNROUTABLE};
@@ -124,7 +123,7 @@ enum LaneState {
 #[derive(Debug)]
 struct Lane {
     plan: LanePlan,
-    notify: Arc<Notify>,
+    bell: Arc<LaneBell>,
     state: LaneState,
 }
 
@@ -158,13 +157,13 @@ impl LaneSet {
             heap_timeout: settings.heap_timeout,
         };
         for plan in plan(settings) {
-            let lane = set.new_lane(plan, Arc::new(Notify::new()));
+            let lane = set.new_lane(plan, Arc::default());
             set.lanes.push(lane);
         }
         set
     }
 
-    fn new_lane(&self, plan: LanePlan, notify: Arc<Notify>) -> Lane {
+    fn new_lane(&self, plan: LanePlan, bell: Arc<LaneBell>) -> Lane {
         let sender = if self.dry_run {
             Arc::new(DryRun) as Arc<dyn Sender>
         } else {
@@ -184,11 +183,11 @@ impl LaneSet {
             sender,
             Arc::clone(&self.queue),
             self.metrics.clone(),
-            Arc::clone(&notify),
+            Arc::clone(&bell),
         );
         Lane {
             plan,
-            notify,
+            bell,
             state: LaneState::Ready(Box::new(delivery)),
         }
     }
@@ -208,11 +207,11 @@ impl LaneSet {
         }
     }
 
-    /// The bell ingest rings after appending for an app id.
-    pub fn notifiers(&self) -> HashMap<Arc<str>, Arc<Notify>> {
+    /// The bell ingest rings for an app id (new events, purged events).
+    pub fn bells(&self) -> HashMap<Arc<str>, Arc<LaneBell>> {
         self.lanes
             .iter()
-            .map(|l| (Arc::from(l.plan.cfg.app_id.as_str()), Arc::clone(&l.notify)))
+            .map(|l| (Arc::from(l.plan.cfg.app_id.as_str()), Arc::clone(&l.bell)))
             .collect()
     }
 
@@ -261,10 +260,10 @@ impl LaneSet {
             {
                 Some(i) if self.lanes[i].plan == plan => Step::Keep(i),
                 Some(i) => {
-                    let notify = Arc::clone(&self.lanes[i].notify);
-                    Step::Replace(i, self.new_lane(plan, notify))
+                    let bell = Arc::clone(&self.lanes[i].bell);
+                    Step::Replace(i, self.new_lane(plan, bell))
                 }
-                None => Step::Start(self.new_lane(plan, Arc::new(Notify::new()))),
+                None => Step::Start(self.new_lane(plan, Arc::default())),
             };
             steps.push(step);
         }

@@ -13,8 +13,9 @@
 //! | [`currents`] | the Braze Currents wire model and its structural validation (no I/O) |
 //! | [`transform`] | the pure, documented mapping of one Currents event to Heap items (`docs/MAPPING.md`) |
 //! | [`heap`] | Heap's server-side API: request shapes and limits ([`heap::model`]), the batch builder ([`heap::bulk`]), HTTPS client, retry classification, the deletion (privacy) API client ([`heap::deletion`]) |
-//! | [`queue`] | the [`queue::Queue`] seam and its stores ([`queue::sqlite`]: queue, dedup window, dead letters, group commit) |
+//! | [`queue`] | the [`queue::Queue`] seam and its stores ([`queue::sqlite`]: queue, dedup window, dead letters, group commit; identity map, tombstones, deletion ledger) |
 //! | [`delivery`] | one lane per Heap app id, as steps: refill, select, send, Heap's answer |
+//! | [`deletions`] | Braze user deletions on their way to Heap: one submitter per Heap account walks the ledger (submit, poll) |
 //! | [`dlq`] | `dlq list/replay/purge` over the queue |
 //! | [`routing`] | which route (and Heap app id) an event takes |
 //! | [`metrics`] | the metric catalogue and registry |
@@ -26,7 +27,8 @@
 //! product never depends on.
 //!
 //! Dependency direction (no cycle; `config` imports nothing of the crate): `ingest` →
-//! `currents`, `queue`, `metrics`, `routing`; `delivery` → `queue`, `transform`, `heap`,
+//! `currents`, `queue`, `metrics`, `routing`, `transform` (which Heap user an event is for),
+//! `delivery` (a lane's bell); `deletions` → `queue`, `heap`, `metrics`, `delivery` (backoff); `delivery` → `queue`, `transform`, `heap`,
 //! `metrics`, `config`; `metrics` → the label sets of `currents`, `transform`, `heap`; `currents` and `heap` never import each other (only `transform` sees
 //! both); `currents` and `queue` know nothing of HTTP; `app` wires them together; only `app`
 //! and the `dlq` command choose a queue store, everything else sees the [`queue::Queue`] trait.
@@ -35,6 +37,7 @@
 pub mod app;
 pub mod config;
 pub mod currents;
+pub mod deletions;
 pub mod delivery;
 pub mod dlq;
 pub mod heap;

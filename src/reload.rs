@@ -81,7 +81,7 @@ pub fn routing_for(settings: &Settings, lanes: &LaneSet) -> Routing {
     Routing {
         auth,
         router,
-        new_data: lanes.notifiers(),
+        bells: lanes.bells(),
         drain_rate: lanes.drain_rate(),
     }
 }

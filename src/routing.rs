@@ -8,13 +8,16 @@
 
 use std::sync::Arc;
 
-use crate::config::{DEFAULT_ROUTE, Settings};
+use crate::config::{AnonymousMode, DEFAULT_ROUTE, Settings};
 
 /// Where an event goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteTarget {
     pub name: Arc<str>,
     pub app_id: Arc<str>,
+    /// How the route's mapping treats users without an `external_user_id`: ingest needs it
+    /// to know which Heap user an event is sent for (the identity map).
+    pub anonymous: AnonymousMode,
 }
 
 #[derive(Debug, Clone)]
@@ -53,6 +56,7 @@ impl Router {
                 target: RouteTarget {
                     name: Arc::from(r.name.as_str()),
                     app_id: Arc::from(r.heap_app_id.as_str()),
+                    anonymous: r.mapping.anonymous,
                 },
                 workspace: r.workspace.clone(),
                 app_group_id: r.app_group_id.clone(),
@@ -63,6 +67,7 @@ impl Router {
         let default = default_app_id(settings).map(|app_id| RouteTarget {
             name: Arc::from(DEFAULT_ROUTE),
             app_id: Arc::from(app_id),
+            anonymous: settings.mapping.anonymous,
         });
         Self { rules, default }
     }

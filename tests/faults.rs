@@ -30,6 +30,7 @@ fn store_with_events(dir: &Path) {
             min_free_disk_bytes: 0,
             dedup_window: std::time::Duration::from_secs(3600),
             dedup_capacity: 1000,
+            identity_map_retention: std::time::Duration::from_secs(400 * 86_400),
         },
     )
     .unwrap();
@@ -47,6 +48,9 @@ fn store_with_events(dir: &Path) {
                 "{{\"id\":\"e-{i}\",\"pad\":\"{}\"}}",
                 "x".repeat(500)
             )),
+            braze_user_id: None,
+            heap_user: None,
+            deletion: false,
         })
         .collect();
     rt.block_on(writer.append(events)).unwrap();
@@ -144,6 +148,7 @@ fn kill_9_during_a_dead_letter_replay_loses_and_doubles_nothing() {
                 min_free_disk_bytes: 0,
                 dedup_window: std::time::Duration::from_secs(3600),
                 dedup_capacity: N * 2,
+                identity_map_retention: std::time::Duration::from_secs(400 * 86_400),
             },
         )
         .unwrap();
@@ -160,6 +165,9 @@ fn kill_9_during_a_dead_letter_replay_loses_and_doubles_nothing() {
                     identity: Some("u".into()),
                     event_time: 1,
                     payload: bytes::Bytes::from(format!("{{\"id\":\"dl-{i}\"}}")),
+                    braze_user_id: None,
+                    heap_user: None,
+                    deletion: false,
                 })
                 .collect();
             rt.block_on(writer.append(events)).unwrap();

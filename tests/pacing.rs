@@ -126,6 +126,9 @@ fn backlog(s: &Scenario) -> (Vec<NewEvent>, Vec<String>, Vec<String>) {
             identity: Some(user),
             event_time: 1_780_000_000,
             payload: Bytes::from(payload),
+            braze_user_id: None,
+            heap_user: None,
+            deletion: false,
         });
     }
     assert_eq!((cold.len(), hot.len()), (s.cold_events(), s.hot_events));
@@ -142,6 +145,7 @@ async fn preload(dir: std::path::PathBuf, mut events: Vec<NewEvent>) {
             min_free_disk_bytes: 0,
             dedup_window: Duration::from_secs(24 * 3600),
             dedup_capacity: 1 << 20,
+            identity_map_retention: std::time::Duration::from_secs(400 * 86_400),
         },
     )
     .unwrap();

@@ -311,6 +311,10 @@ proptest! {
                 });
                 prop_assert!(!usable, "usable identity skipped");
             }
+            Err(SkipReason::UserDeletion) => {
+                prop_assert_eq!(event["event_type"].as_str(), Some("users.UserDeleteRequest"));
+            }
+            Err(SkipReason::DeletedUser) => prop_assert!(false, "the mapping never says deleted_user"),
         }
     }
 

@@ -6,11 +6,10 @@ use clap::Subcommand;
 use currents_heap::config::SettingsArgs;
 use currents_heap::dlq;
 use currents_heap::metrics::DEAD_LETTER_REASONS;
-use currents_heap::queue::Queue;
-use currents_heap::queue::sqlite::SqliteQueue;
 use currents_heap::routing::Router;
 
 use super::load::load;
+use super::store::with_store;
 
 #[derive(Subcommand)]
 pub(super) enum DlqAction {
@@ -71,39 +70,24 @@ pub(super) fn run(action: DlqAction) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    // A typo in --data-dir must not read as "no dead letters".
-    if !settings.data_dir.join("queue.sqlite3").exists() {
-        eprintln!(
-            "currents-heap: no store in {} (is --data-dir / CURRENTS_HEAP_DATA_DIR right?)",
-            settings.data_dir.display()
-        );
-        return ExitCode::FAILURE;
-    }
-    let queue = match SqliteQueue::open_maintenance(&settings.data_dir) {
-        Ok(q) => q,
-        Err(e) => {
-            eprintln!("currents-heap: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("currents-heap: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let sel = dlq::Selection {
         reason: select.reason.clone(),
         ids: select.ids.clone(),
     };
-    let result = match action {
+    if let DlqAction::Purge { all: false, .. } = action
+        && sel.reason.is_none()
+        && sel.ids.is_empty()
+    {
+        eprintln!(
+            "currents-heap: dlq purge deletes for good; say which with --reason, --id or --all"
+        );
+        return ExitCode::from(2);
+    }
+    with_store(&settings.data_dir, |queue, runtime| {
+        match action {
         DlqAction::List { limit, payload, .. } => runtime
             .block_on(dlq::list(
-                &queue,
+                queue,
                 &sel,
                 limit,
                 payload,
@@ -112,7 +96,7 @@ pub(super) fn run(action: DlqAction) -> ExitCode {
             ))
             .map(|_| ()),
         DlqAction::Replay { .. } => runtime
-            .block_on(dlq::replay(&queue, &sel, &Router::from_settings(&settings)))
+            .block_on(dlq::replay(queue, &sel, &Router::from_settings(&settings)))
             .map(|r| {
                 println!("replayed {} dead letters into the queue", r.requeued);
                 if r.still_unroutable > 0 {
@@ -122,27 +106,10 @@ pub(super) fn run(action: DlqAction) -> ExitCode {
                     );
                 }
             }),
-        DlqAction::Purge { all, .. } => {
-            if !all && sel.reason.is_none() && sel.ids.is_empty() {
-                eprintln!(
-                    "currents-heap: dlq purge deletes for good; say which with --reason, --id or --all"
-                );
-                return ExitCode::from(2);
-            }
-            runtime
-                .block_on(dlq::purge(&queue, &sel))
-                .map(|n| println!("purged {n} dead letters"))
-        }
-    };
-    if let Err(e) = runtime.block_on(queue.close()) {
-        eprintln!("currents-heap: {e}");
-        return ExitCode::FAILURE;
+        DlqAction::Purge { .. } => runtime
+            .block_on(dlq::purge(queue, &sel))
+            .map(|n| println!("purged {n} dead letters")),
     }
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("currents-heap: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    .map_err(|e| e.to_string())
+    })
 }

@@ -1,11 +1,14 @@
 //! The command line: one file per subcommand (`serve.rs`: `serve` and `check-config`,
-//! `transform.rs`, `dlq.rs`); `load.rs` loads the settings (exit 2 when invalid). Every
+//! `transform.rs`, `dlq.rs`, `deletions.rs`); `load.rs` loads the settings (exit 2 when
+//! invalid), `store.rs` opens the store for the maintenance commands. Every
 //! subcommand that reads settings takes [`SettingsArgs`], the flags declared once in `config`'s
 //! settings table.
 
+mod deletions;
 mod dlq;
 mod load;
 mod serve;
+mod store;
 mod transform;
 
 use std::process::ExitCode;
@@ -38,6 +41,11 @@ enum Command {
         #[command(subcommand)]
         action: dlq::DlqAction,
     },
+    /// Inspect the ledger of user deletions, or send failed ones to Heap again.
+    Deletions {
+        #[command(subcommand)]
+        action: deletions::DeletionsAction,
+    },
 }
 
 impl Cli {
@@ -47,6 +55,7 @@ impl Cli {
             Command::CheckConfig(args) => serve::check_config(&args),
             Command::Transform(args) => transform::run(&args),
             Command::Dlq { action } => dlq::run(action),
+            Command::Deletions { action } => deletions::run(action),
         }
     }
 }

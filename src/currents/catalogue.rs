@@ -4,6 +4,10 @@
 //! types collapse to `other`); it never decides whether an event is accepted: unknown types
 //! are valid and are queued like any other.
 
+/// A Braze user deletion (GDPR / CCPA erasure): never an event for Heap, a deletion
+/// (product.md §7).
+pub const USER_DELETE_REQUEST: &str = "users.UserDeleteRequest";
+
 /// Every known Currents `event_type`, sorted.
 pub const KNOWN_EVENT_TYPES: &[&str] = &[
     "agentconsole.AgentExecuted",

@@ -232,21 +232,30 @@ fn string_field<'a>(
     }
 }
 
+/// The ids of a `user` object: `external_user_id` and `user_id` (the Braze id), each when it
+/// is a string.
+///
 /// A user object that is not an object, or an id that is not a string, means "anonymous":
-/// tolerated here, accounted for by the mapping. A repeated `external_user_id` counts with its
-/// last value, as in the mapping (and in serde_json's own `Value`).
-pub(super) fn external_user_id(user: &RawValue) -> Option<Cow<'_, str>> {
+/// tolerated here, accounted for by the mapping. A repeated key counts with its last value, as
+/// in the mapping (and in serde_json's own `Value`).
+pub(super) fn user_ids(user: &RawValue) -> (Option<Cow<'_, str>>, Option<Cow<'_, str>>) {
     if !user.get().starts_with('{') {
-        return None;
+        return (None, None);
     }
-    let mut last = None;
-    visit_entries(user.get(), |key, value| {
-        if key == "external_user_id" {
-            last = Some(value);
-        }
+    let (mut external, mut braze) = (None, None);
+    if visit_entries(user.get(), |key, value| match key.as_ref() {
+        "external_user_id" => external = Some(value),
+        "user_id" => braze = Some(value),
+        _ => {}
     })
-    .ok()?;
-    let raw = last?;
-    let mut de = serde_json::Deserializer::from_str(raw.get());
+    .is_err()
+    {
+        return (None, None);
+    }
+    (string_value(external), string_value(braze))
+}
+
+fn string_value(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
+    let mut de = serde_json::Deserializer::from_str(raw?.get());
     Key::deserialize(&mut de).ok().map(|k| k.0)
 }

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::fields::external_user_id;
+use super::fields::user_ids;
 pub use super::fields::{EventError, EventFields, MAX_ID_BYTES, object_entries, read_event};
 
 /// A structurally valid batch. Borrows from the request body.
@@ -23,6 +23,8 @@ pub struct ValidEvent<'a> {
     pub time: i64,
     /// `user.external_user_id` when it is a string; `None` for anonymous users.
     pub external_user_id: Option<Cow<'a, str>>,
+    /// `user.user_id` (the Braze user id) when it is a string.
+    pub braze_user_id: Option<Cow<'a, str>>,
     /// The event exactly as received.
     pub raw: &'a RawValue,
     /// Its `properties`, unparsed (read only when routing needs `app_group_id`).
@@ -117,8 +119,10 @@ fn validate_event(raw: &RawValue) -> Result<ValidEvent<'_>, EventError> {
     if head.id.len() > MAX_ID_BYTES {
         return Err(EventError::IdTooLong);
     }
+    let (external_user_id, braze_user_id) = head.user.map(user_ids).unwrap_or_default();
     Ok(ValidEvent {
-        external_user_id: head.user.and_then(external_user_id),
+        external_user_id,
+        braze_user_id,
         id: head.id,
         event_type: head.event_type,
         time: head.time,

@@ -70,6 +70,33 @@ pub(super) struct Deferral {
     pub(super) next_slot: i64,
 }
 
+/// How ingest reaches a lane: events were appended for it, or events it may hold in memory
+/// were purged by a deletion (product.md §7) and must not be sent.
+#[derive(Debug, Default)]
+pub struct LaneBell {
+    new_data: Notify,
+    purged: std::sync::Mutex<Vec<i64>>,
+}
+
+impl LaneBell {
+    /// New events were appended.
+    pub fn ring(&self) {
+        self.new_data.notify_one();
+    }
+
+    /// These queued events are gone (their user was deleted): drop them if held.
+    pub fn purged(&self, seqs: impl IntoIterator<Item = i64>) {
+        self.purged
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(seqs);
+    }
+
+    fn take_purged(&self) -> Vec<i64> {
+        std::mem::take(&mut *self.purged.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 /// The delivery loop of one lane (one Heap app id).
 #[derive(Debug)]
 pub struct Delivery {
@@ -78,7 +105,7 @@ pub struct Delivery {
     pub(super) sender: Arc<dyn Sender>,
     pub(super) queue: Arc<dyn Queue>,
     pub(super) metrics: LaneMetrics,
-    new_data: Arc<Notify>,
+    bell: Arc<LaneBell>,
     pub(super) pending: VecDeque<Item>,
     /// Every event held in memory (`pending`, `forced`, in flight) with its weight in bytes:
     /// the larger of its stored payload and its serialized Heap items.
@@ -142,7 +169,7 @@ impl Delivery {
         sender: Arc<dyn Sender>,
         queue: Arc<dyn Queue>,
         metrics: Metrics,
-        new_data: Arc<Notify>,
+        bell: Arc<LaneBell>,
     ) -> Self {
         let budgets = Budgets::new(
             cfg.events_per_window,
@@ -159,7 +186,7 @@ impl Delivery {
             sender,
             queue,
             metrics,
-            new_data,
+            bell,
             pending: VecDeque::new(),
             in_memory: HashMap::new(),
             held_bytes: 0,
@@ -211,7 +238,7 @@ impl Delivery {
                 },
                 Step::Idle { wait } => tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
-                    _ = self.new_data.notified() => {}
+                    _ = self.bell.new_data.notified() => {}
                     _ = shutdown.cancelled() => break,
                 },
                 Step::QueueUnavailable(e) => {
@@ -244,6 +271,7 @@ impl Delivery {
             self.metrics.resumed();
         }
         self.housekeeping();
+        self.drop_purged();
         if self.pending.len() < self.max_batch() * PENDING_BATCHES / 2
             && self.held_bytes < self.cfg.window_bytes / 2
             && let Err(e) = self.refill().await
@@ -267,6 +295,8 @@ impl Delivery {
             _ = stop.cancelled() => return Step::Stopped,
         };
         self.record_wait("app", waited);
+        // A deletion may have purged some of them meanwhile.
+        self.drop_purged();
         let batch = match self.forced.pop_front() {
             Some(part) => self.admit_forced(part).await,
             None => self.select(n).await,
@@ -287,6 +317,23 @@ impl Delivery {
         self.budgets.forget_idle_identities();
         let now = crate::queue::unix_millis();
         self.deferred.retain(|_, d| d.next_slot > now);
+    }
+
+    /// Drops the events a deletion purged from the queue, wherever the lane holds them.
+    fn drop_purged(&mut self) {
+        let purged = self.bell.take_purged();
+        if purged.is_empty() {
+            return;
+        }
+        let purged: std::collections::HashSet<i64> = purged.into_iter().collect();
+        self.pending.retain(|i| !purged.contains(&i.seq));
+        for part in &mut self.forced {
+            part.retain(|i| !purged.contains(&i.seq));
+        }
+        self.forced.retain(|part| !part.is_empty());
+        for seq in purged {
+            self.release(seq);
+        }
     }
 
     /// Counts an event as held in memory.

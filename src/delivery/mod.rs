@@ -42,7 +42,7 @@ use std::time::Duration;
 
 pub use backoff::Backoff;
 pub use budget::{BudgetShape, Budgets};
-pub use lane::{Delivery, LaneCarry, SendReport, Step};
+pub use lane::{Delivery, LaneBell, LaneCarry, SendReport, Step};
 pub use sender::{DryRun, SendFuture, Sender};
 
 use crate::transform::MappingOptions;

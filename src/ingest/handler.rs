@@ -10,7 +10,9 @@ use super::body::{self, Encoding};
 use super::error::IngestError;
 use super::{IngestState, Routing};
 use crate::currents::{self, catalogue};
-use crate::queue::NewEvent;
+use crate::queue::{Appended, DeletionReceipt, HeapUser, NewEvent};
+use crate::transform::SkipReason;
+use crate::transform::target::{Target, resolve_ids};
 
 pub use crate::metrics::UNROUTABLE;
 
@@ -94,6 +96,16 @@ async fn append_body(
             .map(|ev| {
                 let group = if by_group { ev.app_group_id() } else { None };
                 let target = routing.router.route(workspace.as_deref(), group.as_deref());
+                let braze_user_id = ev.braze_user_id.as_deref();
+                // The Heap user the route's mapping sends this event for (identity map).
+                let heap_user = target.and_then(|t| {
+                    resolve_ids(ev.external_user_id.as_deref(), braze_user_id, t.anonymous)
+                        .ok()
+                        .map(|target| match target {
+                            Target::Identity(id) => HeapUser::Identity(id),
+                            Target::UserId(id) => HeapUser::UserId(id),
+                        })
+                });
                 NewEvent {
                     route: target.map_or_else(|| Arc::from(UNROUTABLE), |t| Arc::clone(&t.name)),
                     app_id: target.map_or_else(|| Arc::from(""), |t| Arc::clone(&t.app_id)),
@@ -104,6 +116,11 @@ async fn append_body(
                     identity: ev.external_user_id.as_ref().map(|s| s.clone().into_owned()),
                     event_time: ev.time,
                     payload: body.slice_ref(ev.raw.get().as_bytes()),
+                    deletion: ev.event_type == catalogue::USER_DELETE_REQUEST
+                        && braze_user_id.is_some()
+                        && target.is_some(),
+                    braze_user_id: braze_user_id.map(str::to_owned),
+                    heap_user,
                 }
             })
             .collect::<Vec<_>>()
@@ -137,18 +154,31 @@ async fn append_body(
         }
     };
     let mut unroutable = 0;
-    let mut woken: Vec<&str> = Vec::new();
-    for ((event_type, route, app_id, dead), queued) in labels.iter().zip(&receipt.queued) {
-        if *queued {
-            state.metrics.ingest.accepted(event_type, route);
-            unroutable += usize::from(*dead);
-            if !*dead && !woken.contains(&&**app_id) {
-                woken.push(app_id);
-                if let Some(n) = routing.new_data.get(&**app_id) {
-                    n.notify_one();
+    let mut rung: Vec<&str> = Vec::new();
+    for ((event_type, route, app_id, dead), outcome) in labels.iter().zip(&receipt.outcomes) {
+        match outcome {
+            Appended::Duplicate => continue,
+            Appended::Queued => {
+                unroutable += usize::from(*dead);
+                if !*dead && !rung.contains(&&**app_id) {
+                    rung.push(app_id);
+                    if let Some(bell) = routing.bells.get(&**app_id) {
+                        bell.ring();
+                    }
                 }
             }
+            Appended::DeletedUser => {
+                state
+                    .metrics
+                    .delivery
+                    .lane(route)
+                    .skipped(SkipReason::DeletedUser.as_str());
+            }
+            Appended::Deletion(deletion) => {
+                note_deletion(route, deletion, routing, state);
+            }
         }
+        state.metrics.ingest.accepted(event_type, route);
     }
     if unroutable > 0 {
         state
@@ -162,4 +192,26 @@ async fn append_body(
         accepted: receipt.accepted(),
         duplicates,
     })
+}
+
+/// A deletion was accepted: counted, and the lanes drop the purged events they hold.
+fn note_deletion(route: &str, deletion: &DeletionReceipt, routing: &Routing, state: &IngestState) {
+    let purged = deletion.purged_queued.len() + deletion.purged_dead_letters as usize;
+    tracing::info!(
+        message = "User deletion accepted.",
+        route,
+        known_user = deletion.known_user,
+        purged_events = purged,
+    );
+    let metrics = &state.metrics.deletions;
+    metrics.received(route);
+    metrics.purged_events(route, purged);
+    if !deletion.known_user {
+        metrics.unknown_user(route);
+    }
+    for (app_id, seq) in &deletion.purged_queued {
+        if let Some(bell) = routing.bells.get(app_id.as_str()) {
+            bell.purged([*seq]);
+        }
+    }
 }

@@ -23,13 +23,13 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::json;
-use tokio::sync::Notify;
 
 pub use auth::Auth;
 pub use buffer::IngestBuffer;
 pub use error::IngestError;
 pub use handler::{Accepted, UNROUTABLE};
 
+use crate::delivery::LaneBell;
 use crate::metrics::Metrics;
 use crate::queue::{Queue, unix_millis};
 use crate::routing::Router;
@@ -66,8 +66,9 @@ pub struct Routing {
     pub auth: Auth,
     /// Which route (and Heap app id) each event takes.
     pub router: Router,
-    /// Per Heap app id: woken after each append for it, so delivery starts without polling.
-    pub new_data: HashMap<Arc<str>, Arc<Notify>>,
+    /// Per Heap app id: rung after each append for it, so delivery starts without polling,
+    /// and told which events a deletion purged.
+    pub bells: HashMap<Arc<str>, Arc<LaneBell>>,
     /// Events per second all delivery lanes together send with a backlog (for the drain
     /// estimate); 0 when nothing delivers.
     pub drain_rate: f64,
@@ -90,6 +91,8 @@ pub struct IngestState {
     draining: AtomicBool,
     /// When the last round of queue queries for `/metrics` started.
     gauge_round: tokio::sync::Mutex<Option<Instant>>,
+    /// A deletion not complete this long after it was received is overdue (a gauge).
+    deletion_overdue_after: Duration,
 }
 
 impl IngestState {
@@ -112,7 +115,14 @@ impl IngestState {
             connections_full: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             gauge_round: tokio::sync::Mutex::new(None),
+            deletion_overdue_after: Duration::from_secs(7 * 24 * 3600),
         }
+    }
+
+    /// Sets when a deletion counts as overdue (default 7 days).
+    pub fn with_deletion_overdue_after(mut self, after: Duration) -> Self {
+        self.deletion_overdue_after = after;
+        self
     }
 
     /// The routing in force now.
@@ -174,15 +184,30 @@ impl IngestState {
             return;
         }
         *last_round = Some(Instant::now());
+        let overdue_before = unix_millis().saturating_sub(
+            i64::try_from(self.deletion_overdue_after.as_millis()).unwrap_or(i64::MAX),
+        );
         let read = async {
             let oldest = self.queue.oldest_received_at().await?;
-            Ok::<_, crate::queue::QueueError>((oldest, self.queue.dead_letter_counts().await?))
+            let dead = self.queue.dead_letter_counts().await?;
+            let ledger = self.queue.deletion_summary(overdue_before).await?;
+            Ok::<_, crate::queue::QueueError>((oldest, dead, ledger))
         };
         match read.await {
-            Ok((oldest, dead)) => {
+            Ok((oldest, dead, ledger)) => {
                 let age = oldest.map_or(0.0, |t| (unix_millis() - t).max(0) as f64 / 1000.0);
                 self.metrics.queue.set_oldest_age(age);
                 self.metrics.queue.set_dead_letters(&dead);
+                let counts: Vec<(&str, &str, u64)> = ledger
+                    .iter()
+                    .map(|s| (s.route.as_str(), s.status.as_str(), s.count))
+                    .collect();
+                let overdue: Vec<(&str, u64)> = ledger
+                    .iter()
+                    .filter(|s| s.status.is_open())
+                    .map(|s| (s.route.as_str(), s.overdue))
+                    .collect();
+                self.metrics.deletions.set_ledger_all(&counts, &overdue);
             }
             Err(e) => {
                 tracing::warn!(message = "Cannot read the queue for metrics.", error = %e);

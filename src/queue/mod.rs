@@ -31,9 +31,10 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use model::{
-    AppendError, AppendReceipt, DeadLetter, DeadLetterItem, DeadLetterQuery, NewEvent, OpOutcome,
-    QueueError, QueueOp, QueueTotals, QueuedEvent, Ready, ReadyRequest, ReplayItem, StoredEvent,
-    unix_millis,
+    AppendError, AppendReceipt, Appended, DeadLetter, DeadLetterItem, DeadLetterQuery,
+    DeletionQuery, DeletionReceipt, DeletionRecord, DeletionStatus, DeletionSummary, HeapUser,
+    NewEvent, OpOutcome, QueueError, QueueOp, QueueTotals, QueuedEvent, Ready, ReadyRequest,
+    ReplayItem, StoredEvent, unix_millis,
 };
 
 /// The future a [`Queue`] method returns.
@@ -67,6 +68,13 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
 
     /// `received_at` (UNIX ms) of the oldest queued event.
     fn oldest_received_at(&self) -> QueueFuture<'_, Option<i64>>;
+
+    /// A page of the deletion ledger, by id.
+    fn deletions(&self, query: DeletionQuery) -> QueueFuture<'_, Vec<DeletionRecord>>;
+
+    /// Ledger entries per route and status: how many, how many were received before
+    /// `overdue_before` (UNIX ms), and the oldest.
+    fn deletion_summary(&self, overdue_before: i64) -> QueueFuture<'_, Vec<DeletionSummary>>;
 
     /// The running totals, without I/O.
     fn totals(&self) -> QueueTotals;

@@ -30,20 +30,53 @@ pub struct NewEvent {
     pub identity: Option<String>,
     pub event_time: i64,
     pub payload: Bytes,
+    /// `user.user_id` (the Braze id): the key of the identity map, the tombstones and a
+    /// deletion's purge.
+    pub braze_user_id: Option<String>,
+    /// The Heap user the route's mapping sends this event for, remembered in the identity map
+    /// under `braze_user_id`.
+    pub heap_user: Option<HeapUser>,
+    /// A `users.UserDeleteRequest` with a `braze_user_id`: not queued; it purges the user's
+    /// events on its route, leaves a tombstone and a ledger entry (product.md §7).
+    pub deletion: bool,
 }
 
-/// What happened to each event of an append, in order: `true` = queued, `false` = duplicate.
+/// What happened to one event of an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored: queued, or dead-lettered when the event asked for it.
+    Queued,
+    /// Accepted within the dedup window already: acknowledged, not stored again.
+    Duplicate,
+    /// Its Braze user was deleted (a tombstone): acknowledged and dropped, never delivered.
+    DeletedUser,
+    /// A deletion, recorded in the ledger.
+    Deletion(DeletionReceipt),
+}
+
+/// What happened to each event of an append, in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AppendReceipt {
-    pub queued: Vec<bool>,
+    pub outcomes: Vec<Appended>,
 }
 
 impl AppendReceipt {
+    /// Events new to the dedup window (everything but duplicates).
     pub fn accepted(&self) -> usize {
-        self.queued.iter().filter(|q| **q).count()
+        self.outcomes.len() - self.duplicates()
+    }
+    /// Per event: whether it was new to the dedup window (not a duplicate).
+    pub fn fresh(&self) -> Vec<bool> {
+        self.outcomes
+            .iter()
+            .map(|o| *o != Appended::Duplicate)
+            .collect()
     }
     pub fn duplicates(&self) -> usize {
-        self.queued.len() - self.accepted()
+        self.outcomes
+            .iter()
+            .filter(|o| **o == Appended::Duplicate)
+            .count()
     }
 }
 
@@ -192,6 +225,27 @@ pub enum QueueOp {
         reason: Option<String>,
         ids: Option<Vec<i64>>,
     },
+    /// Heap accepted a deletion request for these ledger entries: `submitted`, with its id.
+    DeletionsSubmitted { ids: Vec<i64>, request_id: String },
+    /// Heap reports the request complete: its `submitted` entries become `complete`.
+    DeletionsCompleted { request_id: String },
+    /// A failed attempt to send these entries: counted, Heap's answer kept; `failed` when the
+    /// answer is final (a refused key, a refused request), else the status stays.
+    DeletionsAttempt {
+        ids: Vec<i64>,
+        error: String,
+        failed: bool,
+    },
+    /// Moves entries from one status to another: `deletions retry` (`failed` →
+    /// `pending_submit`), a key configured (`unconfigured` → `pending_submit`) or missing
+    /// (`pending_submit` → `unconfigured`), a request id Heap no longer knows (`submitted` →
+    /// `pending_submit`). Only entries in `from` change; `ids` and `routes` narrow it further.
+    DeletionsMove {
+        from: DeletionStatus,
+        to: DeletionStatus,
+        ids: Option<Vec<i64>>,
+        routes: Option<Vec<String>>,
+    },
 }
 
 /// What an operation changed: rows affected and the queue totals' deltas.
@@ -212,4 +266,160 @@ pub struct QueueTotals {
     pub dedup_ids: u64,
     /// False while the store fails to commit (for a reason other than a full disk).
     pub healthy: bool,
+}
+
+/// The Heap user an event is sent for, as the identity map and the deletion ledger keep it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HeapUser {
+    /// A Heap `identity` (`user.external_user_id`).
+    Identity(String),
+    /// A synthetic Heap `user_id` (decimal, below 2^53).
+    UserId(String),
+}
+
+impl HeapUser {
+    /// The stored kind: `identity` or `user_id`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HeapUser::Identity(_) => "identity",
+            HeapUser::UserId(_) => "user_id",
+        }
+    }
+
+    pub fn value(&self) -> &str {
+        match self {
+            HeapUser::Identity(v) | HeapUser::UserId(v) => v,
+        }
+    }
+
+    /// From a stored kind and value; `None` for an unknown kind.
+    pub fn from_parts(kind: &str, value: String) -> Option<Self> {
+        match kind {
+            "identity" => Some(HeapUser::Identity(value)),
+            "user_id" => Some(HeapUser::UserId(value)),
+            _ => None,
+        }
+    }
+}
+
+/// Where one deletion stands (product.md §7). The names are the ledger's and `deletions list`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DeletionStatus {
+    /// Recorded; waiting to be sent to Heap.
+    PendingSubmit,
+    /// Heap accepted the request (its id is recorded); waiting for `complete`.
+    Submitted,
+    /// Heap reports the deletion complete.
+    Complete,
+    /// Heap refused it (its answer is recorded); `deletions retry` sends it again.
+    Failed,
+    /// No Heap API key for its route: purged locally, sent once a key is configured.
+    Unconfigured,
+    /// The Braze user was never seen: nothing to send to Heap (the local tombstone applies).
+    UnknownUser,
+}
+
+impl DeletionStatus {
+    pub const ALL: [DeletionStatus; 6] = [
+        DeletionStatus::PendingSubmit,
+        DeletionStatus::Submitted,
+        DeletionStatus::Complete,
+        DeletionStatus::Failed,
+        DeletionStatus::Unconfigured,
+        DeletionStatus::UnknownUser,
+    ];
+
+    /// The statuses of a deletion Heap still owes (not `complete`, not `unknown_user`).
+    pub const OPEN: [DeletionStatus; 4] = [
+        DeletionStatus::PendingSubmit,
+        DeletionStatus::Submitted,
+        DeletionStatus::Failed,
+        DeletionStatus::Unconfigured,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DeletionStatus::PendingSubmit => "pending_submit",
+            DeletionStatus::Submitted => "submitted",
+            DeletionStatus::Complete => "complete",
+            DeletionStatus::Failed => "failed",
+            DeletionStatus::Unconfigured => "unconfigured",
+            DeletionStatus::UnknownUser => "unknown_user",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+
+    pub fn is_open(&self) -> bool {
+        Self::OPEN.contains(self)
+    }
+}
+
+impl std::fmt::Display for DeletionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One entry of the deletion ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletionRecord {
+    /// Its position in the ledger.
+    pub id: i64,
+    pub route: String,
+    pub braze_user_id: String,
+    /// The Currents event id of the `users.UserDeleteRequest`.
+    pub event_id: String,
+    /// Every Heap user the forwarder sent (or would send) for this Braze user on this route.
+    pub users: Vec<HeapUser>,
+    /// UNIX ms.
+    pub received_at: i64,
+    pub status: DeletionStatus,
+    /// Heap's `deletion_request_id`, once Heap accepted the request.
+    pub request_id: Option<String>,
+    /// UNIX ms of the last change.
+    pub updated_at: i64,
+    /// Failed attempts to send it (transient errors included).
+    pub attempts: i64,
+    /// Heap's answer (or the connection error) of the last failed attempt.
+    pub last_error: Option<String>,
+    /// Queued and dead-lettered events of the user removed when the deletion was accepted.
+    pub purged_events: i64,
+}
+
+/// A page of the deletion ledger, by `id`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeletionQuery {
+    /// Only these statuses (empty: all).
+    pub statuses: Vec<DeletionStatus>,
+    /// Only these routes (`None`: all).
+    pub routes: Option<Vec<String>>,
+    /// Entries after this `id`.
+    pub after: i64,
+    pub limit: usize,
+}
+
+/// Ledger entries of one route in one status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletionSummary {
+    pub route: String,
+    pub status: DeletionStatus,
+    pub count: u64,
+    /// How many of them were received before the `overdue_before` of the query.
+    pub overdue: u64,
+    /// `received_at` (UNIX ms) of the oldest of them.
+    pub oldest_received_at: i64,
+}
+
+/// What accepting one `users.UserDeleteRequest` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeletionReceipt {
+    /// Whether the identity map knew the user (else the ledger says `unknown_user`).
+    pub known_user: bool,
+    /// Queued events removed, as `(app_id, seq)`: a lane holding one in memory drops it.
+    pub purged_queued: Vec<(String, i64)>,
+    /// Dead letters removed.
+    pub purged_dead_letters: u64,
 }

@@ -8,10 +8,7 @@
 use super::names::{CUSTOM_EVENT_TYPE, EVENT_NAMES};
 use super::read::{DropReason, MAX_DEPTH};
 use super::user_properties::{PROFILE_FIELDS, user_properties_summary};
-
-/// Braze's user deletion: not mapped to a Heap event but handled as a deletion (README
-/// "Deletions").
-const USER_DELETE_REQUEST: &str = "users.UserDeleteRequest";
+use crate::currents::catalogue::USER_DELETE_REQUEST;
 
 /// A generated section: `<!-- generated:NAME -->` ... `<!-- /generated:NAME -->`.
 #[derive(Debug)]

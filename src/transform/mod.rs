@@ -42,6 +42,7 @@ pub use options::{AnonymousMode, MappingOptions, Naming};
 pub use payload::{TransformOutput, transform_payload};
 pub use read::{DROP_REASONS, DropReason, DroppedValue};
 
+use crate::currents::catalogue::USER_DELETE_REQUEST;
 use crate::currents::read_event;
 use crate::heap::model::{TrackItem, UserPropertiesItem};
 use target::Target;
@@ -59,15 +60,23 @@ pub enum SkipReason {
     /// Not a JSON object with a non-empty string `id`, a non-empty string `event_type` and an
     /// integer `time`.
     Unparseable,
+    /// A `users.UserDeleteRequest`: a deletion, never a tracked event (product.md §7). Ingest
+    /// handles it; the mapping meets one only without a `user.user_id`, or through `transform`.
+    UserDeletion,
+    /// An event of a Braze user deleted earlier (a tombstone): acknowledged, never sent.
+    /// Counted by ingest; the mapping never returns it.
+    DeletedUser,
 }
 
 impl SkipReason {
     /// Every reason, in [`SKIP_REASONS`] order.
-    pub const ALL: [SkipReason; 4] = [
+    pub const ALL: [SkipReason; 6] = [
         SkipReason::Anonymous,
         SkipReason::InvalidIdentity,
         SkipReason::Excluded,
         SkipReason::Unparseable,
+        SkipReason::UserDeletion,
+        SkipReason::DeletedUser,
     ];
 
     /// The metric label / log value.
@@ -77,6 +86,8 @@ impl SkipReason {
             SkipReason::InvalidIdentity => "invalid_identity",
             SkipReason::Excluded => "excluded",
             SkipReason::Unparseable => "unparseable",
+            SkipReason::UserDeletion => "user_deletion",
+            SkipReason::DeletedUser => "deleted_user",
         }
     }
 }
@@ -88,7 +99,14 @@ impl fmt::Display for SkipReason {
 }
 
 /// Every [`SkipReason::as_str`] value: the bounded `reason` label set of the skip metric.
-pub const SKIP_REASONS: &[&str] = &["anonymous", "invalid_identity", "excluded", "unparseable"];
+pub const SKIP_REASONS: &[&str] = &[
+    "anonymous",
+    "invalid_identity",
+    "excluded",
+    "unparseable",
+    "user_deletion",
+    "deleted_user",
+];
 
 /// The Heap items of one event: always one track item, sometimes user properties.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -145,6 +163,9 @@ pub fn map_event(raw: &[u8], opts: &MappingOptions) -> Result<Mapped, SkipReason
     // Ingest accepts an empty `event_type`; with no type there is nothing to name the event.
     if event_type.is_empty() {
         return Err(SkipReason::Unparseable);
+    }
+    if event_type == USER_DELETE_REQUEST {
+        return Err(SkipReason::UserDeletion);
     }
     if !opts.includes(event_type) {
         return Err(SkipReason::Excluded);

@@ -41,17 +41,27 @@ pub fn resolve(
     user: Option<&Map<String, Value>>,
     mode: AnonymousMode,
 ) -> Result<Target, SkipReason> {
-    let reason = match user.and_then(|u| u.get("external_user_id")) {
-        Some(Value::String(id)) if is_usable_identity(id) => {
-            return Ok(Target::Identity(id.clone()));
-        }
-        Some(Value::String(_)) => SkipReason::InvalidIdentity,
-        _ => SkipReason::Anonymous,
+    let id = |key| match user.and_then(|u| u.get(key)) {
+        Some(Value::String(s)) => Some(s.as_str()),
+        _ => None,
     };
-    match (mode, user.and_then(|u| u.get("user_id"))) {
-        (AnonymousMode::SyntheticUserId, Some(Value::String(braze_id)))
-            if !is_placeholder_identity(braze_id) =>
-        {
+    resolve_ids(id("external_user_id"), id("user_id"), mode)
+}
+
+/// [`resolve`] from the two ids, each when it is a string: what ingest knows of an event
+/// without parsing its `user` object into a map.
+pub fn resolve_ids(
+    external_user_id: Option<&str>,
+    braze_user_id: Option<&str>,
+    mode: AnonymousMode,
+) -> Result<Target, SkipReason> {
+    let reason = match external_user_id {
+        Some(id) if is_usable_identity(id) => return Ok(Target::Identity(id.to_owned())),
+        Some(_) => SkipReason::InvalidIdentity,
+        None => SkipReason::Anonymous,
+    };
+    match (mode, braze_user_id) {
+        (AnonymousMode::SyntheticUserId, Some(braze_id)) if !is_placeholder_identity(braze_id) => {
             Ok(Target::UserId(synthetic_user_id(braze_id)))
         }
         _ => Err(reason),

@@ -22,10 +22,13 @@ enum Piece {
     Id,
     /// `user.external_user_id`: a JSON string, or `null` for an anonymous user.
     User,
+    /// `user.user_id`: the Braze id of the same user (24 hex digits, as Braze's are).
+    Braze,
 }
 
 const ID_MARK: &str = "\"@@ID@@\"";
 const USER_MARK: &str = "\"@@USER@@\"";
+const BRAZE_MARK: &str = "\"@@BRAZE@@\"";
 
 impl Template {
     fn from_event(mut ev: serde_json::Value) -> Option<Self> {
@@ -36,22 +39,24 @@ impl Template {
         ev["id"] = serde_json::Value::String("@@ID@@".into());
         if let Some(user) = ev.get_mut("user").and_then(|u| u.as_object_mut()) {
             user.insert("external_user_id".into(), "@@USER@@".into());
+            user.insert("user_id".into(), "@@BRAZE@@".into());
         }
         let text = serde_json::to_string(&ev).ok()?;
         let mut pieces = Vec::new();
         let mut rest = text.as_str();
         loop {
             let next = [
-                (rest.find(ID_MARK), ID_MARK.len(), true),
-                (rest.find(USER_MARK), USER_MARK.len(), false),
+                (rest.find(ID_MARK), ID_MARK.len(), Piece::Id),
+                (rest.find(USER_MARK), USER_MARK.len(), Piece::User),
+                (rest.find(BRAZE_MARK), BRAZE_MARK.len(), Piece::Braze),
             ]
             .into_iter()
-            .filter_map(|(at, len, id)| Some((at?, len, id)))
+            .filter_map(|(at, len, piece)| Some((at?, len, piece)))
             .min_by_key(|(at, ..)| *at);
             match next {
-                Some((at, len, id)) => {
+                Some((at, len, piece)) => {
                     pieces.push(Piece::Lit(rest.as_bytes()[..at].to_vec()));
-                    pieces.push(if id { Piece::Id } else { Piece::User });
+                    pieces.push(piece);
                     rest = &rest[at + len..];
                 }
                 None => {
@@ -195,16 +200,22 @@ pub fn build_batch_with(
             b & 0xffff_ffff_ffff
         );
         let roll = (splitmix(b) % 1_000_000) as f64 / 1_000_000.0;
+        let index = splitmix(a ^ 0x5555) % mix.users.max(1) as u64;
+        let hot = roll >= mix.anonymous_share && roll < mix.anonymous_share + mix.hot_share;
         let user = if roll < mix.anonymous_share {
             None
-        } else if roll < mix.anonymous_share + mix.hot_share {
+        } else if hot {
             Some("hot-user".to_owned())
         } else {
-            Some(format!(
-                "user-{}",
-                splitmix(a ^ 0x5555) % mix.users.max(1) as u64
-            ))
+            Some(format!("user-{index}"))
         };
+        // Every user (anonymous ones too) has a Braze id of its own.
+        let braze_key = if hot { u64::MAX } else { index };
+        let braze = format!(
+            "{:08x}{:016x}",
+            splitmix(braze_key ^ 0xb4a2e) >> 32,
+            splitmix(braze_key)
+        );
         let identified = user.is_some();
         for piece in &t.pieces {
             match piece {
@@ -214,6 +225,7 @@ pub fn build_batch_with(
                     Some(u) => write!(body, "\"{u}\"").unwrap(),
                     None => body.extend_from_slice(b"null"),
                 },
+                Piece::Braze => write!(body, "\"{braze}\"").unwrap(),
             }
         }
         ids.push((id, identified));

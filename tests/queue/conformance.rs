@@ -39,7 +39,7 @@ macro_rules! conformance_suite {
     ($module:ident, $backend:ty) => {
         mod $module {
             use super::*;
-            $crate::conformance_suite!(@tests $backend;
+            $crate::conformance_suite!(@tests $backend; conformance;
                 append_is_durable_and_dedups_across_a_restart,
                 a_request_is_stored_whole_or_not_at_all,
                 concurrent_appends_each_store_every_event_once,
@@ -56,22 +56,31 @@ macro_rules! conformance_suite {
                 the_oldest_event_is_known,
                 a_closed_queue_refuses_everything,
             );
+            $crate::conformance_suite!(@tests $backend; deletions;
+                a_deletion_purges_the_users_events_and_records_a_ledger_entry,
+                late_events_of_a_deleted_user_are_dropped_across_a_restart,
+                a_deletion_of_a_never_seen_user_is_unknown_user,
+                the_identity_map_keeps_every_heap_user_of_a_braze_user,
+                events_and_a_deletion_in_one_request_apply_in_order,
+                a_resent_deletion_is_a_duplicate,
+                ledger_entries_move_through_their_statuses,
+            );
         }
     };
-    (@tests $backend:ty; $($check:ident),* $(,)?) => {
+    (@tests $backend:ty; $module:ident; $($check:ident),* $(,)?) => {
         $(
             #[tokio::test]
             async fn $check() {
-                conformance::$check::<$backend>().await;
+                $module::$check::<$backend>().await;
             }
         )*
     };
 }
 
-const APP: &str = "1111";
+pub(crate) const APP: &str = "1111";
 const OTHER_APP: &str = "2222";
 
-fn event(id: &str, app_id: &str, payload: &str) -> NewEvent {
+pub(crate) fn event(id: &str, app_id: &str, payload: &str) -> NewEvent {
     NewEvent {
         route: Arc::from(format!("route-{app_id}").as_str()),
         app_id: Arc::from(app_id),
@@ -82,6 +91,9 @@ fn event(id: &str, app_id: &str, payload: &str) -> NewEvent {
         identity: Some(format!("user-of-{id}")),
         event_time: 1_700_000_000,
         payload: Bytes::copy_from_slice(payload.as_bytes()),
+        braze_user_id: None,
+        heap_user: None,
+        deletion: false,
     }
 }
 
@@ -107,15 +119,15 @@ async fn fresh_ids(q: &dyn Queue, req: ReadyRequest) -> Vec<String> {
     ids(&q.ready(req).await.expect("read ready events").fresh)
 }
 
-fn ids(events: &[QueuedEvent]) -> Vec<String> {
+pub(crate) fn ids(events: &[QueuedEvent]) -> Vec<String> {
     events.iter().map(|e| e.event.event_id.clone()).collect()
 }
 
-async fn queued(q: &dyn Queue) -> Vec<QueuedEvent> {
+pub(crate) async fn queued(q: &dyn Queue) -> Vec<QueuedEvent> {
     q.ready(everything(APP)).await.expect("read").fresh
 }
 
-async fn open<B: Backend>() -> (B, Arc<dyn Queue>) {
+pub(crate) async fn open<B: Backend>() -> (B, Arc<dyn Queue>) {
     open_with::<B>(Limits::default()).await
 }
 
@@ -129,9 +141,13 @@ async fn open_with<B: Backend>(limits: Limits) -> (B, Arc<dyn Queue>) {
 pub async fn append_is_durable_and_dedups_across_a_restart<B: Backend>() {
     let (b, q) = open::<B>().await;
     let r = q.append(events(&["a", "b", "a"])).await.unwrap();
-    assert_eq!(r.queued, [true, true, false], "a repeat within one request");
+    assert_eq!(
+        r.fresh(),
+        [true, true, false],
+        "a repeat within one request"
+    );
     let r = q.append(events(&["b", "c"])).await.unwrap();
-    assert_eq!(r.queued, [false, true]);
+    assert_eq!(r.fresh(), [false, true]);
     assert_eq!((r.accepted(), r.duplicates()), (1, 1));
     let t = q.totals();
     assert_eq!((t.events, t.bytes), (3, 3 * 10));
@@ -163,7 +179,7 @@ pub async fn append_is_durable_and_dedups_across_a_restart<B: Backend>() {
     assert!(rows.windows(2).all(|w| w[0].seq < w[1].seq), "FIFO by seq");
     let r = q.append(events(&["a", "d"])).await.unwrap();
     assert_eq!(
-        r.queued,
+        r.fresh(),
         [false, true],
         "the dedup window survives a restart"
     );
@@ -182,7 +198,7 @@ pub async fn a_request_is_stored_whole_or_not_at_all<B: Backend>() {
     assert!(queued(&*q).await.is_empty());
     // Refused ids were not remembered: the same request fits once it is smaller.
     let r = q.append(events(&["a", "b"])).await.unwrap();
-    assert_eq!(r.queued, [true, true]);
+    assert_eq!(r.fresh(), [true, true]);
 }
 
 pub async fn concurrent_appends_each_store_every_event_once<B: Backend>() {
@@ -330,7 +346,7 @@ pub async fn acks_remove_events_and_the_totals_follow<B: Backend>() {
     assert_eq!(again.rows, 0, "acknowledging twice changes nothing");
     assert_eq!(q.totals().events, 1);
     // An acknowledged id stays known to the dedup window.
-    assert_eq!(q.append(events(&["a"])).await.unwrap().queued, [false]);
+    assert_eq!(q.append(events(&["a"])).await.unwrap().fresh(), [false]);
 }
 
 pub async fn failed_attempts_are_counted<B: Backend>() {
@@ -532,7 +548,7 @@ pub async fn appends_straight_to_the_dead_letters<B: Backend>() {
         .append(vec![lost.clone(), event("a", APP, "{}")])
         .await
         .unwrap();
-    assert_eq!(r.queued, [true, true]);
+    assert_eq!(r.fresh(), [true, true]);
     assert_eq!(q.totals().events, 1, "a dead letter is not queued");
     let d = q
         .dead_letters(DeadLetterQuery {
@@ -549,7 +565,7 @@ pub async fn appends_straight_to_the_dead_letters<B: Backend>() {
         Some("ws"),
         "kept so a replay can route again"
     );
-    assert_eq!(q.append(vec![lost]).await.unwrap().queued, [false]);
+    assert_eq!(q.append(vec![lost]).await.unwrap().fresh(), [false]);
 }
 
 pub async fn the_quota_refuses_whole_requests_but_not_resends<B: Backend>() {
@@ -563,12 +579,12 @@ pub async fn the_quota_refuses_whole_requests_but_not_resends<B: Backend>() {
     assert_eq!(err, AppendError::OverQuota { max: 25 });
     // A pure re-send adds nothing, so a full backlog still acknowledges it.
     let r = q.append(events(&["a", "b"])).await.unwrap();
-    assert_eq!(r.queued, [false, false]);
+    assert_eq!(r.fresh(), [false, false]);
     assert_eq!(q.totals().events, 2);
     // Room again once delivered.
     let seqs = queued(&*q).await.iter().map(|e| e.seq).collect();
     q.apply(QueueOp::Ack { seqs }).await.unwrap();
-    assert_eq!(q.append(events(&["c"])).await.unwrap().queued, [true]);
+    assert_eq!(q.append(events(&["c"])).await.unwrap().fresh(), [true]);
 }
 
 pub async fn dedup_forgets_ids_after_its_window<B: Backend>() {
@@ -580,7 +596,11 @@ pub async fn dedup_forgets_ids_after_its_window<B: Backend>() {
     q.append(events(&["a"])).await.unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let r = q.append(events(&["a"])).await.unwrap();
-    assert_eq!(r.queued, [true], "an id older than the window is new again");
+    assert_eq!(
+        r.fresh(),
+        [true],
+        "an id older than the window is new again"
+    );
 }
 
 pub async fn the_oldest_event_is_known<B: Backend>() {

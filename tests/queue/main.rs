@@ -5,9 +5,11 @@
 #![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
 mod conformance;
+mod deletions;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use currents_heap::queue::Queue;
 use currents_heap::queue::sqlite::{SqliteQueue, WriterConfig};
@@ -34,6 +36,7 @@ impl Backend for Sqlite {
             min_free_disk_bytes: 0,
             dedup_window: limits.dedup_window,
             dedup_capacity: 100_000,
+            identity_map_retention: Duration::from_secs(400 * 86_400),
         };
         // A closed queue releases the data directory, so it can be opened again at once.
         Arc::new(SqliteQueue::open(&dir, config).expect("open the SQLite queue"))

@@ -9,14 +9,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::json;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::metrics::Metrics;
 use crate::queue::sqlite::{SqliteQueue, WriterConfig};
-use crate::queue::{DeadLetterQuery, NewEvent, Queue, QueuedEvent, ReadyRequest, unix_millis};
+use crate::queue::{
+    DeadLetterQuery, NewEvent, Queue, QueueOp, QueuedEvent, ReadyRequest, unix_millis,
+};
 
 const APP_ID: &str = "4242";
 
@@ -26,6 +27,7 @@ use scripted::{Answer, ScriptedHeap};
 
 struct Lane {
     delivery: Delivery,
+    bell: Arc<LaneBell>,
     queue: Arc<dyn Queue>,
     heap: Arc<ScriptedHeap>,
     stop: CancellationToken,
@@ -61,18 +63,21 @@ async fn lane(cfg: DeliveryConfig) -> Lane {
         min_free_disk_bytes: 0,
         dedup_window: Duration::from_secs(3600),
         dedup_capacity: 10_000,
+        identity_map_retention: std::time::Duration::from_secs(400 * 86_400),
     };
     let queue: Arc<dyn Queue> = Arc::new(SqliteQueue::open(dir.path(), writer).unwrap());
     let heap = Arc::new(ScriptedHeap::default());
+    let bell: Arc<LaneBell> = Arc::default();
     let delivery = Delivery::new(
         cfg,
         Arc::clone(&heap) as Arc<dyn Sender>,
         Arc::clone(&queue),
         Metrics::new().unwrap(),
-        Arc::new(Notify::new()),
+        Arc::clone(&bell),
     );
     Lane {
         delivery,
+        bell,
         queue,
         heap,
         stop: CancellationToken::new(),
@@ -107,6 +112,9 @@ impl Lane {
                 identity: Some((*user).into()),
                 event_time: 1_780_000_000,
                 payload: email_send(id, user),
+                braze_user_id: None,
+                heap_user: None,
+                deletion: false,
             })
             .collect();
         self.queue.append(events).await.unwrap();
@@ -162,6 +170,43 @@ async fn one_step_sends_a_batch_and_acknowledges_it() {
     let keys = lane.heap.accepted_keys();
     assert_eq!(keys.len(), 3);
     // Nothing left: the next step waits for new events.
+    assert!(matches!(lane.step().await, Step::Idle { .. }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_a_deletion_purged_are_dropped_from_the_window_unsent() {
+    // 120 events a minute: two per request, so the rest waits in the window.
+    let mut lane = lane(config(120, 1_000)).await;
+    lane.queue_events(&[
+        ("a", "u1"),
+        ("b", "u2"),
+        ("c", "u3"),
+        ("d", "u3"),
+        ("e", "u4"),
+    ])
+    .await;
+    assert_eq!(lane.sent().await.delivered, 2);
+    let held: Vec<i64> = lane
+        .queued()
+        .await
+        .iter()
+        .filter(|e| e.event.identity.as_deref() == Some("u3"))
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(held.len(), 2);
+    // What ingest does after a deletion purged u3's rows from the queue.
+    lane.queue
+        .apply(QueueOp::Ack { seqs: held.clone() })
+        .await
+        .unwrap();
+    lane.bell.purged(held);
+    while lane.queue.totals().events > 0 {
+        lane.sent().await;
+    }
+    let keys = lane.heap.accepted_keys();
+    let mut sent: Vec<&str> = keys.keys().map(String::as_str).collect();
+    sent.sort();
+    assert_eq!(sent, ["a", "b", "e"], "c and d were held, and never sent");
     assert!(matches!(lane.step().await, Step::Idle { .. }));
 }
 
@@ -429,6 +474,9 @@ async fn values_the_mapping_leaves_out_are_counted() {
         identity: Some("u1".into()),
         event_time: 1_780_000_000,
         payload: Bytes::from_static(raw),
+        braze_user_id: None,
+        heap_user: None,
+        deletion: false,
     };
     lane.queue.append(vec![event]).await.unwrap();
     assert_eq!(

@@ -1,13 +1,16 @@
 //! Appends: one transaction for every request waiting, with dedup, the backlog quota and the
-//! free-disk reserve checked per request, so a request is stored whole or refused whole.
+//! free-disk reserve checked per request, so a request is stored whole or refused whole. The
+//! identity map, the tombstones and deletions ([`super::privacy`]) change in the same
+//! transaction, so a deletion and the purge it causes are acknowledged together.
 
 use std::sync::atomic::Ordering;
 
 use rusqlite::{ErrorCode, params};
 
 use super::dedup::Undo;
-use super::writer::{Reply, WriterState};
-use crate::queue::{AppendError, AppendReceipt, NewEvent, unix_millis};
+use super::privacy::Staged;
+use super::writer::{Reply, WriterState, add_signed};
+use crate::queue::{AppendError, AppendReceipt, Appended, NewEvent, unix_millis};
 
 impl WriterState {
     pub(super) fn commit_group(&mut self, group: Vec<(Vec<NewEvent>, Reply)>) {
@@ -20,11 +23,12 @@ impl WriterState {
         let mut free = self.free_disk_bytes();
         let outcome = self.write_group(&group, &mut free);
         match outcome {
-            Ok((results, added_events, added_bytes)) => {
-                self.stats.events.fetch_add(added_events, Ordering::Relaxed);
-                self.stats.bytes.fetch_add(added_bytes, Ordering::Relaxed);
+            Ok((results, delta, staged)) => {
+                add_signed(&self.stats.events, delta.events);
+                add_signed(&self.stats.bytes, delta.bytes);
                 self.stats.healthy.store(true, Ordering::Relaxed);
                 self.free_bytes = free;
+                self.privacy.commit(staged);
                 for ((_, reply), result) in group.into_iter().zip(results) {
                     let _ = reply.send(result);
                 }
@@ -45,21 +49,23 @@ impl WriterState {
         }
     }
 
-    /// One transaction for the whole group. Returns per-request results and what was added.
+    /// One transaction for the whole group. Returns per-request results, the change of the
+    /// queue totals, and what the privacy memo learns once it commits.
     #[allow(clippy::type_complexity)]
     fn write_group(
         &mut self,
         group: &[(Vec<NewEvent>, Reply)],
         free: &mut u64,
-    ) -> rusqlite::Result<(Vec<Result<AppendReceipt, AppendError>>, u64, u64)> {
+    ) -> rusqlite::Result<(Vec<Result<AppendReceipt, AppendError>>, Delta, Staged)> {
         let now = unix_millis();
         let cutoff = now - self.config.dedup_window.as_millis() as i64;
         let mut undo = Undo::default();
-        let result = self.write_group_tx(group, free, now, cutoff, &mut undo);
+        let mut staged = Staged::default();
+        let result = self.write_group_tx(group, free, now, cutoff, &mut undo, &mut staged);
         if let (Err(_), Some(dedup)) = (&result, self.dedup.as_mut()) {
             dedup.rollback(undo);
         }
-        result
+        result.map(|(results, delta)| (results, delta, staged))
     }
 
     #[allow(clippy::type_complexity)]
@@ -70,22 +76,23 @@ impl WriterState {
         now: i64,
         cutoff: i64,
         undo: &mut Undo,
-    ) -> rusqlite::Result<(Vec<Result<AppendReceipt, AppendError>>, u64, u64)> {
-        let mut queued_bytes = self.stats.bytes();
-        let mut added_events = 0u64;
-        let mut added_bytes = 0u64;
+        staged: &mut Staged,
+    ) -> rusqlite::Result<(Vec<Result<AppendReceipt, AppendError>>, Delta)> {
+        let mut queued_bytes = self.stats.bytes() as i64;
+        let mut delta = Delta::default();
         let mut results = Vec::with_capacity(group.len());
         let tx = self.conn.transaction()?;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO queue (route, app_id, workspace, event_id, event_type, identity,
-                                    event_time, received_at, payload)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                    event_time, received_at, payload, braze_user_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             let mut insert_dead = tx.prepare_cached(
                 "INSERT INTO dead_letter (route, app_id, workspace, event_id, event_type, identity,
-                                          event_time, received_at, attempts, reason, dead_at, payload)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?8, ?10)",
+                                          event_time, received_at, attempts, reason, dead_at, payload,
+                                          braze_user_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?8, ?10, ?11)",
             )?;
             for (events, _) in group {
                 let dedup = self
@@ -94,14 +101,14 @@ impl WriterState {
                     .expect("commit_group refuses appends without a dedup index");
                 // Only events new to the dedup window count against the quota and the disk: a
                 // pure re-send adds nothing and is acknowledged even with a full backlog.
-                let mut incoming = 0u64;
+                let mut incoming = 0i64;
                 for e in events {
-                    if !dedup.is_duplicate(&tx, &e.event_id, cutoff)? {
-                        incoming += e.payload.len() as u64;
+                    if !e.deletion && !dedup.is_duplicate(&tx, &e.event_id, cutoff)? {
+                        incoming += e.payload.len() as i64;
                     }
                 }
                 if incoming > 0
-                    && queued_bytes.saturating_add(incoming) > self.config.max_queue_bytes
+                    && queued_bytes.saturating_add(incoming) as u64 > self.config.max_queue_bytes
                 {
                     results.push(Err(AppendError::OverQuota {
                         max: self.config.max_queue_bytes,
@@ -109,15 +116,48 @@ impl WriterState {
                     continue;
                 }
                 // Room for the rows plus their WAL copy and index entries.
-                let needed = incoming.saturating_mul(3);
+                let needed = (incoming as u64).saturating_mul(3);
                 if incoming > 0 && *free < self.config.min_free_disk_bytes.saturating_add(needed) {
                     results.push(Err(AppendError::DiskFull));
                     continue;
                 }
-                let mut queued = Vec::with_capacity(events.len());
+                let mut outcomes = Vec::with_capacity(events.len());
                 for ev in events {
-                    let fresh = dedup.check_and_record(&tx, &ev.event_id, now, cutoff, undo)?;
-                    if fresh && let Some(reason) = ev.dead_letter {
+                    let dedup = self
+                        .dedup
+                        .as_mut()
+                        .expect("commit_group refuses appends without a dedup index");
+                    if !dedup.check_and_record(&tx, &ev.event_id, now, cutoff, undo)? {
+                        outcomes.push(Appended::Duplicate);
+                        continue;
+                    }
+                    let user = ev.braze_user_id.as_deref();
+                    if let (Some(user), true) = (user, ev.dead_letter.is_none()) {
+                        if ev.deletion {
+                            let (receipt, bytes) = self.privacy.delete_user(
+                                &tx,
+                                staged,
+                                &ev.route,
+                                user,
+                                &ev.event_id,
+                                now,
+                            )?;
+                            delta.events -= receipt.purged_queued.len() as i64;
+                            delta.bytes -= bytes;
+                            queued_bytes -= bytes;
+                            outcomes.push(Appended::Deletion(receipt));
+                            continue;
+                        }
+                        if self.privacy.is_deleted(staged, &ev.route, user) {
+                            outcomes.push(Appended::DeletedUser);
+                            continue;
+                        }
+                        if let Some(heap_user) = &ev.heap_user {
+                            self.privacy
+                                .remember(&tx, staged, &ev.route, user, heap_user, now)?;
+                        }
+                    }
+                    if let Some(reason) = ev.dead_letter {
                         insert_dead.execute(params![
                             &*ev.route,
                             &*ev.app_id,
@@ -129,8 +169,9 @@ impl WriterState {
                             now,
                             reason,
                             &ev.payload[..],
+                            user,
                         ])?;
-                    } else if fresh {
+                    } else {
                         insert.execute(params![
                             &*ev.route,
                             &*ev.app_id,
@@ -141,26 +182,35 @@ impl WriterState {
                             ev.event_time,
                             now,
                             &ev.payload[..],
+                            user,
                         ])?;
-                        added_events += 1;
-                        added_bytes += ev.payload.len() as u64;
-                        queued_bytes += ev.payload.len() as u64;
-                        *free = free.saturating_sub(ev.payload.len() as u64 * 2);
+                        let len = ev.payload.len() as i64;
+                        delta.events += 1;
+                        delta.bytes += len;
+                        queued_bytes += len;
+                        *free = free.saturating_sub(len as u64 * 2);
                     }
-                    queued.push(fresh);
+                    outcomes.push(Appended::Queued);
                 }
-                results.push(Ok(AppendReceipt { queued }));
+                results.push(Ok(AppendReceipt { outcomes }));
             }
-            if added_events > 0 {
+            if delta.events != 0 || delta.bytes != 0 {
                 tx.execute(
                     "UPDATE stats SET events = events + ?1, bytes = bytes + ?2 WHERE id = 1",
-                    params![added_events as i64, added_bytes as i64],
+                    params![delta.events, delta.bytes],
                 )?;
             }
         }
         tx.commit()?;
-        Ok((results, added_events, added_bytes))
+        Ok((results, delta))
     }
+}
+
+/// How an append changed the queue totals (a deletion removes events).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Delta {
+    events: i64,
+    bytes: i64,
 }
 
 fn classify(e: &rusqlite::Error) -> AppendError {

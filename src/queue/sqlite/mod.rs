@@ -25,6 +25,8 @@
 mod append;
 pub(crate) mod dedup;
 mod ops;
+mod privacy;
+mod schema;
 mod store;
 mod writer;
 
@@ -36,8 +38,9 @@ pub use store::{DataDirLock, QueueStats, Reader, Store, StoreError};
 pub use writer::{Writer, WriterConfig, WriterHandle};
 
 use super::{
-    AppendError, AppendReceipt, DeadLetter, DeadLetterQuery, NewEvent, OpOutcome, Queue,
-    QueueError, QueueFuture, QueueOp, QueueTotals, Ready, ReadyRequest,
+    AppendError, AppendReceipt, DeadLetter, DeadLetterQuery, DeletionQuery, DeletionRecord,
+    DeletionSummary, NewEvent, OpOutcome, Queue, QueueError, QueueFuture, QueueOp, QueueTotals,
+    Ready, ReadyRequest,
 };
 
 /// The SQLite [`Queue`]: the writer thread for every change, pooled read-only connections
@@ -157,6 +160,14 @@ impl Queue for SqliteQueue {
         self.read(|r| r.oldest_received_at())
     }
 
+    fn deletions(&self, query: DeletionQuery) -> QueueFuture<'_, Vec<DeletionRecord>> {
+        self.read(move |r| r.deletions(&query))
+    }
+
+    fn deletion_summary(&self, overdue_before: i64) -> QueueFuture<'_, Vec<DeletionSummary>> {
+        self.read(move |r| r.deletion_summary(overdue_before))
+    }
+
     fn totals(&self) -> QueueTotals {
         let stats = self.store.stats();
         QueueTotals {
@@ -200,6 +211,7 @@ mod tests {
             min_free_disk_bytes: 0,
             dedup_window: Duration::from_secs(3600),
             dedup_capacity: 1000,
+            identity_map_retention: Duration::from_secs(3600),
         }
     }
 
@@ -214,6 +226,9 @@ mod tests {
             identity: Some("u".into()),
             event_time: 1,
             payload: Bytes::from_static(b"{}"),
+            braze_user_id: None,
+            heap_user: None,
+            deletion: false,
         }
     }
 

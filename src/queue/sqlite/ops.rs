@@ -5,6 +5,7 @@
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
+use super::privacy;
 use crate::queue::{OpOutcome, QueueOp};
 
 fn filter_sql(
@@ -60,9 +61,10 @@ pub(crate) fn apply(tx: &Transaction<'_>, op: &QueueOp, now: i64) -> rusqlite::R
         QueueOp::DeadLetter { items } => {
             let mut copy = tx.prepare_cached(
                 "INSERT INTO dead_letter (route, app_id, workspace, event_id, event_type, identity,
-                     event_time, received_at, attempts, reason, detail, dead_at, payload)
+                     event_time, received_at, attempts, reason, detail, dead_at, payload,
+                     braze_user_id)
                  SELECT route, app_id, workspace, event_id, event_type, identity, event_time,
-                        received_at, attempts, ?2, ?3, ?4, payload
+                        received_at, attempts, ?2, ?3, ?4, payload, braze_user_id
                  FROM queue WHERE seq = ?1",
             )?;
             let mut del =
@@ -84,9 +86,11 @@ pub(crate) fn apply(tx: &Transaction<'_>, op: &QueueOp, now: i64) -> rusqlite::R
             )?;
             tx.execute(
                 "INSERT INTO dead_letter (route, app_id, workspace, event_id, event_type, identity,
-                     event_time, received_at, attempts, reason, detail, dead_at, payload)
+                     event_time, received_at, attempts, reason, detail, dead_at, payload,
+                     braze_user_id)
                  SELECT route, app_id, workspace, event_id, event_type, identity, event_time,
-                        received_at, attempts, ?2, 'no route delivers to this Heap app id', ?3, payload
+                        received_at, attempts, ?2, 'no route delivers to this Heap app id', ?3, payload,
+                        braze_user_id
                  FROM queue WHERE app_id = ?1 ORDER BY seq",
                 params![app_id, reason, now],
             )?;
@@ -98,8 +102,9 @@ pub(crate) fn apply(tx: &Transaction<'_>, op: &QueueOp, now: i64) -> rusqlite::R
         QueueOp::Replay { items } => {
             let mut copy = tx.prepare_cached(
                 "INSERT INTO queue (route, app_id, workspace, event_id, event_type, identity,
-                                    event_time, received_at, payload)
-                 SELECT ?2, ?3, workspace, event_id, event_type, identity, event_time, ?4, payload
+                                    event_time, received_at, payload, braze_user_id)
+                 SELECT ?2, ?3, workspace, event_id, event_type, identity, event_time, ?4, payload,
+                        braze_user_id
                  FROM dead_letter WHERE seq = ?1",
             )?;
             let mut del = tx.prepare_cached(
@@ -120,6 +125,9 @@ pub(crate) fn apply(tx: &Transaction<'_>, op: &QueueOp, now: i64) -> rusqlite::R
                 &format!("DELETE FROM dead_letter {filter}"),
                 rusqlite::params_from_iter(values.iter()),
             )? as u64;
+        }
+        ledger => {
+            out.rows = privacy::apply_ledger_op(tx, ledger, now)?.unwrap_or(0);
         }
     }
     if out.queue_events_delta != 0 || out.queue_bytes_delta != 0 {

@@ -9,58 +9,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::queue::{DeadLetter, QueuedEvent, Ready, ReadyRequest, StoredEvent};
 
-const SCHEMA_VERSION: i64 = 1;
-pub(crate) const DB_FILE: &str = "queue.sqlite3";
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS queue (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    route       TEXT    NOT NULL,
-    app_id      TEXT    NOT NULL,
-    workspace   TEXT,
-    event_id    TEXT    NOT NULL,
-    event_type  TEXT    NOT NULL,
-    identity    TEXT,
-    event_time  INTEGER NOT NULL,
-    received_at INTEGER NOT NULL,
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    not_before  INTEGER NOT NULL DEFAULT 0,
-    last_error  TEXT,
-    payload     BLOB    NOT NULL
-);
--- One delivery lane per Heap app id reads its events in FIFO order.
-CREATE INDEX IF NOT EXISTS queue_app_seq ON queue (app_id, seq);
--- Only deferred or retried rows (not_before > 0) are indexed, so appends never touch it.
-CREATE INDEX IF NOT EXISTS queue_deferred ON queue (app_id, not_before) WHERE not_before > 0;
-CREATE TABLE IF NOT EXISTS dead_letter (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    route       TEXT    NOT NULL,
-    app_id      TEXT    NOT NULL,
-    workspace   TEXT,
-    event_id    TEXT    NOT NULL,
-    event_type  TEXT    NOT NULL,
-    identity    TEXT,
-    event_time  INTEGER NOT NULL,
-    received_at INTEGER NOT NULL,
-    attempts    INTEGER NOT NULL,
-    reason      TEXT    NOT NULL,
-    detail      TEXT,
-    dead_at     INTEGER NOT NULL,
-    payload     BLOB    NOT NULL
-);
-CREATE INDEX IF NOT EXISTS dead_letter_reason ON dead_letter (reason, seq);
-CREATE TABLE IF NOT EXISTS dedup_log (
-    seq      INTEGER PRIMARY KEY,
-    seen_at  INTEGER NOT NULL,
-    event_id TEXT    NOT NULL
-);
-CREATE TABLE IF NOT EXISTS stats (
-    id     INTEGER PRIMARY KEY CHECK (id = 1),
-    events INTEGER NOT NULL,
-    bytes  INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO stats (id, events, bytes) VALUES (1, 0, 0);
-";
+use super::schema::{DB_FILE, SCHEMA, SCHEMA_DELETIONS, SCHEMA_VERSION, migrate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -197,6 +146,8 @@ impl Store {
             });
         }
         conn.execute_batch(SCHEMA).map_err(sql)?;
+        migrate(&conn, version).map_err(sql)?;
+        conn.execute_batch(SCHEMA_DELETIONS).map_err(sql)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sql)?;
         let (events, bytes): (i64, i64) = conn
@@ -262,7 +213,7 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 /// Read-only queries.
 #[derive(Debug)]
 pub struct Reader {
-    conn: Connection,
+    pub(super) conn: Connection,
 }
 
 /// The columns of a queued event: `seq`, the event (1 to 10), `not_before` (11) and the

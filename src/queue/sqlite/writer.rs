@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use super::dedup::DedupIndex;
 use super::ops;
+use super::privacy::Privacy;
 use super::store::{QueueStats, Store, StoreError};
 use crate::queue::{
     AppendError, AppendReceipt, NewEvent, OpOutcome, QueueError, QueueOp, unix_millis,
@@ -34,6 +35,8 @@ pub struct WriterConfig {
     pub dedup_window: Duration,
     /// Most event ids remembered at once (bounds the dedup map's memory).
     pub dedup_capacity: usize,
+    /// How long a Braze user → Heap user mapping is kept after it was last seen.
+    pub identity_map_retention: Duration,
 }
 
 enum Command {
@@ -80,7 +83,8 @@ impl Writer {
         let conn = store.connect().map_err(sql)?;
         let cutoff = unix_millis() - config.dedup_window.as_millis() as i64;
         let dedup = DedupIndex::load(&conn, cutoff, config.dedup_capacity).map_err(sql)?;
-        Self::start(store, config, conn, Some(dedup))
+        let privacy = Privacy::load(&conn, cutoff).map_err(sql)?;
+        Self::start(store, config, conn, Some(dedup), privacy)
     }
 
     /// A writer for maintenance (`dlq`): queue operations only. It neither loads nor prunes
@@ -95,8 +99,9 @@ impl Writer {
             min_free_disk_bytes: 0,
             dedup_window: Duration::ZERO,
             dedup_capacity: 1,
+            identity_map_retention: Duration::MAX,
         };
-        Self::start(store, config, conn, None)
+        Self::start(store, config, conn, None, Privacy::default())
     }
 
     fn start(
@@ -104,6 +109,7 @@ impl Writer {
         config: WriterConfig,
         conn: Connection,
         dedup: Option<DedupIndex>,
+        privacy: Privacy,
     ) -> Result<(Writer, WriterHandle), StoreError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(CHANNEL_CAPACITY);
         let data_dir = store
@@ -114,6 +120,7 @@ impl Writer {
         let mut state = WriterState {
             conn,
             dedup,
+            privacy,
             config,
             stats: Arc::clone(store.stats()),
             data_dir,
@@ -200,6 +207,8 @@ pub(super) struct WriterState {
     pub(super) conn: Connection,
     /// None for a maintenance writer.
     pub(super) dedup: Option<DedupIndex>,
+    /// The identity-map memo and the tombstones (empty for a maintenance writer).
+    pub(super) privacy: Privacy,
     pub(super) config: WriterConfig,
     pub(super) stats: Arc<QueueStats>,
     data_dir: PathBuf,
@@ -334,7 +343,16 @@ impl WriterState {
         let Some(dedup) = self.dedup.as_mut() else {
             return;
         };
-        let cutoff = unix_millis() - self.config.dedup_window.as_millis() as i64;
+        let now = unix_millis();
+        let cutoff = now - self.config.dedup_window.as_millis() as i64;
+        let map_cutoff = now.saturating_sub(
+            i64::try_from(self.config.identity_map_retention.as_millis()).unwrap_or(i64::MAX),
+        );
+        match self.privacy.prune(&mut self.conn, cutoff, map_cutoff) {
+            Ok(true) => self.last_prune = Instant::now() - PRUNE_EVERY,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(message = "Pruning the identity map failed.", error = %e),
+        }
         match dedup.prune(&mut self.conn, cutoff) {
             // More to do: continue at the next opportunity.
             Ok(true) => self.last_prune = Instant::now() - PRUNE_EVERY,
@@ -344,7 +362,7 @@ impl WriterState {
     }
 }
 
-fn add_signed(counter: &std::sync::atomic::AtomicU64, delta: i64) {
+pub(super) fn add_signed(counter: &std::sync::atomic::AtomicU64, delta: i64) {
     if delta >= 0 {
         counter.fetch_add(delta as u64, Ordering::Relaxed);
     } else {

@@ -1,0 +1,403 @@
+//! What the store keeps for deletions (product.md §7): the identity map, the tombstones and the
+//! deletion ledger, all changed inside the writer's transactions.
+//!
+//! - `identity_map (route, braze_user_id, kind, value, last_seen)`: every Heap user the
+//!   forwarder sends (or would send) for a Braze user on a route. Written in the append
+//!   transaction; a bounded in-memory memo of what was written lately skips writes that would
+//!   change nothing (the same user seen again within [`LAST_SEEN_STEP`]), so a campaign that
+//!   sends many events per user costs one row write per user, not per event. Rows not seen for
+//!   `identity_map_retention` are pruned.
+//! - `tombstone (route, braze_user_id, deleted_at)`: a deleted user, kept for the dedup window,
+//!   so events of that user that Braze delivers late are acknowledged and dropped. Mirrored in
+//!   memory (deletions are few), so an append checks it without a read.
+//! - `deletion`: the ledger, one row per accepted `users.UserDeleteRequest`.
+//!
+//! Why the memo and the mirror only ever lag the database in the safe direction: entries are
+//! added to them only after the transaction that wrote the rows committed (a rolled-back
+//! transaction leaves them as they were), and a deletion removes its user from the memo at once.
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, Transaction, params};
+
+use crate::queue::{
+    DeletionQuery, DeletionReceipt, DeletionRecord, DeletionStatus, DeletionSummary, HeapUser,
+    QueueOp,
+};
+
+/// `last_seen` is rewritten at most this often per mapping (UNIX ms): a day, against a
+/// retention counted in hundreds of days.
+pub(crate) const LAST_SEEN_STEP: i64 = 24 * 3600 * 1000;
+/// Mappings the memo holds; past it, it starts over (it only saves writes).
+const MEMO_CAPACITY: usize = 200_000;
+/// Rows pruned per statement, so one prune never holds the writer for long.
+const PRUNE_CHUNK: i64 = 20_000;
+
+type UserKey = (String, String);
+
+/// The in-memory side: the memo of written mappings and the tombstones.
+#[derive(Debug, Default)]
+pub(crate) struct Privacy {
+    /// (route, braze_user_id) → (Heap user, last_seen written).
+    memo: HashMap<UserKey, (HeapUser, i64)>,
+    /// (route, braze_user_id) → deleted_at, as in the `tombstone` table.
+    tombstones: HashMap<UserKey, i64>,
+}
+
+/// Changes of an open transaction, applied to [`Privacy`] once it committed.
+#[derive(Debug, Default)]
+pub(crate) struct Staged {
+    memo: Vec<(UserKey, HeapUser, i64)>,
+    tombstones: Vec<(UserKey, i64)>,
+}
+
+impl Privacy {
+    /// Loads the tombstones still inside the window.
+    pub(crate) fn load(conn: &Connection, tombstone_cutoff: i64) -> rusqlite::Result<Self> {
+        let mut stmt = conn.prepare(
+            "SELECT route, braze_user_id, deleted_at FROM tombstone WHERE deleted_at >= ?1",
+        )?;
+        let tombstones = stmt
+            .query_map([tombstone_cutoff], |r| {
+                Ok(((r.get(0)?, r.get(1)?), r.get(2)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(Self {
+            memo: HashMap::new(),
+            tombstones,
+        })
+    }
+
+    /// Whether the user was deleted on the route (committed, or earlier in `staged`).
+    pub(crate) fn is_deleted(&self, staged: &Staged, route: &str, braze_user_id: &str) -> bool {
+        let key = (route.to_owned(), braze_user_id.to_owned());
+        self.tombstones.contains_key(&key) || staged.tombstones.iter().any(|(k, _)| *k == key)
+    }
+
+    /// Remembers that `user` is sent for the Braze user on the route.
+    pub(crate) fn remember(
+        &self,
+        tx: &Transaction<'_>,
+        staged: &mut Staged,
+        route: &str,
+        braze_user_id: &str,
+        user: &HeapUser,
+        now: i64,
+    ) -> rusqlite::Result<()> {
+        let key = (route.to_owned(), braze_user_id.to_owned());
+        if let Some((known, written)) = self.memo.get(&key)
+            && known == user
+            && now - written < LAST_SEEN_STEP
+        {
+            return Ok(());
+        }
+        if staged.memo.iter().any(|(k, u, _)| *k == key && u == user) {
+            return Ok(());
+        }
+        tx.prepare_cached(
+            "INSERT INTO identity_map (route, braze_user_id, kind, value, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+        )?
+        .execute(params![
+            route,
+            braze_user_id,
+            user.kind(),
+            user.value(),
+            now
+        ])?;
+        staged.memo.push((key, user.clone(), now));
+        Ok(())
+    }
+
+    /// Accepts a deletion: reads the user's Heap users, removes the user's queued and
+    /// dead-lettered events and mappings on the route, leaves a tombstone and a ledger entry.
+    /// Returns what it did and the queue bytes removed.
+    pub(crate) fn delete_user(
+        &mut self,
+        tx: &Transaction<'_>,
+        staged: &mut Staged,
+        route: &str,
+        braze_user_id: &str,
+        event_id: &str,
+        now: i64,
+    ) -> rusqlite::Result<(DeletionReceipt, i64)> {
+        let users = mapped_users(tx, route, braze_user_id)?;
+        let mut receipt = DeletionReceipt {
+            known_user: !users.is_empty(),
+            ..DeletionReceipt::default()
+        };
+        let mut bytes = 0i64;
+        {
+            let mut purge = tx.prepare_cached(
+                "DELETE FROM queue WHERE route = ?1 AND braze_user_id = ?2
+                 RETURNING app_id, seq, length(payload)",
+            )?;
+            let mut rows = purge.query(params![route, braze_user_id])?;
+            while let Some(r) = rows.next()? {
+                receipt.purged_queued.push((r.get(0)?, r.get(1)?));
+                bytes += r.get::<_, i64>(2)?;
+            }
+        }
+        receipt.purged_dead_letters = tx
+            .prepare_cached("DELETE FROM dead_letter WHERE route = ?1 AND braze_user_id = ?2")?
+            .execute(params![route, braze_user_id])? as u64;
+        tx.prepare_cached("DELETE FROM identity_map WHERE route = ?1 AND braze_user_id = ?2")?
+            .execute(params![route, braze_user_id])?;
+        tx.prepare_cached(
+            "INSERT INTO tombstone (route, braze_user_id, deleted_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO UPDATE SET deleted_at = excluded.deleted_at",
+        )?
+        .execute(params![route, braze_user_id, now])?;
+        let status = if receipt.known_user {
+            DeletionStatus::PendingSubmit
+        } else {
+            DeletionStatus::UnknownUser
+        };
+        let purged = receipt.purged_queued.len() as i64 + receipt.purged_dead_letters as i64;
+        tx.prepare_cached(
+            "INSERT INTO deletion (route, braze_user_id, event_id, users, received_at, status,
+                                   updated_at, purged_events)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5, ?7)",
+        )?
+        .execute(params![
+            route,
+            braze_user_id,
+            event_id,
+            encode_users(&users),
+            now,
+            status.as_str(),
+            purged
+        ])?;
+        let key = (route.to_owned(), braze_user_id.to_owned());
+        self.memo.remove(&key);
+        staged.memo.retain(|(k, _, _)| *k != key);
+        staged.tombstones.push((key, now));
+        Ok((receipt, bytes))
+    }
+
+    /// Applies what a committed transaction staged.
+    pub(crate) fn commit(&mut self, staged: Staged) {
+        if self.memo.len() + staged.memo.len() > MEMO_CAPACITY {
+            self.memo.clear();
+        }
+        for (key, user, at) in staged.memo {
+            self.memo.insert(key, (user, at));
+        }
+        self.tombstones.extend(staged.tombstones);
+    }
+
+    /// Forgets tombstones older than `tombstone_cutoff` and mappings not seen since
+    /// `map_cutoff`, a chunk at a time. Returns whether more is left to prune.
+    pub(crate) fn prune(
+        &mut self,
+        conn: &mut Connection,
+        tombstone_cutoff: i64,
+        map_cutoff: i64,
+    ) -> rusqlite::Result<bool> {
+        self.tombstones.retain(|_, at| *at >= tombstone_cutoff);
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM tombstone WHERE deleted_at < ?1",
+            [tombstone_cutoff],
+        )?;
+        // A WITHOUT ROWID table: chunks are chosen by key.
+        let n = tx.execute(
+            "DELETE FROM identity_map WHERE (route, braze_user_id, kind, value) IN
+                 (SELECT route, braze_user_id, kind, value FROM identity_map
+                  WHERE last_seen < ?1 LIMIT ?2)",
+            params![map_cutoff, PRUNE_CHUNK],
+        )?;
+        tx.commit()?;
+        if n > 0 {
+            self.memo.retain(|_, (_, at)| *at >= map_cutoff);
+        }
+        Ok(n as i64 >= PRUNE_CHUNK)
+    }
+}
+
+/// The Heap users mapped for a Braze user on a route, sorted.
+fn mapped_users(
+    tx: &Transaction<'_>,
+    route: &str,
+    braze_user_id: &str,
+) -> rusqlite::Result<Vec<HeapUser>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT kind, value FROM identity_map WHERE route = ?1 AND braze_user_id = ?2
+         ORDER BY kind, value",
+    )?;
+    let rows = stmt.query_map(params![route, braze_user_id], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })?;
+    let mut users = Vec::new();
+    for row in rows {
+        let (kind, value) = row?;
+        users.extend(HeapUser::from_parts(&kind, value));
+    }
+    Ok(users)
+}
+
+/// The ledger's `users` column: `[["identity","alice"],["user_id","123"]]`.
+pub(crate) fn encode_users(users: &[HeapUser]) -> String {
+    let pairs: Vec<[&str; 2]> = users.iter().map(|u| [u.kind(), u.value()]).collect();
+    serde_json::to_string(&pairs).unwrap_or_else(|_| "[]".into())
+}
+
+pub(crate) fn decode_users(text: &str) -> Vec<HeapUser> {
+    serde_json::from_str::<Vec<(String, String)>>(text)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(kind, value)| HeapUser::from_parts(&kind, value))
+        .collect()
+}
+
+/// Applies a ledger change; `None` when `op` is not one.
+pub(crate) fn apply_ledger_op(
+    tx: &Transaction<'_>,
+    op: &QueueOp,
+    now: i64,
+) -> rusqlite::Result<Option<u64>> {
+    let rows = match op {
+        QueueOp::DeletionsSubmitted { ids, request_id } => {
+            let mut upd = tx.prepare_cached(
+                "UPDATE deletion SET status = 'submitted', request_id = ?2, updated_at = ?3
+                 WHERE id = ?1 AND status IN ('pending_submit', 'unconfigured', 'failed')",
+            )?;
+            let mut n = 0;
+            for id in ids {
+                n += upd.execute(params![id, request_id, now])? as u64;
+            }
+            n
+        }
+        QueueOp::DeletionsCompleted { request_id } => {
+            tx.prepare_cached(
+                "UPDATE deletion SET status = 'complete', updated_at = ?2, last_error = NULL
+                 WHERE request_id = ?1 AND status = 'submitted'",
+            )?
+            .execute(params![request_id, now])? as u64
+        }
+        QueueOp::DeletionsAttempt { ids, error, failed } => {
+            let mut upd = tx.prepare_cached(
+                "UPDATE deletion SET attempts = attempts + 1, last_error = ?2, updated_at = ?3,
+                     status = CASE WHEN ?4 THEN 'failed' ELSE status END
+                 WHERE id = ?1 AND status NOT IN ('complete', 'unknown_user')",
+            )?;
+            let mut n = 0;
+            for id in ids {
+                n += upd.execute(params![id, error, now, failed])? as u64;
+            }
+            n
+        }
+        QueueOp::DeletionsMove {
+            from,
+            to,
+            ids,
+            routes,
+        } => {
+            let mut sql = String::from(
+                "UPDATE deletion SET status = ?1, updated_at = ?2,
+                     request_id = CASE WHEN ?1 = 'pending_submit' THEN NULL ELSE request_id END
+                 WHERE status = ?3",
+            );
+            let mut values: Vec<rusqlite::types::Value> = vec![
+                to.as_str().to_owned().into(),
+                now.into(),
+                from.as_str().to_owned().into(),
+            ];
+            if let Some(ids) = ids {
+                sql.push_str(&format!(" AND id IN ({})", vec!["?"; ids.len()].join(",")));
+                values.extend(ids.iter().map(|i| rusqlite::types::Value::Integer(*i)));
+            }
+            if let Some(routes) = routes {
+                sql.push_str(&format!(
+                    " AND route IN ({})",
+                    vec!["?"; routes.len()].join(",")
+                ));
+                values.extend(routes.iter().map(|r| r.clone().into()));
+            }
+            tx.execute(&sql, rusqlite::params_from_iter(values.iter()))? as u64
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(rows))
+}
+
+impl super::store::Reader {
+    /// A page of the ledger, by id.
+    pub fn deletions(&self, q: &DeletionQuery) -> rusqlite::Result<Vec<DeletionRecord>> {
+        let mut sql = String::from(
+            "SELECT id, route, braze_user_id, event_id, users, received_at, status, request_id,
+                    updated_at, attempts, last_error, purged_events
+             FROM deletion WHERE id > ?",
+        );
+        let mut values: Vec<rusqlite::types::Value> = vec![q.after.into()];
+        if !q.statuses.is_empty() {
+            sql.push_str(&format!(
+                " AND status IN ({})",
+                vec!["?"; q.statuses.len()].join(",")
+            ));
+            values.extend(q.statuses.iter().map(|s| s.as_str().to_owned().into()));
+        }
+        if let Some(routes) = &q.routes {
+            sql.push_str(&format!(
+                " AND route IN ({})",
+                vec!["?"; routes.len()].join(",")
+            ));
+            values.extend(routes.iter().map(|r| r.clone().into()));
+        }
+        sql.push_str(" ORDER BY id LIMIT ?");
+        values.push((q.limit.min(i64::MAX as usize) as i64).into());
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(values.iter()), |r| {
+            let status: String = r.get(6)?;
+            Ok(DeletionRecord {
+                id: r.get(0)?,
+                route: r.get(1)?,
+                braze_user_id: r.get(2)?,
+                event_id: r.get(3)?,
+                users: decode_users(&r.get::<_, String>(4)?),
+                received_at: r.get(5)?,
+                // Written by this module only; an unknown value reads as still owed.
+                status: DeletionStatus::parse(&status).unwrap_or(DeletionStatus::PendingSubmit),
+                request_id: r.get(7)?,
+                updated_at: r.get(8)?,
+                attempts: r.get(9)?,
+                last_error: r.get(10)?,
+                purged_events: r.get(11)?,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// Ledger entries per route and status: how many, how many received before
+    /// `overdue_before`, and the oldest `received_at`.
+    pub fn deletion_summary(&self, overdue_before: i64) -> rusqlite::Result<Vec<DeletionSummary>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT route, status, count(*), sum(received_at < ?1), min(received_at)
+             FROM deletion GROUP BY route, status ORDER BY route, status",
+        )?;
+        let rows = stmt.query_map([overdue_before], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (route, status, count, overdue, oldest) = row?;
+            if let Some(status) = DeletionStatus::parse(&status) {
+                out.push(DeletionSummary {
+                    route,
+                    status,
+                    count: count.max(0) as u64,
+                    overdue: overdue.max(0) as u64,
+                    oldest_received_at: oldest,
+                });
+            }
+        }
+        Ok(out)
+    }
+}

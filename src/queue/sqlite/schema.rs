@@ -1,0 +1,126 @@
+//! The schema of the store, and how an older store is brought up to it.
+//!
+//! Version 1: `queue`, `dead_letter`, `dedup_log`, `stats`. Version 2 (deletions, product.md
+//! §7): `braze_user_id` on queued events and dead letters, the identity map, the tombstones
+//! and the deletion ledger (see [`super::privacy`]).
+
+use rusqlite::Connection;
+
+pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const DB_FILE: &str = "queue.sqlite3";
+
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS queue (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    route       TEXT    NOT NULL,
+    app_id      TEXT    NOT NULL,
+    workspace   TEXT,
+    event_id    TEXT    NOT NULL,
+    event_type  TEXT    NOT NULL,
+    identity    TEXT,
+    event_time  INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    not_before  INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    payload     BLOB    NOT NULL,
+    braze_user_id TEXT
+);
+-- One delivery lane per Heap app id reads its events in FIFO order.
+CREATE INDEX IF NOT EXISTS queue_app_seq ON queue (app_id, seq);
+-- Only deferred or retried rows (not_before > 0) are indexed, so appends never touch it.
+CREATE INDEX IF NOT EXISTS queue_deferred ON queue (app_id, not_before) WHERE not_before > 0;
+CREATE TABLE IF NOT EXISTS dead_letter (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    route       TEXT    NOT NULL,
+    app_id      TEXT    NOT NULL,
+    workspace   TEXT,
+    event_id    TEXT    NOT NULL,
+    event_type  TEXT    NOT NULL,
+    identity    TEXT,
+    event_time  INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL,
+    reason      TEXT    NOT NULL,
+    detail      TEXT,
+    dead_at     INTEGER NOT NULL,
+    payload     BLOB    NOT NULL,
+    braze_user_id TEXT
+);
+CREATE INDEX IF NOT EXISTS dead_letter_reason ON dead_letter (reason, seq);
+CREATE TABLE IF NOT EXISTS dedup_log (
+    seq      INTEGER PRIMARY KEY,
+    seen_at  INTEGER NOT NULL,
+    event_id TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stats (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    events INTEGER NOT NULL,
+    bytes  INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO stats (id, events, bytes) VALUES (1, 0, 0);
+";
+
+/// Schema version 2 (deletions): the tables and indexes over `braze_user_id`, created after
+/// version-1 stores got that column.
+pub(super) const SCHEMA_DELETIONS: &str = "
+-- A deletion removes a Braze user's events on a route; only rows with a user are indexed.
+CREATE INDEX IF NOT EXISTS queue_braze_user ON queue (route, braze_user_id)
+    WHERE braze_user_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS dead_letter_braze_user ON dead_letter (route, braze_user_id)
+    WHERE braze_user_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS identity_map (
+    route         TEXT    NOT NULL,
+    braze_user_id TEXT    NOT NULL,
+    kind          TEXT    NOT NULL,
+    value         TEXT    NOT NULL,
+    last_seen     INTEGER NOT NULL,
+    PRIMARY KEY (route, braze_user_id, kind, value)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS identity_map_last_seen ON identity_map (last_seen);
+CREATE TABLE IF NOT EXISTS tombstone (
+    route         TEXT    NOT NULL,
+    braze_user_id TEXT    NOT NULL,
+    deleted_at    INTEGER NOT NULL,
+    PRIMARY KEY (route, braze_user_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS deletion (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    route         TEXT    NOT NULL,
+    braze_user_id TEXT    NOT NULL,
+    event_id      TEXT    NOT NULL,
+    users         TEXT    NOT NULL,
+    received_at   INTEGER NOT NULL,
+    status        TEXT    NOT NULL,
+    request_id    TEXT,
+    updated_at    INTEGER NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    last_error    TEXT,
+    purged_events INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS deletion_status ON deletion (status, id);
+CREATE INDEX IF NOT EXISTS deletion_request ON deletion (request_id) WHERE request_id IS NOT NULL;
+";
+
+/// Brings a version-1 store to version 2: `braze_user_id` on queued events and dead letters
+/// (older rows keep it NULL: events stored by an older version are not purged by a deletion).
+pub(super) fn migrate(conn: &Connection, from: i64) -> rusqlite::Result<()> {
+    if from == 1 {
+        for table in ["queue", "dead_letter"] {
+            let has: bool = conn.query_row(
+                &format!(
+                    "SELECT count(*) > 0 FROM pragma_table_info('{table}') \
+                     WHERE name = 'braze_user_id'"
+                ),
+                [],
+                |r| r.get(0),
+            )?;
+            if !has {
+                conn.execute_batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN braze_user_id TEXT"
+                ))?;
+            }
+        }
+    }
+    Ok(())
+}
