@@ -29,20 +29,20 @@ const WAIT: Duration = Duration::from_secs(60);
 /// settling delay before a submission is `--heap-timeout` (1 s here).
 fn start(data_dir: &Path, heap: &HeapStandIn, key: Option<&str>, extra: &[&str]) -> ServerProcess {
     let url = heap.base_url();
-    let mut args = vec![
-        "--heap-timeout",
-        "1s",
-        "--heap-linger",
-        "20ms",
-        "--deletion-request-interval",
-        "50ms",
-        "--deletion-poll-interval",
-        "100ms",
-        "--retry-initial-backoff",
-        "20ms",
-        "--retry-max-backoff",
-        "200ms",
+    let defaults = [
+        ("--heap-timeout", "1s"),
+        ("--heap-linger", "20ms"),
+        ("--deletion-request-interval", "50ms"),
+        ("--deletion-poll-interval", "100ms"),
+        ("--retry-initial-backoff", "20ms"),
+        ("--retry-max-backoff", "200ms"),
     ];
+    let mut args: Vec<&str> = Vec::new();
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
     if let Some(key) = key {
         args.extend(["--heap-api-key", key]);
     }
@@ -302,7 +302,7 @@ async fn a_kill_at_each_step_of_the_ledger_neither_loses_nor_sticks_a_deletion()
     })
     .await;
     kill_9(server).await;
-    heap.set_pending_polls(0);
+    heap.complete_deletions();
     let server = start(dir.path(), &heap, Some(KEY), &[]);
     wait_for_status(dir.path(), "braze-c", "complete").await;
     assert_eq!(
