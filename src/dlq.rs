@@ -7,6 +7,7 @@ use std::io::Write;
 
 use serde_json::json;
 
+use crate::currents::catalogue::USER_DELETE_REQUEST;
 use crate::queue::{DeadLetterQuery, Queue, QueueError, QueueOp, ReplayItem};
 use crate::routing::Router;
 
@@ -145,6 +146,7 @@ pub async fn replay(
                 continue;
             }
             let group = app_group_id(&d.event.payload);
+            let deletion = d.event.event_type == USER_DELETE_REQUEST;
             // The current configuration decides; without a route for it, an event keeps
             // the destination it had (none, if it was unroutable from the start).
             match router.route(d.event.workspace.as_deref(), group.as_deref()) {
@@ -152,11 +154,13 @@ pub async fn replay(
                     seq: d.seq,
                     route: t.name.to_string(),
                     app_id: t.app_id.to_string(),
+                    deletion,
                 }),
                 None if router.serves(&d.event.app_id) => items.push(ReplayItem {
                     seq: d.seq,
                     route: d.event.route.clone(),
                     app_id: d.event.app_id.clone(),
+                    deletion,
                 }),
                 None => done.still_unroutable += 1,
             }

@@ -319,6 +319,7 @@ pub const DEAD_LETTER_REASONS: &[&str] = &[
     "invalid_identity",
     "excluded",
     "unparseable",
+    "user_deletion",
 ];
 
 /// HTTP statuses the ingest path answers with (label `status`).

@@ -192,6 +192,9 @@ pub struct ReplayItem {
     pub seq: i64,
     pub route: String,
     pub app_id: String,
+    /// A `users.UserDeleteRequest` (dead-lettered as unroutable, say): replaying it accepts
+    /// the deletion on `route` (purge, tombstone, ledger entry) instead of queueing it.
+    pub deletion: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,7 +221,8 @@ pub enum QueueOp {
     DeadLetter { items: Vec<DeadLetterItem> },
     /// Move every queued event of a Heap app id to the dead-letter store (no lane serves it).
     DeadLetterApp { app_id: String, reason: String },
-    /// Move dead letters back to the queue as fresh events.
+    /// Move dead letters back to the queue as fresh events; an event of a user deleted on
+    /// its new route is dropped instead, a deletion is accepted.
     Replay { items: Vec<ReplayItem> },
     /// Delete dead letters (all, one reason, and/or these `seq`s).
     Purge {

@@ -64,6 +64,7 @@ macro_rules! conformance_suite {
                 events_and_a_deletion_in_one_request_apply_in_order,
                 a_resent_deletion_is_a_duplicate,
                 ledger_entries_move_through_their_statuses,
+                a_replayed_deletion_is_accepted_and_a_deleted_users_event_dropped,
             );
         }
     };
@@ -428,6 +429,7 @@ pub async fn dead_letters_are_listed_counted_replayed_and_purged<B: Backend>() {
                 seq: rejected[0].seq,
                 route: "elsewhere".into(),
                 app_id: OTHER_APP.into(),
+                deletion: false,
             }],
         })
         .await

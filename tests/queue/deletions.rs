@@ -3,7 +3,7 @@
 
 use currents_heap::queue::{
     Appended, DeadLetterQuery, DeletionQuery, DeletionRecord, DeletionStatus, HeapUser, NewEvent,
-    Queue, QueueOp, unix_millis,
+    Queue, QueueOp, ReplayItem, unix_millis,
 };
 
 use crate::conformance::{APP, Backend, Limits, event, ids, open, queued};
@@ -335,4 +335,51 @@ pub async fn ledger_entries_move_through_their_statuses<B: Backend>() {
     assert!(summary.iter().all(|s| s.overdue == s.count));
     let none_overdue = q.deletion_summary(0).await.unwrap();
     assert!(none_overdue.iter().all(|s| s.overdue == 0));
+}
+
+pub async fn a_replayed_deletion_is_accepted_and_a_deleted_users_event_dropped<B: Backend>() {
+    let (_b, q) = open::<B>().await;
+    let unroutable = |mut e: NewEvent| {
+        e.route = "unroutable".into();
+        e.app_id = "".into();
+        e.deletion = false;
+        e.dead_letter = Some("unroutable");
+        e
+    };
+    q.append(vec![
+        of("a1", "braze-a", identity("ext-a")),
+        unroutable(deletion("del-a", "braze-a")),
+        unroutable(of("a-late", "braze-a", identity("ext-a"))),
+    ])
+    .await
+    .unwrap();
+    let dead = q
+        .dead_letters(DeadLetterQuery {
+            reason: None,
+            after: 0,
+            limit: 10,
+            max_bytes: usize::MAX,
+        })
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 2);
+    let item = |seq, deletion| ReplayItem {
+        seq,
+        route: ROUTE.into(),
+        app_id: APP.into(),
+        deletion,
+    };
+    let out = q
+        .apply(QueueOp::Replay {
+            items: vec![item(dead[0].seq, true), item(dead[1].seq, false)],
+        })
+        .await
+        .unwrap();
+    assert_eq!((out.rows, out.queue_events_delta), (2, -1));
+    assert!(queued(&*q).await.is_empty(), "a1 purged, a-late dropped");
+    let entries = ledger(&*q).await;
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].users, [HeapUser::Identity("ext-a".into())]);
+    assert_eq!(entries[0].route, ROUTE);
+    assert_eq!(q.dead_letter_counts().await.unwrap(), []);
 }

@@ -5,7 +5,7 @@
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
-use super::privacy;
+use super::privacy::{self, Privacy, Staged};
 use crate::queue::{OpOutcome, QueueOp};
 
 fn filter_sql(
@@ -30,7 +30,13 @@ fn filter_sql(
     }
 }
 
-pub(crate) fn apply(tx: &Transaction<'_>, op: &QueueOp, now: i64) -> rusqlite::Result<OpOutcome> {
+pub(crate) fn apply(
+    tx: &Transaction<'_>,
+    op: &QueueOp,
+    now: i64,
+    privacy: &mut Privacy,
+    staged: &mut Staged,
+) -> rusqlite::Result<OpOutcome> {
     let mut out = OpOutcome::default();
     match op {
         QueueOp::Ack { seqs } => {
@@ -110,7 +116,37 @@ pub(crate) fn apply(tx: &Transaction<'_>, op: &QueueOp, now: i64) -> rusqlite::R
             let mut del = tx.prepare_cached(
                 "DELETE FROM dead_letter WHERE seq = ?1 RETURNING length(payload)",
             )?;
+            let mut user_of = tx.prepare_cached(
+                "SELECT braze_user_id, event_id FROM dead_letter WHERE seq = ?1",
+            )?;
             for item in items {
+                let Some((user, event_id)) = user_of
+                    .query_row([item.seq], |r| {
+                        Ok((r.get::<_, Option<String>>(0)?, r.get::<_, String>(1)?))
+                    })
+                    .optional()?
+                else {
+                    continue;
+                };
+                if let Some(user) = user {
+                    if item.deletion {
+                        // The dead letter itself is on another route (unroutable): the
+                        // purge does not reach it.
+                        del.query_row([item.seq], |r| r.get::<_, i64>(0))?;
+                        let (receipt, bytes) = privacy
+                            .delete_user(tx, staged, &item.route, &user, &event_id, now)?;
+                        out.rows += 1;
+                        out.queue_events_delta -= receipt.purged_queued.len() as i64;
+                        out.queue_bytes_delta -= bytes;
+                        continue;
+                    }
+                    if Privacy::tombstoned_in_store(tx, &item.route, &user)? {
+                        // The user was deleted on that route: dropped, never delivered.
+                        del.query_row([item.seq], |r| r.get::<_, i64>(0))?;
+                        out.rows += 1;
+                        continue;
+                    }
+                }
                 if copy.execute(params![item.seq, item.route, item.app_id, now])? == 1 {
                     let len: i64 = del.query_row([item.seq], |r| r.get(0))?;
                     out.rows += 1;

@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::queue::{
     DeletionQuery, DeletionReceipt, DeletionRecord, DeletionStatus, DeletionSummary, HeapUser,
@@ -66,6 +66,30 @@ impl Privacy {
             memo: HashMap::new(),
             tombstones,
         })
+    }
+
+    /// Whether the `tombstone` table holds the user on the route (read in the transaction:
+    /// what a maintenance process, which keeps no mirror, checks).
+    pub(crate) fn tombstoned_in_store(
+        tx: &Transaction<'_>,
+        route: &str,
+        braze_user_id: &str,
+    ) -> rusqlite::Result<bool> {
+        tx.prepare_cached("SELECT 1 FROM tombstone WHERE route = ?1 AND braze_user_id = ?2")?
+            .query_row(params![route, braze_user_id], |_| Ok(()))
+            .optional()
+            .map(|r| r.is_some())
+    }
+
+    /// Re-reads the tombstones still inside the window: a deletion accepted by a maintenance
+    /// process (`dlq replay`) reaches the server's mirror this way.
+    pub(crate) fn reload_tombstones(
+        &mut self,
+        conn: &Connection,
+        tombstone_cutoff: i64,
+    ) -> rusqlite::Result<()> {
+        self.tombstones = Self::load(conn, tombstone_cutoff)?.tombstones;
+        Ok(())
     }
 
     /// Whether the user was deleted on the route (committed, or earlier in `staged`).

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use super::dedup::DedupIndex;
 use super::ops;
-use super::privacy::Privacy;
+use super::privacy::{Privacy, Staged};
 use super::store::{QueueStats, Store, StoreError};
 use crate::queue::{
     AppendError, AppendReceipt, NewEvent, OpOutcome, QueueError, QueueOp, unix_millis,
@@ -290,17 +290,19 @@ impl WriterState {
     /// Applies delivery-side operations in one transaction.
     fn apply_ops(&mut self, group: Vec<(QueueOp, oneshot::Sender<Result<OpOutcome, QueueError>>)>) {
         let now = unix_millis();
+        let mut staged = Staged::default();
         let result = (|| {
             let tx = self.conn.transaction()?;
             let mut outcomes = Vec::with_capacity(group.len());
             for (op, _) in &group {
-                outcomes.push(ops::apply(&tx, op, now)?);
+                outcomes.push(ops::apply(&tx, op, now, &mut self.privacy, &mut staged)?);
             }
             tx.commit()?;
             Ok::<_, rusqlite::Error>(outcomes)
         })();
         match result {
             Ok(outcomes) => {
+                self.privacy.commit(staged);
                 for o in &outcomes {
                     add_signed(&self.stats.events, o.queue_events_delta);
                     add_signed(&self.stats.bytes, o.queue_bytes_delta);
@@ -348,6 +350,9 @@ impl WriterState {
         let map_cutoff = now.saturating_sub(
             i64::try_from(self.config.identity_map_retention.as_millis()).unwrap_or(i64::MAX),
         );
+        if let Err(e) = self.privacy.reload_tombstones(&self.conn, cutoff) {
+            tracing::warn!(message = "Cannot re-read the tombstones.", error = %e);
+        }
         match self.privacy.prune(&mut self.conn, cutoff, map_cutoff) {
             Ok(true) => self.last_prune = Instant::now() - PRUNE_EVERY,
             Ok(false) => {}
