@@ -116,9 +116,8 @@ pub(crate) fn apply(
             let mut del = tx.prepare_cached(
                 "DELETE FROM dead_letter WHERE seq = ?1 RETURNING length(payload)",
             )?;
-            let mut user_of = tx.prepare_cached(
-                "SELECT braze_user_id, event_id FROM dead_letter WHERE seq = ?1",
-            )?;
+            let mut user_of = tx
+                .prepare_cached("SELECT braze_user_id, event_id FROM dead_letter WHERE seq = ?1")?;
             for item in items {
                 let Some((user, event_id)) = user_of
                     .query_row([item.seq], |r| {
@@ -133,8 +132,8 @@ pub(crate) fn apply(
                         // The dead letter itself is on another route (unroutable): the
                         // purge does not reach it.
                         del.query_row([item.seq], |r| r.get::<_, i64>(0))?;
-                        let (receipt, bytes) = privacy
-                            .delete_user(tx, staged, &item.route, &user, &event_id, now)?;
+                        let (receipt, bytes) =
+                            privacy.delete_user(tx, staged, &item.route, &user, &event_id, now)?;
                         out.rows += 1;
                         out.queue_events_delta -= receipt.purged_queued.len() as i64;
                         out.queue_bytes_delta -= bytes;
