@@ -438,3 +438,90 @@ async fn ten_thousand_and_one_deletions_are_two_requests_across_a_token_renewal(
     assert_eq!(report.track_items().count(), 0, "every event was purged");
     terminate(server).await;
 }
+
+/// Routes that share a Heap account share one deletion request: a deletion covers every
+/// environment of the account.
+#[tokio::test]
+async fn routes_sharing_a_heap_account_share_one_deletion_request() {
+    let heap = HeapStandIn::start(StandInConfig::heap());
+    heap.set_deletion_key("1111", KEY);
+    let url = heap.base_url();
+    let toml = format!(
+        r#"
+        heap_timeout = "1s"
+        heap_linger = "20ms"
+        deletion_request_interval = "50ms"
+        deletion_poll_interval = "100ms"
+        heap_api_key = "{KEY}"
+        heap_account_app_id = "1111"
+
+        [[route]]
+        name = "brand-a"
+        workspace = "a"
+        heap_app_id = "1111"
+        heap_base_url = "{url}"
+
+        [[route]]
+        name = "brand-b"
+        workspace = "b"
+        heap_app_id = "2222"
+        heap_base_url = "{url}"
+        "#
+    );
+    let args = currents_heap::config::SettingsArgs {
+        ingest_token: Some(common::TOKEN.into()),
+        ..Default::default()
+    };
+    let app = common::TestApp::routed(&toml, args).await;
+    let post = |query: &'static str, events: Vec<Value>| {
+        let app = &app;
+        async move {
+            let (status, body) = app
+                .post_events_as(query, Some(common::TOKEN), &events)
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    post(
+        "?workspace=a",
+        vec![event_of("a0", "braze-a", Some("ext-a"))],
+    )
+    .await;
+    post(
+        "?workspace=b",
+        vec![event_of("b0", "braze-b", Some("ext-b"))],
+    )
+    .await;
+    wait_until("both events reach Heap", WAIT, || {
+        let r = heap.report();
+        r.key_count("a0") == 1 && r.key_count("b0") == 1
+    })
+    .await;
+    // Both deletions wait (Heap down) until both are past the settling delay.
+    heap.set_mode(Mode::Down);
+    post("?workspace=a", vec![deletion_of("del-a", "braze-a")]).await;
+    post("?workspace=b", vec![deletion_of("del-b", "braze-b")]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    heap.set_mode(Mode::Normal);
+    wait_until("Heap receives the deletions", WAIT, || {
+        heap.report().deletion.users().count() == 2
+    })
+    .await;
+    let report = heap.report();
+    assert_eq!(
+        report.deletion.requests.len(),
+        1,
+        "one request for both routes"
+    );
+    let mut users: Vec<&DeletionUser> = report.deletion.requests[0].users.iter().collect();
+    users.sort_by_key(|u| format!("{u:?}"));
+    assert_eq!(
+        users,
+        [
+            &DeletionUser::Identity("ext-a".into()),
+            &DeletionUser::Identity("ext-b".into())
+        ]
+    );
+    assert_eq!(report.deletion.requests[0].app_id, "1111");
+    app.stop().await;
+}

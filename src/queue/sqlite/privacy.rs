@@ -425,3 +425,84 @@ impl super::store::Reader {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::super::Store::open(dir.path()).unwrap();
+        let conn = store.connect().unwrap();
+        (dir, conn)
+    }
+
+    #[test]
+    fn mappings_not_seen_within_the_retention_and_old_tombstones_are_pruned() {
+        let (_dir, mut conn) = store();
+        let mut privacy = Privacy::default();
+        let mut staged = Staged::default();
+        let tx = conn.transaction().unwrap();
+        let alice = HeapUser::Identity("alice".into());
+        let bob = HeapUser::Identity("bob".into());
+        privacy
+            .remember(&tx, &mut staged, "r", "old", &alice, 1_000)
+            .unwrap();
+        privacy
+            .remember(&tx, &mut staged, "r", "recent", &bob, 9_000)
+            .unwrap();
+        privacy
+            .delete_user(&tx, &mut staged, "r", "gone", "del-1", 2_000)
+            .unwrap();
+        tx.commit().unwrap();
+        privacy.commit(staged);
+        assert!(privacy.is_deleted(&Staged::default(), "r", "gone"));
+
+        assert!(!privacy.prune(&mut conn, 5_000, 5_000).unwrap());
+        let users: Vec<String> = conn
+            .prepare("SELECT braze_user_id FROM identity_map")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(users, ["recent"]);
+        assert!(!privacy.is_deleted(&Staged::default(), "r", "gone"));
+        let tombstones: i64 = conn
+            .query_row("SELECT count(*) FROM tombstone", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tombstones, 0);
+        // The memo forgot the pruned mapping: seeing the user again writes it again.
+        let mut staged = Staged::default();
+        let tx = conn.transaction().unwrap();
+        privacy
+            .remember(&tx, &mut staged, "r", "old", &alice, 10_000)
+            .unwrap();
+        tx.commit().unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM identity_map", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn a_mapping_is_rewritten_only_when_it_changes_or_a_day_passed() {
+        let (_dir, mut conn) = store();
+        let mut privacy = Privacy::default();
+        let user = HeapUser::Identity("alice".into());
+        let mut write = |at: i64| {
+            let mut staged = Staged::default();
+            let tx = conn.transaction().unwrap();
+            privacy
+                .remember(&tx, &mut staged, "r", "a", &user, at)
+                .unwrap();
+            let n = staged.memo.len();
+            tx.commit().unwrap();
+            privacy.commit(staged);
+            n
+        };
+        assert_eq!(write(0), 1);
+        assert_eq!(write(1_000), 0, "seen again within a day: no write");
+        assert_eq!(write(LAST_SEEN_STEP + 1), 1);
+    }
+}
