@@ -238,6 +238,13 @@ fn start_deletions(
         // Nothing reaches Heap in a dry run: the ledger waits for a real run.
         return Vec::new();
     }
+    let unkeyed = settings.routes_without_deletion_key();
+    if !unkeyed.is_empty() {
+        tracing::warn!(
+            message = "No Heap API key (heap_api_key): Braze user deletions of these routes are purged here but not sent to Heap.",
+            routes = %unkeyed.join(","),
+        );
+    }
     let cfg = DeletionConfig {
         request_interval: settings.deletion_request_interval,
         poll_interval: settings.deletion_poll_interval,
@@ -248,21 +255,14 @@ fn start_deletions(
         .deletion_accounts()
         .into_iter()
         .map(|account| {
-            let client = match &account.api_key {
-                Some(key) => Some(HeapDeletionClient::new(
+            let client = account.api_key.as_ref().map(|key| {
+                HeapDeletionClient::new(
                     &account.base_url,
                     account.account_app_id.as_str(),
                     key.expose(),
                     settings.heap_timeout,
-                )),
-                None => {
-                    tracing::warn!(
-                        message = "No Heap API key (heap_api_key): Braze user deletions of these routes are purged here but not sent to Heap.",
-                        routes = %account.routes.join(","),
-                    );
-                    None
-                }
-            };
+                )
+            });
             let submitter = Submitter::new(
                 account.routes,
                 client,

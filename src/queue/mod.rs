@@ -16,7 +16,12 @@
 //! - **apply** changes queued events and dead letters ([`QueueOp`]) atomically: acknowledge,
 //!   park until a time, count a failed attempt, dead-letter, replay, purge;
 //! - the **totals** stay exact across every change and every restart;
-//! - a **closed** queue refuses reads and writes alike.
+//! - a **closed** queue refuses reads and writes alike;
+//! - **deletions** (product.md §7) change it in the transaction that acknowledges them: the
+//!   append remembers which Heap user each event is for (the identity map), a deletion removes
+//!   the user's queued and dead-lettered events on its route, leaves a tombstone for the dedup
+//!   window (later events of the user are acknowledged and dropped) and a ledger entry, whose
+//!   status [`QueueOp`]s move it on.
 //!
 //! A `seq` names one queued event (or one dead letter) for as long as it stays where it is;
 //! fresh events of a lane come in increasing `seq` order, which the lane's cursor relies on.
