@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use rusqlite::{ErrorCode, params};
 
 use super::dedup::Undo;
-use super::privacy::Staged;
+use super::privacy::{Privacy, Staged, UserDeletion, user_key};
 use super::writer::{Reply, WriterState, add_signed};
 use crate::queue::{AppendError, AppendReceipt, Appended, NewEvent, unix_millis};
 
@@ -80,7 +80,9 @@ impl WriterState {
     ) -> rusqlite::Result<(Vec<Result<AppendReceipt, AppendError>>, Delta)> {
         let mut queued_bytes = self.stats.bytes() as i64;
         let mut delta = Delta::default();
-        let mut results = Vec::with_capacity(group.len());
+        let mut results: Vec<Result<AppendReceipt, AppendError>> = Vec::with_capacity(group.len());
+        // Where each deletion's receipt is: (request, event).
+        let mut slots: Vec<(usize, usize)> = Vec::new();
         let tx = self.conn.transaction()?;
         {
             let mut insert = tx.prepare_cached(
@@ -94,6 +96,8 @@ impl WriterState {
                                           braze_user_id)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?8, ?10, ?11)",
             )?;
+            let mut insert_user =
+                tx.prepare_cached("INSERT INTO queue_user (seq, user_key) VALUES (?1, ?2)")?;
             for (events, _) in group {
                 let dedup = self
                     .dedup
@@ -134,17 +138,15 @@ impl WriterState {
                     let user = ev.braze_user_id.as_deref();
                     if let (Some(user), true) = (user, ev.dead_letter.is_none()) {
                         if ev.deletion {
-                            let (receipt, bytes) = self.privacy.delete_user(
-                                &tx,
-                                staged,
-                                &ev.route,
-                                user,
-                                &ev.event_id,
-                                now,
-                            )?;
-                            delta.events -= receipt.purged_queued.len() as i64;
-                            delta.bytes -= bytes;
-                            queued_bytes -= bytes;
+                            let slot = slots.len();
+                            slots.push((results.len(), outcomes.len()));
+                            let deletion = UserDeletion {
+                                route: &ev.route,
+                                braze_user_id: user,
+                                event_id: &ev.event_id,
+                                slot,
+                            };
+                            let receipt = self.privacy.delete_user(&tx, staged, deletion, now)?;
                             outcomes.push(Appended::Deletion(receipt));
                             continue;
                         }
@@ -172,7 +174,7 @@ impl WriterState {
                             user,
                         ])?;
                     } else {
-                        insert.execute(params![
+                        let seq = insert.insert(params![
                             &*ev.route,
                             &*ev.app_id,
                             ev.workspace.as_deref(),
@@ -184,6 +186,9 @@ impl WriterState {
                             &ev.payload[..],
                             user,
                         ])?;
+                        if let Some(user) = user {
+                            insert_user.execute(params![seq, user_key(&ev.route, user)])?;
+                        }
                         let len = ev.payload.len() as i64;
                         delta.events += 1;
                         delta.bytes += len;
@@ -193,6 +198,18 @@ impl WriterState {
                     outcomes.push(Appended::Queued);
                 }
                 results.push(Ok(AppendReceipt { outcomes }));
+            }
+            // The queued events of the users deleted above, all in one scan.
+            let purged = Privacy::purge_queued(&tx, staged)?;
+            delta.bytes -= purged.bytes;
+            for (slot, seqs) in purged.by_slot {
+                delta.events -= seqs.len() as i64;
+                let (request, index) = slots[slot];
+                if let Some(Ok(receipt)) = results.get_mut(request)
+                    && let Some(Appended::Deletion(d)) = receipt.outcomes.get_mut(index)
+                {
+                    d.purged_queued = seqs;
+                }
             }
             if delta.events != 0 || delta.bytes != 0 {
                 tx.execute(

@@ -42,7 +42,9 @@ pub(crate) fn apply(
         QueueOp::Ack { seqs } => {
             let mut del =
                 tx.prepare_cached("DELETE FROM queue WHERE seq = ?1 RETURNING length(payload)")?;
+            let mut forget = tx.prepare_cached("DELETE FROM queue_user WHERE seq = ?1")?;
             for seq in seqs {
+                forget.execute([seq])?;
                 if let Some(len) = del.query_row([seq], |r| r.get::<_, i64>(0)).optional()? {
                     out.rows += 1;
                     out.queue_events_delta -= 1;
@@ -75,8 +77,10 @@ pub(crate) fn apply(
             )?;
             let mut del =
                 tx.prepare_cached("DELETE FROM queue WHERE seq = ?1 RETURNING length(payload)")?;
+            let mut forget = tx.prepare_cached("DELETE FROM queue_user WHERE seq = ?1")?;
             for item in items {
                 if copy.execute(params![item.seq, item.reason, item.detail, now])? == 1 {
+                    forget.execute([item.seq])?;
                     let len: i64 = del.query_row([item.seq], |r| r.get(0))?;
                     out.rows += 1;
                     out.queue_events_delta -= 1;
@@ -99,6 +103,10 @@ pub(crate) fn apply(
                         braze_user_id
                  FROM queue WHERE app_id = ?1 ORDER BY seq",
                 params![app_id, reason, now],
+            )?;
+            tx.execute(
+                "DELETE FROM queue_user WHERE seq IN (SELECT seq FROM queue WHERE app_id = ?1)",
+                [app_id],
             )?;
             tx.execute("DELETE FROM queue WHERE app_id = ?1", [app_id])?;
             out.rows = n as u64;
@@ -127,19 +135,29 @@ pub(crate) fn apply(
                 else {
                     continue;
                 };
-                if let Some(user) = user {
+                if let Some(user) = &user {
                     if item.deletion {
                         // The dead letter itself is on another route (unroutable): the
                         // purge does not reach it.
                         del.query_row([item.seq], |r| r.get::<_, i64>(0))?;
-                        let (receipt, bytes) =
-                            privacy.delete_user(tx, staged, &item.route, &user, &event_id, now)?;
+                        let deletion = privacy::UserDeletion {
+                            route: &item.route,
+                            braze_user_id: user,
+                            event_id: &event_id,
+                            slot: 0,
+                        };
+                        privacy.delete_user(tx, staged, deletion, now)?;
+                        let purged = Privacy::purge_queued(tx, staged)?;
                         out.rows += 1;
-                        out.queue_events_delta -= receipt.purged_queued.len() as i64;
-                        out.queue_bytes_delta -= bytes;
+                        out.queue_events_delta -= purged
+                            .by_slot
+                            .iter()
+                            .map(|(_, seqs)| seqs.len() as i64)
+                            .sum::<i64>();
+                        out.queue_bytes_delta -= purged.bytes;
                         continue;
                     }
-                    if Privacy::tombstoned_in_store(tx, &item.route, &user)? {
+                    if Privacy::tombstoned_in_store(tx, &item.route, user)? {
                         // The user was deleted on that route: dropped, never delivered.
                         del.query_row([item.seq], |r| r.get::<_, i64>(0))?;
                         out.rows += 1;
@@ -147,6 +165,13 @@ pub(crate) fn apply(
                     }
                 }
                 if copy.execute(params![item.seq, item.route, item.app_id, now])? == 1 {
+                    if let Some(user) = &user {
+                        let seq = tx.last_insert_rowid();
+                        tx.prepare_cached(
+                            "INSERT INTO queue_user (seq, user_key) VALUES (?1, ?2)",
+                        )?
+                        .execute(params![seq, privacy::user_key(&item.route, user)])?;
+                    }
                     let len: i64 = del.query_row([item.seq], |r| r.get(0))?;
                     out.rows += 1;
                     out.queue_events_delta += 1;

@@ -49,6 +49,55 @@ pub(crate) struct Privacy {
 pub(crate) struct Staged {
     memo: Vec<(UserKey, HeapUser, i64)>,
     tombstones: Vec<(UserKey, i64)>,
+    /// Deletions whose queued events are still to be removed ([`Privacy::purge_queued`]).
+    purges: Vec<Purge>,
+}
+
+/// One `users.UserDeleteRequest` to accept.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UserDeletion<'a> {
+    pub(crate) route: &'a str,
+    pub(crate) braze_user_id: &'a str,
+    /// The Currents event id of the deletion.
+    pub(crate) event_id: &'a str,
+    /// The caller's name for it in [`Purged::by_slot`].
+    pub(crate) slot: usize,
+}
+
+/// What [`Privacy::purge_queued`] removed.
+#[derive(Debug, Default)]
+pub(crate) struct Purged {
+    /// Per deletion slot: the removed `(app_id, seq)`s.
+    pub(crate) by_slot: Vec<(usize, Vec<(String, i64)>)>,
+    /// Payload bytes removed in all.
+    pub(crate) bytes: i64,
+}
+
+/// A deletion waiting for its queue purge.
+#[derive(Debug)]
+struct Purge {
+    user_key: i64,
+    user: UserKey,
+    ledger_id: i64,
+    /// The caller's name for the deletion (where its receipt is).
+    slot: usize,
+}
+
+/// The `queue_user.user_key` of a Braze user on a route: FNV-1a (64 bits) of the route, a
+/// separator byte no UTF-8 text holds, and the user id. Stable across versions and restarts
+/// (it is stored); a collision only makes a candidate that the row's own ids then refuse.
+pub(crate) fn user_key(route: &str, braze_user_id: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in route
+        .as_bytes()
+        .iter()
+        .chain([0xffu8].iter())
+        .chain(braze_user_id.as_bytes())
+    {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
 }
 
 impl Privacy {
@@ -134,38 +183,31 @@ impl Privacy {
         Ok(())
     }
 
-    /// Accepts a deletion: reads the user's Heap users, removes the user's queued and
-    /// dead-lettered events and mappings on the route, leaves a tombstone and a ledger entry.
-    /// Returns what it did and the queue bytes removed.
+    /// Accepts a deletion: reads the user's Heap users, removes the user's dead letters and
+    /// mappings on the route, leaves a tombstone and a ledger entry. The user's queued events
+    /// are removed by [`Self::purge_queued`] at the end of the transaction, for every deletion
+    /// of it at once; `slot` names this deletion there.
     pub(crate) fn delete_user(
         &mut self,
         tx: &Transaction<'_>,
         staged: &mut Staged,
-        route: &str,
-        braze_user_id: &str,
-        event_id: &str,
+        deletion: UserDeletion<'_>,
         now: i64,
-    ) -> rusqlite::Result<(DeletionReceipt, i64)> {
+    ) -> rusqlite::Result<DeletionReceipt> {
+        let UserDeletion {
+            route,
+            braze_user_id,
+            event_id,
+            slot,
+        } = deletion;
         let users = mapped_users(tx, route, braze_user_id)?;
-        let mut receipt = DeletionReceipt {
+        let receipt = DeletionReceipt {
             known_user: !users.is_empty(),
+            purged_dead_letters: tx
+                .prepare_cached("DELETE FROM dead_letter WHERE route = ?1 AND braze_user_id = ?2")?
+                .execute(params![route, braze_user_id])? as u64,
             ..DeletionReceipt::default()
         };
-        let mut bytes = 0i64;
-        {
-            let mut purge = tx.prepare_cached(
-                "DELETE FROM queue WHERE route = ?1 AND braze_user_id = ?2
-                 RETURNING app_id, seq, length(payload)",
-            )?;
-            let mut rows = purge.query(params![route, braze_user_id])?;
-            while let Some(r) = rows.next()? {
-                receipt.purged_queued.push((r.get(0)?, r.get(1)?));
-                bytes += r.get::<_, i64>(2)?;
-            }
-        }
-        receipt.purged_dead_letters = tx
-            .prepare_cached("DELETE FROM dead_letter WHERE route = ?1 AND braze_user_id = ?2")?
-            .execute(params![route, braze_user_id])? as u64;
         tx.prepare_cached("DELETE FROM identity_map WHERE route = ?1 AND braze_user_id = ?2")?
             .execute(params![route, braze_user_id])?;
         tx.prepare_cached(
@@ -178,7 +220,6 @@ impl Privacy {
         } else {
             DeletionStatus::UnknownUser
         };
-        let purged = receipt.purged_queued.len() as i64 + receipt.purged_dead_letters as i64;
         tx.prepare_cached(
             "INSERT INTO deletion (route, braze_user_id, event_id, users, received_at, status,
                                    updated_at, purged_events)
@@ -191,13 +232,85 @@ impl Privacy {
             encode_users(&users),
             now,
             status.as_str(),
-            purged
+            receipt.purged_dead_letters as i64
         ])?;
+        let ledger_id = tx.last_insert_rowid();
         let key = (route.to_owned(), braze_user_id.to_owned());
         self.memo.remove(&key);
         staged.memo.retain(|(k, _, _)| *k != key);
+        staged.purges.push(Purge {
+            user_key: user_key(route, braze_user_id),
+            user: key.clone(),
+            ledger_id,
+            slot,
+        });
         staged.tombstones.push((key, now));
-        Ok((receipt, bytes))
+        Ok(receipt)
+    }
+
+    /// Removes the queued events of every user deleted in this transaction (one scan of
+    /// `queue_user` for all of them) and counts them in their ledger entries. Returns, per
+    /// deletion slot, the removed `(app_id, seq)`s, and the payload bytes removed in all.
+    pub(crate) fn purge_queued(
+        tx: &Transaction<'_>,
+        staged: &mut Staged,
+    ) -> rusqlite::Result<Purged> {
+        let purges = std::mem::take(&mut staged.purges);
+        if purges.is_empty() {
+            return Ok(Purged::default());
+        }
+        let mut by_key: HashMap<i64, Vec<usize>> = HashMap::new();
+        for (i, p) in purges.iter().enumerate() {
+            by_key.entry(p.user_key).or_default().push(i);
+        }
+        let mut candidates = Vec::new();
+        {
+            let mut scan = tx.prepare_cached("SELECT seq, user_key FROM queue_user")?;
+            let mut rows = scan.query([])?;
+            while let Some(r) = rows.next()? {
+                if let Some(owners) = by_key.get(&r.get::<_, i64>(1)?) {
+                    candidates.push((r.get::<_, i64>(0)?, owners.clone()));
+                }
+            }
+        }
+        let mut removed: Vec<Vec<(String, i64)>> = vec![Vec::new(); purges.len()];
+        let mut bytes = 0i64;
+        let mut delete = tx.prepare_cached(
+            "DELETE FROM queue WHERE seq = ?1 AND route = ?2 AND braze_user_id = ?3
+             RETURNING app_id, length(payload)",
+        )?;
+        let mut forget = tx.prepare_cached("DELETE FROM queue_user WHERE seq = ?1")?;
+        for (seq, owners) in candidates {
+            // The key is a hash: the row's own ids decide.
+            for i in owners {
+                let (route, user) = &purges[i].user;
+                let hit = delete
+                    .query_row(params![seq, route, user], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                    })
+                    .optional()?;
+                if let Some((app_id, len)) = hit {
+                    forget.execute([seq])?;
+                    bytes += len;
+                    removed[i].push((app_id, seq));
+                    break;
+                }
+            }
+        }
+        let mut count = tx.prepare_cached(
+            "UPDATE deletion SET purged_events = purged_events + ?2 WHERE id = ?1",
+        )?;
+        let mut out = Vec::with_capacity(purges.len());
+        for (p, seqs) in purges.iter().zip(removed) {
+            if !seqs.is_empty() {
+                count.execute(params![p.ledger_id, seqs.len() as i64])?;
+            }
+            out.push((p.slot, seqs));
+        }
+        Ok(Purged {
+            by_slot: out,
+            bytes,
+        })
     }
 
     /// Applies what a committed transaction staged.
@@ -451,9 +564,14 @@ mod tests {
         privacy
             .remember(&tx, &mut staged, "r", "recent", &bob, 9_000)
             .unwrap();
-        privacy
-            .delete_user(&tx, &mut staged, "r", "gone", "del-1", 2_000)
-            .unwrap();
+        let gone = UserDeletion {
+            route: "r",
+            braze_user_id: "gone",
+            event_id: "del-1",
+            slot: 0,
+        };
+        privacy.delete_user(&tx, &mut staged, gone, 2_000).unwrap();
+        Privacy::purge_queued(&tx, &mut staged).unwrap();
         tx.commit().unwrap();
         privacy.commit(staged);
         assert!(privacy.is_deleted(&Staged::default(), "r", "gone"));
