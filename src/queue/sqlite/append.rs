@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use rusqlite::{ErrorCode, params};
 
 use super::dedup::Undo;
-use super::privacy::{Privacy, Staged, UserDeletion, user_key};
+use super::privacy::{Privacy, Staged, Subject, UserDeletion};
 use super::writer::{Reply, WriterState, add_signed};
 use crate::queue::{AppendError, AppendReceipt, Appended, NewEvent, unix_millis};
 
@@ -136,7 +136,10 @@ impl WriterState {
                         continue;
                     }
                     let user = ev.braze_user_id.as_deref();
-                    if let (Some(user), true) = (user, ev.dead_letter.is_none()) {
+                    let subject = user.map(|u| Subject::new(&ev.route, u));
+                    if let (Some(user), Some(subject), true) =
+                        (user, subject, ev.dead_letter.is_none())
+                    {
                         if ev.deletion {
                             let slot = slots.len();
                             slots.push((results.len(), outcomes.len()));
@@ -150,13 +153,13 @@ impl WriterState {
                             outcomes.push(Appended::Deletion(receipt));
                             continue;
                         }
-                        if self.privacy.is_deleted(staged, &ev.route, user) {
+                        if self.privacy.is_deleted(staged, subject) {
                             outcomes.push(Appended::DeletedUser);
                             continue;
                         }
                         if let Some(heap_user) = &ev.heap_user {
                             self.privacy
-                                .remember(&tx, staged, &ev.route, user, heap_user, now)?;
+                                .remember(&tx, staged, subject, heap_user, now)?;
                         }
                     }
                     if let Some(reason) = ev.dead_letter {
@@ -186,8 +189,8 @@ impl WriterState {
                             &ev.payload[..],
                             user,
                         ])?;
-                        if let Some(user) = user {
-                            insert_user.execute(params![seq, user_key(&ev.route, user)])?;
+                        if let Some(subject) = subject {
+                            insert_user.execute(params![seq, subject.key])?;
                         }
                         let len = ev.payload.len() as i64;
                         delta.events += 1;

@@ -33,22 +33,67 @@ const MEMO_CAPACITY: usize = 200_000;
 /// Rows pruned per statement, so one prune never holds the writer for long.
 const PRUNE_CHUNK: i64 = 20_000;
 
-type UserKey = (String, String);
+/// A Braze user on a route, with its [`user_key`] computed once: the memo and the tombstones
+/// are looked up by the key (no allocation per event) and confirmed by the ids.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Subject<'a> {
+    pub(crate) key: i64,
+    pub(crate) route: &'a str,
+    pub(crate) braze_user_id: &'a str,
+}
+
+impl<'a> Subject<'a> {
+    pub(crate) fn new(route: &'a str, braze_user_id: &'a str) -> Self {
+        Self {
+            key: user_key(route, braze_user_id),
+            route,
+            braze_user_id,
+        }
+    }
+}
+
+/// A user as the memory keeps it.
+#[derive(Debug, Clone)]
+struct Held {
+    route: Box<str>,
+    braze_user_id: Box<str>,
+}
+
+impl Held {
+    fn of(s: Subject<'_>) -> Self {
+        Self {
+            route: s.route.into(),
+            braze_user_id: s.braze_user_id.into(),
+        }
+    }
+
+    fn is(&self, s: Subject<'_>) -> bool {
+        &*self.route == s.route && &*self.braze_user_id == s.braze_user_id
+    }
+}
+
+/// A mapping written lately: the user, its Heap user, and the `last_seen` written.
+#[derive(Debug, Clone)]
+struct Memo {
+    user: Held,
+    heap_user: HeapUser,
+    written: i64,
+}
 
 /// The in-memory side: the memo of written mappings and the tombstones.
 #[derive(Debug, Default)]
 pub(crate) struct Privacy {
-    /// (route, braze_user_id) → (Heap user, last_seen written).
-    memo: HashMap<UserKey, (HeapUser, i64)>,
-    /// (route, braze_user_id) → deleted_at, as in the `tombstone` table.
-    tombstones: HashMap<UserKey, i64>,
+    /// By user key.
+    memo: HashMap<i64, Memo>,
+    /// By user key: the deleted users (and when), as in the `tombstone` table.
+    tombstones: HashMap<i64, Vec<(Held, i64)>>,
 }
 
 /// Changes of an open transaction, applied to [`Privacy`] once it committed.
 #[derive(Debug, Default)]
 pub(crate) struct Staged {
-    memo: Vec<(UserKey, HeapUser, i64)>,
-    tombstones: Vec<(UserKey, i64)>,
+    memo: HashMap<i64, Memo>,
+    tombstones: Vec<(i64, Held, i64)>,
     /// Deletions whose queued events are still to be removed ([`Privacy::purge_queued`]).
     purges: Vec<Purge>,
 }
@@ -77,7 +122,7 @@ pub(crate) struct Purged {
 #[derive(Debug)]
 struct Purge {
     user_key: i64,
-    user: UserKey,
+    user: Held,
     ledger_id: i64,
     /// The caller's name for the deletion (where its receipt is).
     slot: usize,
@@ -106,11 +151,22 @@ impl Privacy {
         let mut stmt = conn.prepare(
             "SELECT route, braze_user_id, deleted_at FROM tombstone WHERE deleted_at >= ?1",
         )?;
-        let tombstones = stmt
-            .query_map([tombstone_cutoff], |r| {
-                Ok(((r.get(0)?, r.get(1)?), r.get(2)?))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+        let rows = stmt.query_map([tombstone_cutoff], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })?;
+        let mut tombstones: HashMap<i64, Vec<(Held, i64)>> = HashMap::new();
+        for row in rows {
+            let (route, user, at) = row?;
+            let subject = Subject::new(&route, &user);
+            tombstones
+                .entry(subject.key)
+                .or_default()
+                .push((Held::of(subject), at));
+        }
         Ok(Self {
             memo: HashMap::new(),
             tombstones,
@@ -142,29 +198,32 @@ impl Privacy {
     }
 
     /// Whether the user was deleted on the route (committed, or earlier in `staged`).
-    pub(crate) fn is_deleted(&self, staged: &Staged, route: &str, braze_user_id: &str) -> bool {
-        let key = (route.to_owned(), braze_user_id.to_owned());
-        self.tombstones.contains_key(&key) || staged.tombstones.iter().any(|(k, _)| *k == key)
+    pub(crate) fn is_deleted(&self, staged: &Staged, user: Subject<'_>) -> bool {
+        self.tombstones
+            .get(&user.key)
+            .is_some_and(|held| held.iter().any(|(h, _)| h.is(user)))
+            || staged
+                .tombstones
+                .iter()
+                .any(|(k, h, _)| *k == user.key && h.is(user))
     }
 
-    /// Remembers that `user` is sent for the Braze user on the route.
+    /// Remembers that `heap_user` is sent for the Braze user on the route.
     pub(crate) fn remember(
         &self,
         tx: &Transaction<'_>,
         staged: &mut Staged,
-        route: &str,
-        braze_user_id: &str,
-        user: &HeapUser,
+        user: Subject<'_>,
+        heap_user: &HeapUser,
         now: i64,
     ) -> rusqlite::Result<()> {
-        let key = (route.to_owned(), braze_user_id.to_owned());
-        if let Some((known, written)) = self.memo.get(&key)
-            && known == user
-            && now - written < LAST_SEEN_STEP
+        let known = |m: &Memo| m.user.is(user) && m.heap_user == *heap_user;
+        if self
+            .memo
+            .get(&user.key)
+            .is_some_and(|m| known(m) && now - m.written < LAST_SEEN_STEP)
+            || staged.memo.get(&user.key).is_some_and(known)
         {
-            return Ok(());
-        }
-        if staged.memo.iter().any(|(k, u, _)| *k == key && u == user) {
             return Ok(());
         }
         tx.prepare_cached(
@@ -173,13 +232,20 @@ impl Privacy {
              ON CONFLICT DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
         )?
         .execute(params![
-            route,
-            braze_user_id,
-            user.kind(),
-            user.value(),
+            user.route,
+            user.braze_user_id,
+            heap_user.kind(),
+            heap_user.value(),
             now
         ])?;
-        staged.memo.push((key, user.clone(), now));
+        staged.memo.insert(
+            user.key,
+            Memo {
+                user: Held::of(user),
+                heap_user: heap_user.clone(),
+                written: now,
+            },
+        );
         Ok(())
     }
 
@@ -235,16 +301,18 @@ impl Privacy {
             receipt.purged_dead_letters as i64
         ])?;
         let ledger_id = tx.last_insert_rowid();
-        let key = (route.to_owned(), braze_user_id.to_owned());
-        self.memo.remove(&key);
-        staged.memo.retain(|(k, _, _)| *k != key);
+        let subject = Subject::new(route, braze_user_id);
+        self.memo.remove(&subject.key);
+        staged.memo.remove(&subject.key);
         staged.purges.push(Purge {
-            user_key: user_key(route, braze_user_id),
-            user: key.clone(),
+            user_key: subject.key,
+            user: Held::of(subject),
             ledger_id,
             slot,
         });
-        staged.tombstones.push((key, now));
+        staged
+            .tombstones
+            .push((subject.key, Held::of(subject), now));
         Ok(receipt)
     }
 
@@ -283,9 +351,9 @@ impl Privacy {
         for (seq, owners) in candidates {
             // The key is a hash: the row's own ids decide.
             for i in owners {
-                let (route, user) = &purges[i].user;
+                let user = &purges[i].user;
                 let hit = delete
-                    .query_row(params![seq, route, user], |r| {
+                    .query_row(params![seq, &*user.route, &*user.braze_user_id], |r| {
                         Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
                     })
                     .optional()?;
@@ -318,10 +386,10 @@ impl Privacy {
         if self.memo.len() + staged.memo.len() > MEMO_CAPACITY {
             self.memo.clear();
         }
-        for (key, user, at) in staged.memo {
-            self.memo.insert(key, (user, at));
+        self.memo.extend(staged.memo);
+        for (key, held, at) in staged.tombstones {
+            self.tombstones.entry(key).or_default().push((held, at));
         }
-        self.tombstones.extend(staged.tombstones);
     }
 
     /// Forgets tombstones older than `tombstone_cutoff` and mappings not seen since
@@ -332,7 +400,10 @@ impl Privacy {
         tombstone_cutoff: i64,
         map_cutoff: i64,
     ) -> rusqlite::Result<bool> {
-        self.tombstones.retain(|_, at| *at >= tombstone_cutoff);
+        self.tombstones.retain(|_, held| {
+            held.retain(|(_, at)| *at >= tombstone_cutoff);
+            !held.is_empty()
+        });
         let tx = conn.transaction()?;
         tx.execute(
             "DELETE FROM tombstone WHERE deleted_at < ?1",
@@ -347,7 +418,7 @@ impl Privacy {
         )?;
         tx.commit()?;
         if n > 0 {
-            self.memo.retain(|_, (_, at)| *at >= map_cutoff);
+            self.memo.retain(|_, m| m.written >= map_cutoff);
         }
         Ok(n as i64 >= PRUNE_CHUNK)
     }
@@ -559,10 +630,10 @@ mod tests {
         let alice = HeapUser::Identity("alice".into());
         let bob = HeapUser::Identity("bob".into());
         privacy
-            .remember(&tx, &mut staged, "r", "old", &alice, 1_000)
+            .remember(&tx, &mut staged, Subject::new("r", "old"), &alice, 1_000)
             .unwrap();
         privacy
-            .remember(&tx, &mut staged, "r", "recent", &bob, 9_000)
+            .remember(&tx, &mut staged, Subject::new("r", "recent"), &bob, 9_000)
             .unwrap();
         let gone = UserDeletion {
             route: "r",
@@ -574,7 +645,7 @@ mod tests {
         Privacy::purge_queued(&tx, &mut staged).unwrap();
         tx.commit().unwrap();
         privacy.commit(staged);
-        assert!(privacy.is_deleted(&Staged::default(), "r", "gone"));
+        assert!(privacy.is_deleted(&Staged::default(), Subject::new("r", "gone")));
 
         assert!(!privacy.prune(&mut conn, 5_000, 5_000).unwrap());
         let users: Vec<String> = conn
@@ -585,7 +656,7 @@ mod tests {
             .collect::<rusqlite::Result<_>>()
             .unwrap();
         assert_eq!(users, ["recent"]);
-        assert!(!privacy.is_deleted(&Staged::default(), "r", "gone"));
+        assert!(!privacy.is_deleted(&Staged::default(), Subject::new("r", "gone")));
         let tombstones: i64 = conn
             .query_row("SELECT count(*) FROM tombstone", [], |r| r.get(0))
             .unwrap();
@@ -594,7 +665,7 @@ mod tests {
         let mut staged = Staged::default();
         let tx = conn.transaction().unwrap();
         privacy
-            .remember(&tx, &mut staged, "r", "old", &alice, 10_000)
+            .remember(&tx, &mut staged, Subject::new("r", "old"), &alice, 10_000)
             .unwrap();
         tx.commit().unwrap();
         let n: i64 = conn
@@ -612,7 +683,7 @@ mod tests {
             let mut staged = Staged::default();
             let tx = conn.transaction().unwrap();
             privacy
-                .remember(&tx, &mut staged, "r", "a", &user, at)
+                .remember(&tx, &mut staged, Subject::new("r", "a"), &user, at)
                 .unwrap();
             let n = staged.memo.len();
             tx.commit().unwrap();
