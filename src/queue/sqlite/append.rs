@@ -87,8 +87,8 @@ impl WriterState {
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO queue (route, app_id, workspace, event_id, event_type, identity,
-                                    event_time, received_at, payload, braze_user_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                                    event_time, received_at, payload, braze_user_id, user_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?;
             let mut insert_dead = tx.prepare_cached(
                 "INSERT INTO dead_letter (route, app_id, workspace, event_id, event_type, identity,
@@ -96,8 +96,6 @@ impl WriterState {
                                           braze_user_id)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, ?8, ?10, ?11)",
             )?;
-            let mut insert_user =
-                tx.prepare_cached("INSERT INTO queue_user (seq, user_key) VALUES (?1, ?2)")?;
             for (events, _) in group {
                 let dedup = self
                     .dedup
@@ -177,7 +175,7 @@ impl WriterState {
                             user,
                         ])?;
                     } else {
-                        let seq = insert.insert(params![
+                        insert.execute(params![
                             &*ev.route,
                             &*ev.app_id,
                             ev.workspace.as_deref(),
@@ -188,10 +186,8 @@ impl WriterState {
                             now,
                             &ev.payload[..],
                             user,
+                            subject.map(|s| s.key),
                         ])?;
-                        if let Some(subject) = subject {
-                            insert_user.execute(params![seq, subject.key])?;
-                        }
                         let len = ev.payload.len() as i64;
                         delta.events += 1;
                         delta.bytes += len;

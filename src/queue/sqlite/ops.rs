@@ -42,9 +42,7 @@ pub(crate) fn apply(
         QueueOp::Ack { seqs } => {
             let mut del =
                 tx.prepare_cached("DELETE FROM queue WHERE seq = ?1 RETURNING length(payload)")?;
-            let mut forget = tx.prepare_cached("DELETE FROM queue_user WHERE seq = ?1")?;
             for seq in seqs {
-                forget.execute([seq])?;
                 if let Some(len) = del.query_row([seq], |r| r.get::<_, i64>(0)).optional()? {
                     out.rows += 1;
                     out.queue_events_delta -= 1;
@@ -77,10 +75,8 @@ pub(crate) fn apply(
             )?;
             let mut del =
                 tx.prepare_cached("DELETE FROM queue WHERE seq = ?1 RETURNING length(payload)")?;
-            let mut forget = tx.prepare_cached("DELETE FROM queue_user WHERE seq = ?1")?;
             for item in items {
                 if copy.execute(params![item.seq, item.reason, item.detail, now])? == 1 {
-                    forget.execute([item.seq])?;
                     let len: i64 = del.query_row([item.seq], |r| r.get(0))?;
                     out.rows += 1;
                     out.queue_events_delta -= 1;
@@ -104,10 +100,6 @@ pub(crate) fn apply(
                  FROM queue WHERE app_id = ?1 ORDER BY seq",
                 params![app_id, reason, now],
             )?;
-            tx.execute(
-                "DELETE FROM queue_user WHERE seq IN (SELECT seq FROM queue WHERE app_id = ?1)",
-                [app_id],
-            )?;
             tx.execute("DELETE FROM queue WHERE app_id = ?1", [app_id])?;
             out.rows = n as u64;
             out.queue_events_delta = -n;
@@ -116,9 +108,9 @@ pub(crate) fn apply(
         QueueOp::Replay { items } => {
             let mut copy = tx.prepare_cached(
                 "INSERT INTO queue (route, app_id, workspace, event_id, event_type, identity,
-                                    event_time, received_at, payload, braze_user_id)
+                                    event_time, received_at, payload, braze_user_id, user_key)
                  SELECT ?2, ?3, workspace, event_id, event_type, identity, event_time, ?4, payload,
-                        braze_user_id
+                        braze_user_id, ?5
                  FROM dead_letter WHERE seq = ?1",
             )?;
             let mut del = tx.prepare_cached(
@@ -164,14 +156,8 @@ pub(crate) fn apply(
                         continue;
                     }
                 }
-                if copy.execute(params![item.seq, item.route, item.app_id, now])? == 1 {
-                    if let Some(user) = &user {
-                        let seq = tx.last_insert_rowid();
-                        tx.prepare_cached(
-                            "INSERT INTO queue_user (seq, user_key) VALUES (?1, ?2)",
-                        )?
-                        .execute(params![seq, privacy::user_key(&item.route, user)])?;
-                    }
+                let key = user.as_deref().map(|u| privacy::user_key(&item.route, u));
+                if copy.execute(params![item.seq, item.route, item.app_id, now, key])? == 1 {
                     let len: i64 = del.query_row([item.seq], |r| r.get(0))?;
                     out.rows += 1;
                     out.queue_events_delta += 1;

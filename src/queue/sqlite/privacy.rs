@@ -128,7 +128,7 @@ struct Purge {
     slot: usize,
 }
 
-/// The `queue_user.user_key` of a Braze user on a route: FNV-1a (64 bits) of the route, a
+/// The `queue.user_key` of a Braze user on a route: FNV-1a (64 bits) of the route, a
 /// separator byte no UTF-8 text holds, and the user id. Stable across versions and restarts
 /// (it is stored); a collision only makes a candidate that the row's own ids then refuse.
 pub(crate) fn user_key(route: &str, braze_user_id: &str) -> i64 {
@@ -317,7 +317,7 @@ impl Privacy {
     }
 
     /// Removes the queued events of every user deleted in this transaction (one scan of
-    /// `queue_user` for all of them) and counts them in their ledger entries. Returns, per
+    /// the `queue_seq_user` index for all of them) and counts them in their ledger entries. Returns, per
     /// deletion slot, the removed `(app_id, seq)`s, and the payload bytes removed in all.
     pub(crate) fn purge_queued(
         tx: &Transaction<'_>,
@@ -333,7 +333,10 @@ impl Privacy {
         }
         let mut candidates = Vec::new();
         {
-            let mut scan = tx.prepare_cached("SELECT seq, user_key FROM queue_user")?;
+            let mut scan = tx.prepare_cached(
+                "SELECT seq, user_key FROM queue INDEXED BY queue_seq_user
+                 WHERE user_key IS NOT NULL",
+            )?;
             let mut rows = scan.query([])?;
             while let Some(r) = rows.next()? {
                 if let Some(owners) = by_key.get(&r.get::<_, i64>(1)?) {
@@ -347,7 +350,6 @@ impl Privacy {
             "DELETE FROM queue WHERE seq = ?1 AND route = ?2 AND braze_user_id = ?3
              RETURNING app_id, length(payload)",
         )?;
-        let mut forget = tx.prepare_cached("DELETE FROM queue_user WHERE seq = ?1")?;
         for (seq, owners) in candidates {
             // The key is a hash: the row's own ids decide.
             for i in owners {
@@ -358,7 +360,6 @@ impl Privacy {
                     })
                     .optional()?;
                 if let Some((app_id, len)) = hit {
-                    forget.execute([seq])?;
                     bytes += len;
                     removed[i].push((app_id, seq));
                     break;
