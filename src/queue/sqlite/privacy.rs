@@ -87,6 +87,9 @@ pub(crate) struct Privacy {
     memo: HashMap<i64, Memo>,
     /// By user key: the deleted users (and when), as in the `tombstone` table.
     tombstones: HashMap<i64, Vec<(Held, i64)>>,
+    /// Where the sweep of the identity map for expired mappings goes on: the last
+    /// (route, braze_user_id) looked at (`None`: from the start).
+    sweep: Option<(String, String)>,
 }
 
 /// Changes of an open transaction, applied to [`Privacy`] once it committed.
@@ -168,8 +171,8 @@ impl Privacy {
                 .push((Held::of(subject), at));
         }
         Ok(Self {
-            memo: HashMap::new(),
             tombstones,
+            ..Self::default()
         })
     }
 
@@ -393,14 +396,15 @@ impl Privacy {
         }
     }
 
-    /// Forgets tombstones older than `tombstone_cutoff` and mappings not seen since
-    /// `map_cutoff`, a chunk at a time. Returns whether more is left to prune.
+    /// Forgets tombstones older than `tombstone_cutoff`, and mappings not seen since
+    /// `map_cutoff` in the next chunk of the identity map's sweep (it goes on at the next
+    /// call).
     pub(crate) fn prune(
         &mut self,
         conn: &mut Connection,
         tombstone_cutoff: i64,
         map_cutoff: i64,
-    ) -> rusqlite::Result<bool> {
+    ) -> rusqlite::Result<()> {
         self.tombstones.retain(|_, held| {
             held.retain(|(_, at)| *at >= tombstone_cutoff);
             !held.is_empty()
@@ -410,18 +414,37 @@ impl Privacy {
             "DELETE FROM tombstone WHERE deleted_at < ?1",
             [tombstone_cutoff],
         )?;
-        // A WITHOUT ROWID table: chunks are chosen by key.
-        let n = tx.execute(
-            "DELETE FROM identity_map WHERE (route, braze_user_id, kind, value) IN
-                 (SELECT route, braze_user_id, kind, value FROM identity_map
-                  WHERE last_seen < ?1 LIMIT ?2)",
-            params![map_cutoff, PRUNE_CHUNK],
-        )?;
+        // No index on `last_seen` (it would put every new mapping on a second random page):
+        // the map is swept in key order, a chunk per call, from where the last call stopped.
+        let from = self.sweep.clone().unwrap_or_default();
+        let upto: Option<(String, String)> = tx
+            .query_row(
+                "SELECT route, braze_user_id FROM identity_map
+                 WHERE (route, braze_user_id) > (?1, ?2)
+                 ORDER BY route, braze_user_id LIMIT 1 OFFSET ?3",
+                params![from.0, from.1, PRUNE_CHUNK - 1],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let n = match &upto {
+            Some(upto) => tx.execute(
+                "DELETE FROM identity_map WHERE (route, braze_user_id) > (?1, ?2)
+                     AND (route, braze_user_id) <= (?3, ?4) AND last_seen < ?5",
+                params![from.0, from.1, upto.0, upto.1, map_cutoff],
+            )?,
+            None => tx.execute(
+                "DELETE FROM identity_map WHERE (route, braze_user_id) > (?1, ?2)
+                     AND last_seen < ?3",
+                params![from.0, from.1, map_cutoff],
+            )?,
+        };
         tx.commit()?;
+        // At the end of the map, the next sweep starts over.
+        self.sweep = upto;
         if n > 0 {
             self.memo.retain(|_, m| m.written >= map_cutoff);
         }
-        Ok(n as i64 >= PRUNE_CHUNK)
+        Ok(())
     }
 }
 
@@ -648,7 +671,7 @@ mod tests {
         privacy.commit(staged);
         assert!(privacy.is_deleted(&Staged::default(), Subject::new("r", "gone")));
 
-        assert!(!privacy.prune(&mut conn, 5_000, 5_000).unwrap());
+        privacy.prune(&mut conn, 5_000, 5_000).unwrap();
         let users: Vec<String> = conn
             .prepare("SELECT braze_user_id FROM identity_map")
             .unwrap()

@@ -81,7 +81,7 @@ CREATE TABLE IF NOT EXISTS identity_map (
     last_seen     INTEGER NOT NULL,
     PRIMARY KEY (route, braze_user_id, kind, value)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS identity_map_last_seen ON identity_map (last_seen);
+DROP INDEX IF EXISTS identity_map_last_seen;
 CREATE TABLE IF NOT EXISTS tombstone (
     route         TEXT    NOT NULL,
     braze_user_id TEXT    NOT NULL,

@@ -353,10 +353,8 @@ impl WriterState {
         if let Err(e) = self.privacy.reload_tombstones(&self.conn, cutoff) {
             tracing::warn!(message = "Cannot re-read the tombstones.", error = %e);
         }
-        match self.privacy.prune(&mut self.conn, cutoff, map_cutoff) {
-            Ok(true) => self.last_prune = Instant::now() - PRUNE_EVERY,
-            Ok(false) => {}
-            Err(e) => tracing::warn!(message = "Pruning the identity map failed.", error = %e),
+        if let Err(e) = self.privacy.prune(&mut self.conn, cutoff, map_cutoff) {
+            tracing::warn!(message = "Pruning the identity map failed.", error = %e);
         }
         match dedup.prune(&mut self.conn, cutoff) {
             // More to do: continue at the next opportunity.
