@@ -320,7 +320,7 @@ impl Privacy {
     }
 
     /// Removes the queued events of every user deleted in this transaction (one scan of
-    /// the `queue_seq_user` index for all of them) and counts them in their ledger entries. Returns, per
+    /// the `queue_lane` index for all of them) and counts them in their ledger entries. Returns, per
     /// deletion slot, the removed `(app_id, seq)`s, and the payload bytes removed in all.
     pub(crate) fn purge_queued(
         tx: &Transaction<'_>,
@@ -337,7 +337,7 @@ impl Privacy {
         let mut candidates = Vec::new();
         {
             let mut scan = tx.prepare_cached(
-                "SELECT seq, user_key FROM queue INDEXED BY queue_seq_user
+                "SELECT seq, user_key FROM queue INDEXED BY queue_lane
                  WHERE user_key IS NOT NULL",
             )?;
             let mut rows = scan.query([])?;
