@@ -262,4 +262,106 @@ mod tests {
         // Closing released the directory.
         SqliteQueue::open(dir.path(), config()).unwrap();
     }
+
+    /// The schema of version 1 (before deletions), as that version created it.
+    const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS queue (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    route       TEXT    NOT NULL,
+    app_id      TEXT    NOT NULL,
+    workspace   TEXT,
+    event_id    TEXT    NOT NULL,
+    event_type  TEXT    NOT NULL,
+    identity    TEXT,
+    event_time  INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    not_before  INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    payload     BLOB    NOT NULL
+);
+-- One delivery lane per Heap app id reads its events in FIFO order.
+CREATE INDEX IF NOT EXISTS queue_app_seq ON queue (app_id, seq);
+-- Only deferred or retried rows (not_before > 0) are indexed, so appends never touch it.
+CREATE INDEX IF NOT EXISTS queue_deferred ON queue (app_id, not_before) WHERE not_before > 0;
+CREATE TABLE IF NOT EXISTS dead_letter (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    route       TEXT    NOT NULL,
+    app_id      TEXT    NOT NULL,
+    workspace   TEXT,
+    event_id    TEXT    NOT NULL,
+    event_type  TEXT    NOT NULL,
+    identity    TEXT,
+    event_time  INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL,
+    reason      TEXT    NOT NULL,
+    detail      TEXT,
+    dead_at     INTEGER NOT NULL,
+    payload     BLOB    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letter_reason ON dead_letter (reason, seq);
+CREATE TABLE IF NOT EXISTS dedup_log (
+    seq      INTEGER PRIMARY KEY,
+    seen_at  INTEGER NOT NULL,
+    event_id TEXT    NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stats (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    events INTEGER NOT NULL,
+    bytes  INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO stats (id, events, bytes) VALUES (1, 0, 0);
+";
+
+    #[tokio::test]
+    async fn a_version_1_store_is_migrated_keeping_its_events() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = rusqlite::Connection::open(dir.path().join("queue.sqlite3")).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            conn.execute_batch(
+                "PRAGMA user_version = 1;
+                 INSERT INTO queue (route, app_id, event_id, event_type, event_time, received_at,
+                                    payload)
+                 VALUES ('default', '1', 'old', 'users.messages.email.Send', 1, 1, '{}');
+                 UPDATE stats SET events = 1, bytes = 2;",
+            )
+            .unwrap();
+        }
+        let q = SqliteQueue::open(dir.path(), config()).unwrap();
+        assert_eq!(q.totals().events, 1);
+        let new = NewEvent {
+            braze_user_id: Some("braze-a".into()),
+            heap_user: Some(crate::queue::HeapUser::Identity("ext-a".into())),
+            ..event("new")
+        };
+        q.append(vec![new]).await.unwrap();
+        let deletion = NewEvent {
+            braze_user_id: Some("braze-a".into()),
+            deletion: true,
+            ..event("del")
+        };
+        let r = q.append(vec![deletion]).await.unwrap();
+        let crate::queue::Appended::Deletion(d) = &r.outcomes[0] else {
+            panic!("{r:?}");
+        };
+        assert!(d.known_user);
+        assert_eq!(d.purged_queued.len(), 1, "the new event is purged");
+        assert_eq!(q.totals().events, 1, "the old event (no Braze id) stays");
+        q.close().await.unwrap();
+        let conn = rusqlite::Connection::open(dir.path().join("queue.sqlite3")).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        let lane_index: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'queue_lane'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(lane_index, 1);
+    }
 }

@@ -107,23 +107,25 @@ CREATE INDEX IF NOT EXISTS deletion_status ON deletion (status, id);
 CREATE INDEX IF NOT EXISTS deletion_request ON deletion (request_id) WHERE request_id IS NOT NULL;
 ";
 
-/// Brings a version-1 store to version 2: `braze_user_id` on queued events and dead letters
+/// Brings a version-1 store to version 2: `braze_user_id` (and `user_key`) on queued events,
+/// `braze_user_id` on dead letters
 /// (older rows keep it NULL: events stored by an older version are not purged by a deletion).
 pub(super) fn migrate(conn: &Connection, from: i64) -> rusqlite::Result<()> {
     if from == 1 {
-        for table in ["queue", "dead_letter"] {
+        for (table, column, ty) in [
+            ("queue", "braze_user_id", "TEXT"),
+            ("queue", "user_key", "INTEGER"),
+            ("dead_letter", "braze_user_id", "TEXT"),
+        ] {
             let has: bool = conn.query_row(
                 &format!(
-                    "SELECT count(*) > 0 FROM pragma_table_info('{table}') \
-                     WHERE name = 'braze_user_id'"
+                    "SELECT count(*) > 0 FROM pragma_table_info('{table}') WHERE name = '{column}'"
                 ),
                 [],
                 |r| r.get(0),
             )?;
             if !has {
-                conn.execute_batch(&format!(
-                    "ALTER TABLE {table} ADD COLUMN braze_user_id TEXT"
-                ))?;
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))?;
             }
         }
     }
