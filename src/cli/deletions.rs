@@ -74,6 +74,8 @@ pub(super) fn run(action: DeletionsAction) -> ExitCode {
 
 async fn list(queue: &dyn Queue, status: Option<DeletionStatus>) -> Result<(), String> {
     let mut out = std::io::stdout().lock();
+    let mut counts: std::collections::BTreeMap<(String, &'static str), u64> =
+        std::collections::BTreeMap::new();
     let mut after = 0;
     loop {
         let page = queue
@@ -87,15 +89,17 @@ async fn list(queue: &dyn Queue, status: Option<DeletionStatus>) -> Result<(), S
             .map_err(|e| e.to_string())?;
         for row in &page {
             writeln!(out, "{}", line(row)).map_err(|e| e.to_string())?;
+            *counts
+                .entry((row.route.clone(), row.status.as_str()))
+                .or_default() += 1;
         }
         match page.last() {
             Some(last) if page.len() == PAGE => after = last.id,
             _ => break,
         }
     }
-    let summary = queue.deletion_summary(0).await.map_err(|e| e.to_string())?;
-    for s in summary {
-        eprintln!("{}\t{}\t{}", s.route, s.status, s.count);
+    for ((route, status), n) in counts {
+        eprintln!("{route}\t{status}\t{n}");
     }
     Ok(())
 }

@@ -77,8 +77,8 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
     /// A page of the deletion ledger, by id.
     fn deletions(&self, query: DeletionQuery) -> QueueFuture<'_, Vec<DeletionRecord>>;
 
-    /// Ledger entries per route and status: how many, how many were received before
-    /// `overdue_before` (UNIX ms), and the oldest.
+    /// Open ledger entries ([`DeletionStatus::OPEN`]) per route and status: how many, how many
+    /// were received before `overdue_before` (UNIX ms), and the oldest.
     fn deletion_summary(&self, overdue_before: i64) -> QueueFuture<'_, Vec<DeletionSummary>>;
 
     /// The running totals, without I/O.

@@ -601,12 +601,15 @@ impl super::store::Reader {
         rows.collect()
     }
 
-    /// Ledger entries per route and status: how many, how many received before
-    /// `overdue_before`, and the oldest `received_at`.
+    /// Open ledger entries per route and status: how many, how many received before
+    /// `overdue_before`, and the oldest `received_at`. Read through the status index, so a
+    /// scrape costs what is open, not the whole history.
     pub fn deletion_summary(&self, overdue_before: i64) -> rusqlite::Result<Vec<DeletionSummary>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT route, status, count(*), sum(received_at < ?1), min(received_at)
-             FROM deletion GROUP BY route, status ORDER BY route, status",
+             FROM deletion
+             WHERE status IN ('pending_submit', 'submitted', 'failed', 'unconfigured')
+             GROUP BY route, status ORDER BY route, status",
         )?;
         let rows = stmt.query_map([overdue_before], |r| {
             Ok((
