@@ -201,6 +201,14 @@ impl WriterState {
             // The queued events of the users deleted above, all in one scan.
             let purged = Privacy::purge_queued(&tx, staged)?;
             delta.bytes -= purged.bytes;
+            for slot in purged.known {
+                let (request, index) = slots[slot];
+                if let Some(Ok(receipt)) = results.get_mut(request)
+                    && let Some(Appended::Deletion(d)) = receipt.outcomes.get_mut(index)
+                {
+                    d.known_user = true;
+                }
+            }
             for (slot, seqs) in purged.by_slot {
                 delta.events -= seqs.len() as i64;
                 let (request, index) = slots[slot];

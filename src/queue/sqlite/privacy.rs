@@ -117,6 +117,8 @@ pub(crate) struct UserDeletion<'a> {
 pub(crate) struct Purged {
     /// Per deletion slot: the removed `(app_id, seq)`s.
     pub(crate) by_slot: Vec<(usize, Vec<(String, i64)>)>,
+    /// Deletion slots whose users were found only in the identity log (not merged yet).
+    pub(crate) known: Vec<usize>,
     /// Payload bytes removed in all.
     pub(crate) bytes: i64,
 }
@@ -229,12 +231,13 @@ impl Privacy {
         {
             return Ok(());
         }
+        // Appended to the log (sequential, cheap); merged into the map in batches.
         tx.prepare_cached(
-            "INSERT INTO identity_map (route, braze_user_id, kind, value, last_seen)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+            "INSERT INTO identity_log (user_key, route, braze_user_id, kind, value, seen_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
         .execute(params![
+            user.key,
             user.route,
             user.braze_user_id,
             heap_user.kind(),
@@ -369,20 +372,51 @@ impl Privacy {
                 }
             }
         }
+        let logged = take_logged_users(tx, &purges, &by_key)?;
         let mut count = tx.prepare_cached(
             "UPDATE deletion SET purged_events = purged_events + ?2 WHERE id = ?1",
         )?;
         let mut out = Vec::with_capacity(purges.len());
-        for (p, seqs) in purges.iter().zip(removed) {
+        let mut known = Vec::new();
+        for ((p, seqs), logged) in purges.iter().zip(removed).zip(logged) {
             if !seqs.is_empty() {
                 count.execute(params![p.ledger_id, seqs.len() as i64])?;
+            }
+            if !logged.is_empty() {
+                add_ledger_users(tx, p.ledger_id, logged)?;
+                known.push(p.slot);
             }
             out.push((p.slot, seqs));
         }
         Ok(Purged {
             by_slot: out,
+            known,
             bytes,
         })
+    }
+
+    /// Merges the identity log into the map: one transaction, rows in key order, so each page
+    /// of the map is written once per merge rather than once per new user. Returns how many
+    /// log rows it merged.
+    pub(crate) fn merge_log(conn: &mut Connection) -> rusqlite::Result<u64> {
+        let tx = conn.transaction()?;
+        let last: Option<i64> =
+            tx.query_row("SELECT max(seq) FROM identity_log", [], |r| r.get(0))?;
+        let Some(last) = last else {
+            return Ok(0);
+        };
+        tx.execute(
+            "INSERT INTO identity_map (route, braze_user_id, kind, value, last_seen)
+             SELECT route, braze_user_id, kind, value, max(seen_at) FROM identity_log
+             WHERE seq <= ?1
+             GROUP BY route, braze_user_id, kind, value
+             ORDER BY route, braze_user_id, kind, value
+             ON CONFLICT DO UPDATE SET last_seen = max(last_seen, excluded.last_seen)",
+            [last],
+        )?;
+        let n = tx.execute("DELETE FROM identity_log WHERE seq <= ?1", [last])?;
+        tx.commit()?;
+        Ok(n as u64)
     }
 
     /// Applies what a committed transaction staged.
@@ -467,6 +501,67 @@ fn mapped_users(
         users.extend(HeapUser::from_parts(&kind, value));
     }
     Ok(users)
+}
+
+/// The Heap users of each deleted user that the identity log holds (mappings not merged into
+/// the map yet), removed from the log: one scan of it for every deletion of the transaction.
+fn take_logged_users(
+    tx: &Transaction<'_>,
+    purges: &[Purge],
+    by_key: &HashMap<i64, Vec<usize>>,
+) -> rusqlite::Result<Vec<Vec<HeapUser>>> {
+    let mut found: Vec<Vec<HeapUser>> = vec![Vec::new(); purges.len()];
+    let mut taken = Vec::new();
+    {
+        let mut scan = tx.prepare_cached(
+            "SELECT seq, user_key, route, braze_user_id, kind, value FROM identity_log",
+        )?;
+        let mut rows = scan.query([])?;
+        while let Some(r) = rows.next()? {
+            let Some(owners) = by_key.get(&r.get::<_, i64>(1)?) else {
+                continue;
+            };
+            let (route, user): (String, String) = (r.get(2)?, r.get(3)?);
+            let subject = Subject::new(&route, &user);
+            for i in owners {
+                if purges[*i].user.is(subject) {
+                    if let Some(u) = HeapUser::from_parts(&r.get::<_, String>(4)?, r.get(5)?)
+                        && !found[*i].contains(&u)
+                    {
+                        found[*i].push(u);
+                    }
+                    taken.push(r.get::<_, i64>(0)?);
+                    break;
+                }
+            }
+        }
+    }
+    let mut forget = tx.prepare_cached("DELETE FROM identity_log WHERE seq = ?1")?;
+    for seq in taken {
+        forget.execute([seq])?;
+    }
+    Ok(found)
+}
+
+/// Adds `users` to a ledger entry; one that had none (`unknown_user`) is owed to Heap now.
+fn add_ledger_users(tx: &Transaction<'_>, id: i64, users: Vec<HeapUser>) -> rusqlite::Result<()> {
+    let current: String = tx.query_row("SELECT users FROM deletion WHERE id = ?1", [id], |r| {
+        r.get(0)
+    })?;
+    let mut all = decode_users(&current);
+    for u in users {
+        if !all.contains(&u) {
+            all.push(u);
+        }
+    }
+    all.sort();
+    tx.prepare_cached(
+        "UPDATE deletion SET users = ?2,
+             status = CASE WHEN status = 'unknown_user' THEN 'pending_submit' ELSE status END
+         WHERE id = ?1",
+    )?
+    .execute(params![id, encode_users(&all)])?;
+    Ok(())
 }
 
 /// The ledger's `users` column: `[["identity","alice"],["user_id","123"]]`.
@@ -674,6 +769,7 @@ mod tests {
         privacy.commit(staged);
         assert!(privacy.is_deleted(&Staged::default(), Subject::new("r", "gone")));
 
+        assert_eq!(Privacy::merge_log(&mut conn).unwrap(), 2);
         privacy.prune(&mut conn, 5_000, 5_000).unwrap();
         let users: Vec<String> = conn
             .prepare("SELECT braze_user_id FROM identity_map")
@@ -695,6 +791,7 @@ mod tests {
             .remember(&tx, &mut staged, Subject::new("r", "old"), &alice, 10_000)
             .unwrap();
         tx.commit().unwrap();
+        Privacy::merge_log(&mut conn).unwrap();
         let n: i64 = conn
             .query_row("SELECT count(*) FROM identity_map", [], |r| r.get(0))
             .unwrap();
@@ -720,5 +817,51 @@ mod tests {
         assert_eq!(write(0), 1);
         assert_eq!(write(1_000), 0, "seen again within a day: no write");
         assert_eq!(write(LAST_SEEN_STEP + 1), 1);
+    }
+
+    #[test]
+    fn a_deletion_finds_the_users_merged_into_the_map_and_those_still_in_the_log() {
+        let (_dir, mut conn) = store();
+        let mut privacy = Privacy::default();
+        let a = Subject::new("r", "a");
+        let mut staged = Staged::default();
+        let tx = conn.transaction().unwrap();
+        let alice = HeapUser::Identity("alice".into());
+        privacy.remember(&tx, &mut staged, a, &alice, 1).unwrap();
+        tx.commit().unwrap();
+        privacy.commit(staged);
+        assert_eq!(Privacy::merge_log(&mut conn).unwrap(), 1);
+        let mut staged = Staged::default();
+        let tx = conn.transaction().unwrap();
+        let synthetic = HeapUser::UserId("42".into());
+        privacy
+            .remember(&tx, &mut staged, a, &synthetic, 2)
+            .unwrap();
+        let deletion = UserDeletion {
+            route: "r",
+            braze_user_id: "a",
+            event_id: "del",
+            slot: 7,
+        };
+        let receipt = privacy.delete_user(&tx, &mut staged, deletion, 3).unwrap();
+        assert!(receipt.known_user, "from the map");
+        let purged = Privacy::purge_queued(&tx, &mut staged).unwrap();
+        assert_eq!(purged.known, [7], "and from the log");
+        tx.commit().unwrap();
+        let users: String = conn
+            .query_row("SELECT users FROM deletion", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(decode_users(&users), [alice, synthetic]);
+        let left: i64 = conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM identity_map) + (SELECT count(*) FROM identity_log)",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            left, 0,
+            "nothing of the deleted user stays in the map or the log"
+        );
     }
 }

@@ -83,6 +83,18 @@ CREATE TABLE IF NOT EXISTS identity_map (
     PRIMARY KEY (route, braze_user_id, kind, value)
 ) WITHOUT ROWID;
 DROP INDEX IF EXISTS identity_map_last_seen;
+-- New mappings, appended in the ingest transaction (sequential: a new user costs a row at the
+-- end of a B-tree, not a random page of the map) and merged into `identity_map` in batches by
+-- the writer. A deletion reads both.
+CREATE TABLE IF NOT EXISTS identity_log (
+    seq           INTEGER PRIMARY KEY,
+    user_key      INTEGER NOT NULL,
+    route         TEXT    NOT NULL,
+    braze_user_id TEXT    NOT NULL,
+    kind          TEXT    NOT NULL,
+    value         TEXT    NOT NULL,
+    seen_at       INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tombstone (
     route         TEXT    NOT NULL,
     braze_user_id TEXT    NOT NULL,

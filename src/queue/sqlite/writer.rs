@@ -353,6 +353,9 @@ impl WriterState {
         if let Err(e) = self.privacy.reload_tombstones(&self.conn, cutoff) {
             tracing::warn!(message = "Cannot re-read the tombstones.", error = %e);
         }
+        if let Err(e) = Privacy::merge_log(&mut self.conn) {
+            tracing::warn!(message = "Merging the identity log failed.", error = %e);
+        }
         if let Err(e) = self.privacy.prune(&mut self.conn, cutoff, map_cutoff) {
             tracing::warn!(message = "Pruning the identity map failed.", error = %e);
         }
