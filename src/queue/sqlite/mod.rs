@@ -12,15 +12,18 @@
 //! dedup and quota checks race-free. Reads use a small pool of read-only connections; WAL lets
 //! them run beside the writer.
 //!
-//! Layout (schema version 1):
+//! Layout (schema version 2; [`schema`] migrates a version-1 store):
 //! - `queue`: one row per queued event — `seq` (FIFO order), `route`, `event_id`, `event_type`,
 //!   `identity`, `event_time`, `received_at`, `attempts`, `not_before`, `last_error`, `payload`
-//!   (the raw Currents event JSON as received).
+//!   (the raw Currents event JSON as received), `braze_user_id` and its `user_key` (for a
+//!   deletion's purge; `user_key` rides in the lane index `(app_id, seq, user_key)`).
 //! - `dead_letter`: the same event columns plus `reason`, `detail` and `dead_at`.
 //! - `dedup_log`: event ids accepted within the dedup window, append-only, with the time they
 //!   were first seen; see [`dedup`] for why it is not an index.
 //! - `stats`: running totals of the queue (events, payload bytes), kept in the same transactions
 //!   as the rows they count, so start-up never has to scan the backlog.
+//! - `identity_log`, `identity_map`, `tombstone`, `deletion`: what deletions need (product.md
+//!   §7); see [`privacy`].
 
 mod append;
 pub(crate) mod dedup;

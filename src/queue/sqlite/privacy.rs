@@ -2,11 +2,14 @@
 //! deletion ledger, all changed inside the writer's transactions.
 //!
 //! - `identity_map (route, braze_user_id, kind, value, last_seen)`: every Heap user the
-//!   forwarder sends (or would send) for a Braze user on a route. Written in the append
-//!   transaction; a bounded in-memory memo of what was written lately skips writes that would
-//!   change nothing (the same user seen again within [`LAST_SEEN_STEP`]), so a campaign that
-//!   sends many events per user costs one row write per user, not per event. Rows not seen for
-//!   `identity_map_retention` are pruned.
+//!   forwarder sends (or would send) for a Braze user on a route. A new mapping is appended to
+//!   `identity_log` in the append transaction (a row at the end of a B-tree: writing it into the
+//!   map directly put every new user on a random page of it, measured at 0.39 of the accept rate
+//!   with a million users), and the writer merges the log into the map in key order every
+//!   10 s; a deletion reads both. A bounded in-memory memo of what was written lately skips
+//!   writes that would change nothing (the same user seen again within [`LAST_SEEN_STEP`]), so
+//!   a campaign that sends many events per user costs one row per user, not per event.
+//!   Mappings not seen for `identity_map_retention` are swept out of the map.
 //! - `tombstone (route, braze_user_id, deleted_at)`: a deleted user, kept for the dedup window,
 //!   so events of that user that Braze delivers late are acknowledged and dropped. Mirrored in
 //!   memory (deletions are few), so an append checks it without a read.
