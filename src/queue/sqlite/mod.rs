@@ -12,7 +12,7 @@
 //! dedup and quota checks race-free. Reads use a small pool of read-only connections; WAL lets
 //! them run beside the writer.
 //!
-//! Layout (schema version 2; [`schema`] migrates a version-1 store):
+//! Layout (schema version 2; `schema.rs` migrates a version-1 store):
 //! - `queue`: one row per queued event — `seq` (FIFO order), `route`, `event_id`, `event_type`,
 //!   `identity`, `event_time`, `received_at`, `attempts`, `not_before`, `last_error`, `payload`
 //!   (the raw Currents event JSON as received), `braze_user_id` and its `user_key` (for a
@@ -23,7 +23,7 @@
 //! - `stats`: running totals of the queue (events, payload bytes), kept in the same transactions
 //!   as the rows they count, so start-up never has to scan the backlog.
 //! - `identity_log`, `identity_map`, `tombstone`, `deletion`: what deletions need (product.md
-//!   §7); see [`privacy`].
+//!   §7); see `privacy.rs`.
 
 mod append;
 pub(crate) mod dedup;
