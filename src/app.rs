@@ -248,7 +248,9 @@ fn start_deletions(
     let cfg = DeletionConfig {
         request_interval: settings.deletion_request_interval,
         poll_interval: settings.deletion_poll_interval,
-        settle: settings.heap_timeout,
+        // One send of a lane is a track request (rarely split in two) and then the user
+        // properties of its events: four request timeouts cover what was on its way.
+        settle: settings.heap_timeout.saturating_mul(4),
         backoff: Backoff::from(&settings.retry_backoff),
     };
     settings

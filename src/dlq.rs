@@ -7,9 +7,12 @@ use std::io::Write;
 
 use serde_json::json;
 
+use crate::config::AnonymousMode;
 use crate::currents::catalogue::USER_DELETE_REQUEST;
-use crate::queue::{DeadLetterQuery, Queue, QueueError, QueueOp, ReplayItem};
+use crate::currents::{read_event, user_ids};
+use crate::queue::{DeadLetterQuery, HeapUser, Queue, QueueError, QueueOp, ReplayItem};
 use crate::routing::Router;
+use crate::transform::target::{Target, resolve_ids};
 
 /// Payload bytes read per page of dead letters: pages are also bounded in rows, but 1000
 /// Braze events of 900 KB would be 900 MB, in the same container as the server.
@@ -155,13 +158,23 @@ pub async fn replay(
                     route: t.name.to_string(),
                     app_id: t.app_id.to_string(),
                     deletion,
+                    heap_user: heap_user(&d.event.payload, t.anonymous),
                 }),
-                None if router.serves(&d.event.app_id) => items.push(ReplayItem {
-                    seq: d.seq,
-                    route: d.event.route.clone(),
-                    app_id: d.event.app_id.clone(),
-                    deletion,
-                }),
+                None if router.serves(&d.event.app_id) => {
+                    // Its own route's mapping, else that of a route of its app id.
+                    let mode = router
+                        .targets()
+                        .find(|t| *t.name == d.event.route)
+                        .or_else(|| router.targets().find(|t| *t.app_id == d.event.app_id))
+                        .map_or(AnonymousMode::Skip, |t| t.anonymous);
+                    items.push(ReplayItem {
+                        seq: d.seq,
+                        route: d.event.route.clone(),
+                        app_id: d.event.app_id.clone(),
+                        deletion,
+                        heap_user: heap_user(&d.event.payload, mode),
+                    });
+                }
                 None => done.still_unroutable += 1,
             }
         }
@@ -170,6 +183,16 @@ pub async fn replay(
         }
     }
     Ok(done)
+}
+
+/// The Heap user a route with `mode` sends a stored event for (as ingest computes it).
+fn heap_user(payload: &[u8], mode: AnonymousMode) -> Option<HeapUser> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let (external, braze) = read_event(text).ok()?.user.map(user_ids)?;
+    match resolve_ids(external.as_deref(), braze.as_deref(), mode).ok()? {
+        Target::Identity(id) => Some(HeapUser::Identity(id)),
+        Target::UserId(id) => Some(HeapUser::UserId(id)),
+    }
 }
 
 /// `properties.app_group_id` of a stored event.

@@ -26,7 +26,7 @@ const KEY: &str = "heap-api-key-1";
 const WAIT: Duration = Duration::from_secs(60);
 
 /// The real binary delivering to the stand-in, with fast deletion pacing and polling. The
-/// settling delay before a submission is `--heap-timeout` (1 s here).
+/// settling delay before a submission is four times `--heap-timeout` (4 s here).
 fn start(data_dir: &Path, heap: &HeapStandIn, key: Option<&str>, extra: &[&str]) -> ServerProcess {
     let url = heap.base_url();
     let defaults = [
@@ -414,8 +414,8 @@ async fn ten_thousand_and_one_deletions_are_two_requests_across_a_token_renewal(
             .collect();
         post(&braze, &server, &events).await;
     }
-    // Past the settling delay (--heap-timeout), every deletion may go in the first request.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Past the settling delay (4 x --heap-timeout), every deletion may go in the first request.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     heap.set_mode(Mode::Normal);
     wait_until_async("every deletion is complete", WAIT, || async {
         let l = ledger(dir.path()).await;
@@ -501,7 +501,7 @@ async fn routes_sharing_a_heap_account_share_one_deletion_request() {
     heap.set_mode(Mode::Down);
     post("?workspace=a", vec![deletion_of("del-a", "braze-a")]).await;
     post("?workspace=b", vec![deletion_of("del-b", "braze-b")]).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
     heap.set_mode(Mode::Normal);
     wait_until("Heap receives the deletions", WAIT, || {
         heap.report().deletion.users().count() == 2

@@ -238,7 +238,7 @@ fn string_field<'a>(
 /// A user object that is not an object, or an id that is not a string, means "anonymous":
 /// tolerated here, accounted for by the mapping. A repeated key counts with its last value, as
 /// in the mapping (and in serde_json's own `Value`).
-pub(super) fn user_ids(user: &RawValue) -> (Option<Cow<'_, str>>, Option<Cow<'_, str>>) {
+pub fn user_ids(user: &RawValue) -> (Option<Cow<'_, str>>, Option<Cow<'_, str>>) {
     if !user.get().starts_with('{') {
         return (None, None);
     }

@@ -15,5 +15,5 @@ mod validate;
 
 pub use validate::{
     BatchError, EventError, EventFields, MAX_ID_BYTES, ValidBatch, ValidEvent, object_entries,
-    parse_batch, read_event,
+    parse_batch, read_event, user_ids,
 };

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::fields::user_ids;
+pub use super::fields::user_ids;
 pub use super::fields::{EventError, EventFields, MAX_ID_BYTES, object_entries, read_event};
 
 /// A structurally valid batch. Borrows from the request body.

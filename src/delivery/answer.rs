@@ -86,9 +86,13 @@ impl Delivery {
             }
         }
 
-        let (with_props, finished): (Vec<Item>, Vec<Item>) =
+        let (mut with_props, finished): (Vec<Item>, Vec<Item>) =
             done.into_iter().partition(|i| i.user_properties.is_some());
         self.ack(finished, report).await;
+        // A deletion may have purged some of them while the track request was on its way:
+        // their user properties are not sent.
+        let purged = self.drop_purged();
+        with_props.retain(|i| !purged.contains(&i.seq));
         let mut parts = self.users_parts(with_props).into_iter();
         while let Some((part, body)) = parts.next() {
             match self

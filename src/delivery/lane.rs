@@ -320,10 +320,11 @@ impl Delivery {
     }
 
     /// Drops the events a deletion purged from the queue, wherever the lane holds them.
-    fn drop_purged(&mut self) {
+    /// Returns what was purged, so a send in progress can leave those events out too.
+    pub(super) fn drop_purged(&mut self) -> std::collections::HashSet<i64> {
         let purged = self.bell.take_purged();
         if purged.is_empty() {
-            return;
+            return std::collections::HashSet::new();
         }
         let purged: std::collections::HashSet<i64> = purged.into_iter().collect();
         self.pending.retain(|i| !purged.contains(&i.seq));
@@ -331,9 +332,10 @@ impl Delivery {
             part.retain(|i| !purged.contains(&i.seq));
         }
         self.forced.retain(|part| !part.is_empty());
-        for seq in purged {
-            self.release(seq);
+        for seq in &purged {
+            self.release(*seq);
         }
+        purged
     }
 
     /// Counts an event as held in memory.

@@ -195,6 +195,9 @@ pub struct ReplayItem {
     /// A `users.UserDeleteRequest` (dead-lettered as unroutable, say): replaying it accepts
     /// the deletion on `route` (purge, tombstone, ledger entry) instead of queueing it.
     pub deletion: bool,
+    /// The Heap user the route's mapping sends the event for: remembered in the identity map
+    /// as at ingest (an event dead-lettered as unroutable never was).
+    pub heap_user: Option<HeapUser>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

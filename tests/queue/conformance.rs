@@ -65,6 +65,7 @@ macro_rules! conformance_suite {
                 a_resent_deletion_is_a_duplicate,
                 ledger_entries_move_through_their_statuses,
                 a_replayed_deletion_is_accepted_and_a_deleted_users_event_dropped,
+                a_replayed_event_is_remembered_for_a_later_deletion,
             );
         }
     };
@@ -430,6 +431,7 @@ pub async fn dead_letters_are_listed_counted_replayed_and_purged<B: Backend>() {
                 route: "elsewhere".into(),
                 app_id: OTHER_APP.into(),
                 deletion: false,
+                heap_user: None,
             }],
         })
         .await

@@ -373,6 +373,7 @@ pub async fn a_replayed_deletion_is_accepted_and_a_deleted_users_event_dropped<B
         route: ROUTE.into(),
         app_id: APP.into(),
         deletion,
+        heap_user: None,
     };
     let out = q
         .apply(QueueOp::Replay {
@@ -387,4 +388,42 @@ pub async fn a_replayed_deletion_is_accepted_and_a_deleted_users_event_dropped<B
     assert_eq!(entries[0].users, [HeapUser::Identity("ext-a".into())]);
     assert_eq!(entries[0].route, ROUTE);
     assert_eq!(q.dead_letter_counts().await.unwrap(), []);
+}
+
+pub async fn a_replayed_event_is_remembered_for_a_later_deletion<B: Backend>() {
+    let (_b, q) = open::<B>().await;
+    let mut unroutable = of("c1", "braze-c", None);
+    unroutable.route = "unroutable".into();
+    unroutable.app_id = "".into();
+    unroutable.dead_letter = Some("unroutable");
+    q.append(vec![unroutable]).await.unwrap();
+    let dead = q
+        .dead_letters(DeadLetterQuery {
+            reason: None,
+            after: 0,
+            limit: 10,
+            max_bytes: usize::MAX,
+        })
+        .await
+        .unwrap();
+    q.apply(QueueOp::Replay {
+        items: vec![ReplayItem {
+            seq: dead[0].seq,
+            route: ROUTE.into(),
+            app_id: APP.into(),
+            deletion: false,
+            heap_user: identity("ext-c"),
+        }],
+    })
+    .await
+    .unwrap();
+    assert_eq!(ids(&queued(&*q).await), ["c1"]);
+    let r = q.append(vec![deletion("del-c", "braze-c")]).await.unwrap();
+    let d = deletion_receipt(&r.outcomes[0]);
+    assert!(d.known_user, "the replay put the user in the identity map");
+    assert_eq!(d.purged_queued.len(), 1, "and the replayed event is purged");
+    assert_eq!(
+        ledger(&*q).await[0].users,
+        [HeapUser::Identity("ext-c".into())]
+    );
 }

@@ -155,6 +155,10 @@ pub(crate) fn apply(
                         out.rows += 1;
                         continue;
                     }
+                    if let Some(heap_user) = &item.heap_user {
+                        let subject = privacy::Subject::new(&item.route, user);
+                        privacy.remember(tx, staged, subject, heap_user, now)?;
+                    }
                 }
                 let key = user.as_deref().map(|u| privacy::user_key(&item.route, u));
                 if copy.execute(params![item.seq, item.route, item.app_id, now, key])? == 1 {

@@ -10,8 +10,9 @@
 //!   writes that would change nothing (the same user seen again within [`LAST_SEEN_STEP`]), so
 //!   a campaign that sends many events per user costs one row per user, not per event.
 //!   Mappings not seen for `identity_map_retention` are swept out of the map.
-//! - `tombstone (route, braze_user_id, deleted_at)`: a deleted user, kept for the dedup window,
-//!   so events of that user that Braze delivers late are acknowledged and dropped. Mirrored in
+//! - `tombstone (route, braze_user_id, deleted_at)`: a deleted user, kept for the dedup window
+//!   and at least 7 days (Braze re-sends for up to 5 days and keeps events 7), so events of
+//!   that user that Braze delivers late are acknowledged and dropped. Mirrored in
 //!   memory (deletions are few), so an append checks it without a read.
 //! - `deletion`: the ledger, one row per accepted `users.UserDeleteRequest`.
 //!
@@ -33,6 +34,8 @@ use crate::queue::{
 pub(crate) const LAST_SEEN_STEP: i64 = 24 * 3600 * 1000;
 /// Mappings the memo holds; past it, it starts over (it only saves writes).
 const MEMO_CAPACITY: usize = 200_000;
+/// A tombstone lives at least this long, whatever the dedup window.
+const TOMBSTONE_MIN_LIFE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 /// Rows pruned per statement, so one prune never holds the writer for long.
 const PRUNE_CHUNK: i64 = 20_000;
 
@@ -196,13 +199,31 @@ impl Privacy {
 
     /// Re-reads the tombstones still inside the window: a deletion accepted by a maintenance
     /// process (`dlq replay`) reaches the server's mirror this way.
+    /// Only tombstones written since `since` (UNIX ms) are read: each reload costs what is new.
     pub(crate) fn reload_tombstones(
         &mut self,
         conn: &Connection,
-        tombstone_cutoff: i64,
+        since: i64,
     ) -> rusqlite::Result<()> {
-        self.tombstones = Self::load(conn, tombstone_cutoff)?.tombstones;
+        for (key, held) in Self::load(conn, since)?.tombstones {
+            let known = self.tombstones.entry(key).or_default();
+            for (h, at) in held {
+                if !known
+                    .iter()
+                    .any(|(k, _)| k.route == h.route && k.braze_user_id == h.braze_user_id)
+                {
+                    known.push((h, at));
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// How long a tombstone is kept: the dedup window, and at least the week Braze may keep
+    /// re-sending an event (`braze-currents.md`: retries for up to 5 days, events kept 7).
+    pub(crate) fn tombstone_cutoff(now: i64, dedup_window: std::time::Duration) -> i64 {
+        let keep = dedup_window.max(TOMBSTONE_MIN_LIFE);
+        now.saturating_sub(i64::try_from(keep.as_millis()).unwrap_or(i64::MAX))
     }
 
     /// Whether the user was deleted on the route (committed, or earlier in `staged`).

@@ -145,11 +145,14 @@ impl Store {
                 found: version,
             });
         }
+        // One transaction: a migration that fails leaves the store as it was.
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
         conn.execute_batch(SCHEMA).map_err(sql)?;
         migrate(&conn, version).map_err(sql)?;
         conn.execute_batch(SCHEMA_DELETIONS).map_err(sql)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sql)?;
+        conn.execute_batch("COMMIT").map_err(sql)?;
         let (events, bytes): (i64, i64) = conn
             .query_row("SELECT events, bytes FROM stats WHERE id = 1", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))

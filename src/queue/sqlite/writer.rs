@@ -83,7 +83,11 @@ impl Writer {
         let conn = store.connect().map_err(sql)?;
         let cutoff = unix_millis() - config.dedup_window.as_millis() as i64;
         let dedup = DedupIndex::load(&conn, cutoff, config.dedup_capacity).map_err(sql)?;
-        let privacy = Privacy::load(&conn, cutoff).map_err(sql)?;
+        let privacy = Privacy::load(
+            &conn,
+            Privacy::tombstone_cutoff(unix_millis(), config.dedup_window),
+        )
+        .map_err(sql)?;
         Self::start(store, config, conn, Some(dedup), privacy)
     }
 
@@ -127,6 +131,7 @@ impl Writer {
             free_bytes: u64::MAX,
             free_checked: None,
             last_prune: Instant::now(),
+            last_prune_at: unix_millis(),
         };
         state.publish_dedup_size();
         let thread = std::thread::Builder::new()
@@ -215,6 +220,8 @@ pub(super) struct WriterState {
     pub(super) free_bytes: u64,
     pub(super) free_checked: Option<Instant>,
     last_prune: Instant,
+    /// UNIX ms of the last prune round (tombstones written since are re-read).
+    last_prune_at: i64,
 }
 
 pub(super) type Reply = oneshot::Sender<Result<AppendReceipt, AppendError>>;
@@ -350,13 +357,20 @@ impl WriterState {
         let map_cutoff = now.saturating_sub(
             i64::try_from(self.config.identity_map_retention.as_millis()).unwrap_or(i64::MAX),
         );
-        if let Err(e) = self.privacy.reload_tombstones(&self.conn, cutoff) {
+        // Tombstones a maintenance process (`dlq replay`) wrote since the last round.
+        let since = self.last_prune_at.saturating_sub(60_000);
+        self.last_prune_at = now;
+        if let Err(e) = self.privacy.reload_tombstones(&self.conn, since) {
             tracing::warn!(message = "Cannot re-read the tombstones.", error = %e);
         }
         if let Err(e) = Privacy::merge_log(&mut self.conn) {
             tracing::warn!(message = "Merging the identity log failed.", error = %e);
         }
-        if let Err(e) = self.privacy.prune(&mut self.conn, cutoff, map_cutoff) {
+        let tombstone_cutoff = Privacy::tombstone_cutoff(now, self.config.dedup_window);
+        if let Err(e) = self
+            .privacy
+            .prune(&mut self.conn, tombstone_cutoff, map_cutoff)
+        {
             tracing::warn!(message = "Pruning the identity map failed.", error = %e);
         }
         match dedup.prune(&mut self.conn, cutoff) {
