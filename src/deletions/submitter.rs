@@ -327,6 +327,9 @@ impl Submitter {
                         failed: false,
                     })
                     .await?;
+                for (route, n) in per_route(batch) {
+                    self.metrics.deletions.retried(route, n);
+                }
                 Ok(wait)
             }
             DeletionApiError::Rejected { .. } | DeletionApiError::BadBatch { .. } => {

@@ -251,6 +251,7 @@ pub const DELETION_OUTCOMES: &[&str] = &[
     "completed",
     "failed",
     "unconfigured",
+    "retried",
 ];
 
 /// The open statuses of the deletion ledger (label `status` of `deletions_open`): the

@@ -182,6 +182,12 @@ impl DeletionMetrics {
         );
     }
 
+    /// A request to Heap's deletion API carrying `deletions` failed for a transient reason
+    /// (no answer, 408, 429, 5xx); they are sent again after the backoff.
+    pub fn retried(&self, route: &str, deletions: usize) {
+        self.count(route, "retried", deletions);
+    }
+
     /// `deletions` were recorded `unconfigured`: the route has no `heap_api_key`.
     pub fn unconfigured(&self, route: &str, deletions: usize) {
         self.count(route, "unconfigured", deletions);
