@@ -326,6 +326,10 @@ async fn a_wrong_key_fails_visibly_and_deletions_retry_sends_it_once_fixed() {
     let entry = wait_for_status(dir.path(), "braze-a", "failed").await;
     let error = entry["last_error"].as_str().unwrap();
     assert!(error.contains("401"), "{error}");
+    assert!(
+        error.contains("Invalid API key or app_id"),
+        "Heap's message: {error}"
+    );
     let metrics = braze.metrics(server.addr).await.unwrap();
     assert!(
         metrics.contains("currents_heap_deletions_open{route=\"default\",status=\"failed\"} 1"),
