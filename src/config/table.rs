@@ -132,7 +132,7 @@ settings! {
             "must be at least 1s (0 would dead-letter every event)")), Text,
             env "CURRENTS_HEAP_MAX_EVENT_AGE", default "72h";
         /// Accept and store as usual, but write Heap requests to the log instead of sending
-        /// them.
+        /// them; the events stay queued for a real run.
         dry_run: bool = need(switch), Switch, env "CURRENTS_HEAP_DRY_RUN", default "false";
         /// How long a Braze user_id → Heap identity mapping is kept after the user was last
         /// seen (at least 1d); a deletion of a user not seen for longer reaches no Heap user.

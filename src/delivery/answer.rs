@@ -269,7 +269,11 @@ impl Delivery {
         }
         report.delivered += items.len();
         let seqs: Vec<i64> = items.iter().map(|i| i.seq).collect();
-        self.apply(QueueOp::Ack { seqs: seqs.clone() }).await;
+        // A dry run leaves them queued: the lane's cursor has passed them, so they are shown
+        // once per run, and a real run delivers them.
+        if self.sender.consumes() {
+            self.apply(QueueOp::Ack { seqs: seqs.clone() }).await;
+        }
         for seq in seqs {
             self.release(seq);
         }

@@ -16,6 +16,12 @@ pub type SendFuture<'a> =
 /// Sends one Heap request: `path` is the endpoint, `body` the JSON body.
 pub trait Sender: Send + Sync + std::fmt::Debug {
     fn post(&self, path: &'static str, body: Bytes) -> SendFuture<'_>;
+
+    /// Whether what it accepted leaves the queue. A dry run only shows what would be sent:
+    /// the events stay queued for a real run (product.md §9).
+    fn consumes(&self) -> bool {
+        true
+    }
 }
 
 impl Sender for HeapClient {
@@ -25,7 +31,7 @@ impl Sender for HeapClient {
 }
 
 /// Logs each request body instead of sending it and answers 200, so the whole flow runs
-/// without a Heap account.
+/// without a Heap account; the events it "sent" stay queued ([`Sender::consumes`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DryRun;
 
@@ -41,5 +47,9 @@ impl Sender for DryRun {
             retry_after: None,
             body: "{}".into(),
         })))
+    }
+
+    fn consumes(&self) -> bool {
+        false
     }
 }
