@@ -7,12 +7,10 @@ use std::io::Write;
 
 use serde_json::json;
 
-use crate::config::AnonymousMode;
 use crate::currents::catalogue::USER_DELETE_REQUEST;
 use crate::currents::{read_event, user_ids};
 use crate::queue::{DeadLetterQuery, HeapUser, Queue, QueueError, QueueOp, ReplayItem};
-use crate::routing::Router;
-use crate::transform::target::{Target, resolve_ids};
+use crate::routing::{RouteTarget, Router};
 
 /// Payload bytes read per page of dead letters: pages are also bounded in rows, but 1000
 /// Braze events of 900 KB would be 900 MB, in the same container as the server.
@@ -158,21 +156,20 @@ pub async fn replay(
                     route: t.name.to_string(),
                     app_id: t.app_id.to_string(),
                     deletion,
-                    heap_user: heap_user(&d.event.payload, t.anonymous),
+                    heap_user: heap_user(&d.event.payload, t),
                 }),
                 None if router.serves(&d.event.app_id) => {
                     // Its own route's mapping, else that of a route of its app id.
-                    let mode = router
+                    let mapping = router
                         .targets()
                         .find(|t| *t.name == d.event.route)
-                        .or_else(|| router.targets().find(|t| *t.app_id == d.event.app_id))
-                        .map_or(AnonymousMode::Skip, |t| t.anonymous);
+                        .or_else(|| router.targets().find(|t| *t.app_id == d.event.app_id));
                     items.push(ReplayItem {
                         seq: d.seq,
                         route: d.event.route.clone(),
                         app_id: d.event.app_id.clone(),
                         deletion,
-                        heap_user: heap_user(&d.event.payload, mode),
+                        heap_user: mapping.and_then(|t| heap_user(&d.event.payload, t)),
                     });
                 }
                 None => done.still_unroutable += 1,
@@ -185,14 +182,11 @@ pub async fn replay(
     Ok(done)
 }
 
-/// The Heap user a route with `mode` sends a stored event for (as ingest computes it).
-fn heap_user(payload: &[u8], mode: AnonymousMode) -> Option<HeapUser> {
+/// The Heap user `route` sends a stored event for (as ingest computes it).
+fn heap_user(payload: &[u8], route: &RouteTarget) -> Option<HeapUser> {
     let text = std::str::from_utf8(payload).ok()?;
     let (external, braze) = read_event(text).ok()?.user.map(user_ids)?;
-    match resolve_ids(external.as_deref(), braze.as_deref(), mode).ok()? {
-        Target::Identity(id) => Some(HeapUser::Identity(id)),
-        Target::UserId(id) => Some(HeapUser::UserId(id)),
-    }
+    route.heap_user(external.as_deref(), braze.as_deref())
 }
 
 /// `properties.app_group_id` of a stored event.

@@ -9,6 +9,8 @@
 use std::sync::Arc;
 
 use crate::config::{AnonymousMode, DEFAULT_ROUTE, Settings};
+use crate::queue::HeapUser;
+use crate::transform::target::{Target, resolve_ids};
 
 /// Where an event goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +33,21 @@ struct Rule {
 pub struct Router {
     rules: Vec<Rule>,
     default: Option<RouteTarget>,
+}
+
+impl RouteTarget {
+    /// The Heap user this route's mapping sends an event for, from its `user.external_user_id`
+    /// and `user.user_id`: what the identity map remembers (ingest, and `dlq replay`).
+    pub fn heap_user(
+        &self,
+        external_user_id: Option<&str>,
+        braze_user_id: Option<&str>,
+    ) -> Option<HeapUser> {
+        match resolve_ids(external_user_id, braze_user_id, self.anonymous).ok()? {
+            Target::Identity(id) => Some(HeapUser::Identity(id)),
+            Target::UserId(id) => Some(HeapUser::UserId(id)),
+        }
+    }
 }
 
 /// The app id of the default route under `--dry-run` without `--heap-app-id`.

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 mod common;
 
 use common::{
-    APP_ID, Braze, json_lines, kill_9, run_binary, spawn_delivering, terminate, wait_until,
+    APP_ID, Braze, json_lines, kill_9, maintenance, spawn_delivering, terminate, wait_until,
     wait_until_async,
 };
 
@@ -86,17 +86,9 @@ async fn post(braze: &Braze, server: &ServerProcess, events: &[Value]) {
     assert_eq!(reply.status, 200, "{}", reply.text());
 }
 
-/// `currents-heap deletions ARGS --data-dir DIR --heap-app-id APP_ID`.
+/// `currents-heap deletions ARGS` on the server's data directory; asserts it succeeded.
 async fn deletions(data_dir: &Path, args: &[&str]) -> std::process::Output {
-    let mut all: Vec<String> = vec!["deletions".into()];
-    all.extend(args.iter().map(|a| (*a).to_owned()));
-    all.extend([
-        "--data-dir".into(),
-        data_dir.display().to_string(),
-        "--heap-app-id".into(),
-        APP_ID.into(),
-    ]);
-    let out = run_binary(all).await;
+    let out = maintenance("deletions", data_dir, args).await;
     assert!(
         out.status.success(),
         "deletions {args:?}: {}",

@@ -10,9 +10,8 @@ use super::body::{self, Encoding};
 use super::error::IngestError;
 use super::{IngestState, Routing};
 use crate::currents::{self, catalogue};
-use crate::queue::{Appended, DeletionReceipt, HeapUser, NewEvent};
+use crate::queue::{Appended, DeletionReceipt, NewEvent};
 use crate::transform::SkipReason;
-use crate::transform::target::{Target, resolve_ids};
 
 pub use crate::metrics::UNROUTABLE;
 
@@ -98,14 +97,8 @@ async fn append_body(
                 let target = routing.router.route(workspace.as_deref(), group.as_deref());
                 let braze_user_id = ev.braze_user_id.as_deref();
                 // The Heap user the route's mapping sends this event for (identity map).
-                let heap_user = target.and_then(|t| {
-                    resolve_ids(ev.external_user_id.as_deref(), braze_user_id, t.anonymous)
-                        .ok()
-                        .map(|target| match target {
-                            Target::Identity(id) => HeapUser::Identity(id),
-                            Target::UserId(id) => HeapUser::UserId(id),
-                        })
-                });
+                let heap_user =
+                    target.and_then(|t| t.heap_user(ev.external_user_id.as_deref(), braze_user_id));
                 NewEvent {
                     route: target.map_or_else(|| Arc::from(UNROUTABLE), |t| Arc::clone(&t.name)),
                     app_id: target.map_or_else(|| Arc::from(""), |t| Arc::clone(&t.app_id)),

@@ -178,7 +178,13 @@ pub async fn run_binary(args: Vec<String>) -> std::process::Output {
 /// `currents-heap dlq ARGS --data-dir DIR`, with the same Heap app id as the server (so a
 /// replay routes to it, as an operator passing the server's configuration would).
 pub async fn dlq(data_dir: &Path, args: &[&str]) -> std::process::Output {
-    let mut all: Vec<String> = vec!["dlq".into()];
+    maintenance("dlq", data_dir, args).await
+}
+
+/// `currents-heap COMMAND ARGS --data-dir DIR --heap-app-id APP_ID`: a maintenance command
+/// (`dlq`, `deletions`) with the server's data directory and Heap app id.
+pub async fn maintenance(command: &str, data_dir: &Path, args: &[&str]) -> std::process::Output {
+    let mut all: Vec<String> = vec![command.into()];
     all.extend(args.iter().map(|a| (*a).to_owned()));
     all.push("--data-dir".into());
     all.push(PathBuf::from(data_dir).display().to_string());

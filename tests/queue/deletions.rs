@@ -31,6 +31,28 @@ fn deletion(id: &str, braze: &str) -> NewEvent {
     }
 }
 
+/// `e` as ingest stores an event no route takes: straight to the dead letters.
+fn unroutable(e: NewEvent) -> NewEvent {
+    NewEvent {
+        route: "unroutable".into(),
+        app_id: "".into(),
+        deletion: false,
+        dead_letter: Some("unroutable"),
+        ..e
+    }
+}
+
+async fn dead_letters(q: &dyn Queue) -> Vec<currents_heap::queue::DeadLetter> {
+    q.dead_letters(DeadLetterQuery {
+        reason: None,
+        after: 0,
+        limit: 10,
+        max_bytes: usize::MAX,
+    })
+    .await
+    .unwrap()
+}
+
 async fn ledger(q: &dyn Queue) -> Vec<DeletionRecord> {
     q.deletions(DeletionQuery {
         limit: 1000,
@@ -84,15 +106,7 @@ pub async fn a_deletion_purges_the_users_events_and_records_a_ledger_entry<B: Ba
         "the totals follow the purge"
     );
     assert_eq!(after.bytes, before.bytes - 2 * 11);
-    let dead = q
-        .dead_letters(DeadLetterQuery {
-            reason: None,
-            after: 0,
-            limit: 10,
-            max_bytes: usize::MAX,
-        })
-        .await
-        .unwrap();
+    let dead = dead_letters(&*q).await;
     assert!(dead.is_empty(), "A's dead letter is purged");
 
     let entries = ledger(&*q).await;
@@ -344,13 +358,6 @@ pub async fn ledger_entries_move_through_their_statuses<B: Backend>() {
 
 pub async fn a_replayed_deletion_is_accepted_and_a_deleted_users_event_dropped<B: Backend>() {
     let (_b, q) = open::<B>().await;
-    let unroutable = |mut e: NewEvent| {
-        e.route = "unroutable".into();
-        e.app_id = "".into();
-        e.deletion = false;
-        e.dead_letter = Some("unroutable");
-        e
-    };
     q.append(vec![
         of("a1", "braze-a", identity("ext-a")),
         unroutable(deletion("del-a", "braze-a")),
@@ -358,15 +365,7 @@ pub async fn a_replayed_deletion_is_accepted_and_a_deleted_users_event_dropped<B
     ])
     .await
     .unwrap();
-    let dead = q
-        .dead_letters(DeadLetterQuery {
-            reason: None,
-            after: 0,
-            limit: 10,
-            max_bytes: usize::MAX,
-        })
-        .await
-        .unwrap();
+    let dead = dead_letters(&*q).await;
     assert_eq!(dead.len(), 2);
     let item = |seq, deletion| ReplayItem {
         seq,
@@ -392,20 +391,10 @@ pub async fn a_replayed_deletion_is_accepted_and_a_deleted_users_event_dropped<B
 
 pub async fn a_replayed_event_is_remembered_for_a_later_deletion<B: Backend>() {
     let (_b, q) = open::<B>().await;
-    let mut unroutable = of("c1", "braze-c", None);
-    unroutable.route = "unroutable".into();
-    unroutable.app_id = "".into();
-    unroutable.dead_letter = Some("unroutable");
-    q.append(vec![unroutable]).await.unwrap();
-    let dead = q
-        .dead_letters(DeadLetterQuery {
-            reason: None,
-            after: 0,
-            limit: 10,
-            max_bytes: usize::MAX,
-        })
+    q.append(vec![unroutable(of("c1", "braze-c", None))])
         .await
         .unwrap();
+    let dead = dead_letters(&*q).await;
     q.apply(QueueOp::Replay {
         items: vec![ReplayItem {
             seq: dead[0].seq,

@@ -10,7 +10,7 @@ use rusqlite::{ErrorCode, params};
 use super::dedup::Undo;
 use super::privacy::{Privacy, Staged, Subject, UserDeletion};
 use super::writer::{Reply, WriterState, add_signed};
-use crate::queue::{AppendError, AppendReceipt, Appended, NewEvent, unix_millis};
+use crate::queue::{AppendError, AppendReceipt, Appended, DeletionReceipt, NewEvent, unix_millis};
 
 impl WriterState {
     pub(super) fn commit_group(&mut self, group: Vec<(Vec<NewEvent>, Reply)>) {
@@ -201,21 +201,12 @@ impl WriterState {
             // The queued events of the users deleted above, all in one scan.
             let purged = Privacy::purge_queued(&tx, staged)?;
             delta.bytes -= purged.bytes;
-            for slot in purged.known {
-                let (request, index) = slots[slot];
-                if let Some(Ok(receipt)) = results.get_mut(request)
-                    && let Some(Appended::Deletion(d)) = receipt.outcomes.get_mut(index)
-                {
-                    d.known_user = true;
-                }
-            }
             for (slot, seqs) in purged.by_slot {
                 delta.events -= seqs.len() as i64;
-                let (request, index) = slots[slot];
-                if let Some(Ok(receipt)) = results.get_mut(request)
-                    && let Some(Appended::Deletion(d)) = receipt.outcomes.get_mut(index)
-                {
+                let known = purged.known.contains(&slot);
+                if let Some(d) = deletion_receipt(&mut results, slots[slot]) {
                     d.purged_queued = seqs;
+                    d.known_user |= known;
                 }
             }
             if delta.events != 0 || delta.bytes != 0 {
@@ -227,6 +218,23 @@ impl WriterState {
         }
         tx.commit()?;
         Ok((results, delta))
+    }
+}
+
+/// The receipt of the deletion at `(request, event)` in `results`.
+fn deletion_receipt(
+    results: &mut [Result<AppendReceipt, AppendError>],
+    (request, event): (usize, usize),
+) -> Option<&mut DeletionReceipt> {
+    match results
+        .get_mut(request)?
+        .as_mut()
+        .ok()?
+        .outcomes
+        .get_mut(event)?
+    {
+        Appended::Deletion(d) => Some(d),
+        _ => None,
     }
 }
 
