@@ -314,7 +314,9 @@ proptest! {
             Err(SkipReason::UserDeletion) => {
                 prop_assert_eq!(event["event_type"].as_str(), Some("users.UserDeleteRequest"));
             }
-            Err(SkipReason::DeletedUser) => prop_assert!(false, "the mapping never says deleted_user"),
+            Err(reason @ (SkipReason::DeletedUser | SkipReason::StaleUserProperty)) => {
+                prop_assert!(false, "the mapping never says {reason}")
+            }
         }
     }
 

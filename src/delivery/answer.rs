@@ -93,6 +93,9 @@ impl Delivery {
         // their user properties are not sent.
         let purged = self.drop_purged();
         with_props.retain(|i| !purged.contains(&i.seq));
+        // Newest value wins: what is older than the value Heap has is not sent.
+        let (with_props, stale_only) = self.withhold_stale(with_props).await;
+        self.ack(stale_only, report).await;
         let mut parts = self.users_parts(with_props).into_iter();
         while let Some((part, body)) = parts.next() {
             match self
@@ -245,6 +248,7 @@ impl Delivery {
         let pause = retry_after.unwrap_or_else(|| self.cfg.backoff.delay(self.failures));
         self.failures = self.failures.saturating_add(1);
         self.paused_until = Some(Instant::now() + pause);
+        self.save_state().await;
         self.metrics.retried(Retried {
             reason,
             pause,
@@ -262,7 +266,8 @@ impl Delivery {
         self.requeue(items);
     }
 
-    /// Heap accepted every part of these events: they leave the queue.
+    /// Heap accepted every part of these events: they leave the queue, and the user
+    /// properties they set are stamped with their event time.
     async fn ack(&mut self, items: Vec<Item>, report: &mut SendReport) {
         if items.is_empty() {
             return;
@@ -272,7 +277,12 @@ impl Delivery {
         // A dry run leaves them queued: the lane's cursor has passed them, so they are shown
         // once per run, and a real run delivers them.
         if self.sender.consumes() {
-            self.apply(QueueOp::Ack { seqs: seqs.clone() }).await;
+            let stamps = self.stamps(&items);
+            self.apply(QueueOp::Ack {
+                seqs: seqs.clone(),
+                stamps,
+            })
+            .await;
         }
         for seq in seqs {
             self.release(seq);

@@ -9,7 +9,16 @@
 //!
 //! The limiters read tokio's clock ([`TokioClock`]) and waits sleep on tokio's timer, so a test
 //! on paused time drives the budgets exactly, without waiting for real.
+//!
+//! Across restarts (product.md §9): a GCRA limiter's whole state is one instant, when its
+//! budget is whole again (its *refill time*); a fresh limiter is the same limiter after that
+//! instant. So a restart can only exceed a budget if it comes before the refill time, by the
+//! cells still owed. [`Budgets`] mirrors the refill times (governor keeps its own private),
+//! tells the lane whether they are worth saving — only when the cells owed exceed what a fresh
+//! start may add without any window going over the budget, the *slack* below it — and
+//! restores saved ones by spending the owed cells at start.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -18,6 +27,7 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::HashMapStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
+use tokio::time::Instant;
 
 /// Now, on tokio's clock (paused and advanced in tests) as a `std` instant.
 #[derive(Debug, Clone, Copy, Default)]
@@ -72,6 +82,20 @@ impl BudgetShape {
     pub fn rate(&self) -> f64 {
         1.0 / self.period.as_secs_f64()
     }
+
+    /// Most cells this limiter admits in any window of `window`: the burst at once, then one
+    /// per period.
+    pub fn worst_window(&self, window: Duration) -> u64 {
+        u64::from(self.burst) - 1 + window.as_nanos().div_ceil(self.period.as_nanos()) as u64
+    }
+
+    /// How far ahead of now the refill time may be before a fresh limiter (a restart that
+    /// forgot it) could put more than `budget` cells in a window: the cells the shape leaves
+    /// below the budget, in periods.
+    fn slack(&self, budget: NonZeroU32, window: Duration) -> Duration {
+        let spare = u64::from(budget.get()).saturating_sub(self.worst_window(window));
+        self.period * spare.min(u64::from(u32::MAX)) as u32
+    }
 }
 
 #[derive(Debug)]
@@ -80,6 +104,25 @@ pub struct Budgets {
     identity: IdentityLimiter,
     app_shape: BudgetShape,
     identity_shape: BudgetShape,
+    /// The refill times, mirrored on tokio's clock: the app's, and each identity's while it is
+    /// in the future (pruned with the limiter).
+    app_refill: Instant,
+    identity_refill: HashMap<String, Instant>,
+    app_slack: Duration,
+    identity_slack: Duration,
+}
+
+/// A budget's refill time as saved: UNIX µs, wall clock.
+fn to_unix_micros(at: Instant) -> i64 {
+    let now = crate::queue::unix_micros();
+    let ahead = at.saturating_duration_since(Instant::now()).as_micros();
+    now.saturating_add(i64::try_from(ahead).unwrap_or(i64::MAX))
+}
+
+/// How far ahead of now a saved UNIX µs time is (zero when past).
+pub(super) fn ahead_of_now(unix_micros: i64) -> Duration {
+    let ahead = unix_micros.saturating_sub(crate::queue::unix_micros());
+    Duration::from_micros(ahead.max(0) as u64)
 }
 
 impl Budgets {
@@ -91,6 +134,10 @@ impl Budgets {
             identity: RateLimiter::hashmap_with_clock(identity_shape.quota(), TokioClock),
             app_shape,
             identity_shape,
+            app_refill: Instant::now(),
+            identity_refill: HashMap::new(),
+            app_slack: app_shape.slack(app, window),
+            identity_slack: identity_shape.slack(identity, window),
         }
     }
 
@@ -120,7 +167,7 @@ impl Budgets {
     /// So the timer sleep ends one tick early and the last fraction of a tick is slept on a
     /// blocking-pool thread, to the microsecond. On a paused clock (tests) that sleep does not
     /// move time, so a timer sleep finishes the wait.
-    pub async fn take_app(&self, n: usize) -> Duration {
+    pub async fn take_app(&mut self, n: usize) -> Duration {
         const TICK: Duration = Duration::from_millis(1);
         let n = NonZeroU32::new(n.clamp(1, self.max_batch()) as u32).unwrap_or(NonZeroU32::MIN);
         let started = tokio::time::Instant::now();
@@ -140,33 +187,92 @@ impl Budgets {
             }
             waited = started.elapsed();
         }
+        self.app_refill = spent(self.app_refill, self.app_shape, n.get());
         waited
     }
 
     /// Takes one identity cell for `key`, or tells how long until one is available.
-    pub fn take_identity(&self, key: &str) -> Result<(), Duration> {
+    pub fn take_identity(&mut self, key: &str) -> Result<(), Duration> {
         match self.identity.check_key(&key.to_owned()) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                let shape = self.identity_shape;
+                let refill = self
+                    .identity_refill
+                    .entry(key.to_owned())
+                    .or_insert_with(Instant::now);
+                *refill = spent(*refill, shape, 1);
+                Ok(())
+            }
             Err(not_until) => Err(not_until.wait_time_from(TokioClock.now())),
         }
     }
 
     /// Forgets identities whose budget is full again (bounds memory).
-    pub fn forget_idle_identities(&self) {
+    pub fn forget_idle_identities(&mut self) {
         self.identity.retain_recent();
         self.identity.shrink_to_fit();
+        let now = Instant::now();
+        self.identity_refill.retain(|_, at| *at > now);
+        self.identity_refill.shrink_to_fit();
     }
+
+    /// The app budget's refill time (UNIX µs) when a restart that forgot it could exceed the
+    /// budget, else `None`.
+    pub fn app_worth_saving(&self) -> Option<i64> {
+        let owed = self.app_refill.saturating_duration_since(Instant::now());
+        (owed > self.app_slack).then(|| to_unix_micros(self.app_refill))
+    }
+
+    /// The identities whose refill time a restart must not forget, with it (UNIX µs), sorted.
+    pub fn identities_worth_saving(&self) -> Vec<(String, i64)> {
+        let now = Instant::now();
+        let mut worth: Vec<(String, i64)> = self
+            .identity_refill
+            .iter()
+            .filter(|(_, at)| at.saturating_duration_since(now) > self.identity_slack)
+            .map(|(k, at)| (k.clone(), to_unix_micros(*at)))
+            .collect();
+        worth.sort();
+        worth
+    }
+
+    /// Continues from a saved app refill time: spends the cells still owed (at most a burst).
+    pub fn restore_app(&mut self, owed: Duration) {
+        let cells = owed_cells(owed, self.app_shape);
+        if let Some(n) = NonZeroU32::new(cells) {
+            let _ = self.app.check_n(n);
+            self.app_refill = spent(self.app_refill, self.app_shape, cells);
+        }
+    }
+
+    /// Continues from a saved identity refill time.
+    pub fn restore_identity(&mut self, key: &str, owed: Duration) {
+        let cells = owed_cells(owed, self.identity_shape);
+        if let Some(n) = NonZeroU32::new(cells) {
+            let _ = self.identity.check_key_n(&key.to_owned(), n);
+            let refill = self
+                .identity_refill
+                .entry(key.to_owned())
+                .or_insert_with(Instant::now);
+            *refill = spent(*refill, self.identity_shape, cells);
+        }
+    }
+}
+
+/// The refill time after `n` more cells were taken now: GCRA's arrival time.
+fn spent(refill: Instant, shape: BudgetShape, n: u32) -> Instant {
+    refill.max(Instant::now()) + shape.period * n
+}
+
+/// Cells a limiter of `shape` still owes `owed` ahead of now, rounded up, at most a burst.
+fn owed_cells(owed: Duration, shape: BudgetShape) -> u32 {
+    let cells = owed.as_nanos().div_ceil(shape.period.as_nanos().max(1));
+    cells.min(u128::from(shape.burst)) as u32
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Most cells a GCRA limiter of this shape admits in any half-open window `(t - W, t]`:
-    /// the burst at once, then one per period.
-    fn worst_window(shape: BudgetShape, window: Duration) -> u64 {
-        shape.burst as u64 - 1 + (window.as_secs_f64() / shape.period.as_secs_f64()).ceil() as u64
-    }
 
     #[test]
     fn no_window_can_exceed_the_budget() {
@@ -177,9 +283,9 @@ mod tests {
             for max_burst in [1u32, 100, 1000] {
                 let shape = BudgetShape::new(NonZeroU32::new(budget).unwrap(), w, max_burst);
                 assert!(
-                    worst_window(shape, w) <= budget as u64,
+                    shape.worst_window(w) <= budget as u64,
                     "budget {budget}, burst cap {max_burst}: {shape:?} admits {}",
-                    worst_window(shape, w)
+                    shape.worst_window(w)
                 );
                 assert!(shape.burst <= max_burst);
             }
@@ -204,7 +310,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_app_budget_waits_on_tokio_time_for_exactly_the_missing_cells() {
         // 6,000 a minute: a burst of 100, then one cell every 10.1 ms.
-        let b = Budgets::new(
+        let mut b = Budgets::new(
             NonZeroU32::new(6_000).unwrap(),
             NonZeroU32::new(6_000).unwrap(),
             Duration::from_secs(60),
@@ -230,7 +336,7 @@ mod tests {
 
     #[tokio::test]
     async fn identity_over_budget_is_refused_with_a_wait() {
-        let b = Budgets::new(
+        let mut b = Budgets::new(
             NonZeroU32::new(15_000).unwrap(),
             NonZeroU32::new(120).unwrap(),
             Duration::from_secs(60),

@@ -39,6 +39,8 @@ pub(super) const PENDING_BATCHES: usize = 4;
 pub(super) struct Item {
     pub(super) seq: i64,
     pub(super) received_at: i64,
+    /// The Braze event time (UNIX seconds): which of two user-property updates is newer.
+    pub(super) event_time: i64,
     pub(super) loaded_at: Instant,
     pub(super) track: TrackItem,
     pub(super) user_properties: Option<UserPropertiesItem>,
@@ -123,6 +125,12 @@ pub struct Delivery {
     /// Consecutive failed requests (the backoff's exponent).
     pub(super) failures: u32,
     last_housekeeping: Instant,
+    /// The lane's saved state was restored, or it continues a lane of this process
+    /// ([`Self::resume`]): nothing to read at start.
+    pub(super) continued: bool,
+    /// The last save kept something (a budget owed, a pause, a deferral): the next one must
+    /// write, even to clear it.
+    pub(super) saved_something: bool,
 }
 
 /// What a lane hands to the lane that replaces it (a configuration reload): the budget state
@@ -197,6 +205,8 @@ impl Delivery {
             paused_until: None,
             failures: 0,
             last_housekeeping: Instant::now(),
+            continued: false,
+            saved_something: false,
         }
     }
 
@@ -216,6 +226,7 @@ impl Delivery {
             self.budgets = carry.budgets;
         }
         self.paused_until = carry.paused_until;
+        self.continued = true;
     }
 
     /// Runs until `shutdown` is cancelled. A request in flight is finished first; whatever is
@@ -229,6 +240,16 @@ impl Delivery {
             max_batch = self.max_batch(),
             app_events_per_second = self.budgets.app_shape().rate(),
         );
+        // Nothing is sent before the lane knows what the last process left (product.md §9).
+        while !self.continued && !shutdown.is_cancelled() {
+            if let Err(e) = self.restore_saved().await {
+                tracing::error!(message = "Reading the lane's saved state failed; retrying.", route = %self.cfg.lane, error = %e);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+        }
         while !shutdown.is_cancelled() {
             match self.step(&shutdown).await {
                 Step::Sent(_) => {}
@@ -303,6 +324,8 @@ impl Delivery {
         };
         let mut report = SendReport::default();
         if !batch.is_empty() {
+            // The budget just taken is saved before Heap counts it.
+            self.save_state().await;
             self.send(batch, &mut report).await;
         }
         Step::Sent(report)

@@ -23,11 +23,13 @@
 //! | `refill.rs` | reading the queue into the window; mapping, expiry and skips on the way in |
 //! | `select.rs` | the next batch (app budget, request size) and identity deferral |
 //! | `answer.rs` | sending a batch and what Heap's answer does: ack, retry and pause, bisect, split |
+//! | `continuity.rs` | what outlives a restart: the lane's saved state, user-property stamps |
 //! | `budget.rs`, `backoff.rs` | the budgets (governor) and the backoff, each tested alone |
 
 mod answer;
 pub mod backoff;
 pub mod budget;
+mod continuity;
 mod lane;
 mod refill;
 mod select;

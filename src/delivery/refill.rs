@@ -126,6 +126,7 @@ impl Delivery {
         Ok(Item {
             seq: row.seq,
             received_at: row.event.received_at,
+            event_time: row.event.event_time,
             loaded_at: Instant::now(),
             track_bytes: bulk::serialized_len(&mapped.track),
             props_bytes: mapped
@@ -186,7 +187,7 @@ impl Delivery {
             self.apply(QueueOp::DeadLetter { items: dead }).await;
         }
         if !acks.is_empty() {
-            self.apply(QueueOp::Ack { seqs: acks }).await;
+            self.apply(QueueOp::ack(acks)).await;
         }
         for seq in seqs {
             self.release(seq);

@@ -244,6 +244,17 @@ impl LaneMetrics {
         );
     }
 
+    /// A pause saved by the previous process is not over: the lane continues it.
+    pub fn pause_restored(&self, pause: Duration) {
+        self.paused.set(1);
+        tracing::info!(
+            target: TARGET,
+            message = "Continuing a pause from before the restart.",
+            route = %self.route,
+            pause_ms = pause.as_millis() as u64,
+        );
+    }
+
     /// The pause after a failure is over: the lane sends again.
     pub fn resumed(&self) {
         self.paused.set(0);

@@ -21,7 +21,11 @@
 //!   append remembers which Heap user each event is for (the identity map), a deletion removes
 //!   the user's queued and dead-lettered events on its route, leaves a tombstone for the dedup
 //!   window (later events of the user are acknowledged and dropped) and a ledger entry, whose
-//!   status [`QueueOp`]s move it on.
+//!   status [`QueueOp`]s move it on;
+//! - what shapes the next requests to Heap outlives the process (product.md §9): a lane's
+//!   [`SavedLane`] (budget state, pause, deferred identities) and, per identity and user
+//!   property, the Braze event time of the value Heap last accepted ([`PropertyStamp`],
+//!   recorded by the [`QueueOp::Ack`] of that update).
 //!
 //! A `seq` names one queued event (or one dead letter) for as long as it stays where it is;
 //! fresh events of a lane come in increasing `seq` order, which the lane's cursor relies on.
@@ -38,8 +42,8 @@ use std::pin::Pin;
 pub use model::{
     AppendError, AppendReceipt, Appended, DeadLetter, DeadLetterItem, DeadLetterQuery,
     DeletionQuery, DeletionReceipt, DeletionRecord, DeletionStatus, DeletionSummary, HeapUser,
-    NewEvent, OpOutcome, QueueError, QueueOp, QueueTotals, QueuedEvent, Ready, ReadyRequest,
-    ReplayItem, StoredEvent, unix_millis,
+    NewEvent, OpOutcome, PropertyStamp, QueueError, QueueOp, QueueTotals, QueuedEvent, Ready,
+    ReadyRequest, ReplayItem, SavedIdentity, SavedLane, StoredEvent, unix_micros, unix_millis,
 };
 
 /// The future a [`Queue`] method returns.
@@ -80,6 +84,13 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
     /// Open ledger entries ([`DeletionStatus::OPEN`]) per route and status: how many, how many
     /// were received before `overdue_before` (UNIX ms), and the oldest.
     fn deletion_summary(&self, overdue_before: i64) -> QueueFuture<'_, Vec<DeletionSummary>>;
+
+    /// What the lane of `app_id` saved last ([`QueueOp::SaveLane`]), if anything.
+    fn saved_lane(&self, app_id: &str) -> QueueFuture<'_, Option<SavedLane>>;
+
+    /// The stamps recorded for these keys ([`PropertyStamp::key`]); keys never stamped are
+    /// left out.
+    fn property_stamps(&self, keys: Vec<i64>) -> QueueFuture<'_, Vec<PropertyStamp>>;
 
     /// The running totals, without I/O.
     fn totals(&self) -> QueueTotals;

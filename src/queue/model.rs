@@ -14,6 +14,14 @@ pub fn unix_millis() -> i64 {
         .unwrap_or(0)
 }
 
+/// Microseconds since the UNIX epoch: saved budget refill times, finer than a budget period.
+pub fn unix_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
 /// An event to append, already validated. `payload` is the raw Currents event JSON.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -213,8 +221,13 @@ pub struct DeadLetterItem {
 /// One change requested by the delivery loop or the `dlq` command, applied atomically.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueOp {
-    /// Heap answered 2xx (or the event was skipped): remove the events from the queue.
-    Ack { seqs: Vec<i64> },
+    /// Heap answered 2xx (or the event was skipped): remove the events from the queue, and
+    /// remember the Braze event time of each user property they set in Heap (`stamps`), so a
+    /// late, older update of the same property is not sent (product.md §9).
+    Ack {
+        seqs: Vec<i64>,
+        stamps: Vec<PropertyStamp>,
+    },
     /// Not before `not_before` (UNIX ms): an identity over its budget, or a retry.
     /// `(seq, not_before)` pairs.
     Park { items: Vec<(i64, i64)> },
@@ -243,6 +256,9 @@ pub enum QueueOp {
         error: String,
         failed: bool,
     },
+    /// Replaces a lane's saved [`SavedLane`]: written before a request that spends its budget,
+    /// and when a pause starts, so a restart continues from it.
+    SaveLane(SavedLane),
     /// Moves entries from one status to another: `deletions retry` (`failed` →
     /// `pending_submit`), a key configured (`unconfigured` → `pending_submit`) or missing
     /// (`pending_submit` → `unconfigured`), a request id Heap no longer knows (`submitted` →
@@ -253,6 +269,72 @@ pub enum QueueOp {
         ids: Option<Vec<i64>>,
         routes: Option<Vec<String>>,
     },
+}
+
+impl QueueOp {
+    /// Acknowledges events that set no user property in Heap.
+    pub fn ack(seqs: Vec<i64>) -> Self {
+        QueueOp::Ack {
+            seqs,
+            stamps: Vec::new(),
+        }
+    }
+}
+
+/// The Braze event time (UNIX seconds) of the latest value of one user property that Heap
+/// accepted, for one Heap app id and identity. `key` is [`PropertyStamp::key`] of the three:
+/// the store keeps no identity or property name, only this 64-bit key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PropertyStamp {
+    pub key: i64,
+    pub event_time: i64,
+}
+
+impl PropertyStamp {
+    /// The key of one user property of one identity in one Heap app: FNV-1a (64 bits) over
+    /// the three, each length-prefixed so no two triples share their bytes. Two triples share
+    /// a key with odds of about n²/2⁶⁵ for n stamped properties (10⁻⁶ at 6 million); a
+    /// collision can only hold back an update that is older than the other property's.
+    pub fn key(app_id: &str, identity: &str, property: &str) -> i64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for part in [app_id, identity, property] {
+            for b in (part.len() as u64)
+                .to_le_bytes()
+                .iter()
+                .chain(part.as_bytes())
+            {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        h as i64
+    }
+}
+
+/// What a delivery lane (one Heap app id) saves so that a restart, or a crash loop, continues
+/// where it stopped instead of starting with a fresh budget (product.md §9). Times are
+/// wall-clock UNIX time, so they mean the same to the next process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SavedLane {
+    pub app_id: String,
+    /// When the app budget is whole again (its GCRA state), UNIX µs; 0 or past: it is whole.
+    pub app_budget_refilled_at: i64,
+    /// End of a `Retry-After` or backoff pause, UNIX ms; 0 or past: none.
+    pub paused_until: i64,
+    /// The identities whose budget state matters to the next start: spent beyond what a fresh
+    /// start may add, or deferred. Replaces the lane's saved identities.
+    pub identities: Vec<SavedIdentity>,
+}
+
+/// One identity's part of a [`SavedLane`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SavedIdentity {
+    pub identity: String,
+    /// When its budget is whole again, UNIX µs.
+    pub budget_refilled_at: i64,
+    /// Deferred until then (UNIX ms; 0: not deferred), its next park slot from `next_slot`.
+    pub deferred_until: i64,
+    pub next_slot: i64,
 }
 
 /// What an operation changed: rows affected and the queue totals' deltas.

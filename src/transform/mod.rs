@@ -66,17 +66,22 @@ pub enum SkipReason {
     /// An event of a Braze user deleted earlier (a tombstone): acknowledged, never sent.
     /// Counted by ingest; the mapping never returns it.
     DeletedUser,
+    /// A user-property update older (by Braze event time) than the value Heap last accepted
+    /// for that identity and property (product.md §9): the event's track item is delivered,
+    /// those properties are not sent. Counted by delivery; the mapping never returns it.
+    StaleUserProperty,
 }
 
 impl SkipReason {
     /// Every reason, in [`SKIP_REASONS`] order.
-    pub const ALL: [SkipReason; 6] = [
+    pub const ALL: [SkipReason; 7] = [
         SkipReason::Anonymous,
         SkipReason::InvalidIdentity,
         SkipReason::Excluded,
         SkipReason::Unparseable,
         SkipReason::UserDeletion,
         SkipReason::DeletedUser,
+        SkipReason::StaleUserProperty,
     ];
 
     /// The metric label / log value.
@@ -88,6 +93,7 @@ impl SkipReason {
             SkipReason::Unparseable => "unparseable",
             SkipReason::UserDeletion => "user_deletion",
             SkipReason::DeletedUser => "deleted_user",
+            SkipReason::StaleUserProperty => "stale_user_property",
         }
     }
 }
@@ -106,6 +112,7 @@ pub const SKIP_REASONS: &[&str] = &[
     "unparseable",
     "user_deletion",
     "deleted_user",
+    "stale_user_property",
 ];
 
 /// The Heap items of one event: always one track item, sometimes user properties.

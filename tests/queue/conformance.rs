@@ -330,9 +330,7 @@ pub async fn acks_remove_events_and_the_totals_follow<B: Backend>() {
     q.append(events(&["a", "b", "c"])).await.unwrap();
     let all = queued(&*q).await;
     let out = q
-        .apply(QueueOp::Ack {
-            seqs: vec![all[0].seq, all[2].seq],
-        })
+        .apply(QueueOp::ack(vec![all[0].seq, all[2].seq]))
         .await
         .unwrap();
     assert_eq!((out.rows, out.queue_events_delta), (2, -2));
@@ -340,9 +338,7 @@ pub async fn acks_remove_events_and_the_totals_follow<B: Backend>() {
     assert_eq!(ids(&queued(&*q).await), ["b"]);
     assert_eq!((q.totals().events, q.totals().bytes), (1, 10));
     let again = q
-        .apply(QueueOp::Ack {
-            seqs: vec![all[0].seq],
-        })
+        .apply(QueueOp::ack(vec![all[0].seq]))
         .await
         .unwrap();
     assert_eq!(again.rows, 0, "acknowledging twice changes nothing");
@@ -587,7 +583,7 @@ pub async fn the_quota_refuses_whole_requests_but_not_resends<B: Backend>() {
     assert_eq!(q.totals().events, 2);
     // Room again once delivered.
     let seqs = queued(&*q).await.iter().map(|e| e.seq).collect();
-    q.apply(QueueOp::Ack { seqs }).await.unwrap();
+    q.apply(QueueOp::ack(seqs)).await.unwrap();
     assert_eq!(q.append(events(&["c"])).await.unwrap().fresh(), [true]);
 }
 
@@ -618,7 +614,7 @@ pub async fn the_oldest_event_is_known<B: Backend>() {
     let a = queued(&*q).await[0].clone();
     assert_eq!(oldest, a.event.received_at);
     assert!(oldest >= before);
-    q.apply(QueueOp::Ack { seqs: vec![a.seq] }).await.unwrap();
+    q.apply(QueueOp::ack(vec![a.seq])).await.unwrap();
     assert!(q.oldest_received_at().await.unwrap().unwrap() > oldest);
 }
 
@@ -629,7 +625,7 @@ pub async fn a_closed_queue_refuses_everything<B: Backend>() {
     q.close().await.unwrap();
     assert_eq!(q.append(events(&["b"])).await, Err(AppendError::Closed));
     assert_eq!(
-        q.apply(QueueOp::Ack { seqs: vec![seq] }).await,
+        q.apply(QueueOp::ack(vec![seq])).await,
         Err(QueueError::Closed)
     );
     let everything_now = everything(APP);

@@ -196,7 +196,7 @@ async fn events_a_deletion_purged_are_dropped_from_the_window_unsent() {
     assert_eq!(held.len(), 2);
     // What ingest does after a deletion purged u3's rows from the queue.
     lane.queue
-        .apply(QueueOp::Ack { seqs: held.clone() })
+        .apply(QueueOp::ack(held.clone()))
         .await
         .unwrap();
     lane.bell.purged(held);

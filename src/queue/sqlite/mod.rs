@@ -12,7 +12,7 @@
 //! dedup and quota checks race-free. Reads use a small pool of read-only connections; WAL lets
 //! them run beside the writer.
 //!
-//! Layout (schema version 2; `schema.rs` migrates a version-1 store):
+//! Layout (schema version 3; `schema.rs` migrates older stores):
 //! - `queue`: one row per queued event — `seq` (FIFO order), `route`, `event_id`, `event_type`,
 //!   `identity`, `event_time`, `received_at`, `attempts`, `not_before`, `last_error`, `payload`
 //!   (the raw Currents event JSON as received), `braze_user_id` and its `user_key` (for a
@@ -24,8 +24,11 @@
 //!   as the rows they count, so start-up never has to scan the backlog.
 //! - `identity_log`, `identity_map`, `tombstone`, `deletion`: what deletions need (product.md
 //!   §7); see `privacy.rs`.
+//! - `lane_state`, `lane_identity`, `property_stamp`: what shapes the next requests to Heap
+//!   across restarts (product.md §9); see `continuity.rs`.
 
 mod append;
+mod continuity;
 pub(crate) mod dedup;
 mod ops;
 mod privacy;
@@ -42,8 +45,8 @@ pub use writer::{Writer, WriterConfig, WriterHandle};
 
 use super::{
     AppendError, AppendReceipt, DeadLetter, DeadLetterQuery, DeletionQuery, DeletionRecord,
-    DeletionSummary, NewEvent, OpOutcome, Queue, QueueError, QueueFuture, QueueOp, QueueTotals,
-    Ready, ReadyRequest,
+    DeletionSummary, NewEvent, OpOutcome, PropertyStamp, Queue, QueueError, QueueFuture, QueueOp,
+    QueueTotals, Ready, ReadyRequest, SavedLane,
 };
 
 /// The SQLite [`Queue`]: the writer thread for every change, pooled read-only connections
@@ -169,6 +172,15 @@ impl Queue for SqliteQueue {
 
     fn deletion_summary(&self, overdue_before: i64) -> QueueFuture<'_, Vec<DeletionSummary>> {
         self.read(move |r| r.deletion_summary(overdue_before))
+    }
+
+    fn saved_lane(&self, app_id: &str) -> QueueFuture<'_, Option<SavedLane>> {
+        let app_id = app_id.to_owned();
+        self.read(move |r| r.saved_lane(&app_id))
+    }
+
+    fn property_stamps(&self, keys: Vec<i64>) -> QueueFuture<'_, Vec<PropertyStamp>> {
+        self.read(move |r| r.property_stamps(&keys))
     }
 
     fn totals(&self) -> QueueTotals {
@@ -357,7 +369,7 @@ INSERT OR IGNORE INTO stats (id, events, bytes) VALUES (1, 0, 0);
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, 3);
         let lane_index: i64 = conn
             .query_row(
                 "SELECT count(*) FROM sqlite_master WHERE name = 'queue_lane'",

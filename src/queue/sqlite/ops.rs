@@ -1,10 +1,12 @@
-//! Delivery-side changes to the queue, applied by the writer thread: acknowledge (delete),
-//! park, record a failed attempt, dead-letter, replay dead letters.
+//! Delivery-side changes to the queue, applied by the writer thread: acknowledge (delete, and
+//! stamp the user properties it set), park, record a failed attempt, dead-letter, replay dead
+//! letters, save a lane's state.
 //!
 //! Each operation keeps the running totals in `stats` exact, in the same transaction.
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
+use super::continuity;
 use super::privacy::{self, Privacy, Staged};
 use crate::queue::{OpOutcome, QueueOp};
 
@@ -39,7 +41,8 @@ pub(crate) fn apply(
 ) -> rusqlite::Result<OpOutcome> {
     let mut out = OpOutcome::default();
     match op {
-        QueueOp::Ack { seqs } => {
+        QueueOp::Ack { seqs, stamps } => {
+            continuity::stamp(tx, stamps, now)?;
             let mut del =
                 tx.prepare_cached("DELETE FROM queue WHERE seq = ?1 RETURNING length(payload)")?;
             for seq in seqs {
@@ -175,6 +178,9 @@ pub(crate) fn apply(
                 &format!("DELETE FROM dead_letter {filter}"),
                 rusqlite::params_from_iter(values.iter()),
             )? as u64;
+        }
+        QueueOp::SaveLane(lane) => {
+            out.rows = continuity::save_lane(tx, lane, now)?;
         }
         ledger => {
             out.rows = privacy::apply_ledger_op(tx, ledger, now)?.unwrap_or(0);

@@ -3,11 +3,13 @@
 //! Version 1: `queue`, `dead_letter`, `dedup_log`, `stats`. Version 2 (deletions, product.md
 //! §7): `braze_user_id` on queued events and dead letters, `user_key` on queued events (in the
 //! lane index), the identity map, the tombstones
-//! and the deletion ledger (see [`super::privacy`]).
+//! and the deletion ledger (see [`super::privacy`]). Version 3 (continuity across restarts,
+//! product.md §9): the lanes' saved state and the user-property stamps (see
+//! [`super::continuity`]); new tables only.
 
 use rusqlite::Connection;
 
-pub(super) const SCHEMA_VERSION: i64 = 2;
+pub(super) const SCHEMA_VERSION: i64 = 3;
 pub(crate) const DB_FILE: &str = "queue.sqlite3";
 
 pub(super) const SCHEMA: &str = "

@@ -9,6 +9,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 
 use crate::queue::{DeadLetter, QueuedEvent, Ready, ReadyRequest, StoredEvent};
 
+use super::continuity::SCHEMA_CONTINUITY;
 use super::schema::{DB_FILE, SCHEMA, SCHEMA_DELETIONS, SCHEMA_VERSION, migrate};
 
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +151,7 @@ impl Store {
         conn.execute_batch(SCHEMA).map_err(sql)?;
         migrate(&conn, version).map_err(sql)?;
         conn.execute_batch(SCHEMA_DELETIONS).map_err(sql)?;
+        conn.execute_batch(SCHEMA_CONTINUITY).map_err(sql)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sql)?;
         conn.execute_batch("COMMIT").map_err(sql)?;

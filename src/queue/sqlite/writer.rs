@@ -27,6 +27,8 @@ const CHANNEL_CAPACITY: usize = 256;
 const DISK_CHECK_EVERY: Duration = Duration::from_millis(500);
 /// How often expired dedup entries are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
+/// How often user-property stamps past their retention are pruned (a scan of the table).
+const STAMP_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -132,6 +134,7 @@ impl Writer {
             free_checked: None,
             last_prune: Instant::now(),
             last_prune_at: unix_millis(),
+            last_stamp_prune: None,
         };
         state.publish_dedup_size();
         let thread = std::thread::Builder::new()
@@ -222,6 +225,7 @@ pub(super) struct WriterState {
     last_prune: Instant,
     /// UNIX ms of the last prune round (tombstones written since are re-read).
     last_prune_at: i64,
+    last_stamp_prune: Option<Instant>,
 }
 
 pub(super) type Reply = oneshot::Sender<Result<AppendReceipt, AppendError>>;
@@ -372,6 +376,15 @@ impl WriterState {
             .prune(&mut self.conn, tombstone_cutoff, map_cutoff)
         {
             tracing::warn!(message = "Pruning the identity map failed.", error = %e);
+        }
+        if self
+            .last_stamp_prune
+            .is_none_or(|t| t.elapsed() >= STAMP_PRUNE_EVERY)
+        {
+            self.last_stamp_prune = Some(Instant::now());
+            if let Err(e) = super::continuity::prune_stamps(&self.conn, map_cutoff) {
+                tracing::warn!(message = "Pruning the user-property stamps failed.", error = %e);
+            }
         }
         match dedup.prune(&mut self.conn, cutoff) {
             // More to do: continue at the next opportunity.
