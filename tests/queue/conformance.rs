@@ -337,10 +337,7 @@ pub async fn acks_remove_events_and_the_totals_follow<B: Backend>() {
     assert_eq!(out.queue_bytes_delta, -20);
     assert_eq!(ids(&queued(&*q).await), ["b"]);
     assert_eq!((q.totals().events, q.totals().bytes), (1, 10));
-    let again = q
-        .apply(QueueOp::ack(vec![all[0].seq]))
-        .await
-        .unwrap();
+    let again = q.apply(QueueOp::ack(vec![all[0].seq])).await.unwrap();
     assert_eq!(again.rows, 0, "acknowledging twice changes nothing");
     assert_eq!(q.totals().events, 1);
     // An acknowledged id stays known to the dedup window.

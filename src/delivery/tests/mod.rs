@@ -21,6 +21,7 @@ use crate::queue::{
 
 const APP_ID: &str = "4242";
 
+mod continuity;
 mod scripted;
 
 use scripted::{Answer, ScriptedHeap};
@@ -30,6 +31,7 @@ struct Lane {
     bell: Arc<LaneBell>,
     queue: Arc<dyn Queue>,
     heap: Arc<ScriptedHeap>,
+    metrics: Metrics,
     stop: CancellationToken,
     _dir: tempfile::TempDir,
 }
@@ -68,11 +70,12 @@ async fn lane(cfg: DeliveryConfig) -> Lane {
     let queue: Arc<dyn Queue> = Arc::new(SqliteQueue::open(dir.path(), writer).unwrap());
     let heap = Arc::new(ScriptedHeap::default());
     let bell: Arc<LaneBell> = Arc::default();
+    let metrics = Metrics::new().unwrap();
     let delivery = Delivery::new(
         cfg,
         Arc::clone(&heap) as Arc<dyn Sender>,
         Arc::clone(&queue),
-        Metrics::new().unwrap(),
+        metrics.clone(),
         Arc::clone(&bell),
     );
     Lane {
@@ -80,6 +83,7 @@ async fn lane(cfg: DeliveryConfig) -> Lane {
         bell,
         queue,
         heap,
+        metrics,
         stop: CancellationToken::new(),
         _dir: dir,
     }
@@ -195,10 +199,7 @@ async fn events_a_deletion_purged_are_dropped_from_the_window_unsent() {
         .collect();
     assert_eq!(held.len(), 2);
     // What ingest does after a deletion purged u3's rows from the queue.
-    lane.queue
-        .apply(QueueOp::ack(held.clone()))
-        .await
-        .unwrap();
+    lane.queue.apply(QueueOp::ack(held.clone())).await.unwrap();
     lane.bell.purged(held);
     while lane.queue.totals().events > 0 {
         lane.sent().await;

@@ -48,6 +48,19 @@ impl ScriptedHeap {
     }
 }
 
+impl ScriptedHeap {
+    /// The items of every accepted add-user-properties request, in order.
+    pub(super) fn user_property_items(&self) -> Vec<Value> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(path, _)| *path == crate::heap::model::USER_PROPERTIES_PATH)
+            .flat_map(|(_, body)| body["users"].as_array().unwrap().clone())
+            .collect()
+    }
+}
+
 impl Sender for ScriptedHeap {
     fn post(&self, path: &'static str, body: Bytes) -> SendFuture<'_> {
         let json: Value = serde_json::from_slice(&body).unwrap();

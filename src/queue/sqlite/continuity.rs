@@ -139,9 +139,9 @@ impl Reader {
     }
 
     pub fn property_stamps(&self, keys: &[i64]) -> rusqlite::Result<Vec<PropertyStamp>> {
-        let mut get =
-            self.conn
-                .prepare_cached("SELECT event_time FROM property_stamp WHERE key = ?1")?;
+        let mut get = self
+            .conn
+            .prepare_cached("SELECT event_time FROM property_stamp WHERE key = ?1")?;
         let mut found = Vec::new();
         for &key in keys {
             if let Some(event_time) = get.query_row([key], |r| r.get(0)).optional()? {
