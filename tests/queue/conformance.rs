@@ -67,6 +67,10 @@ macro_rules! conformance_suite {
                 a_replayed_deletion_is_accepted_and_a_deleted_users_event_dropped,
                 a_replayed_event_is_remembered_for_a_later_deletion,
             );
+            $crate::conformance_suite!(@tests $backend; continuity;
+                a_saved_lane_is_replaced_whole_and_survives_a_restart,
+                stamps_keep_the_newest_event_time_across_a_restart,
+            );
         }
     };
     (@tests $backend:ty; $module:ident; $($check:ident),* $(,)?) => {

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
 mod conformance;
+mod continuity;
 mod deletions;
 
 use std::path::PathBuf;
