@@ -596,6 +596,12 @@ impl HeapStandIn {
         self.shared.lock().rec = Records::default();
     }
 
+    /// Track events accepted so far: [`Report::events_accepted`] without the snapshot, for
+    /// tests that poll it closely.
+    pub fn events_accepted(&self) -> u64 {
+        self.shared.lock().rec.events_accepted
+    }
+
     /// A snapshot of everything recorded so far.
     pub fn report(&self) -> Report {
         let inner = self.shared.lock();
