@@ -430,6 +430,60 @@ fn every_metric_in_deploy_and_the_runbook_is_exported_with_real_labels() {
     );
 }
 
+/// The token alphabet the README states is the one the settings parser accepts: every
+/// character it lists for Braze's Base64 tokens, and every printable ASCII character except
+/// space and comma (which separates tokens); nothing else.
+#[test]
+fn readme_token_alphabet_is_what_the_parser_accepts() {
+    use currents_heap::config::{FileConfig, Settings, SettingsArgs};
+    let tokens = |token: &str| -> Result<Vec<String>, String> {
+        let args = SettingsArgs {
+            ingest_token: Some(token.to_owned()),
+            ..Default::default()
+        };
+        Settings::resolve(&args, FileConfig::default())
+            .map(|s| {
+                s.ingest_tokens
+                    .iter()
+                    .map(|t| t.expose().to_owned())
+                    .collect()
+            })
+            .map_err(|e| e.to_string())
+    };
+    let readme = read(&root().join("README.md")).replace("\n   ", " ");
+    let base64 = "expects it in Base64 form: letters, digits and `";
+    let at = readme
+        .find(base64)
+        .expect("README states Braze's token alphabet")
+        + base64.len();
+    let listed = &readme[at..at + readme[at..].find('`').unwrap()];
+    let braze = format!("Az09{listed}");
+    assert_eq!(
+        tokens(&braze),
+        Ok(vec![braze.clone()]),
+        "README's Base64 alphabet"
+    );
+    assert!(
+        readme.contains(
+            "The forwarder takes any token of printable ASCII characters except space and comma \
+             (a comma separates tokens)"
+        ),
+        "README states what the forwarder accepts"
+    );
+    for c in (0x21u8..=0x7e).map(char::from).filter(|c| *c != ',') {
+        let token = format!("a{c}b");
+        assert_eq!(
+            tokens(&token),
+            Ok(vec![token.clone()]),
+            "{c:?} is printable ASCII"
+        );
+    }
+    assert_eq!(tokens("a,b"), Ok(vec!["a".to_owned(), "b".to_owned()]));
+    for refused in ["a b", "a\tb", "a\u{e9}b", "a\u{7f}b"] {
+        assert!(tokens(refused).is_err(), "{refused:?} accepted");
+    }
+}
+
 #[test]
 fn the_metric_checker_catches_mistakes() {
     assert!(check_ref("currents_heap_events_delivered_total", Some(r#"route="x""#)).is_empty());
@@ -751,7 +805,31 @@ fn statefulset_keeps_the_queue_on_a_volume_and_probes_the_right_endpoints() {
     for (k, v) in service["spec"]["selector"].as_object().unwrap() {
         assert_eq!(&pod_labels[k], v, "Service selector {k}");
     }
-    assert_eq!(spec["serviceName"], service["metadata"]["name"]);
+    assert_ne!(
+        service["spec"]["clusterIP"], "None",
+        "the traffic Service balances over a cluster IP"
+    );
+    // The StatefulSet's governing Service (`serviceName`) is a headless one of the applied
+    // resources: it gives the pod its DNS name.
+    let headless = kustomization["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| yaml_doc(&k8s.join(r.as_str().unwrap())))
+        .find(|doc| doc["kind"] == "Service" && doc["metadata"]["name"] == spec["serviceName"])
+        .unwrap_or_else(|| {
+            panic!(
+                "serviceName {} names no Service of kustomization.yaml",
+                spec["serviceName"]
+            )
+        });
+    assert_eq!(
+        headless["spec"]["clusterIP"], "None",
+        "the StatefulSet's serviceName must name a headless Service"
+    );
+    for (k, v) in headless["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(&pod_labels[k], v, "headless Service selector {k}");
+    }
     let service_port = &service["spec"]["ports"][0];
     assert!(service_port["targetPort"] == port_name || service_port["targetPort"] == 8080);
     let monitor = yaml_doc(&k8s.join("servicemonitor.yaml")).unwrap();
@@ -765,6 +843,17 @@ fn statefulset_keeps_the_queue_on_a_volume_and_probes_the_right_endpoints() {
             "ServiceMonitor selector {k}"
         );
     }
+    let selects = |svc: &Value| {
+        monitor["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| &svc["metadata"]["labels"][k] == v)
+    };
+    assert!(
+        !selects(&headless),
+        "the ServiceMonitor also selects the headless Service: the pod would be scraped twice"
+    );
     let endpoint = &monitor["spec"]["endpoints"][0];
     assert_eq!(endpoint["port"], service_port["name"]);
     assert_eq!(endpoint["path"], "/metrics");
@@ -943,6 +1032,68 @@ fn compose_wires_the_forwarder_prometheus_and_grafana() {
     assert_eq!(
         datasources["datasources"][0]["url"],
         "http://prometheus:9090"
+    );
+}
+
+/// The image is tagged with the package version wherever it is built, run or deployed: the
+/// StatefulSet and kustomize's `images:`, the compose file, and the commands in the Dockerfile,
+/// docs/OPERATIONS.md and the README.
+#[test]
+fn image_tag_is_the_package_version_everywhere() {
+    let version = env!("CARGO_PKG_VERSION");
+    let image = format!("currents-heap:{version}");
+    let mut problems = Vec::new();
+    for path in [
+        deploy().join("Dockerfile"),
+        root().join("docs/OPERATIONS.md"),
+        root().join("README.md"),
+        deploy().join("k8s/statefulset.yaml"),
+    ] {
+        let text = read(&path);
+        if text.contains("-t currents-heap ") {
+            problems.push(format!("{}: `-t currents-heap` without a tag", rel(&path)));
+        }
+        // `currents-heap:<something with a dot>` is an image reference (`:8080` is a port).
+        for (at, _) in text.match_indices("currents-heap:") {
+            let tag: String = text[at + "currents-heap:".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+                .collect();
+            let tag = tag.trim_end_matches('.');
+            if tag.contains('.') && tag != version {
+                problems.push(format!("{}: currents-heap:{tag}, not {image}", rel(&path)));
+            }
+        }
+    }
+    for (path, text) in [
+        ("Dockerfile", read(&deploy().join("Dockerfile"))),
+        (
+            "docs/OPERATIONS.md",
+            read(&root().join("docs/OPERATIONS.md")),
+        ),
+    ] {
+        if !text.contains(&format!("docker build -f deploy/Dockerfile -t {image} .")) {
+            problems.push(format!("{path}: no `docker build ... -t {image} .`"));
+        }
+    }
+    if !problems.is_empty() {
+        panic!("{}", problems.join("\n"));
+    }
+    let Some(sts) = yaml_doc(&deploy().join("k8s/statefulset.yaml")) else {
+        return;
+    };
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["image"],
+        image
+    );
+    let kustomization = yaml_doc(&deploy().join("k8s/kustomization.yaml")).unwrap();
+    let images = &kustomization["images"][0];
+    assert_eq!(images["name"], "currents-heap");
+    assert_eq!(images["newTag"], version, "kustomization.yaml's newTag");
+    let compose = yaml_doc(&deploy().join("compose.yaml")).unwrap();
+    assert_eq!(
+        compose["services"]["currents-heap"]["image"], image,
+        "compose.yaml tags the image it builds"
     );
 }
 
@@ -1201,6 +1352,109 @@ fn every_alert_has_a_runbook_section_and_a_firing_unit_test() {
         assert!(fires.contains(name), "no test where {name} fires");
         assert!(quiet.contains(name), "no test where {name} stays quiet");
     }
+}
+
+/// The first sentence of a runbook paragraph: up to the first `.` followed by a space or the
+/// end, outside parentheses and code spans (so `e.g.` or `"… again."` in them do not end it).
+fn first_sentence(text: &str) -> &str {
+    let (mut depth, mut code) = (0i32, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            '`' => code = !code,
+            _ if code => {}
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            '.' if depth == 0 && text[i + 1..].chars().next().is_none_or(|n| n == ' ') => {
+                return &text[..=i];
+            }
+            _ => {}
+        }
+    }
+    text
+}
+
+/// The runbook entries of docs/OPERATIONS.md in order: (alert, first sentence of **Means**,
+/// first sentence of **Act**), each paragraph's lines joined by one space.
+fn runbook_summaries() -> Vec<(String, String, String)> {
+    let ops = read(&root().join("docs/OPERATIONS.md"));
+    let (_, runbook) = ops.split_once("\n## Runbook\n").expect("## Runbook");
+    runbook
+        .split("\n### ")
+        .skip(1)
+        .map(|entry| {
+            let name = entry.lines().next().unwrap().trim().to_owned();
+            let summary = |key: &str| {
+                let prefix = format!("**{key}**: ");
+                let paragraph = entry
+                    .split("\n\n")
+                    .find_map(|p| p.strip_prefix(&prefix))
+                    .unwrap_or_else(|| panic!("{name}: no paragraph starting `{prefix}`"));
+                let joined = paragraph
+                    .lines()
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                first_sentence(&joined).to_owned()
+            };
+            let (means, act) = (summary("Means"), summary("Act"));
+            (name, means, act)
+        })
+        .collect()
+}
+
+/// The README's runbook table carries, for every alert of the rules file, a link to its entry
+/// and the entry's summary in full: the first sentence of its **Means** and of its **Act**
+/// (in-page links made relative to the README).
+#[test]
+fn readme_runbook_table_repeats_each_entrys_summary() {
+    let summaries = runbook_summaries();
+    let alerts: BTreeSet<String> = alert_names().into_iter().collect();
+    let entries: BTreeSet<String> = summaries.iter().map(|(n, _, _)| n.clone()).collect();
+    assert_eq!(
+        entries, alerts,
+        "docs/OPERATIONS.md's runbook entries against the alerts of alerts.yml"
+    );
+    let expected: Vec<String> = summaries
+        .iter()
+        .map(|(name, means, act)| {
+            for cell in [means, act] {
+                assert!(
+                    !cell.trim().is_empty() && !cell.contains('|'),
+                    "{name}: a summary must be non-empty and hold no `|`: {cell:?}"
+                );
+            }
+            let link = |s: &str| s.replace("](#", "](docs/OPERATIONS.md#");
+            format!(
+                "| [`{name}`](docs/OPERATIONS.md#{}) | {} | {} |",
+                name.to_lowercase(),
+                link(means),
+                link(act)
+            )
+        })
+        .collect();
+    let readme = read(&root().join("README.md"));
+    let (_, section) = readme.split_once("\n### Runbook\n").expect("### Runbook");
+    let section = section.split("\n## ").next().unwrap();
+    let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| [`")).collect();
+    for (i, row) in rows.iter().enumerate() {
+        let cells: Vec<&str> = row.split(" | ").collect();
+        assert!(
+            cells.len() == 3 && cells.iter().all(|c| !c.trim_matches('|').trim().is_empty()),
+            "README runbook row {i} has an empty or missing cell: {row}"
+        );
+    }
+    for (row, want) in rows.iter().zip(&expected) {
+        assert_eq!(
+            row, want,
+            "a README runbook row differs from docs/OPERATIONS.md (left: README, right: the entry)"
+        );
+    }
+    assert_eq!(
+        rows.len(),
+        expected.len(),
+        "README runbook rows against docs/OPERATIONS.md's entries; the table should read:\n{}",
+        expected.join("\n")
+    );
 }
 
 #[test]
