@@ -484,6 +484,100 @@ fn readme_token_alphabet_is_what_the_parser_accepts() {
     }
 }
 
+/// `major.minor` of a Rust version such as `1.89`, `1.89.0` or `1.95-bookworm`.
+fn rust_version(v: &str) -> (u32, u32) {
+    let mut parts = v.split(['.', '-']).map(|p| p.parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor),
+        _ => panic!("{v:?} is not a Rust version"),
+    }
+}
+
+/// The README's prerequisites name the workspace's `rust-version`, and the image builds with
+/// a Rust at least that new.
+#[test]
+fn readme_states_the_minimum_rust_version() {
+    let manifest = read(&root().join("Cargo.toml"));
+    let declared = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("rust-version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("Cargo.toml declares the workspace's rust-version");
+    assert!(
+        rust_version(declared) >= (1, 89),
+        "rusqlite 0.43 needs Rust 1.89, Cargo.toml says {declared}"
+    );
+    let readme = read(&root().join("README.md"));
+    let (_, prerequisites) = readme
+        .split_once("\n## Prerequisites\n")
+        .expect("README has a Prerequisites section");
+    let prerequisites = prerequisites.split("\n## ").next().unwrap();
+    assert!(
+        prerequisites.contains(&format!("**Rust {declared} or newer**")),
+        "README's prerequisites must name Rust {declared} (Cargo.toml's rust-version)"
+    );
+    for needed in ["C compiler", "cargo install", "Ctrl-C"] {
+        assert!(
+            readme.contains(needed),
+            "README no longer mentions {needed:?}"
+        );
+    }
+    let dockerfile = read(&deploy().join("Dockerfile"));
+    let image = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("FROM rust:"))
+        .expect("the build stage is FROM rust:<version>");
+    assert!(
+        rust_version(image) >= rust_version(declared),
+        "the image builds with Rust {image}, older than rust-version {declared}"
+    );
+}
+
+/// What the documents claim can be checked by a reader of the repository: delivery is
+/// at-least-once (what the crash tests assert), never "exactly once"; no figure or goal is
+/// cited from a source the reader does not have; the fixtures' README names files that exist.
+#[test]
+fn docs_claim_only_what_a_reader_can_check() {
+    let mut docs = vec![
+        root().join("README.md"),
+        root().join("fixtures/currents/README.md"),
+    ];
+    docs.extend(
+        files_under(&root().join("docs"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "md")),
+    );
+    let mut problems = Vec::new();
+    for path in &docs {
+        let text = read(path).to_lowercase().replace('\n', " ");
+        for phrase in ["exactly once", "exactly-once", "the issue", "of the target"] {
+            if text.contains(phrase) {
+                problems.push(format!("{} says {phrase:?}", rel(path)));
+            }
+        }
+    }
+    let readme = read(&root().join("README.md"));
+    assert!(
+        readme.contains("Delivery is at-least-once"),
+        "README says what the crash tests check: at-least-once delivery"
+    );
+    // Every file the fixtures' README names is in the repository.
+    let tests = files_under(&root().join("tests"));
+    let fixtures = read(&root().join("fixtures/currents/README.md"));
+    for name in fixtures.split('`').skip(1).step_by(2) {
+        if !(name.ends_with(".rs") || name.ends_with(".json")) {
+            continue;
+        }
+        let found = root().join(name).is_file()
+            || root().join("fixtures/currents").join(name).is_file()
+            || tests.iter().any(|p| p.ends_with(name));
+        if !found {
+            problems.push(format!("fixtures/currents/README.md names missing {name}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 #[test]
 fn the_metric_checker_catches_mistakes() {
     assert!(check_ref("currents_heap_events_delivered_total", Some(r#"route="x""#)).is_empty());
