@@ -526,6 +526,7 @@ fn readme_states_the_minimum_rust_version() {
     let image = dockerfile
         .lines()
         .find_map(|l| l.strip_prefix("FROM rust:"))
+        .and_then(|l| l.split_whitespace().next())
         .expect("the build stage is FROM rust:<version>");
     assert!(
         rust_version(image) >= rust_version(declared),
@@ -905,11 +906,15 @@ fn statefulset_keeps_the_queue_on_a_volume_and_probes_the_right_endpoints() {
     );
     // The StatefulSet's governing Service (`serviceName`) is a headless one of the applied
     // resources: it gives the pod its DNS name.
+    let service_name = format!("name: {}", spec["serviceName"].as_str().unwrap());
     let headless = kustomization["resources"]
         .as_array()
         .unwrap()
         .iter()
-        .filter_map(|r| yaml_doc(&k8s.join(r.as_str().unwrap())))
+        .map(|r| k8s.join(r.as_str().unwrap()))
+        // Only the files naming it go through the YAML parser (a Python process each).
+        .filter(|path| read(path).lines().any(|l| l.trim() == service_name))
+        .filter_map(|path| yaml_doc(&path))
         .find(|doc| doc["kind"] == "Service" && doc["metadata"]["name"] == spec["serviceName"])
         .unwrap_or_else(|| {
             panic!(
@@ -1170,25 +1175,19 @@ fn image_tag_is_the_package_version_everywhere() {
             problems.push(format!("{path}: no `docker build ... -t {image} .`"));
         }
     }
-    if !problems.is_empty() {
-        panic!("{}", problems.join("\n"));
+    // The deployed and the composed image (line by line: the YAML structure is checked by the
+    // tests of the StatefulSet and the compose file).
+    for (file, line) in [
+        ("k8s/statefulset.yaml", format!("image: {image}")),
+        ("compose.yaml", format!("image: {image}")),
+        ("k8s/kustomization.yaml", "- name: currents-heap".to_owned()),
+        ("k8s/kustomization.yaml", format!("newTag: \"{version}\"")),
+    ] {
+        if !read(&deploy().join(file)).lines().any(|l| l.trim() == line) {
+            problems.push(format!("deploy/{file} has no line `{line}`"));
+        }
     }
-    let Some(sts) = yaml_doc(&deploy().join("k8s/statefulset.yaml")) else {
-        return;
-    };
-    assert_eq!(
-        sts["spec"]["template"]["spec"]["containers"][0]["image"],
-        image
-    );
-    let kustomization = yaml_doc(&deploy().join("k8s/kustomization.yaml")).unwrap();
-    let images = &kustomization["images"][0];
-    assert_eq!(images["name"], "currents-heap");
-    assert_eq!(images["newTag"], version, "kustomization.yaml's newTag");
-    let compose = yaml_doc(&deploy().join("compose.yaml")).unwrap();
-    assert_eq!(
-        compose["services"]["currents-heap"]["image"], image,
-        "compose.yaml tags the image it builds"
-    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 #[test]
