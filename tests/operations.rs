@@ -4,9 +4,14 @@
 //! - every metric name (and label matcher) in `deploy/` and `docs/OPERATIONS.md` is one the
 //!   binary exports ([`CATALOGUE`]), with label values from the closed sets it uses;
 //! - the manifests and the dashboard parse; the StatefulSet keeps the queue on a persistent
-//!   volume, probes `/healthz` and `/readyz`, and waits long enough for the drain;
+//!   volume, probes `/healthz` and `/readyz`, waits long enough for the drain, and is governed
+//!   by a headless Service;
 //! - `promtool check rules` and `promtool test rules` pass; every alert has a runbook section
 //!   and a firing unit test;
+//! - the README agrees with what it summarises or describes: its runbook table with the entries
+//!   of docs/OPERATIONS.md, its Rust version with `Cargo.toml`, its token alphabet with the
+//!   settings parser; the documents promise at-least-once delivery (what the crash tests
+//!   check), never exactly-once; the image tag is the package version wherever it appears;
 //! - label sets stay bounded under real traffic (unknown event types become `other`, no id or
 //!   identity becomes a label value);
 //! - a real Prometheus scrapes the running binary: after a known batch it answers the expected
