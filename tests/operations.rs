@@ -4,9 +4,14 @@
 //! - every metric name (and label matcher) in `deploy/` and `docs/OPERATIONS.md` is one the
 //!   binary exports ([`CATALOGUE`]), with label values from the closed sets it uses;
 //! - the manifests and the dashboard parse; the StatefulSet keeps the queue on a persistent
-//!   volume, probes `/healthz` and `/readyz`, and waits long enough for the drain;
+//!   volume, probes `/healthz` and `/readyz`, waits long enough for the drain, and is governed
+//!   by a headless Service;
 //! - `promtool check rules` and `promtool test rules` pass; every alert has a runbook section
 //!   and a firing unit test;
+//! - the README agrees with what it summarises or describes: its runbook table with the entries
+//!   of docs/OPERATIONS.md, its Rust version with `Cargo.toml`, its token alphabet with the
+//!   settings parser; the documents promise at-least-once delivery (what the crash tests
+//!   check), never exactly-once; the image tag is the package version wherever it appears;
 //! - label sets stay bounded under real traffic (unknown event types become `other`, no id or
 //!   identity becomes a label value);
 //! - a real Prometheus scrapes the running binary: after a known batch it answers the expected
@@ -430,6 +435,155 @@ fn every_metric_in_deploy_and_the_runbook_is_exported_with_real_labels() {
     );
 }
 
+/// The token alphabet the README states is the one the settings parser accepts: every
+/// character it lists for Braze's Base64 tokens, and every printable ASCII character except
+/// space and comma (which separates tokens); nothing else.
+#[test]
+fn readme_token_alphabet_is_what_the_parser_accepts() {
+    use currents_heap::config::{FileConfig, Settings, SettingsArgs};
+    let tokens = |token: &str| -> Result<Vec<String>, String> {
+        let args = SettingsArgs {
+            ingest_token: Some(token.to_owned()),
+            ..Default::default()
+        };
+        Settings::resolve(&args, FileConfig::default())
+            .map(|s| {
+                s.ingest_tokens
+                    .iter()
+                    .map(|t| t.expose().to_owned())
+                    .collect()
+            })
+            .map_err(|e| e.to_string())
+    };
+    let readme = read(&root().join("README.md")).replace("\n   ", " ");
+    let base64 = "expects it in Base64 form: letters, digits and `";
+    let at = readme
+        .find(base64)
+        .expect("README states Braze's token alphabet")
+        + base64.len();
+    let listed = &readme[at..at + readme[at..].find('`').unwrap()];
+    let braze = format!("Az09{listed}");
+    assert_eq!(
+        tokens(&braze),
+        Ok(vec![braze.clone()]),
+        "README's Base64 alphabet"
+    );
+    assert!(
+        readme.contains(
+            "The forwarder takes any token of printable ASCII characters except space and comma \
+             (a comma separates tokens)"
+        ),
+        "README states what the forwarder accepts"
+    );
+    for c in (0x21u8..=0x7e).map(char::from).filter(|c| *c != ',') {
+        let token = format!("a{c}b");
+        assert_eq!(
+            tokens(&token),
+            Ok(vec![token.clone()]),
+            "{c:?} is printable ASCII"
+        );
+    }
+    assert_eq!(tokens("a,b"), Ok(vec!["a".to_owned(), "b".to_owned()]));
+    for refused in ["a b", "a\tb", "a\u{e9}b", "a\u{7f}b"] {
+        assert!(tokens(refused).is_err(), "{refused:?} accepted");
+    }
+}
+
+/// `major.minor` of a Rust version such as `1.89`, `1.89.0` or `1.95-bookworm`.
+fn rust_version(v: &str) -> (u32, u32) {
+    let mut parts = v.split(['.', '-']).map(|p| p.parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor),
+        _ => panic!("{v:?} is not a Rust version"),
+    }
+}
+
+/// The README's prerequisites name the workspace's `rust-version`, and the image builds with
+/// a Rust at least that new.
+#[test]
+fn readme_states_the_minimum_rust_version() {
+    let manifest = read(&root().join("Cargo.toml"));
+    let declared = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("rust-version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("Cargo.toml declares the workspace's rust-version");
+    assert!(
+        rust_version(declared) >= (1, 89),
+        "rusqlite 0.43 needs Rust 1.89, Cargo.toml says {declared}"
+    );
+    let readme = read(&root().join("README.md"));
+    let (_, prerequisites) = readme
+        .split_once("\n## Prerequisites\n")
+        .expect("README has a Prerequisites section");
+    let prerequisites = prerequisites.split("\n## ").next().unwrap();
+    assert!(
+        prerequisites.contains(&format!("**Rust {declared} or newer**")),
+        "README's prerequisites must name Rust {declared} (Cargo.toml's rust-version)"
+    );
+    for needed in ["C compiler", "cargo install", "Ctrl-C"] {
+        assert!(
+            readme.contains(needed),
+            "README no longer mentions {needed:?}"
+        );
+    }
+    let dockerfile = read(&deploy().join("Dockerfile"));
+    let image = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("FROM rust:"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the build stage is FROM rust:<version>");
+    assert!(
+        rust_version(image) >= rust_version(declared),
+        "the image builds with Rust {image}, older than rust-version {declared}"
+    );
+}
+
+/// What the documents claim can be checked by a reader of the repository: delivery is
+/// at-least-once (what the crash tests assert), never "exactly once"; no figure or goal is
+/// cited from a source the reader does not have; the fixtures' README names files that exist.
+#[test]
+fn docs_claim_only_what_a_reader_can_check() {
+    let mut docs = vec![
+        root().join("README.md"),
+        root().join("fixtures/currents/README.md"),
+    ];
+    docs.extend(
+        files_under(&root().join("docs"))
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "md")),
+    );
+    let mut problems = Vec::new();
+    for path in &docs {
+        let text = read(path).to_lowercase().replace('\n', " ");
+        for phrase in ["exactly once", "exactly-once", "the issue", "of the target"] {
+            if text.contains(phrase) {
+                problems.push(format!("{} says {phrase:?}", rel(path)));
+            }
+        }
+    }
+    let readme = read(&root().join("README.md"));
+    assert!(
+        readme.contains("Delivery is at-least-once"),
+        "README says what the crash tests check: at-least-once delivery"
+    );
+    // Every file the fixtures' README names is in the repository.
+    let tests = files_under(&root().join("tests"));
+    let fixtures = read(&root().join("fixtures/currents/README.md"));
+    for name in fixtures.split('`').skip(1).step_by(2) {
+        if !(name.ends_with(".rs") || name.ends_with(".json")) {
+            continue;
+        }
+        let found = root().join(name).is_file()
+            || root().join("fixtures/currents").join(name).is_file()
+            || tests.iter().any(|p| p.ends_with(name));
+        if !found {
+            problems.push(format!("fixtures/currents/README.md names missing {name}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 #[test]
 fn the_metric_checker_catches_mistakes() {
     assert!(check_ref("currents_heap_events_delivered_total", Some(r#"route="x""#)).is_empty());
@@ -751,7 +905,35 @@ fn statefulset_keeps_the_queue_on_a_volume_and_probes_the_right_endpoints() {
     for (k, v) in service["spec"]["selector"].as_object().unwrap() {
         assert_eq!(&pod_labels[k], v, "Service selector {k}");
     }
-    assert_eq!(spec["serviceName"], service["metadata"]["name"]);
+    assert_ne!(
+        service["spec"]["clusterIP"], "None",
+        "the traffic Service balances over a cluster IP"
+    );
+    // The StatefulSet's governing Service (`serviceName`) is a headless one of the applied
+    // resources: it gives the pod its DNS name.
+    let service_name = format!("name: {}", spec["serviceName"].as_str().unwrap());
+    let headless = kustomization["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| k8s.join(r.as_str().unwrap()))
+        // Only the files naming it go through the YAML parser (a Python process each).
+        .filter(|path| read(path).lines().any(|l| l.trim() == service_name))
+        .filter_map(|path| yaml_doc(&path))
+        .find(|doc| doc["kind"] == "Service" && doc["metadata"]["name"] == spec["serviceName"])
+        .unwrap_or_else(|| {
+            panic!(
+                "serviceName {} names no Service of kustomization.yaml",
+                spec["serviceName"]
+            )
+        });
+    assert_eq!(
+        headless["spec"]["clusterIP"], "None",
+        "the StatefulSet's serviceName must name a headless Service"
+    );
+    for (k, v) in headless["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(&pod_labels[k], v, "headless Service selector {k}");
+    }
     let service_port = &service["spec"]["ports"][0];
     assert!(service_port["targetPort"] == port_name || service_port["targetPort"] == 8080);
     let monitor = yaml_doc(&k8s.join("servicemonitor.yaml")).unwrap();
@@ -765,6 +947,17 @@ fn statefulset_keeps_the_queue_on_a_volume_and_probes_the_right_endpoints() {
             "ServiceMonitor selector {k}"
         );
     }
+    let selects = |svc: &Value| {
+        monitor["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .all(|(k, v)| &svc["metadata"]["labels"][k] == v)
+    };
+    assert!(
+        !selects(&headless),
+        "the ServiceMonitor also selects the headless Service: the pod would be scraped twice"
+    );
     let endpoint = &monitor["spec"]["endpoints"][0];
     assert_eq!(endpoint["port"], service_port["name"]);
     assert_eq!(endpoint["path"], "/metrics");
@@ -944,6 +1137,62 @@ fn compose_wires_the_forwarder_prometheus_and_grafana() {
         datasources["datasources"][0]["url"],
         "http://prometheus:9090"
     );
+}
+
+/// The image is tagged with the package version wherever it is built, run or deployed: the
+/// StatefulSet and kustomize's `images:`, the compose file, and the commands in the Dockerfile,
+/// docs/OPERATIONS.md and the README.
+#[test]
+fn image_tag_is_the_package_version_everywhere() {
+    let version = env!("CARGO_PKG_VERSION");
+    let image = format!("currents-heap:{version}");
+    let mut problems = Vec::new();
+    for path in [
+        deploy().join("Dockerfile"),
+        root().join("docs/OPERATIONS.md"),
+        root().join("README.md"),
+        deploy().join("k8s/statefulset.yaml"),
+    ] {
+        let text = read(&path);
+        if text.contains("-t currents-heap ") {
+            problems.push(format!("{}: `-t currents-heap` without a tag", rel(&path)));
+        }
+        // `currents-heap:<something with a dot>` is an image reference (`:8080` is a port).
+        for (at, _) in text.match_indices("currents-heap:") {
+            let tag: String = text[at + "currents-heap:".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+                .collect();
+            let tag = tag.trim_end_matches('.');
+            if tag.contains('.') && tag != version {
+                problems.push(format!("{}: currents-heap:{tag}, not {image}", rel(&path)));
+            }
+        }
+    }
+    for (path, text) in [
+        ("Dockerfile", read(&deploy().join("Dockerfile"))),
+        (
+            "docs/OPERATIONS.md",
+            read(&root().join("docs/OPERATIONS.md")),
+        ),
+    ] {
+        if !text.contains(&format!("docker build -f deploy/Dockerfile -t {image} .")) {
+            problems.push(format!("{path}: no `docker build ... -t {image} .`"));
+        }
+    }
+    // The deployed and the composed image (line by line: the YAML structure is checked by the
+    // tests of the StatefulSet and the compose file).
+    for (file, line) in [
+        ("k8s/statefulset.yaml", format!("image: {image}")),
+        ("compose.yaml", format!("image: {image}")),
+        ("k8s/kustomization.yaml", "- name: currents-heap".to_owned()),
+        ("k8s/kustomization.yaml", format!("newTag: \"{version}\"")),
+    ] {
+        if !read(&deploy().join(file)).lines().any(|l| l.trim() == line) {
+            problems.push(format!("deploy/{file} has no line `{line}`"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 #[test]
@@ -1201,6 +1450,109 @@ fn every_alert_has_a_runbook_section_and_a_firing_unit_test() {
         assert!(fires.contains(name), "no test where {name} fires");
         assert!(quiet.contains(name), "no test where {name} stays quiet");
     }
+}
+
+/// The first sentence of a runbook paragraph: up to the first `.` followed by a space or the
+/// end, outside parentheses and code spans (so `e.g.` or `"… again."` in them do not end it).
+fn first_sentence(text: &str) -> &str {
+    let (mut depth, mut code) = (0i32, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            '`' => code = !code,
+            _ if code => {}
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            '.' if depth == 0 && text[i + 1..].chars().next().is_none_or(|n| n == ' ') => {
+                return &text[..=i];
+            }
+            _ => {}
+        }
+    }
+    text
+}
+
+/// The runbook entries of docs/OPERATIONS.md in order: (alert, first sentence of **Means**,
+/// first sentence of **Act**), each paragraph's lines joined by one space.
+fn runbook_summaries() -> Vec<(String, String, String)> {
+    let ops = read(&root().join("docs/OPERATIONS.md"));
+    let (_, runbook) = ops.split_once("\n## Runbook\n").expect("## Runbook");
+    runbook
+        .split("\n### ")
+        .skip(1)
+        .map(|entry| {
+            let name = entry.lines().next().unwrap().trim().to_owned();
+            let summary = |key: &str| {
+                let prefix = format!("**{key}**: ");
+                let paragraph = entry
+                    .split("\n\n")
+                    .find_map(|p| p.strip_prefix(&prefix))
+                    .unwrap_or_else(|| panic!("{name}: no paragraph starting `{prefix}`"));
+                let joined = paragraph
+                    .lines()
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                first_sentence(&joined).to_owned()
+            };
+            let (means, act) = (summary("Means"), summary("Act"));
+            (name, means, act)
+        })
+        .collect()
+}
+
+/// The README's runbook table carries, for every alert of the rules file, a link to its entry
+/// and the entry's summary in full: the first sentence of its **Means** and of its **Act**
+/// (in-page links made relative to the README).
+#[test]
+fn readme_runbook_table_repeats_each_entrys_summary() {
+    let summaries = runbook_summaries();
+    let alerts: BTreeSet<String> = alert_names().into_iter().collect();
+    let entries: BTreeSet<String> = summaries.iter().map(|(n, _, _)| n.clone()).collect();
+    assert_eq!(
+        entries, alerts,
+        "docs/OPERATIONS.md's runbook entries against the alerts of alerts.yml"
+    );
+    let expected: Vec<String> = summaries
+        .iter()
+        .map(|(name, means, act)| {
+            for cell in [means, act] {
+                assert!(
+                    !cell.trim().is_empty() && !cell.contains('|'),
+                    "{name}: a summary must be non-empty and hold no `|`: {cell:?}"
+                );
+            }
+            let link = |s: &str| s.replace("](#", "](docs/OPERATIONS.md#");
+            format!(
+                "| [`{name}`](docs/OPERATIONS.md#{}) | {} | {} |",
+                name.to_lowercase(),
+                link(means),
+                link(act)
+            )
+        })
+        .collect();
+    let readme = read(&root().join("README.md"));
+    let (_, section) = readme.split_once("\n### Runbook\n").expect("### Runbook");
+    let section = section.split("\n## ").next().unwrap();
+    let rows: Vec<&str> = section.lines().filter(|l| l.starts_with("| [`")).collect();
+    for (i, row) in rows.iter().enumerate() {
+        let cells: Vec<&str> = row.split(" | ").collect();
+        assert!(
+            cells.len() == 3 && cells.iter().all(|c| !c.trim_matches('|').trim().is_empty()),
+            "README runbook row {i} has an empty or missing cell: {row}"
+        );
+    }
+    for (row, want) in rows.iter().zip(&expected) {
+        assert_eq!(
+            row, want,
+            "a README runbook row differs from docs/OPERATIONS.md (left: README, right: the entry)"
+        );
+    }
+    assert_eq!(
+        rows.len(),
+        expected.len(),
+        "README runbook rows against docs/OPERATIONS.md's entries; the table should read:\n{}",
+        expected.join("\n")
+    );
 }
 
 #[test]
