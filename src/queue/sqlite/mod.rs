@@ -259,6 +259,29 @@ mod tests {
         assert_eq!(q.totals().events, 0);
     }
 
+    /// Every 200 rests on these two settings of the connections that write (the writer of
+    /// `serve` and of maintenance commands takes its connection from `Store::connect`).
+    #[tokio::test]
+    async fn every_connection_that_writes_is_wal_with_a_full_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let conn = store.connect().unwrap();
+        assert_eq!(
+            store::durability(&conn).unwrap(),
+            ("wal".to_owned(), 2),
+            "journal_mode, synchronous"
+        );
+        let q = SqliteQueue::open(dir.path(), config()).unwrap();
+        q.append(vec![event("a")]).await.unwrap();
+        q.close().await.unwrap();
+        let m = SqliteQueue::open_maintenance(dir.path()).unwrap();
+        m.close().await.unwrap();
+        // Where WAL is impossible, SQLite keeps another mode without an error: refused.
+        let memory = rusqlite::Connection::open_in_memory().unwrap();
+        let refused = store::configure(&memory).unwrap_err().to_string();
+        assert!(refused.contains("journal_mode=memory"), "{refused}");
+    }
+
     #[tokio::test]
     async fn one_server_per_data_directory_and_maintenance_beside_it() {
         let dir = tempfile::tempdir().unwrap();

@@ -202,17 +202,40 @@ impl Store {
     }
 }
 
-fn configure(conn: &Connection) -> rusqlite::Result<()> {
+/// `synchronous = FULL`, as SQLite reports it.
+const SYNCHRONOUS_FULL: i64 = 2;
+
+pub(super) fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     // WAL + FULL: a commit returns only after the WAL is fsync'd, so an acknowledged batch
     // survives a crash or power loss.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // SQLite keeps another journal mode without an error where WAL is impossible (some
+    // network filesystems): every 200 rests on these two, so they are read back.
+    let (journal, synchronous) = durability(conn)?;
+    if !journal.eq_ignore_ascii_case("wal") || synchronous != SYNCHRONOUS_FULL {
+        return Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+            Some(format!(
+                "the store must be journal_mode=wal, synchronous=full (2); this connection is \
+                 journal_mode={journal}, synchronous={synchronous}"
+            )),
+        ));
+    }
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     // Bounded page cache (KiB when negative): memory does not grow with the backlog.
     conn.pragma_update(None, "cache_size", -16_384)?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(())
+}
+
+/// A connection's `journal_mode` and `synchronous`, read back from SQLite.
+pub(crate) fn durability(conn: &Connection) -> rusqlite::Result<(String, i64)> {
+    Ok((
+        conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?,
+        conn.pragma_query_value(None, "synchronous", |r| r.get(0))?,
+    ))
 }
 
 /// Read-only queries.
