@@ -68,6 +68,11 @@ macro_rules! conformance_suite {
                 a_replayed_deletion_is_accepted_and_a_deleted_users_event_dropped,
                 a_replayed_event_is_remembered_for_a_later_deletion,
             );
+            // Its own runtime per case (proptest's runner is synchronous).
+            #[test]
+            fn the_queue_follows_a_model_of_it() {
+                model::the_queue_follows_a_model_of_it::<$backend>();
+            }
         }
     };
     (@tests $backend:ty; $module:ident; $($check:ident),* $(,)?) => {

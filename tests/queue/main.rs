@@ -6,6 +6,7 @@
 
 mod conformance;
 mod deletions;
+mod model;
 
 use std::path::PathBuf;
 use std::sync::Arc;
