@@ -239,12 +239,14 @@ async fn check(q: &dyn Queue, m: &mut Model, now: i64) -> Checked {
                 (
                     &e.event_type,
                     &e.identity,
+                    e.event_time,
                     &e.payload,
                     e.workspace.as_deref(),
                 ),
                 (
                     &q.event.event_type,
                     &q.event.identity,
+                    q.event.event_time,
                     &q.event.payload,
                     Some("ws"),
                 ),
@@ -306,14 +308,15 @@ async fn check_dead_letters(q: &dyn Queue, m: &mut Model) -> Checked {
         })?;
         let e = &row.event;
         ensure_eq(
-            (&*e.route, &*e.app_id, e.attempts, &e.payload),
+            (&*e.route, &*e.app_id, e.attempts, &e.event_type, &e.payload),
             (
                 &*d.event.route,
                 &*d.event.app_id,
                 d.event.attempts,
+                &d.event.event_type,
                 &d.event.payload,
             ),
-            || format!("{}: route, app id, attempts, payload", what()),
+            || format!("{}: route, app id, attempts, type, payload", what()),
         )?;
     }
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();

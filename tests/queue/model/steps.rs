@@ -40,11 +40,11 @@ pub enum Pick {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     Append(Vec<Ev>),
-    /// A lane's bounded read: after the `after`-th event of the lane (or from the start),
-    /// passing over the `held` ones.
+    /// A lane's bounded read: after the event `after` names (of the lane, or gone: a
+    /// cursor past acknowledged events), or from the start; passing over the `held` ones.
     Ready {
         lane: u8,
-        after: Option<u8>,
+        after: Option<Pick>,
         max_events: u8,
         max_bytes: u8,
         held: Vec<u8>,
@@ -177,7 +177,7 @@ fn picks() -> impl Strategy<Value = Vec<Pick>> {
 pub fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         6 => prop::collection::vec(ev(), 1..=4).prop_map(Step::Append),
-        3 => (0u8..2, prop::option::of(any::<u8>()), 1u8..=5, 1u8..=90,
+        3 => (0u8..2, prop::option::of(pick()), 1u8..=5, 1u8..=90,
               prop::collection::vec(any::<u8>(), 0..=2))
             .prop_map(|(lane, after, max_events, max_bytes, held)| Step::Ready {
                 lane, after, max_events, max_bytes, held,
@@ -318,7 +318,9 @@ pub fn ready_request(step: &Step, m: &Model, now: i64) -> Option<ReadyRequest> {
     let lane: Vec<i64> = m.lane(app_id).filter_map(|q| q.seq).collect();
     Some(ReadyRequest {
         app_id: app_id.into(),
-        after: after.and_then(|i| nth(&lane, i)).unwrap_or(0),
+        after: after
+            .and_then(|p| resolve(&[p], &lane, &m.gone_queued).pop())
+            .unwrap_or(0),
         now,
         max_events: usize::from(*max_events),
         max_bytes: usize::from(*max_bytes),
