@@ -109,6 +109,8 @@ pub struct Model {
     /// nothing.
     pub gone_queued: Vec<i64>,
     pub gone_dead: Vec<i64>,
+    /// Per lane, the highest seq it ever held.
+    pub lane_high: BTreeMap<&'static str, i64>,
     /// Event ids accepted (the dedup window outlives every case).
     dedup: HashSet<String>,
     /// (route, Braze user) → the Heap users sent for it.

@@ -1,7 +1,7 @@
-//! The operations of a case, as generated and as shrunk. A step names events by position
-//! ("the 3rd queued event", modulo how many there are) rather than by `seq`, so any
-//! subsequence of a case is still a valid case, and shrinking ends in a short, readable one.
-//! Kept apart from `QueueOp`: a step becomes a `QueueOp` only when it is run.
+//! The operations of a case, as generated and as shrunk. A step names events by event id
+//! ("e07, or the next one there"), never by `seq`: any subsequence of a case is still a valid
+//! case and names the same events, so a failure shrinks to a short, readable one. Kept apart
+//! from `QueueOp`: a step becomes a `QueueOp` only when it is run.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -29,8 +29,9 @@ pub struct Ev {
     pub deletion: bool,
 }
 
-/// A queued event (or a dead letter) by position: `Live(i)` the i-th of those there now,
-/// `Gone(i)` the i-th of those acknowledged or moved away (a change naming it is stale).
+/// A queued event (or a dead letter): `Live(n)` the one there now whose id is `eNN` (or the
+/// next one up, see [`Choice::seq`]), `Gone(i)` the i-th of those acknowledged or moved away
+/// (a change naming it is stale).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Pick {
     Live(u8),
@@ -47,7 +48,7 @@ pub enum Step {
         after: Option<Pick>,
         max_events: u8,
         max_bytes: u8,
-        held: Vec<u8>,
+        held: Vec<Pick>,
     },
     Ack(Vec<Pick>),
     Attempt(Vec<Pick>),
@@ -92,7 +93,8 @@ impl fmt::Debug for Ev {
 impl fmt::Debug for Pick {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Pick::Live(i) => write!(f, "live#{i}"),
+            Pick::Live(n) if *n >= 24 => write!(f, "~del{}", n - 24),
+            Pick::Live(n) => write!(f, "~e{n:02}"),
             Pick::Gone(i) => write!(f, "gone#{i}"),
         }
     }
@@ -167,7 +169,7 @@ fn ev() -> impl Strategy<Value = Ev> {
 }
 
 fn pick() -> impl Strategy<Value = Pick> {
-    prop_oneof![5 => any::<u8>().prop_map(Pick::Live), 1 => any::<u8>().prop_map(Pick::Gone)]
+    prop_oneof![5 => (0u8..28).prop_map(Pick::Live), 1 => any::<u8>().prop_map(Pick::Gone)]
 }
 
 fn picks() -> impl Strategy<Value = Vec<Pick>> {
@@ -178,7 +180,7 @@ pub fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         6 => prop::collection::vec(ev(), 1..=4).prop_map(Step::Append),
         3 => (0u8..2, prop::option::of(pick()), 1u8..=5, 1u8..=90,
-              prop::collection::vec(any::<u8>(), 0..=2))
+              prop::collection::vec(pick(), 0..=2))
             .prop_map(|(lane, after, max_events, max_bytes, held)| Step::Ready {
                 lane, after, max_events, max_bytes, held,
             }),
@@ -195,85 +197,143 @@ pub fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+impl Step {
+    /// The step with one of its events or items left out, each way there is (none when it
+    /// has one or none).
+    pub fn smaller(&self) -> Vec<Step> {
+        fn without<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
+            if items.len() < 2 {
+                return Vec::new();
+            }
+            (0..items.len())
+                .map(|i| [&items[..i], &items[i + 1..]].concat())
+                .collect()
+        }
+        match self {
+            Step::Append(e) => without(e).into_iter().map(Step::Append).collect(),
+            Step::Ack(p) => without(p).into_iter().map(Step::Ack).collect(),
+            Step::Attempt(p) => without(p).into_iter().map(Step::Attempt).collect(),
+            Step::Park(p) => without(p).into_iter().map(Step::Park).collect(),
+            Step::DeadLetter(p) => without(p).into_iter().map(Step::DeadLetter).collect(),
+            Step::Replay(p) => without(p).into_iter().map(Step::Replay).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
 pub fn steps(max: usize) -> impl Strategy<Value = Vec<Step>> {
     prop::collection::vec(step(), 1..=max)
 }
 
-/// `i` modulo `len`, `None` when there is nothing to pick.
-fn nth<T: Copy>(items: &[T], i: u8) -> Option<T> {
-    (!items.is_empty()).then(|| items[usize::from(i) % items.len()])
+/// The number an event id names its event by in a [`Pick`]: `eNN` is NN, `delN` 24 + N.
+fn key(event_id: &str) -> u8 {
+    let number = |s: &str| s.parse::<u8>().unwrap_or(0);
+    match event_id.strip_prefix("del") {
+        Some(n) => 24 + number(n),
+        None => number(event_id.trim_start_matches('e')),
+    }
 }
 
-/// The distinct seqs `picks` name among `live` and `gone`.
-fn resolve(picks: &[Pick], live: &[i64], gone: &[i64]) -> Vec<i64> {
-    let mut out = Vec::new();
-    for p in picks {
-        let seq = match *p {
-            Pick::Live(i) => nth(live, i),
-            Pick::Gone(i) => nth(gone, i),
-        };
-        if let Some(s) = seq.filter(|s| !out.contains(s)) {
-            out.push(s);
+/// What a pick chooses from: the `(key, seq)` of the events there now, and the seqs gone.
+struct Choice<'a> {
+    live: Vec<(u8, i64)>,
+    gone: &'a [i64],
+}
+
+impl Choice<'_> {
+    fn queued<'a>(m: &'a Model, lane: Option<&str>) -> Choice<'a> {
+        let live = m
+            .queued
+            .iter()
+            .filter(|q| lane.is_none_or(|l| q.event.app_id == l))
+            .filter_map(|q| Some((key(&q.event.id), q.seq?)))
+            .collect();
+        Choice {
+            live,
+            gone: &m.gone_queued,
         }
     }
-    out
-}
 
-fn queued_seqs(m: &Model) -> Vec<i64> {
-    m.queued.iter().filter_map(|q| q.seq).collect()
-}
+    fn dead(m: &Model) -> Choice<'_> {
+        let live = m
+            .dead
+            .iter()
+            .filter_map(|d| Some((key(&d.event.id), d.seq?)))
+            .collect();
+        Choice {
+            live,
+            gone: &m.gone_dead,
+        }
+    }
 
-fn dead_seqs(m: &Model) -> Vec<i64> {
-    m.dead.iter().filter_map(|d| d.seq).collect()
-}
+    /// `Live(n)`: the event with the lowest key at or above n (else the lowest): removing an
+    /// unrelated step leaves the choice alone. `Gone(i)`: the i-th gone seq, modulo.
+    fn seq(&self, pick: Pick) -> Option<i64> {
+        match pick {
+            Pick::Live(n) => {
+                let above = self.live.iter().filter(|(k, _)| *k >= n).min();
+                above.or_else(|| self.live.iter().min()).map(|(_, s)| *s)
+            }
+            Pick::Gone(i) => {
+                let gone = self.gone;
+                (!gone.is_empty()).then(|| gone[usize::from(i) % gone.len()])
+            }
+        }
+    }
 
-fn queued_picks(picks: &[Pick], m: &Model) -> Vec<i64> {
-    resolve(picks, &queued_seqs(m), &m.gone_queued)
+    /// Each item whose pick names an event not named before, with its seq.
+    fn items<'i, T>(&self, items: &'i [T], pick: impl Fn(&T) -> Pick) -> Vec<(i64, &'i T)> {
+        let mut out: Vec<(i64, &T)> = Vec::new();
+        for item in items {
+            if let Some(seq) = self.seq(pick(item))
+                && !out.iter().any(|(s, _)| *s == seq)
+            {
+                out.push((seq, item));
+            }
+        }
+        out
+    }
+
+    fn seqs(&self, picks: &[Pick]) -> Vec<i64> {
+        self.items(picks, |p| *p)
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect()
+    }
 }
 
 /// The `QueueOp` a change step is, given what the model holds now.
 pub fn queue_op(step: &Step, m: &Model, now: i64) -> Option<QueueOp> {
+    let queued = || Choice::queued(m, None);
     Some(match step {
         Step::Ack(p) => QueueOp::Ack {
-            seqs: queued_picks(p, m),
+            seqs: queued().seqs(p),
         },
         Step::Attempt(p) => QueueOp::Attempt {
-            seqs: queued_picks(p, m),
+            seqs: queued().seqs(p),
             error: "HTTP 503".into(),
         },
-        Step::Park(items) => {
-            let (p, secs): (Vec<Pick>, Vec<i8>) = items.iter().copied().unzip();
-            let seqs = queued_picks(&p, m);
-            QueueOp::Park {
-                items: seqs
-                    .into_iter()
-                    .zip(secs)
-                    .map(|(s, secs)| (s, now + 1000 * i64::from(secs)))
-                    .collect(),
-            }
-        }
-        Step::DeadLetter(items) => {
-            let (p, reasons): (Vec<Pick>, Vec<u8>) = items.iter().copied().unzip();
-            QueueOp::DeadLetter {
-                items: queued_picks(&p, m)
-                    .into_iter()
-                    .zip(reasons)
-                    .map(|(seq, r)| DeadLetterItem {
-                        seq,
-                        reason: REASONS[usize::from(r)].into(),
-                        detail: Some(format!("detail of {seq}")),
-                    })
-                    .collect(),
-            }
-        }
+        Step::Park(items) => QueueOp::Park {
+            items: (queued().items(items, |i| i.0).into_iter())
+                .map(|(seq, (_, secs))| (seq, now + 1000 * i64::from(*secs)))
+                .collect(),
+        },
+        Step::DeadLetter(items) => QueueOp::DeadLetter {
+            items: (queued().items(items, |i| i.0).into_iter())
+                .map(|(seq, (_, r))| DeadLetterItem {
+                    seq,
+                    reason: REASONS[usize::from(*r)].into(),
+                    detail: Some(format!("detail of {seq}")),
+                })
+                .collect(),
+        },
         Step::DeadLetterApp(lane) => QueueOp::DeadLetterApp {
             app_id: LANES[usize::from(*lane)].into(),
             reason: UNROUTABLE.into(),
         },
         Step::Replay(items) => {
-            let p: Vec<Pick> = items.iter().map(|i| i.0).collect();
-            let seqs = resolve(&p, &dead_seqs(m), &m.gone_dead);
-            let items = seqs.into_iter().zip(items).map(|(seq, &(_, route, heap))| {
+            let items = Choice::dead(m).items(items, |i| i.0).into_iter();
+            let items = items.map(|(seq, &(_, route, heap))| {
                 let (route, app_id) = ROUTES[usize::from(route)];
                 // What `dlq replay` passes: the event's kind and user, as the mapping sees them.
                 let dead = m.dead.iter().find(|d| d.seq == Some(seq));
@@ -294,9 +354,7 @@ pub fn queue_op(step: &Step, m: &Model, now: i64) -> Option<QueueOp> {
         }
         Step::Purge { reason, ids } => QueueOp::Purge {
             reason: reason.map(|r| REASONS[usize::from(r)].into()),
-            ids: ids
-                .as_ref()
-                .map(|p| resolve(p, &dead_seqs(m), &m.gone_dead)),
+            ids: ids.as_ref().map(|p| Choice::dead(m).seqs(p)),
         },
         _ => return None,
     })
@@ -315,18 +373,13 @@ pub fn ready_request(step: &Step, m: &Model, now: i64) -> Option<ReadyRequest> {
         return None;
     };
     let app_id = LANES[usize::from(*lane)];
-    let lane: Vec<i64> = m.lane(app_id).filter_map(|q| q.seq).collect();
+    let lane = Choice::queued(m, Some(app_id));
     Some(ReadyRequest {
         app_id: app_id.into(),
-        after: after
-            .and_then(|p| resolve(&[p], &lane, &m.gone_queued).pop())
-            .unwrap_or(0),
+        after: after.and_then(|p| lane.seq(p)).unwrap_or(0),
         now,
         max_events: usize::from(*max_events),
         max_bytes: usize::from(*max_bytes),
-        held: held
-            .iter()
-            .filter_map(|i| nth(&lane, *i))
-            .collect::<HashSet<i64>>(),
+        held: lane.seqs(held).into_iter().collect::<HashSet<i64>>(),
     })
 }
