@@ -174,7 +174,8 @@ pub struct ReadyRequest {
 /// The answer to a [`ReadyRequest`]: due parked events first (soonest first), then fresh ones
 /// in FIFO order, together within the request's bounds. A fresh event may still be parked
 /// in the future (parked before a restart): the lane moves its cursor past it and takes it
-/// when it comes back as due.
+/// when it comes back as due. An event both due and after the cursor may be in both lists
+/// (the lane loads it once).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ready {
     pub due: Vec<QueuedEvent>,
@@ -237,8 +238,9 @@ pub enum QueueOp {
     DeadLetter { items: Vec<DeadLetterItem> },
     /// Move every queued event of a Heap app id to the dead-letter store (no lane serves it).
     DeadLetterApp { app_id: String, reason: String },
-    /// Move dead letters back to the queue as fresh events; an event of a user deleted on
-    /// its new route is dropped instead, a deletion is accepted.
+    /// Move dead letters back to the queue as fresh events (no failed attempts, not parked,
+    /// `received_at` now); an event of a user deleted on its new route is dropped instead, a
+    /// deletion is accepted.
     Replay { items: Vec<ReplayItem> },
     /// Delete dead letters (all, one reason, and/or these `seq`s).
     Purge {

@@ -45,6 +45,7 @@ macro_rules! conformance_suite {
                 concurrent_appends_each_store_every_event_once,
                 ready_reads_one_lane_in_fifo_order_within_its_bounds,
                 parked_events_come_back_due_soonest_first,
+                due_and_fresh_events_share_one_byte_bound,
                 acks_remove_events_and_the_totals_follow,
                 failed_attempts_are_counted,
                 dead_letters_are_listed_counted_replayed_and_purged,
@@ -71,6 +72,11 @@ macro_rules! conformance_suite {
                 a_saved_lane_is_replaced_whole_and_survives_a_restart,
                 stamps_keep_the_newest_event_time_across_a_restart,
             );
+            // Its own runtime per case (proptest's runner is synchronous).
+            #[test]
+            fn the_queue_follows_a_model_of_it() {
+                model::the_queue_follows_a_model_of_it::<$backend>();
+            }
         }
     };
     (@tests $backend:ty; $module:ident; $($check:ident),* $(,)?) => {
@@ -327,6 +333,42 @@ pub async fn parked_events_come_back_due_soonest_first<B: Backend>() {
         ..at(now + 30_000)
     };
     assert_eq!(ids(&q.ready(held).await.unwrap().due), ["a"]);
+}
+
+pub async fn due_and_fresh_events_share_one_byte_bound<B: Backend>() {
+    let (_b, q) = open::<B>().await;
+    let big = "x".repeat(1000);
+    q.append(vec![
+        event("a", APP, "{1}"),
+        event("b", APP, &big),
+        event("c", APP, "{2}"),
+    ])
+    .await
+    .unwrap();
+    let all = queued(&*q).await;
+    q.apply(QueueOp::Park {
+        items: vec![(all[0].seq, unix_millis())],
+    })
+    .await
+    .unwrap();
+    let read = |max_bytes| ReadyRequest {
+        after: all[0].seq,
+        max_bytes,
+        ..everything(APP)
+    };
+    let r = q.ready(read(10)).await.unwrap();
+    assert_eq!(
+        (ids(&r.due), ids(&r.fresh)),
+        (vec!["a".to_owned()], vec![]),
+        "the first fresh event is not read past the bound when a due one came first"
+    );
+    let r = q.ready(read(1003)).await.unwrap();
+    assert_eq!(
+        (ids(&r.due), ids(&r.fresh)),
+        (vec!["a".into()], vec!["b".into()])
+    );
+    let r = q.ready(read(1006)).await.unwrap();
+    assert_eq!(ids(&r.fresh), ["b", "c"]);
 }
 
 pub async fn acks_remove_events_and_the_totals_follow<B: Backend>() {

@@ -7,6 +7,7 @@
 mod conformance;
 mod continuity;
 mod deletions;
+mod model;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -287,31 +287,45 @@ fn dead_letter(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
     })
 }
 
+/// What a bounded read took so far: rows and payload bytes, and whether it stopped at the
+/// byte bound. One read of several queries (`ready`: due, then fresh) shares one.
+#[derive(Debug, Default)]
+struct Taken {
+    rows: usize,
+    bytes: usize,
+    /// The next row would have taken the bytes over the bound: nothing more is read.
+    full: bool,
+}
+
 /// Reads `rows` (without a `LIMIT` when some may be passed over, so those do not count) until
 /// `limit` rows are taken or the next payload would take the total over `max_bytes`; the first
-/// row is always taken. Rows whose `seq` is in `held` are passed over. The checks read `seq`
-/// and the length (column `len_column`) only, never copying a payload that is not taken.
+/// row of the read is always taken. `taken` counts what the read took so far, in earlier
+/// queries too. Rows whose `seq` is in `held` are passed over. The checks read `seq` and the
+/// length (column `len_column`) only, never copying a payload that is not taken.
 fn collect_within<T>(
     mut rows: rusqlite::Rows<'_>,
     bounds: (usize, usize),
     held: &HashSet<i64>,
     len_column: usize,
     read: fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    taken: &mut Taken,
 ) -> rusqlite::Result<Vec<T>> {
     let (limit, max_bytes) = bounds;
     let mut out = Vec::new();
-    let mut total = 0usize;
-    while out.len() < limit
+    while taken.rows < limit
+        && !taken.full
         && let Some(row) = rows.next()?
     {
         if held.contains(&row.get::<_, i64>(0)?) {
             continue;
         }
         let len = usize::try_from(row.get::<_, i64>(len_column)?).unwrap_or(0);
-        if !out.is_empty() && total.saturating_add(len) > max_bytes {
+        if taken.rows > 0 && taken.bytes.saturating_add(len) > max_bytes {
+            taken.full = true;
             break;
         }
-        total = total.saturating_add(len);
+        taken.bytes = taken.bytes.saturating_add(len);
+        taken.rows += 1;
         out.push(read(row)?);
     }
     Ok(out)
@@ -321,26 +335,12 @@ impl Reader {
     /// A lane's ready events: due parked ones first, then fresh ones after the cursor, within
     /// the request's bounds together.
     pub fn ready(&self, req: &ReadyRequest) -> rusqlite::Result<Ready> {
-        let due = self.due_deferred(
-            &req.app_id,
-            req.now,
-            req.max_events,
-            req.max_bytes,
-            &req.held,
-        )?;
-        let due_bytes: usize = due.iter().map(|e| e.event.payload.len()).sum();
-        let full = due.len() >= req.max_events || (!due.is_empty() && due_bytes >= req.max_bytes);
-        let fresh = if full {
-            Vec::new()
-        } else {
-            self.queued_within(
-                &req.app_id,
-                req.after,
-                req.max_events - due.len(),
-                req.max_bytes - due_bytes.min(req.max_bytes),
-                &req.held,
-            )?
-        };
+        // One budget for both: the first fresh event is not read past the bounds when due
+        // events came first.
+        let mut taken = Taken::default();
+        let bounds = (req.max_events, req.max_bytes);
+        let due = self.due_within(&req.app_id, req.now, bounds, &req.held, &mut taken)?;
+        let fresh = self.lane_within(&req.app_id, req.after, bounds, &req.held, &mut taken)?;
         Ok(Ready { due, fresh })
     }
 
@@ -378,11 +378,26 @@ impl Reader {
         max_bytes: usize,
         held: &HashSet<i64>,
     ) -> rusqlite::Result<Vec<QueuedEvent>> {
+        let bounds = (limit, max_bytes);
+        self.lane_within(app_id, after_seq, bounds, held, &mut Taken::default())
+    }
+
+    fn lane_within(
+        &self,
+        app_id: &str,
+        after_seq: i64,
+        bounds: (usize, usize),
+        held: &HashSet<i64>,
+        taken: &mut Taken,
+    ) -> rusqlite::Result<Vec<QueuedEvent>> {
+        if taken.full || taken.rows >= bounds.0 {
+            return Ok(Vec::new());
+        }
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {QUEUED_COLUMNS} FROM queue WHERE app_id = ?1 AND seq > ?2 ORDER BY seq"
         ))?;
         let rows = stmt.query(rusqlite::params![app_id, after_seq])?;
-        collect_within(rows, (limit, max_bytes), held, 12, queued_event)
+        collect_within(rows, bounds, held, 12, queued_event, taken)
     }
 
     /// Heap app ids that have queued events (one index scan).
@@ -404,13 +419,24 @@ impl Reader {
         max_bytes: usize,
         held: &HashSet<i64>,
     ) -> rusqlite::Result<Vec<QueuedEvent>> {
+        self.due_within(app_id, now, (limit, max_bytes), held, &mut Taken::default())
+    }
+
+    fn due_within(
+        &self,
+        app_id: &str,
+        now: i64,
+        bounds: (usize, usize),
+        held: &HashSet<i64>,
+        taken: &mut Taken,
+    ) -> rusqlite::Result<Vec<QueuedEvent>> {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {QUEUED_COLUMNS} FROM queue
              WHERE app_id = ?1 AND not_before > 0 AND not_before <= ?2
              ORDER BY not_before, seq"
         ))?;
         let rows = stmt.query(rusqlite::params![app_id, now])?;
-        collect_within(rows, (limit, max_bytes), held, 12, queued_event)
+        collect_within(rows, bounds, held, 12, queued_event, taken)
     }
 
     /// Dead letters, oldest first, optionally of one reason, starting after `after_seq`.
@@ -437,7 +463,9 @@ impl Reader {
              WHERE (?1 IS NULL OR reason = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3"
         ))?;
         let rows = stmt.query(rusqlite::params![reason, after_seq, limit as i64])?;
-        collect_within(rows, (limit, max_bytes), &HashSet::new(), 14, dead_letter)
+        let bounds = (limit, max_bytes);
+        let held = HashSet::new();
+        collect_within(rows, bounds, &held, 14, dead_letter, &mut Taken::default())
     }
 
     /// Dead letters by reason.
