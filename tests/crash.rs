@@ -308,7 +308,7 @@ async fn every_acknowledged_event_survives_kill_9_and_no_rejected_one_is_stored(
         };
         wait_for_acks(ACKS_BEFORE_KILL / 2).await;
         let (mut cut, cut_ids) = start_cut_batch(round, server.addr).await;
-        // Many batches answered since the part was sent: the server has read it by now.
+        // Many batches are answered after the part was sent: time for the server to read it.
         wait_for_acks(ACKS_BEFORE_KILL).await;
         // Mid-stream: every client has a batch on the wire or about to be.
         kill_9(server).await;

@@ -190,7 +190,7 @@ fn event() -> impl Strategy<Value = Value> {
 }
 
 /// An [`event`] ingest would accept: its `id` made non-empty and cut to [`MAX_ID_BYTES`] (on a
-/// character boundary), the structural rules `event` breaks on purpose.
+/// character boundary), the two structural rules `event` may break (`map_event` takes any id).
 fn valid_event() -> impl Strategy<Value = Value> {
     event().prop_map(|mut e| {
         if let Some(Value::String(id)) = e.get_mut("id") {
