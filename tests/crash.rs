@@ -3,6 +3,12 @@
 //! batch got a 2xx must still be queued — and no event of a batch that got a 400 may be. Three
 //! rounds, so acknowledged events also survive repeated crashes and crash recovery itself.
 //!
+//! Each round also has one request certainly cut mid-body by the kill: its head and the first
+//! part of its body were sent, the rest never is, and the connection must drop without an
+//! answer. The part sent is a whole batch on its own (the rest of the declared length would be
+//! padding), so a server acting before the body is complete would store it; none of its
+//! events may be stored.
+//!
 //! The server delivers to a Heap that refuses every connection (a local port bound but never
 //! listening, retried only after an hour), so no event leaves the store by delivery; "queued"
 //! means a row of `queue` or, for an event the mapping skipped, of `dead_letter`.
@@ -23,7 +29,7 @@ use serde_json::{Value, json};
 
 mod common;
 
-use common::{Braze, kill_9, metric_value, spawn_delivering, terminate};
+use common::{Braze, RawConn, TOKEN, kill_9, metric_value, spawn_delivering, terminate};
 
 const CLIENTS: usize = 6;
 const ROUNDS: usize = 3;
@@ -62,6 +68,8 @@ struct Ledger {
     rejected: Vec<String>,
     /// Batches on the wire when the server died: stored whole or not at all.
     in_flight: Vec<Vec<String>>,
+    /// Events of the batches whose body the kill cut: never stored.
+    cut: Vec<String>,
 }
 
 fn event(id: &str) -> Value {
@@ -134,6 +142,26 @@ async fn client(
     ledger
 }
 
+/// Sends the head and the first part of a batch of `EVENTS_PER_BATCH` events whose declared
+/// length is twice what is sent. The part sent is a complete batch by itself.
+async fn start_cut_batch(round: usize, addr: SocketAddr) -> (RawConn, Vec<String>) {
+    let ids: Vec<String> = (0..EVENTS_PER_BATCH)
+        .map(|k| format!("r{round}-cut-e{k}"))
+        .collect();
+    let events: Vec<Value> = ids.iter().map(|id| event(id)).collect();
+    let part = serde_json::to_vec(&json!({ "events": events })).unwrap();
+    let mut conn = RawConn::connect(addr).await;
+    let bearer = format!("Bearer {TOKEN}");
+    conn.send_head(&[
+        ("authorization", &bearer),
+        ("content-type", "application/json"),
+        ("content-length", &(2 * part.len()).to_string()),
+    ])
+    .await;
+    conn.write(&part).await;
+    (conn, ids)
+}
+
 /// The SQLite file the server keeps in its data directory.
 fn database(data_dir: &Path) -> PathBuf {
     std::fs::read_dir(data_dir)
@@ -181,6 +209,7 @@ async fn check_promise(server: &Server, data_dir: &Path, ledger: &Ledger) {
         acked,
         rejected,
         in_flight,
+        cut,
         ..
     } = ledger;
     let rows = queued_ids(data_dir);
@@ -215,6 +244,14 @@ async fn check_promise(server: &Server, data_dir: &Path, ledger: &Ledger) {
             batch.len()
         );
     }
+    let kept: Vec<&String> = cut
+        .iter()
+        .filter(|id| stored.contains(id.as_str()))
+        .collect();
+    assert!(
+        kept.is_empty(),
+        "events of a request whose body was cut by kill -9 were stored: {kept:?}"
+    );
     let sent: HashSet<&str> = acked
         .iter()
         .chain(in_flight.iter().flatten())
@@ -257,16 +294,35 @@ async fn every_acknowledged_event_survives_kill_9_and_no_rejected_one_is_stored(
             .collect();
 
         let deadline = Instant::now() + Duration::from_secs(60);
-        while acks.load(Ordering::SeqCst) < ACKS_BEFORE_KILL {
-            assert!(
-                Instant::now() < deadline,
-                "round {round}: too few acknowledgements"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let wait_for_acks = |n: usize| {
+            let acks = Arc::clone(&acks);
+            async move {
+                while acks.load(Ordering::SeqCst) < n {
+                    assert!(
+                        Instant::now() < deadline,
+                        "round {round}: too few acknowledgements"
+                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        wait_for_acks(ACKS_BEFORE_KILL / 2).await;
+        let (mut cut, cut_ids) = start_cut_batch(round, server.addr).await;
+        // Many batches are answered after the part was sent: time for the server to read it.
+        wait_for_acks(ACKS_BEFORE_KILL).await;
         // Mid-stream: every client has a batch on the wire or about to be.
         kill_9(server).await;
         stop.store(true, Ordering::SeqCst);
+        let answer = cut
+            .closed_within(Duration::from_secs(10))
+            .await
+            .expect("kill -9 closes the connection");
+        assert!(
+            answer.is_empty(),
+            "round {round}: a request with half its body was answered: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        all.cut.extend(cut_ids);
         for c in clients {
             let ledger = c.await.expect("client task");
             all.acked.extend(ledger.acked);
@@ -282,10 +338,12 @@ async fn every_acknowledged_event_survives_kill_9_and_no_rejected_one_is_stored(
         server = start_server(data.path(), heap);
         check_promise(&server, data.path(), &all).await;
         eprintln!(
-            "round {round}: {} events acknowledged, {} rejected, {} batches cut, {} queued",
+            "round {round}: {} events acknowledged, {} rejected, {} batches in flight, {} cut \
+             mid-body, {} queued",
             all.acked.len(),
             all.rejected.len(),
             all.in_flight.len(),
+            round + 1,
             queued_ids(data.path()).len()
         );
     }

@@ -1,6 +1,7 @@
-//! Fault injection on the store file itself: a truncated or overwritten `queue.sqlite3` makes
-//! `serve` refuse to start, say so clearly, and leave the file untouched — it never silently
-//! starts over with an empty queue.
+//! Fault injection on the store file itself: a truncated or overwritten `queue.sqlite3`, or one
+//! written by a newer version (docs/OPERATIONS.md "Upgrading": a rollback across a schema
+//! change), makes `serve` refuse to start, say so clearly, and leave the file untouched — it
+//! never silently starts over with an empty queue.
 // Test code: `unwrap` is an assertion, and helpers are `pub` for the modules that share them.
 #![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
@@ -58,8 +59,10 @@ fn store_with_events(dir: &Path) {
     handle.close();
 }
 
+/// `serve` on `dir`, which must refuse to start: killed if it still runs after 30 s (its exit
+/// status is then no code), so a store it wrongly accepts fails the test instead of hanging it.
 fn serve(dir: &Path) -> std::process::Output {
-    bin()
+    let mut child = bin()
         .args([
             "serve",
             "--dry-run",
@@ -68,8 +71,16 @@ fn serve(dir: &Path) -> std::process::Output {
             "--data-dir",
         ])
         .arg(dir)
-        .output()
-        .unwrap()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait_with_output().unwrap()
 }
 
 #[test]
@@ -111,6 +122,37 @@ fn a_store_overwritten_with_garbage_is_refused() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("is damaged"), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), garbage);
+}
+
+#[test]
+fn a_store_written_by_a_newer_version_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_events(dir.path());
+    let file = dir.path().join("queue.sqlite3");
+    let newer = {
+        let conn = rusqlite::Connection::open(&file).unwrap();
+        let current: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        conn.pragma_update(None, "user_version", current + 1)
+            .unwrap();
+        current + 1
+    };
+    let before = std::fs::read(&file).unwrap();
+
+    let out = serve(dir.path());
+
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("was written by a newer version") && err.contains(&format!("schema {newer}")),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "the newer store was modified"
+    );
 }
 
 /// Every event id in the queue and in the dead-letter store, read-only.

@@ -1,7 +1,7 @@
 //! Live reload (`SIGHUP`, README "Live reload"): tokens rotated, a route added and a route's
 //! mapping changed while batches keep arriving — no 5xx, no 401 for a valid token, no event
 //! lost or doubled; an invalid file is refused and the old configuration stays in force; the
-//! queued events of a removed route are dead-lettered `unroutable`, as at start-up.
+//! queued events of a removed route are dead-lettered `unroutable`, by a reload and at start-up.
 // Test code: `unwrap` is an assertion, and helpers are `pub` for the modules that share them.
 #![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
@@ -299,5 +299,64 @@ async fn the_queued_events_of_a_removed_route_become_unroutable_dead_letters() {
         .query_row("SELECT count(*) FROM queue", [], |r| r.get(0))
         .unwrap();
     assert_eq!(queued, 0);
+    app.stop().await;
+}
+
+/// README "Several workspaces": events queued for an app id that no route delivers to any more
+/// are moved to the dead-letter store at start-up, and never sent anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_start_the_queued_events_of_a_removed_route_become_unroutable_dead_letters() {
+    let heap = HeapStandIn::start(StandInConfig::heap());
+    heap.set_down(true);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    let base = format!(
+        "ingest_token = [\"tok\"]\nheap_app_id = \"1\"\nheap_base_url = \"{}\"\nheap_linger = \"20ms\"\nretry_initial_backoff = \"1h\"\nretry_max_backoff = \"1h\"\n",
+        heap.base_url()
+    );
+    let route = "\n[[route]]\nname = \"brand-b\"\nworkspace = \"brand-b\"\nheap_app_id = \"2\"\n";
+    write_config(&config, &format!("{base}{route}"));
+    let mut app = TestApp::from_config_file(&config).await;
+    let (ids, body) = batch("b-queued", 5);
+    assert_eq!(
+        post(app.addr(), "/currents?workspace=brand-b", "tok", &body).await,
+        200
+    );
+    app.stop_app().await;
+    assert_eq!(
+        app.queued_count(),
+        5,
+        "Heap was down: the events stayed queued"
+    );
+
+    // Restarted (not reloaded) without the route, Heap up.
+    write_config(&config, &base);
+    heap.set_down(false);
+    app.start_app().await;
+    let dead: BTreeSet<String> = common::dead_letters(app.data_dir())
+        .into_iter()
+        .filter(|d| d.reason == "unroutable")
+        .map(|d| d.event.event_id)
+        .collect();
+    assert_eq!(dead, ids.iter().cloned().collect::<BTreeSet<_>>());
+    assert_eq!(app.queued_count(), 0);
+    assert_eq!(
+        app.metric(r#"currents_heap_dead_letter_events{reason="unroutable"}"#)
+            .await,
+        5.0
+    );
+    // An event of the default route, posted after them, reaches Heap; they never do.
+    let (marker, body) = batch("default-after", 1);
+    assert_eq!(post(app.addr(), "/currents", "tok", &body).await, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while heap.report().key_count(&marker[0]) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the default route delivers nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let report = heap.report();
+    assert!(ids.iter().all(|id| report.key_count(id) == 0));
     app.stop().await;
 }

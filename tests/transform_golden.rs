@@ -8,6 +8,7 @@
 // Test code: `unwrap` is an assertion, and helpers are `pub` for the modules that share them.
 #![allow(clippy::unwrap_used, unreachable_pub, missing_debug_implementations)]
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use currents_heap::heap::model::{
@@ -50,7 +51,10 @@ fn samples() -> Option<Vec<(String, Vec<u8>)>> {
             "{} does not exist (CI is set, so the golden mapping tests may not be skipped)",
             dir.display()
         );
-        eprintln!(
+        // Written to the process's stderr, not with `eprintln!`, which the test harness
+        // captures (and shows only for a failing test): the skip must show in the output.
+        let _ = writeln!(
+            std::io::stderr(),
             "note: {} does not exist; skipping the golden mapping tests",
             dir.display()
         );

@@ -1,5 +1,6 @@
 //! product.md §2 endpoints and §6 metrics: probes, the metric catalogue exported at zero from
-//! start-up, and 404/405 for everything that is not the ingest path.
+//! start-up, no event data or identity in `/metrics`, and 404/405 for everything that is not
+//! the ingest path.
 
 use currents_heap::currents::catalogue::KNOWN_EVENT_TYPES;
 use currents_heap::metrics::{CATALOGUE, OUTCOMES, REJECT_REASONS, STATUSES};
@@ -138,6 +139,45 @@ async fn request_outcomes_and_queue_gauges_follow_the_traffic() {
     // Received a moment ago: seconds, not milliseconds, and not the epoch.
     let age = value("currents_heap_queue_oldest_event_age_seconds");
     assert!((0.0..5.0).contains(&age), "oldest event age {age} s");
+}
+
+/// README "Facing the internet": `/metrics` shows no event data and no identities, whatever
+/// the events carry (accepted, skipped or refused) and whichever workspace they name.
+#[tokio::test]
+async fn metrics_show_no_event_data_and_no_identity() {
+    let app = spawn_app().await;
+    let mut known = email_send("zq7-id-1", "zq7-user-1");
+    known["properties"]["campaign_name"] = "zq7-campaign".into();
+    let mut unknown = event("zq7-id-2", "users.zq7.Unknown");
+    unknown["user"]["user_id"] = "zq7-braze-id".into();
+    let mut anonymous = event("zq7-id-3", "users.messages.email.Open");
+    anonymous["user"] = serde_json::json!({ "user_id": "zq7-braze-anon" });
+    app.post_to(
+        "/currents?workspace=zq7-workspace",
+        batch(&[known, unknown, anonymous]),
+        AUTH,
+    )
+    .await
+    .assert_accepted(3, 0);
+    let mut invalid = event("zq7-id-4", "users.zq7.Invalid");
+    invalid.as_object_mut().unwrap().remove("time");
+    assert_eq!(
+        app.post_authed(batch(&[invalid])).await.status,
+        StatusCode::BAD_REQUEST
+    );
+
+    let text = app.metrics().await;
+
+    let leaks: Vec<&str> = text.lines().filter(|l| l.contains("zq7")).collect();
+    assert!(leaks.is_empty(), "event data in /metrics: {leaks:?}");
+    // The unknown type is counted, under `other`.
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"currents_heap_events_accepted_total{event_type="other",route="default"}"#
+        ),
+        1.0
+    );
 }
 
 #[tokio::test]

@@ -1,5 +1,7 @@
 //! product.md §3, transient refusals: a backlog over `--max-queue-bytes` and a disk below its
 //! free-space reserve answer 503 + `Retry-After` and store nothing; they never answer 4xx.
+//! `/readyz` stays 200 while ingest sheds for them (README "Endpoints": operators alert on
+//! `ingest_requests_total` instead); only a store that cannot commit turns it 503.
 
 use currents_heap::config::SettingsArgs;
 use http::StatusCode;
@@ -17,6 +19,16 @@ fn assert_unavailable(reply: &Reply, error: &str) {
     );
     reply.retry_after_secs();
     assert_eq!(reply.json()["error"], error);
+}
+
+/// `/readyz` answers `200 ready`.
+async fn assert_ready(app: &TestApp) {
+    let ready = app.get("/readyz").await;
+    assert_eq!(
+        (ready.status, ready.text().as_str()),
+        (StatusCode::OK, "ready\n"),
+        "/readyz while ingest sheds for the disk"
+    );
 }
 
 /// Bytes the quota counts for `events`: each event exactly as serialised in the batch.
@@ -54,6 +66,7 @@ async fn a_backlog_over_its_quota_answers_503_with_retry_after_and_stores_nothin
 
     assert_unavailable(&refused, "over_quota");
     assert_eq!(app.stored_count(), 4, "a refused batch leaves no trace");
+    assert_ready(&app).await;
     let metrics = app.metrics().await;
     assert_eq!(
         metric_value(
@@ -145,9 +158,10 @@ async fn a_full_disk_answers_503_with_retry_after_and_stores_nothing() {
             .await,
         3.0
     );
-    // The process stays live, and the credential check still passes so Braze keeps the
-    // integration enabled.
+    // The process stays live and ready, and the credential check still passes so Braze keeps
+    // the integration enabled.
     assert_eq!(app.get("/healthz").await.status, StatusCode::OK);
+    assert_ready(&app).await;
     app.post_authed("").await.assert_accepted(0, 0);
 }
 

@@ -47,7 +47,8 @@ async fn a_draining_server_refuses_new_batches_with_503_and_finishes_the_one_in_
         "{}",
         refused.text()
     );
-    refused.retry_after_secs();
+    // README "What each status code means to Braze": draining is `Retry-After: 5`.
+    assert_eq!(refused.retry_after_secs(), 5);
     assert_eq!(refused.json()["error"], "draining");
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -97,7 +98,7 @@ async fn a_draining_server_refuses_even_a_credential_check_with_503() {
     for (body, headers) in [("", AUTH), ("{}", AUTH), ("{}", &[][..])] {
         let reply = app.post(body, headers).await;
         assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{body:?}");
-        reply.retry_after_secs();
+        assert_eq!(reply.retry_after_secs(), 5, "{body:?}");
     }
     drop(conn);
     app.wait_stopped().await;
