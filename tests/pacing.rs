@@ -1,14 +1,24 @@
 //! Pacing (product.md §1.1, §5), the acceptance measurement: a backlog drains at just under
-//! Heap's app budget, no window of the stand-in ever holds more than either budget, and an
-//! identity over its budget is deferred without holding back the others while it trickles at
-//! its own budget.
+//! Heap's app budget, the forwarder never sends more than either budget in any window of the
+//! stand-in, and an identity over its budget is deferred without holding back the others while
+//! it trickles at its own budget.
+//!
+//! What each run can judge on a machine it shares: the budgets are judged on every request
+//! the stand-in *received* (its offered windows: the ones it refused count too), and none may
+//! be refused; a machine too busy for the forwarder to keep up only lowers what it sends, so
+//! these hold whatever the load. How fully the budget is used depends on the CPU the forwarder
+//! gets, so the CI-scale runs only have lax floors (they catch a lane that stalls or a budget
+//! setting that is not applied); the exact figures (97 % of the app budget, no window over 99 %
+//! of it) are asserted on paused time in `src/delivery/tests/pacing.rs`, which no load can
+//! change, and by the acceptance run below, which `.ci/run` runs on an optimized build.
 //!
 //! Scaling: Heap's minute becomes `window` for both the forwarder (`heap_budget_window`) and
 //! the stand-in, and the linger becomes `window / 60` (the production 1 s per minute). The
 //! forwarder's bursts are 1/60 of each budget, so this keeps the production shape: a linger
 //! spans about one identity burst, the app budget is 15× the identity budget, the ordinary
-//! identities' backlog takes about two windows of app budget and (when present) the hot
-//! identity holds five windows of its own budget.
+//! identities' backlog takes about two windows of app budget (one and a half at the CI scale)
+//! and (when present) the hot identity holds five windows of its own budget (two at the CI
+//! scale).
 //!
 //! The backlog is written into the store before the server starts (as after an outage, or a
 //! restart with a backlog), so delivery meets all of it at once.
@@ -345,17 +355,20 @@ fn print(s: &Scenario, f: &Figures) {
     }
 }
 
-/// The acceptance run asserts the figures on a quiet machine. The CI-scale runs share
-/// two cores with whatever else the machine does (a loaded CI machine measured 72–82 % where a
-/// quiet one measures 96 %), so their wall-clock floors only catch a lane that stalls or is held
-/// back; how exactly a lane paces is asserted on paused time in `src/delivery/tests`. The
-/// budgets are never loosened: in every run no window may exceed them.
+/// The acceptance run asserts the figures. The CI-scale runs are debug builds sharing
+/// two cores with whatever else the machine does (busy machines measured 64–82 % where a
+/// quiet one measures 96 %: the forwarder runs out of CPU, not of budget), so their floors are
+/// lax, set well under the worst seen beside a CPU hog (docs/PERFORMANCE.md): they catch a
+/// lane that stalls, or a budget setting that is not applied (the window ignored would drain
+/// at 10 %). How exactly a lane paces is asserted on paused time in `src/delivery/tests`, and
+/// head-of-line blocking there too (`an_identity_over_its_budget_is_parked_while_the_others_flow`).
+/// The budgets are never loosened: in every run no window may exceed them.
 const ACCEPTANCE_UTILISATION: f64 = 0.95;
-const CI_UTILISATION: f64 = 0.60;
+const CI_UTILISATION: f64 = 0.40;
 const ACCEPTANCE_HOLD_BACK: f64 = 1.2;
-const CI_HOLD_BACK: f64 = 1.5;
+const CI_HOLD_BACK: f64 = 2.5;
 const ACCEPTANCE_HOT_SHARE: f64 = 0.85;
-const CI_HOT_SHARE: f64 = 0.75;
+const CI_HOT_SHARE: f64 = 0.40;
 
 /// Budgets respected (and never triggered), the app budget used at ≥ `min_utilisation` while
 /// draining, and the ordinary identities not held back (done within `max_hold_back` × the time
@@ -413,14 +426,16 @@ fn check_hot_identity(f: &Figures, min_share: f64) {
 }
 
 /// The CI scale: half the production rates, same shape (7,500 / 500 events per 6 s window);
-/// 7,500 events over 250 identities, and 1,000 more for one hot identity.
+/// 11,250 events over 250 identities (one and a half windows of budget, so a forwarder that
+/// ignored the budget would put more than the budget in a window), and 1,000 more for one hot
+/// identity.
 fn ci_scenario(hot_events: usize) -> Scenario {
     Scenario {
         window: Duration::from_secs(6),
         app_budget: 7_500,
         identity_budget: 500,
         identities: 250,
-        per_identity: 30,
+        per_identity: 45,
         hot_events,
     }
 }
