@@ -21,6 +21,7 @@ use crate::queue::{
 
 const APP_ID: &str = "4242";
 
+mod pacing;
 mod scripted;
 
 use scripted::{Answer, ScriptedHeap};
