@@ -361,11 +361,7 @@ async fn one_environment_down_never_slows_the_other() {
     let rb = heap_b.report();
     rb.check_exactly_once(b_events.iter().map(|e| e["id"].as_str().unwrap()))
         .unwrap();
-    assert!(
-        !rb.offered_over_budget(),
-        "{:?}",
-        rb.max_offered_app_window
-    );
+    assert!(!rb.offered_over_budget(), "{:?}", rb.max_offered_app_window);
     assert_eq!(rb.limit_rejections, 0);
     app.stop().await;
 }
