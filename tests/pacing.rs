@@ -8,7 +8,8 @@
 //! be refused; a machine too busy for the forwarder to keep up only lowers what it sends, so
 //! these hold whatever the load. How fully the budget is used depends on the CPU the forwarder
 //! gets, so the CI-scale runs only have lax floors (they catch a lane that stalls or a budget
-//! setting that is not applied); the exact figures (97 % of the app budget, no window over 99 %
+//! setting that is not applied, and could still fail on a machine more than twice as starved
+//! as the worst measured); the exact figures (97 % of the app budget, no window over 99 %
 //! of it) are asserted on paused time in `src/delivery/tests/pacing.rs`, which no load can
 //! change, and by the acceptance run below, which `.ci/run` runs on an optimized build.
 //!
@@ -24,7 +25,9 @@
 //! restart with a backlog), so delivery meets all of it at once.
 //!
 //! The acceptance run (30,000 events over 1,000 identities plus 5,000 for one identity,
-//! production budgets 15,000 / 1,000 per 6 s window):
+//! production budgets 15,000 / 1,000 per 6 s window) needs an optimized build: a debug build
+//! runs out of CPU at 2,500 events/s on a busy machine (64 % measured). `.ci/run` runs it on
+//! its opt-level 1 build; by hand:
 //!
 //! ```sh
 //! cargo test --release --test pacing acceptance_pacing -- --ignored --nocapture
@@ -213,7 +216,8 @@ async fn run(s: &Scenario, until: Until) -> Figures {
     );
     let mut all = cold.clone();
     all.extend(hot.iter().cloned());
-    let within = expected * 2 + Duration::from_secs(10);
+    // Only a guard against a hung lane: a busy machine stretches a debug run several times.
+    let within = expected * 8 + Duration::from_secs(30);
     if until == Until::ColdDelivered {
         wait_until("the ordinary identities are delivered", within, || {
             let report = h.heap().report();
@@ -356,19 +360,19 @@ fn print(s: &Scenario, f: &Figures) {
 }
 
 /// The acceptance run asserts the issue's figures. The CI-scale runs are debug builds sharing
-/// two cores with whatever else the machine does (busy machines measured 64–82 % where a
-/// quiet one measures 96 %: the forwarder runs out of CPU, not of budget), so their floors are
-/// lax, set well under the worst seen beside a CPU hog (docs/PERFORMANCE.md): they catch a
-/// lane that stalls, or a budget setting that is not applied (the window ignored would drain
-/// at 10 %). How exactly a lane paces is asserted on paused time in `src/delivery/tests`, and
+/// two cores with whatever else the machine does: busy machines measured 43–82 % of the app
+/// budget where a quiet one measures 96 %, because the forwarder runs out of CPU, not of
+/// budget. So their floors are lax, half the worst seen beside a CPU hog while the machine
+/// compiled (docs/PERFORMANCE.md): they catch a lane that stalls, or a budget setting that is
+/// not applied (the window ignored would drain at 10 %), not a lane pacing a little slow. How exactly a lane paces is asserted on paused time in `src/delivery/tests`, and
 /// head-of-line blocking there too (`an_identity_over_its_budget_is_parked_while_the_others_flow`).
 /// The budgets are never loosened: in every run no window may exceed them.
 const ACCEPTANCE_UTILISATION: f64 = 0.95;
-const CI_UTILISATION: f64 = 0.40;
+const CI_UTILISATION: f64 = 0.20;
 const ACCEPTANCE_HOLD_BACK: f64 = 1.2;
-const CI_HOLD_BACK: f64 = 2.5;
+const CI_HOLD_BACK: f64 = 5.0;
 const ACCEPTANCE_HOT_SHARE: f64 = 0.85;
-const CI_HOT_SHARE: f64 = 0.40;
+const CI_HOT_SHARE: f64 = 0.20;
 
 /// Budgets respected (and never triggered), the app budget used at ≥ `min_utilisation` while
 /// draining, and the ordinary identities not held back (done within `max_hold_back` × the time
