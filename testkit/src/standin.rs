@@ -22,7 +22,10 @@
 //! * **Budgets** (`heap-api.md` §(c): 15,000 events/min per app_id, 1000 events/min per identity
 //!   per app_id): computes exactly the largest number of track events that arrived in any
 //!   window `(t − W, t]`, per app and per identity, and with [`StandInConfig::enforce`] answers
-//!   `429` to a request that would push either window over its budget.
+//!   `429` to a request that would push either window over its budget. The same windows are
+//!   also kept over every track request it *received* (the *offered* windows: accepted, refused
+//!   for a budget or a poisoned key alike), so a sender that tries to exceed a budget shows in
+//!   the report even when enforcement refused every excess request.
 //! * **Faults**, scripted at run time: a FIFO of [`Fault`]s (one consumed per request), a sticky
 //!   [`Mode`] (down / dropping connections) and poisoned idempotency keys.
 //!
@@ -216,6 +219,10 @@ pub struct AppReport {
     pub max_window: WindowPeak,
     /// The fullest per-identity window within this app.
     pub max_identity_window: WindowPeak,
+    /// The fullest window of this app over every track request received (accepted or not).
+    pub max_offered_window: WindowPeak,
+    /// The fullest per-identity window within this app over every track request received.
+    pub max_offered_identity_window: WindowPeak,
 }
 
 /// A snapshot of everything the stand-in saw. Cheap: batches are shared, not copied.
@@ -249,6 +256,15 @@ pub struct Report {
     pub max_app_window: WindowPeak,
     /// The fullest per-identity window over all apps and identities.
     pub max_identity_window: WindowPeak,
+    /// The fullest per-app window over every track request received, accepted or refused
+    /// (for a budget or a poisoned key): what the sender *tried* to put in a window. With
+    /// enforcement on, [`Self::max_app_window`] cannot exceed the budget; this can.
+    pub max_offered_app_window: WindowPeak,
+    /// The fullest per-identity window over every track request received, accepted or not.
+    pub max_offered_identity_window: WindowPeak,
+    /// The well-shaped track requests refused (429 for a budget, 400 for a poisoned key), with
+    /// their arrival: the part of the offered windows that [`Self::track_batches`] lacks.
+    pub refused_track_batches: Vec<Arc<TrackBatch>>,
     /// Arrival of the first and the last accepted track request.
     pub first_arrival: Option<Duration>,
     pub last_arrival: Option<Duration>,
@@ -374,10 +390,31 @@ impl Report {
             .collect()
     }
 
+    /// One arrival time per track event of `app_id` received, accepted or refused.
+    pub fn offered_app_arrivals(&self, app_id: &str) -> Vec<Duration> {
+        let mut arrivals: Vec<Duration> = self
+            .track_batches
+            .iter()
+            .chain(&self.refused_track_batches)
+            .filter(|b| b.app_id == app_id)
+            .flat_map(|b| std::iter::repeat_n(b.at, b.events.len()))
+            .collect();
+        arrivals.sort_unstable();
+        arrivals
+    }
+
     /// Whether any window held more events than its budget (only possible without `enforce`).
     pub fn over_budget(&self) -> bool {
         self.max_app_window.events > self.config.events_per_window
             || self.max_identity_window.events > self.config.identity_events_per_window
+    }
+
+    /// Whether the sender tried to put more events in a window than a budget allows: the
+    /// offered windows (every track request received, refused ones included) against the
+    /// budgets. Unlike [`Self::over_budget`], enforcement cannot hide this.
+    pub fn offered_over_budget(&self) -> bool {
+        self.max_offered_app_window.events > self.config.events_per_window
+            || self.max_offered_identity_window.events > self.config.identity_events_per_window
     }
 }
 
@@ -616,6 +653,7 @@ impl HeapStandIn {
                     .map(|(id, st)| (id.clone(), st.events))
                     .collect();
                 let (events, ends_at) = app.window.peak();
+                let (offered, offered_ends_at) = app.offered.peak();
                 let report = AppReport {
                     events: app.events,
                     user_property_items: app.user_property_items,
@@ -627,6 +665,13 @@ impl HeapStandIn {
                         ends_at,
                     },
                     max_identity_window: app.max_identity_window.clone(),
+                    max_offered_window: WindowPeak {
+                        events: offered,
+                        app_id: app_id.clone(),
+                        identity: None,
+                        ends_at: offered_ends_at,
+                    },
+                    max_offered_identity_window: app.max_offered_identity_window.clone(),
                 };
                 (app_id.clone(), report)
             })
@@ -640,6 +685,18 @@ impl HeapStandIn {
         let max_identity_window = apps
             .values()
             .map(|a| &a.max_identity_window)
+            .max_by_key(|p| p.events)
+            .cloned()
+            .unwrap_or_default();
+        let max_offered_app_window = apps
+            .values()
+            .map(|a| &a.max_offered_window)
+            .max_by_key(|p| p.events)
+            .cloned()
+            .unwrap_or_default();
+        let max_offered_identity_window = apps
+            .values()
+            .map(|a| &a.max_offered_identity_window)
             .max_by_key(|p| p.events)
             .cloned()
             .unwrap_or_default();
@@ -660,6 +717,9 @@ impl HeapStandIn {
             user_property_batches: rec.user_property_batches.clone(),
             max_app_window,
             max_identity_window,
+            max_offered_app_window,
+            max_offered_identity_window,
+            refused_track_batches: rec.refused_track_batches.clone(),
             first_arrival: rec.first_arrival,
             last_arrival: rec.last_arrival,
             largest_body: rec.largest_body.clone(),
@@ -730,6 +790,7 @@ struct Records {
     apps: HashMap<String, AppState>,
     keys: HashMap<String, u32>,
     track_batches: Vec<Arc<TrackBatch>>,
+    refused_track_batches: Vec<Arc<TrackBatch>>,
     user_property_batches: Vec<Arc<UserPropertiesBatch>>,
     first_arrival: Option<Duration>,
     last_arrival: Option<Duration>,
@@ -743,6 +804,11 @@ struct AppState {
     window: SlidingWindow,
     identities: HashMap<String, IdentityState>,
     max_identity_window: WindowPeak,
+    /// The app's window over every track request received (accepted or refused).
+    offered: SlidingWindow,
+    /// Per identity, the same.
+    offered_identities: HashMap<String, SlidingWindow>,
+    max_offered_identity_window: WindowPeak,
 }
 
 impl AppState {
@@ -753,6 +819,9 @@ impl AppState {
             window: SlidingWindow::new(window),
             identities: HashMap::new(),
             max_identity_window: WindowPeak::default(),
+            offered: SlidingWindow::new(window),
+            offered_identities: HashMap::new(),
+            max_offered_identity_window: WindowPeak::default(),
         }
     }
 }
@@ -963,8 +1032,9 @@ async fn process(shared: &Shared, path: &str, req: Request<Incoming>) -> Answer 
         }
         .map_err(|reason| (StatusCode::BAD_REQUEST, reason))
     });
-    let now = shared.epoch.elapsed();
     let mut guard = shared.lock();
+    // Taken under the lock, so arrivals are recorded in time order (the sliding windows need it).
+    let now = shared.epoch.elapsed();
     let inner = &mut *guard;
     match parsed {
         Err((status, reason)) => {
@@ -1043,23 +1113,13 @@ fn check_head(req: &Request<Incoming>) -> Result<(), String> {
 }
 
 /// Admits (or refuses: poison, budgets) and records an already well-shaped track request.
+/// Every such request counts in the offered windows, whatever the answer.
 fn accept_track(
     inner: &mut Inner,
     now: Duration,
     app_id: String,
     events: Vec<TrackItem>,
 ) -> Answer {
-    if let Some(key) = events
-        .iter()
-        .map(|e| e.idempotency_key.as_str())
-        .find(|k| inner.poisoned.contains(*k))
-    {
-        inner.rec.poison_rejections += 1;
-        return Answer::text(
-            StatusCode::BAD_REQUEST,
-            format!("poisoned idempotency_key {key:?} (stand-in poison)"),
-        );
-    }
     let config = inner.config;
     let rec = &mut inner.rec;
     let mut per_identity: HashMap<&str, u32> = HashMap::new();
@@ -1071,34 +1131,51 @@ fn accept_track(
         .apps
         .entry(app_id.clone())
         .or_insert_with(|| AppState::new(config.window));
-    if config.enforce {
-        let in_window = app.window.count_at(now);
-        if in_window + total > config.events_per_window {
+    app.offered.add(now, total);
+    for (identity, n) in &per_identity {
+        let window = match app.offered_identities.get_mut(*identity) {
+            Some(w) => w,
+            None => app
+                .offered_identities
+                .entry((*identity).to_owned())
+                .or_insert_with(|| SlidingWindow::new(config.window)),
+        };
+        window.add(now, *n);
+        let (peak, ends_at) = window.peak();
+        if peak > app.max_offered_identity_window.events {
+            app.max_offered_identity_window = WindowPeak {
+                events: peak,
+                app_id: app_id.clone(),
+                identity: Some((*identity).to_owned()),
+                ends_at,
+            };
+        }
+    }
+    let refusal = if let Some(key) = events
+        .iter()
+        .map(|e| e.idempotency_key.as_str())
+        .find(|k| inner.poisoned.contains(*k))
+    {
+        rec.poison_rejections += 1;
+        Some(Answer::text(
+            StatusCode::BAD_REQUEST,
+            format!("poisoned idempotency_key {key:?} (stand-in poison)"),
+        ))
+    } else if config.enforce {
+        over_budget(app, &per_identity, &config, now, &app_id, total)
+    } else {
+        None
+    };
+    if let Some(answer) = refusal {
+        if answer.status == StatusCode::TOO_MANY_REQUESTS {
             rec.limit_rejections += 1;
-            return Answer::text(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "app {app_id}: {in_window} events in the window + {total} > budget {}",
-                    config.events_per_window
-                ),
-            );
         }
-        for (identity, n) in &per_identity {
-            let in_window = app
-                .identities
-                .get_mut(*identity)
-                .map_or(0, |st| st.window.count_at(now));
-            if in_window + n > config.identity_events_per_window {
-                rec.limit_rejections += 1;
-                return Answer::text(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!(
-                        "app {app_id}, identity {identity:?}: {in_window} events in the window + {n} > budget {}",
-                        config.identity_events_per_window
-                    ),
-                );
-            }
-        }
+        rec.refused_track_batches.push(Arc::new(TrackBatch {
+            app_id,
+            at: now,
+            events,
+        }));
+        return answer;
     }
     app.events += u64::from(total);
     app.window.add(now, total);
@@ -1148,6 +1225,44 @@ fn accept_track(
         events,
     }));
     Answer::ok()
+}
+
+/// The `429` for a request that would push the app's or an identity's accepted window over
+/// its budget, if it would.
+fn over_budget(
+    app: &mut AppState,
+    per_identity: &HashMap<&str, u32>,
+    config: &StandInConfig,
+    now: Duration,
+    app_id: &str,
+    total: u32,
+) -> Option<Answer> {
+    let in_window = app.window.count_at(now);
+    if in_window + total > config.events_per_window {
+        return Some(Answer::text(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "app {app_id}: {in_window} events in the window + {total} > budget {}",
+                config.events_per_window
+            ),
+        ));
+    }
+    for (identity, n) in per_identity {
+        let in_window = app
+            .identities
+            .get_mut(*identity)
+            .map_or(0, |st| st.window.count_at(now));
+        if in_window + n > config.identity_events_per_window {
+            return Some(Answer::text(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "app {app_id}, identity {identity:?}: {in_window} events in the window + {n} > budget {}",
+                    config.identity_events_per_window
+                ),
+            ));
+        }
+    }
+    None
 }
 
 /// Checks a bulk track body; `Ok((app_id, events))` or what is wrong.
@@ -1697,6 +1812,26 @@ mod tests {
         assert_eq!(report.max_identity_window.events, 3);
         assert!(!report.over_budget());
         assert_eq!(report.requests_with(TRACK_PATH, 429), 2);
+        // What was *sent* went over both budgets: the offered windows count the refused
+        // requests too (3 + 1 + 2 + 1 events; alice 3 + 1).
+        assert_eq!(report.max_offered_app_window.events, 7);
+        assert_eq!(report.max_offered_identity_window.events, 4);
+        assert_eq!(
+            report.max_offered_identity_window.identity.as_deref(),
+            Some("alice")
+        );
+        assert!(report.offered_over_budget());
+        let refused: Vec<usize> = report
+            .refused_track_batches
+            .iter()
+            .map(|b| b.events.len())
+            .collect();
+        assert_eq!(refused, [1, 1]);
+        assert_eq!(
+            max_in_window(&report.offered_app_arrivals(APP), HOUR),
+            7,
+            "the offered arrivals agree with the incremental peak"
+        );
 
         // The same traffic, measured only: accepted, and the report says it is over budget.
         heap.set_enforce(false);
@@ -1853,6 +1988,11 @@ mod tests {
         assert_eq!(report.shape_violation_count, 0);
         assert_eq!(report.key_count("p0"), 2);
         assert_eq!(report.key_count("p1"), 1);
+        // The refused request was received all the same: it counts in the offered windows.
+        assert_eq!(report.limit_rejections, 0);
+        assert_eq!(report.refused_track_batches.len(), 1);
+        assert_eq!(report.max_app_window.events, 5);
+        assert_eq!(report.max_offered_app_window.events, 8);
     }
 
     #[tokio::test]

@@ -22,6 +22,7 @@ use crate::queue::{
 const APP_ID: &str = "4242";
 
 mod continuity;
+mod pacing;
 mod scripted;
 
 use scripted::{Answer, ScriptedHeap};

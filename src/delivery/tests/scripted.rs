@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use serde_json::Value;
+use tokio::time::Instant;
 
 use crate::delivery::{SendFuture, Sender};
 use crate::heap::client::{HeapError, HeapResponse};
@@ -19,12 +20,16 @@ pub(super) enum Answer {
 }
 
 /// Answers from a script (then 200), or 400 to any body carrying the poisoned key; records
-/// every request.
+/// every request with its time on tokio's clock (paused in these tests).
 #[derive(Debug, Default)]
 pub(super) struct ScriptedHeap {
     script: Mutex<VecDeque<Answer>>,
     pub(super) poison: Mutex<Option<String>>,
+    /// Requests answered 2xx.
     seen: Mutex<Vec<(&'static str, Value)>>,
+    /// Every track request, whatever the answer: when it was made, and the budget key
+    /// (identity, else `user_id`) of each of its events.
+    track_requests: Mutex<Vec<(Instant, Vec<String>)>>,
 }
 
 impl ScriptedHeap {
@@ -59,11 +64,35 @@ impl ScriptedHeap {
             .flat_map(|(_, body)| body["users"].as_array().unwrap().clone())
             .collect()
     }
+
+    /// Every track request made so far (answered or not), in order: its time on tokio's clock
+    /// and the budget key of each event.
+    pub(super) fn track_requests(&self) -> Vec<(Instant, Vec<String>)> {
+        self.track_requests.lock().unwrap().clone()
+    }
 }
 
 impl Sender for ScriptedHeap {
     fn post(&self, path: &'static str, body: Bytes) -> SendFuture<'_> {
         let json: Value = serde_json::from_slice(&body).unwrap();
+        if path == crate::heap::model::TRACK_PATH {
+            let keys = json["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    e.get("identity")
+                        .or_else(|| e.get("user_id"))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+                .collect();
+            self.track_requests
+                .lock()
+                .unwrap()
+                .push((Instant::now(), keys));
+        }
         let poisoned = self
             .poison
             .lock()
