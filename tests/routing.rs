@@ -338,9 +338,11 @@ async fn one_environment_down_never_slows_the_other() {
     )
     .await;
     let took = started.elapsed();
-    // 1,200 events at ~97 % of 600 per 2 s need ~4.1 s; B's outage must not stretch that.
+    // 1,200 events at ~97 % of 600 per 2 s need ~4.1 s; B's outage must not stretch that. A
+    // lane blocked by B's would wait for B (down until after this); the bound is 5× the ideal,
+    // as the pacing floors (tests/pacing.rs), so a busy machine alone cannot fail it.
     println!("brand-a: 1200 events in {took:?} while brand-b was down");
-    assert!(took < Duration::from_secs(12), "brand-a took {took:?}");
+    assert!(took < Duration::from_millis(4_100 * 5), "brand-a took {took:?}");
     assert_eq!(delivered(&heap_b, "2222"), 0);
     let ra = heap_a.report();
     // Every request A received counts, refused or not: A's lane never tried to go over.
