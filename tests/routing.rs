@@ -342,7 +342,10 @@ async fn one_environment_down_never_slows_the_other() {
     // lane blocked by B's would wait for B (down until after this); the bound is 5× the ideal,
     // as the pacing floors (tests/pacing.rs), so a busy machine alone cannot fail it.
     println!("brand-a: 1200 events in {took:?} while brand-b was down");
-    assert!(took < Duration::from_millis(4_100 * 5), "brand-a took {took:?}");
+    assert!(
+        took < Duration::from_millis(4_100 * 5),
+        "brand-a took {took:?}"
+    );
     assert_eq!(delivered(&heap_b, "2222"), 0);
     let ra = heap_a.report();
     // Every request A received counts, refused or not: A's lane never tried to go over.

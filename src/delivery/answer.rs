@@ -248,7 +248,8 @@ impl Delivery {
         let pause = retry_after.unwrap_or_else(|| self.cfg.backoff.delay(self.failures));
         self.failures = self.failures.saturating_add(1);
         self.paused_until = Some(Instant::now() + pause);
-        self.save_state().await;
+        // A closed queue (shutdown) keeps nothing: the pause is not saved, nor the attempt.
+        let _ = self.save_state().await;
         self.metrics.retried(Retried {
             reason,
             pause,

@@ -11,6 +11,13 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// The longest delay.
+    pub fn cap(&self) -> Duration {
+        self.cap
+    }
+}
+
+impl Backoff {
     pub fn try_new(base: Duration, cap: Duration) -> Result<Self, String> {
         if base.is_zero() {
             return Err("the base delay must be greater than zero".into());

@@ -110,6 +110,9 @@ pub struct Budgets {
     identity_refill: HashMap<String, Instant>,
     app_slack: Duration,
     identity_slack: Duration,
+    /// Until then, an identity first seen by this limiter may owe what the last process did not
+    /// save (at most its slack): it is charged for it ([`Self::start`]).
+    identity_unsaved_until: Instant,
 }
 
 /// A budget's refill time as saved: UNIX µs, wall clock.
@@ -138,6 +141,7 @@ impl Budgets {
             identity_refill: HashMap::new(),
             app_slack: app_shape.slack(app, window),
             identity_slack: identity_shape.slack(identity, window),
+            identity_unsaved_until: Instant::now(),
         }
     }
 
@@ -193,6 +197,12 @@ impl Budgets {
 
     /// Takes one identity cell for `key`, or tells how long until one is available.
     pub fn take_identity(&mut self, key: &str) -> Result<(), Duration> {
+        let unsaved = self
+            .identity_unsaved_until
+            .saturating_duration_since(Instant::now());
+        if !unsaved.is_zero() && !self.identity_refill.contains_key(key) {
+            self.restore_identity(key, unsaved);
+        }
         match self.identity.check_key(&key.to_owned()) {
             Ok(()) => {
                 let shape = self.identity_shape;
@@ -234,6 +244,26 @@ impl Budgets {
             .collect();
         worth.sort();
         worth
+    }
+
+    /// A process starts: what the last one saved is `app_owed` (zero if nothing). What it did
+    /// not save owes at most the slack — it saved whenever it owed more — so the start is
+    /// charged the larger of the two, and each identity first used within its slack from now
+    /// is charged what is left of it. A crash loop thus never forgives the slack twice.
+    pub fn start(&mut self, app_owed: Duration) {
+        self.restore_app(app_owed.max(self.app_slack));
+        self.identity_unsaved_until = Instant::now() + self.identity_slack;
+    }
+
+    /// Continues from the budgets of a lane this one replaces (a reload that changed their
+    /// shape): what the old limiters still owed, in time, is owed by the new ones.
+    pub fn continue_from(&mut self, old: &Budgets) {
+        let now = Instant::now();
+        self.restore_app(old.app_refill.saturating_duration_since(now));
+        for (key, at) in &old.identity_refill {
+            self.restore_identity(key, at.saturating_duration_since(now));
+        }
+        self.identity_unsaved_until = self.identity_unsaved_until.max(old.identity_unsaved_until);
     }
 
     /// Continues from a saved app refill time: spends the cells still owed (at most a burst).

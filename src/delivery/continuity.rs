@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::budget::ahead_of_now;
 use super::lane::{Deferral, Delivery, Item};
+use crate::heap::retry::MAX_RETRY_AFTER;
 use crate::queue::{PropertyStamp, QueueError, QueueOp, SavedIdentity, SavedLane, unix_millis};
 use crate::transform::SkipReason;
 
@@ -31,12 +32,19 @@ impl Delivery {
         let saved = self.queue.saved_lane(&self.cfg.app_id).await?;
         self.continued = true;
         let Some(saved) = saved else {
+            self.budgets.start(Duration::ZERO);
             return Ok(());
         };
         let now_ms = unix_millis();
         let owed = ahead_of_now(saved.app_budget_refilled_at);
-        self.budgets.restore_app(owed);
-        let pause = Duration::from_millis(saved.paused_until.saturating_sub(now_ms).max(0) as u64);
+        self.budgets.start(owed);
+        // The next save writes, if only to clear what this one holds.
+        self.saved_something = saved.paused_until > 0 || !saved.identities.is_empty();
+        // A wall clock set back since the save must not stretch a pause past what Heap or the
+        // backoff could have asked for.
+        let longest = MAX_RETRY_AFTER.max(self.cfg.backoff.cap());
+        let pause = Duration::from_millis(saved.paused_until.saturating_sub(now_ms).max(0) as u64)
+            .min(longest);
         if !pause.is_zero() {
             self.paused_until = Some(Instant::now() + pause);
             self.metrics.pause_restored(pause);
@@ -45,7 +53,10 @@ impl Delivery {
         for i in &saved.identities {
             self.budgets
                 .restore_identity(&i.identity, ahead_of_now(i.budget_refilled_at));
-            let wait = i.deferred_until.saturating_sub(now_ms);
+            let wait = i
+                .deferred_until
+                .saturating_sub(now_ms)
+                .min(longest.as_millis() as i64);
             if wait > 0 {
                 deferred += 1;
                 self.deferred.insert(
@@ -69,10 +80,11 @@ impl Delivery {
     }
 
     /// Saves the lane's state if a restart could otherwise break a budget or a pause. A dry
-    /// run sends nothing to Heap, so it saves nothing.
-    pub(super) async fn save_state(&mut self) {
+    /// run sends nothing to Heap, so it saves nothing. `false` when the queue is closed: what
+    /// was to be saved is not, so nothing may be sent.
+    pub(super) async fn save_state(&mut self) -> bool {
         if !self.sender.consumes() {
-            return;
+            return true;
         }
         let now = Instant::now();
         let now_ms = unix_millis();
@@ -106,19 +118,21 @@ impl Delivery {
             .map_or(0, |u| now_ms + u.duration_since(now).as_millis() as i64);
         let nothing_to_keep = app.is_none() && identities.is_empty() && paused_until == 0;
         if nothing_to_keep && !self.saved_something {
-            return;
+            return true;
         }
         let mut identities: Vec<SavedIdentity> = identities.into_values().collect();
         identities.sort_by(|a, b| a.identity.cmp(&b.identity));
-        self.apply(QueueOp::SaveLane(SavedLane {
-            app_id: self.cfg.app_id.clone(),
-            app_budget_refilled_at: app.unwrap_or(0),
-            paused_until,
-            identities,
-        }))
-        .await;
+        let saved = self
+            .apply(QueueOp::SaveLane(SavedLane {
+                app_id: self.cfg.app_id.clone(),
+                app_budget_refilled_at: app.unwrap_or(0),
+                paused_until,
+                identities,
+            }))
+            .await;
         // Once cleared, nothing more needs writing until there is something to keep again.
         self.saved_something = !nothing_to_keep;
+        saved
     }
 
     /// Splits events with user properties into those still to send, with every property
@@ -132,6 +146,9 @@ impl Delivery {
         let Some(stamps) = self.read_stamps(keys).await else {
             // The queue closed (shutdown): nothing is sent unchecked; the events stay queued
             // and are sent after the next start.
+            for item in &items {
+                self.release(item.seq);
+            }
             return (Vec::new(), Vec::new());
         };
         let stamps: HashMap<i64, i64> = stamps.into_iter().map(|s| (s.key, s.event_time)).collect();

@@ -39,7 +39,8 @@ pub(super) const PENDING_BATCHES: usize = 4;
 pub(super) struct Item {
     pub(super) seq: i64,
     pub(super) received_at: i64,
-    /// The Braze event time (UNIX seconds): which of two user-property updates is newer.
+    /// The Braze event time in UNIX seconds, as Heap is sent it (a time in milliseconds is cut
+    /// to the second): which of two user-property updates is newer.
     pub(super) event_time: i64,
     pub(super) loaded_at: Instant,
     pub(super) track: TrackItem,
@@ -219,11 +220,13 @@ impl Delivery {
         self.budgets.max_batch()
     }
 
-    /// Continues from a stopped lane of the same app id; its budgets are taken only when they
-    /// have the same shape (a changed budget starts afresh).
+    /// Continues from a stopped lane of the same app id: its budgets as they are when they have
+    /// the same shape, else what they still owed, carried into the new shape.
     pub fn resume(&mut self, carry: LaneCarry) {
         if carry.budgets.same_shape(&self.budgets) {
             self.budgets = carry.budgets;
+        } else {
+            self.budgets.continue_from(&carry.budgets);
         }
         self.paused_until = carry.paused_until;
         self.continued = true;
@@ -324,8 +327,13 @@ impl Delivery {
         };
         let mut report = SendReport::default();
         if !batch.is_empty() {
-            // The budget just taken is saved before Heap counts it.
-            self.save_state().await;
+            // The budget just taken is saved before Heap counts it; unsaved, nothing is sent.
+            if !self.save_state().await {
+                for item in &batch {
+                    self.release(item.seq);
+                }
+                return Step::Stopped;
+            }
             self.send(batch, &mut report).await;
         }
         Step::Sent(report)
@@ -387,14 +395,15 @@ impl Delivery {
     /// Applies a change to the queue, retrying until it succeeds: losing an ack would re-send
     /// (fine, idempotent), but losing a dead letter must not happen silently. A closed queue
     /// (shutdown) leaves the change for the next start.
-    pub(super) async fn apply(&self, op: QueueOp) {
+    /// Returns whether it was applied (`false`: the queue closed).
+    pub(super) async fn apply(&self, op: QueueOp) -> bool {
         let mut delay = Duration::from_millis(50);
         loop {
             match self.queue.apply(op.clone()).await {
-                Ok(_) => return,
+                Ok(_) => return true,
                 Err(e @ QueueError::Closed) => {
                     tracing::warn!(message = "Queue closed; the change is left for the next start.", error = %e);
-                    return;
+                    return false;
                 }
                 Err(e) => {
                     tracing::error!(message = "Queue update failed; retrying.", error = %e);

@@ -126,7 +126,7 @@ impl Delivery {
         Ok(Item {
             seq: row.seq,
             received_at: row.event.received_at,
-            event_time: row.event.event_time,
+            event_time: crate::transform::target::event_seconds(row.event.event_time),
             loaded_at: Instant::now(),
             track_bytes: bulk::serialized_len(&mapped.track),
             props_bytes: mapped

@@ -133,18 +133,24 @@ pub const MAX_TIMESTAMP_SECS: i64 = 253_402_300_799;
 /// 5138, as milliseconds it is after 1973.
 pub const MILLIS_THRESHOLD: i64 = 100_000_000_000;
 
+/// A Currents `time` in UNIX seconds, as Heap is sent it: values from [`MILLIS_THRESHOLD`] up
+/// are milliseconds (truncated to the second); clamped to `0 ..= 9999-12-31T23:59:59Z`.
+pub fn event_seconds(time: i64) -> i64 {
+    let secs = if time >= MILLIS_THRESHOLD {
+        time / 1000
+    } else {
+        time
+    };
+    secs.clamp(0, MAX_TIMESTAMP_SECS)
+}
+
 /// `time` (UNIX seconds) as RFC 3339 UTC, `YYYY-MM-DDTHH:MM:SSZ`.
 ///
 /// Deterministic for every `i64`: values from [`MILLIS_THRESHOLD`] up are taken as
 /// milliseconds (truncated to the second); the result is then clamped to
 /// `1970-01-01T00:00:00Z ..= 9999-12-31T23:59:59Z` (negative times give the epoch).
 pub fn heap_timestamp(time: i64) -> String {
-    let secs = if time >= MILLIS_THRESHOLD {
-        time / 1000
-    } else {
-        time
-    };
-    let secs = secs.clamp(0, MAX_TIMESTAMP_SECS).unsigned_abs();
+    let secs = event_seconds(time).unsigned_abs();
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 

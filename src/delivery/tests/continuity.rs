@@ -97,6 +97,34 @@ async fn a_restart_owes_the_app_budget_what_the_last_process_spent() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_crash_loop_cannot_forgive_what_was_not_saved() {
+    // 6,000 a minute: bursts of 100; the shape leaves 60 cells of slack below the budget.
+    let mut lane = lane(config(6_000, 6_000)).await;
+    let period = Duration::from_secs(60) / (5_940 - 100);
+    let ids = ids("e", 210);
+    let events: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), id.as_str())).collect();
+    lane.queue_events(&events[..10]).await;
+    let wall = unix_micros();
+    assert_eq!(lane.sent().await.delivered, 10);
+    assert_eq!(
+        lane.queue.saved_lane(APP_ID).await.unwrap(),
+        None,
+        "10 cells owed are within the slack: not saved"
+    );
+    lane.queue_events(&events[10..]).await;
+    let mut next = lane.restarted().await;
+    let gap = wall_since(wall);
+    let started = Instant::now();
+    assert_eq!(next.sent().await.delivered, 100);
+    // Were the start not charged the slack, each restart of a crash loop could add a burst.
+    assert!(
+        started.elapsed() + gap >= period * 60,
+        "a full burst {:?} after a restart",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_lane_far_below_its_budgets_saves_nothing() {
     let mut lane = lane(config(15_000, 1_000)).await;
     lane.queue_events(&[("a", "u1"), ("b", "u2")]).await;
