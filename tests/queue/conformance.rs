@@ -71,6 +71,7 @@ macro_rules! conformance_suite {
             $crate::conformance_suite!(@tests $backend; continuity;
                 a_saved_lane_is_replaced_whole_and_survives_a_restart,
                 stamps_keep_the_newest_event_time_across_a_restart,
+                a_deletion_forgets_the_user_in_saved_lanes,
             );
             // Its own runtime per case (proptest's runner is synchronous).
             #[test]

@@ -2,7 +2,9 @@
 //! saved state, replaced whole by each save, and the user-property stamps, each keeping the
 //! newest event time, both surviving a restart.
 
-use currents_heap::queue::{PropertyStamp, QueueError, QueueOp, SavedIdentity, SavedLane};
+use currents_heap::queue::{
+    HeapUser, NewEvent, PropertyStamp, QueueError, QueueOp, SavedIdentity, SavedLane,
+};
 
 use crate::conformance::{APP, Backend, Limits, event, open, queued};
 
@@ -115,4 +117,39 @@ pub async fn stamps_keep_the_newest_event_time_across_a_restart<B: Backend>() {
     );
     q.close().await.unwrap();
     assert_eq!(q.property_stamps(vec![plan]).await, Err(QueueError::Closed));
+}
+
+pub async fn a_deletion_forgets_the_user_in_saved_lanes<B: Backend>() {
+    let (_b, q) = open::<B>().await;
+    let of_user = NewEvent {
+        braze_user_id: Some("braze-a".into()),
+        heap_user: Some(HeapUser::Identity("ext-a".into())),
+        ..event("e1", APP, "{}")
+    };
+    q.append(vec![of_user]).await.unwrap();
+    q.apply(QueueOp::SaveLane(saved(
+        APP,
+        10,
+        0,
+        &[("ext-a", 30), ("ext-b", 40)],
+    )))
+    .await
+    .unwrap();
+    let deletion = NewEvent {
+        braze_user_id: Some("braze-a".into()),
+        deletion: true,
+        event_type: "users.UserDeleteRequest".into(),
+        ..event("d1", APP, "{}")
+    };
+    q.append(vec![deletion]).await.unwrap();
+    let left: Vec<String> = q
+        .saved_lane(APP)
+        .await
+        .unwrap()
+        .unwrap()
+        .identities
+        .into_iter()
+        .map(|i| i.identity)
+        .collect();
+    assert_eq!(left, ["ext-b"], "the deleted user's identity is not kept");
 }

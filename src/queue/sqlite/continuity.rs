@@ -15,11 +15,14 @@
 //!   the three, with the Braze event time of the value Heap last accepted. It holds no
 //!   identity: a stamp is kept as long as the identity map keeps a user
 //!   (`--identity-map-retention`), counted from its last update.
+//!
+//! A user deletion removes the user's identities from `lane_identity`; stamps name nobody in
+//! clear and stay until their retention ends.
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::store::Reader;
-use crate::queue::{PropertyStamp, SavedIdentity, SavedLane};
+use crate::queue::{HeapUser, PropertyStamp, SavedIdentity, SavedLane};
 
 pub(super) const SCHEMA_CONTINUITY: &str = "
 CREATE TABLE IF NOT EXISTS lane_state (
@@ -77,6 +80,15 @@ pub(super) fn save_lane(tx: &Transaction<'_>, lane: &SavedLane, now: i64) -> rus
     Ok(1 + lane.identities.len() as u64)
 }
 
+/// Forgets a deleted user's Heap identities in every lane's saved state (product.md §7).
+pub(super) fn forget_identities(tx: &Transaction<'_>, users: &[HeapUser]) -> rusqlite::Result<()> {
+    let mut forget = tx.prepare_cached("DELETE FROM lane_identity WHERE identity = ?1")?;
+    for user in users {
+        forget.execute([user.value()])?;
+    }
+    Ok(())
+}
+
 /// Records that Heap accepted these values: each key keeps the latest event time. `now` is
 /// UNIX ms.
 pub(super) fn stamp(
@@ -98,9 +110,27 @@ pub(super) fn stamp(
     Ok(())
 }
 
-/// Forgets stamps not updated since `cutoff` (UNIX ms). Returns how many.
-pub(super) fn prune_stamps(conn: &Connection, cutoff: i64) -> rusqlite::Result<usize> {
-    conn.execute("DELETE FROM property_stamp WHERE stamped_at < ?1", [cutoff])
+/// Stamps one prune round looks at: a slice of the table in key order, so the writer (and
+/// every commit waiting on it) never stalls on a long table.
+const PRUNE_SLICE: i64 = 50_000;
+
+/// Forgets the stamps not updated since `cutoff` (UNIX ms) among the next slice of keys from
+/// `from`. Returns where the next slice starts (`i64::MIN` again after the last key).
+pub(super) fn prune_stamps(conn: &Connection, cutoff: i64, from: i64) -> rusqlite::Result<i64> {
+    let end: Option<i64> = conn.query_row(
+        "SELECT max(key) FROM
+             (SELECT key FROM property_stamp WHERE key >= ?1 ORDER BY key LIMIT ?2)",
+        params![from, PRUNE_SLICE],
+        |r| r.get(0),
+    )?;
+    let Some(end) = end else {
+        return Ok(i64::MIN);
+    };
+    conn.execute(
+        "DELETE FROM property_stamp WHERE key >= ?1 AND key <= ?2 AND stamped_at < ?3",
+        params![from, end, cutoff],
+    )?;
+    Ok(end.checked_add(1).unwrap_or(i64::MIN))
 }
 
 impl Reader {
@@ -149,5 +179,56 @@ impl Reader {
             }
         }
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::sqlite::Store;
+
+    #[test]
+    fn stamps_past_their_retention_are_swept_a_slice_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut conn = store.connect().unwrap();
+        let n = PRUNE_SLICE * 2 + 10;
+        let tx = conn.transaction().unwrap();
+        let old: Vec<PropertyStamp> = (0..n)
+            .map(|i| PropertyStamp {
+                key: i * 3 - n,
+                event_time: 1,
+            })
+            .collect();
+        stamp(&tx, &old, 1_000).unwrap();
+        stamp(
+            &tx,
+            &[PropertyStamp {
+                key: 7,
+                event_time: 2,
+            }],
+            5_000,
+        )
+        .unwrap();
+        tx.commit().unwrap();
+        let count = |c: &Connection| -> i64 {
+            c.query_row("SELECT count(*) FROM property_stamp", [], |r| r.get(0))
+                .unwrap()
+        };
+        let mut from = i64::MIN;
+        let mut rounds = 0;
+        loop {
+            from = prune_stamps(&conn, 2_000, from).unwrap();
+            rounds += 1;
+            if from == i64::MIN {
+                break;
+            }
+        }
+        assert_eq!(rounds, 4, "three slices, then the end");
+        assert_eq!(
+            count(&conn),
+            1,
+            "only the stamp updated after the cutoff is left"
+        );
     }
 }

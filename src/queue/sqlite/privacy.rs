@@ -306,6 +306,7 @@ impl Privacy {
         };
         tx.prepare_cached("DELETE FROM identity_map WHERE route = ?1 AND braze_user_id = ?2")?
             .execute(params![route, braze_user_id])?;
+        super::continuity::forget_identities(tx, &users)?;
         tx.prepare_cached(
             "INSERT INTO tombstone (route, braze_user_id, deleted_at) VALUES (?1, ?2, ?3)
              ON CONFLICT DO UPDATE SET deleted_at = excluded.deleted_at",
@@ -407,6 +408,7 @@ impl Privacy {
                 count.execute(params![p.ledger_id, seqs.len() as i64])?;
             }
             if !logged.is_empty() {
+                super::continuity::forget_identities(tx, &logged)?;
                 add_ledger_users(tx, p.ledger_id, logged)?;
                 known.push(p.slot);
             }

@@ -27,8 +27,6 @@ const CHANNEL_CAPACITY: usize = 256;
 const DISK_CHECK_EVERY: Duration = Duration::from_millis(500);
 /// How often expired dedup entries are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(10);
-/// How often user-property stamps past their retention are pruned (a scan of the table).
-const STAMP_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
@@ -134,7 +132,7 @@ impl Writer {
             free_checked: None,
             last_prune: Instant::now(),
             last_prune_at: unix_millis(),
-            last_stamp_prune: None,
+            stamp_cursor: i64::MIN,
         };
         state.publish_dedup_size();
         let thread = std::thread::Builder::new()
@@ -225,7 +223,8 @@ pub(super) struct WriterState {
     last_prune: Instant,
     /// UNIX ms of the last prune round (tombstones written since are re-read).
     last_prune_at: i64,
-    last_stamp_prune: Option<Instant>,
+    /// Where the sweep of user-property stamps past their retention goes on (a slice per round).
+    stamp_cursor: i64,
 }
 
 pub(super) type Reply = oneshot::Sender<Result<AppendReceipt, AppendError>>;
@@ -377,13 +376,10 @@ impl WriterState {
         {
             tracing::warn!(message = "Pruning the identity map failed.", error = %e);
         }
-        if self
-            .last_stamp_prune
-            .is_none_or(|t| t.elapsed() >= STAMP_PRUNE_EVERY)
-        {
-            self.last_stamp_prune = Some(Instant::now());
-            if let Err(e) = super::continuity::prune_stamps(&self.conn, map_cutoff) {
-                tracing::warn!(message = "Pruning the user-property stamps failed.", error = %e);
+        match super::continuity::prune_stamps(&self.conn, map_cutoff, self.stamp_cursor) {
+            Ok(next) => self.stamp_cursor = next,
+            Err(e) => {
+                tracing::warn!(message = "Pruning the user-property stamps failed.", error = %e)
             }
         }
         match dedup.prune(&mut self.conn, cutoff) {
