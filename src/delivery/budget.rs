@@ -364,6 +364,24 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_new_budget_shape_owes_what_the_old_one_spent() {
+        let minute = Duration::from_secs(60);
+        let nz = |n| NonZeroU32::new(n).unwrap();
+        let mut old = Budgets::new(nz(6_000), nz(6_000), minute, 1000);
+        assert_eq!(old.take_app(100).await, Duration::ZERO, "a burst");
+        let owed = old.app_shape().period * 100;
+        // A reload raises the budget: a larger burst, a shorter period.
+        let mut new = Budgets::new(nz(12_000), nz(6_000), minute, 1000);
+        assert!(!new.same_shape(&old));
+        new.continue_from(&old);
+        let waited = new.take_app(new.max_batch()).await;
+        assert!(
+            waited + Duration::from_millis(1) >= owed,
+            "the new shape sent a whole burst {waited:?} after the old one's (owed {owed:?})"
+        );
+    }
+
     #[tokio::test]
     async fn identity_over_budget_is_refused_with_a_wait() {
         let mut b = Budgets::new(
