@@ -219,7 +219,7 @@ pub const CATALOGUE: &[(&str, &str, &str, &str)] = &[
         "currents_heap_deletions_total",
         "counter",
         "route,outcome",
-        "User deletions (users.UserDeleteRequest) by outcome: received, unknown_user (no Heap identity known), submitted, completed, failed, unconfigured (no heap_api_key) count deletions; purged_events counts the user's queued, parked and dead-lettered events removed locally.",
+        "User deletions (users.UserDeleteRequest) by outcome: received, unknown_user (no Heap identity known), submitted, completed, failed, unconfigured (no heap_api_key) count deletions; retried counts transient failures sending them; purged_events counts the user's queued, parked and dead-lettered events removed locally.",
     ),
     (
         "currents_heap_deletions_pending",
