@@ -75,8 +75,7 @@ async fn a_restart_owes_the_app_budget_what_the_last_process_spent() {
     let mut lane = lane(config(6_000, 6_000)).await;
     let period = Duration::from_secs(60) / (5_940 - 100);
     let ids = ids("e", 300);
-    let events: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), id.as_str())).collect();
-    lane.queue_events(&events).await;
+    lane.queue_each_for_its_own_user(&ids).await;
     let wall = unix_micros();
     assert_eq!(lane.sent().await.delivered, 100, "the burst");
     assert!(
@@ -102,8 +101,7 @@ async fn a_crash_loop_cannot_forgive_what_was_not_saved() {
     let mut lane = lane(config(6_000, 6_000)).await;
     let period = Duration::from_secs(60) / (5_940 - 100);
     let ids = ids("e", 210);
-    let events: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), id.as_str())).collect();
-    lane.queue_events(&events[..10]).await;
+    lane.queue_each_for_its_own_user(&ids[..10]).await;
     let wall = unix_micros();
     assert_eq!(lane.sent().await.delivered, 10);
     assert_eq!(
@@ -111,7 +109,7 @@ async fn a_crash_loop_cannot_forgive_what_was_not_saved() {
         None,
         "10 cells owed are within the slack: not saved"
     );
-    lane.queue_events(&events[10..]).await;
+    lane.queue_each_for_its_own_user(&ids[10..]).await;
     let mut next = lane.restarted().await;
     let gap = wall_since(wall);
     let started = Instant::now();

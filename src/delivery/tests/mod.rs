@@ -125,6 +125,12 @@ impl Lane {
         self.queue.append(events).await.unwrap();
     }
 
+    /// Queues one event per id, each for a user of the same name.
+    async fn queue_each_for_its_own_user(&self, ids: &[String]) {
+        let events: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), id.as_str())).collect();
+        self.queue_events(&events).await;
+    }
+
     async fn step(&mut self) -> Step {
         self.delivery.step(&self.stop).await
     }
@@ -293,8 +299,7 @@ async fn the_app_budget_paces_batches_on_tokio_time() {
     let mut lane = lane(config(600, 600)).await;
     let period = Duration::from_secs(60) / (594 - 10);
     let ids = ids("e", 30);
-    let events: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), id.as_str())).collect();
-    lane.queue_events(&events).await;
+    lane.queue_each_for_its_own_user(&ids).await;
     let started = Instant::now();
     assert_eq!(lane.sent().await.delivered, 10, "the burst goes at once");
     assert_eq!(started.elapsed(), Duration::ZERO);
@@ -371,8 +376,7 @@ async fn an_identity_over_its_budget_is_parked_while_the_others_flow() {
 async fn a_rejected_request_is_bisected_until_the_poisoned_event_is_dead_lettered_alone() {
     let mut lane = lane(config(15_000, 1_000)).await;
     let ids = ids("e", 8);
-    let events: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), id.as_str())).collect();
-    lane.queue_events(&events).await;
+    lane.queue_each_for_its_own_user(&ids).await;
     *lane.heap.poison.lock().unwrap() = Some("\"e-5\"".into());
     let mut total = SendReport::default();
     while lane.queue.totals().events > 0 {
@@ -433,8 +437,7 @@ async fn a_request_too_large_is_split_in_two() {
 async fn stop_ends_a_budget_wait_without_sending() {
     let mut lane = lane(config(600, 600)).await;
     let ids = ids("e", 20);
-    let events: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), id.as_str())).collect();
-    lane.queue_events(&events).await;
+    lane.queue_each_for_its_own_user(&ids).await;
     assert_eq!(lane.sent().await.delivered, 10);
     let stop = lane.stop.clone();
     tokio::spawn(async move {
