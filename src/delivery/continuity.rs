@@ -43,8 +43,10 @@ impl Delivery {
         // A wall clock set back since the save must not stretch a pause past what Heap or the
         // backoff could have asked for.
         let longest = MAX_RETRY_AFTER.max(self.cfg.backoff.cap());
-        let pause = Duration::from_millis(saved.paused_until.saturating_sub(now_ms).max(0) as u64)
-            .min(longest);
+        let left = |until_ms: i64| {
+            Duration::from_millis(until_ms.saturating_sub(now_ms).max(0) as u64).min(longest)
+        };
+        let pause = left(saved.paused_until);
         if !pause.is_zero() {
             self.paused_until = Some(Instant::now() + pause);
             self.metrics.pause_restored(pause);
@@ -53,16 +55,13 @@ impl Delivery {
         for i in &saved.identities {
             self.budgets
                 .restore_identity(&i.identity, ahead_of_now(i.budget_refilled_at));
-            let wait = i
-                .deferred_until
-                .saturating_sub(now_ms)
-                .min(longest.as_millis() as i64);
-            if wait > 0 {
+            let wait = left(i.deferred_until);
+            if !wait.is_zero() {
                 deferred += 1;
                 self.deferred.insert(
                     i.identity.clone(),
                     Deferral {
-                        until: Instant::now() + Duration::from_millis(wait as u64),
+                        until: Instant::now() + wait,
                         next_slot: i.next_slot,
                     },
                 );
@@ -88,6 +87,8 @@ impl Delivery {
         }
         let now = Instant::now();
         let now_ms = unix_millis();
+        // A time ahead on tokio's clock, as wall-clock UNIX ms.
+        let wall_ms = |at: Instant| now_ms + at.duration_since(now).as_millis() as i64;
         let app = self.budgets.app_worth_saving();
         let mut identities: HashMap<String, SavedIdentity> = self
             .budgets
@@ -109,13 +110,10 @@ impl Delivery {
                     identity: key.clone(),
                     ..SavedIdentity::default()
                 });
-            saved.deferred_until = now_ms + d.until.duration_since(now).as_millis() as i64;
+            saved.deferred_until = wall_ms(d.until);
             saved.next_slot = d.next_slot;
         }
-        let paused_until = self
-            .paused_until
-            .filter(|u| *u > now)
-            .map_or(0, |u| now_ms + u.duration_since(now).as_millis() as i64);
+        let paused_until = self.paused_until.filter(|u| *u > now).map_or(0, wall_ms);
         let nothing_to_keep = app.is_none() && identities.is_empty() && paused_until == 0;
         if nothing_to_keep && !self.saved_something {
             return true;
