@@ -33,6 +33,7 @@
 //! The trait is object-safe (futures are boxed), so the process holds one
 //! `Arc<dyn Queue>` chosen at start-up.
 
+pub mod jetstream;
 mod model;
 pub mod sqlite;
 

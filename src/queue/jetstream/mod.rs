@@ -1,0 +1,599 @@
+//! The queue in NATS JetStream (product.md §8): selected by `--nats-url`, for deployments that
+//! must outlive a node or a volume, or run several replicas behind one endpoint.
+//!
+//! Why JetStream and why this shape: the queue must live in an engine that replicates it
+//! (Raft, acknowledged on a quorum), not in anything the forwarder replicates by hand. Each
+//! promise of the [`Queue`] seam maps onto something JetStream already does:
+//!
+//! - **durable append, dedup**: an event is a message, published with its Braze id as
+//!   `Nats-Msg-Id`; the `PubAck` comes once a quorum of the stream's replicas stored it, and a
+//!   re-send within the stream's duplicate window (the dedup window) is answered
+//!   `duplicate: true`, whichever forwarder replica receives it.
+//! - **the quota**: the queue stream's `max_bytes` with `discard: new`, enforced by the
+//!   servers for every replica at once. JetStream counts what it stores (payload plus the
+//!   message's subject and header, about 150 bytes an event), and so do [`QueueTotals::bytes`]
+//!   and `--max-queue-bytes` on this store.
+//! - **seq and FIFO**: the stream sequence. A lane reads its subject from its cursor on.
+//! - **park, attempts**: a message cannot change in place, so each event that was parked or
+//!   failed has a record beside it in the state stream (one message per subject), mirrored in
+//!   memory per lane and read again when a lane starts (`after == 0`).
+//! - **acknowledge**: the message is deleted from the stream.
+//!
+//! What JetStream does not give, and what follows from it:
+//! - there are no transactions across messages. A request is appended event by event, in
+//!   order; when one is refused (quota, NATS down) the request is answered 503 and the events
+//!   before it stay stored. Braze sends the request again, those are duplicates then, and the
+//!   rest is stored: nothing acknowledged is lost, and nothing is stored twice. A change that
+//!   moves an event (dead-letter, replay) writes its new place first, with a message id that
+//!   makes a repeat harmless, then removes the old one: a crash between the two leaves the
+//!   event in both places, never in neither.
+//! - the dedup window's memory is the servers' (`dedup_ids` reads 0 here).
+//!
+//! Layout of streams and subjects: [`layout`].
+
+mod layout;
+mod ops;
+mod read;
+mod record;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream::Stream};
+use async_nats::{ServerAddr, header};
+use bytes::Bytes;
+
+use crate::queue::{
+    AppendError, AppendReceipt, Appended, DeadLetter, DeadLetterQuery, DeletionQuery,
+    DeletionRecord, DeletionSummary, OpOutcome, PropertyStamp, Queue, QueueError, QueueFuture,
+    QueueOp, QueueTotals, Ready, ReadyRequest, SavedLane, unix_millis,
+};
+
+use layout::{Layout, Shape, user_token};
+use record::{EventState, Meta};
+
+/// How to reach JetStream and what to create there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JetStreamConfig {
+    /// NATS server URLs (`nats://host:port`, `tls://host:port`), one per server.
+    pub servers: Vec<String>,
+    /// `--nats-stream`: the prefix of every stream and subject.
+    pub prefix: String,
+    /// `--nats-replicas`.
+    pub replicas: usize,
+    /// `--nats-creds`.
+    pub creds: Option<PathBuf>,
+    pub max_queue_bytes: u64,
+    pub dedup_window: Duration,
+    /// How long property stamps are kept (`--identity-map-retention`).
+    pub identity_map_retention: Duration,
+}
+
+/// Why the JetStream queue could not be opened. Each says what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum JetStreamError {
+    #[error("--nats-url: {0}")]
+    Address(String),
+    #[error("--nats-creds {path}: {source}")]
+    Credentials {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to NATS at {servers}: {detail}")]
+    Connect { servers: String, detail: String },
+    #[error(
+        "NATS at {servers} has no JetStream for this account ({detail}); start nats-server with \
+         JetStream enabled (-js, or `jetstream {{}}` in its configuration) and give the account \
+         JetStream limits"
+    )]
+    NoJetStream { servers: String, detail: String },
+    #[error(
+        "NATS refused {what} ({detail}); the account of --nats-creds needs to publish and \
+         subscribe to `$JS.API.>`, `{prefix}.>` and `_INBOX.>`"
+    )]
+    Permission {
+        what: String,
+        prefix: String,
+        detail: String,
+    },
+    #[error(
+        "JetStream cannot place stream {stream} on {replicas} replicas ({detail}); \
+         --nats-replicas must not exceed the servers of the JetStream cluster (1 for a single server)"
+    )]
+    Placement {
+        stream: String,
+        replicas: usize,
+        detail: String,
+    },
+    #[error("JetStream stream {stream}: {detail}")]
+    Stream { stream: String, detail: String },
+}
+
+/// The queue in JetStream. Cheap to share (`Arc<dyn Queue>`); every method is a few JetStream
+/// API requests.
+#[derive(Debug)]
+pub struct JetStreamQueue {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    layout: Layout,
+    queue: Stream,
+    dead: Stream,
+    state: Stream,
+    stamps: Stream,
+    closed: AtomicBool,
+    /// Stream-wide totals of the queue stream, refreshed after every change and every
+    /// [`TOTALS_REFRESH`] (other replicas change it too).
+    events: AtomicU64,
+    bytes: AtomicU64,
+    /// False after a request to JetStream failed, true again after one succeeded.
+    reachable: AtomicBool,
+    lanes: Mutex<LaneStates>,
+    /// App ids whose marker this process wrote already.
+    marked: Mutex<HashSet<String>>,
+    max_queue_bytes: u64,
+}
+
+/// The delivery state records of queued events, mirrored: per app id, by seq.
+#[derive(Debug, Default)]
+pub(crate) struct LaneStates {
+    pub(crate) by_app: HashMap<String, HashMap<u64, EventState>>,
+    /// The app id of each seq that has a record.
+    pub(crate) app_of: HashMap<u64, String>,
+}
+
+/// How often the totals are read again from JetStream when nothing here changed them.
+const TOTALS_REFRESH: Duration = Duration::from_secs(2);
+/// How long a JetStream request may take before the store counts as unavailable.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl JetStreamQueue {
+    /// Connects, checks JetStream, and creates (or updates) the streams.
+    pub async fn open(config: JetStreamConfig) -> Result<Self, JetStreamError> {
+        let servers_text = config.servers.join(",");
+        let addrs = config
+            .servers
+            .iter()
+            .map(|s| {
+                s.parse::<ServerAddr>()
+                    .map_err(|e| JetStreamError::Address(format!("{s}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut options = async_nats::ConnectOptions::new()
+            .name("currents-heap")
+            .connection_timeout(REQUEST_TIMEOUT)
+            .request_timeout(Some(REQUEST_TIMEOUT));
+        if let Some(path) = &config.creds {
+            options = options.credentials_file(path).await.map_err(|source| {
+                JetStreamError::Credentials {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+        }
+        let client = options
+            .connect(addrs)
+            .await
+            .map_err(|e| JetStreamError::Connect {
+                servers: servers_text.clone(),
+                detail: e.to_string(),
+            })?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(REQUEST_TIMEOUT)
+            .build(client.clone());
+        let layout = Layout::new(&config.prefix);
+        check_account(&js, &servers_text, &config.prefix).await?;
+        let shape = Shape {
+            replicas: config.replicas,
+            max_queue_bytes: config.max_queue_bytes,
+            dedup_window: config.dedup_window,
+            stamp_retention: config.identity_map_retention,
+        };
+        let mut streams = Vec::new();
+        for wanted in layout.streams(&shape) {
+            streams.push(provision(&js, wanted, &config.prefix).await?);
+        }
+        let [queue, dead, state, stamps]: [Stream; 4] =
+            streams.try_into().expect("four streams in the layout");
+        let inner = Arc::new(Inner {
+            client,
+            js,
+            layout,
+            queue,
+            dead,
+            state,
+            stamps,
+            closed: AtomicBool::new(false),
+            events: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            reachable: AtomicBool::new(true),
+            lanes: Mutex::new(LaneStates::default()),
+            marked: Mutex::new(HashSet::new()),
+            max_queue_bytes: config.max_queue_bytes,
+        });
+        inner
+            .refresh_totals()
+            .await
+            .map_err(|e| JetStreamError::Stream {
+                stream: inner.layout.queue_stream(),
+                detail: e.to_string(),
+            })?;
+        // Other replicas change the totals too; a weak reference ends the refresh with the queue.
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(TOTALS_REFRESH).await;
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.closed.load(Ordering::Relaxed) {
+                    return;
+                }
+                let _ = inner.refresh_totals().await;
+            }
+        });
+        Ok(Self { inner })
+    }
+
+    /// The servers this queue is connected to, for the start-up log.
+    pub fn describe(&self) -> String {
+        format!(
+            "JetStream streams {}-* (server {})",
+            self.inner.layout.queue_stream().trim_end_matches("-queue"),
+            self.inner.client.server_info().server_name
+        )
+    }
+}
+
+/// Fails clearly when the account has no JetStream or may not use its API.
+async fn check_account(
+    js: &jetstream::Context,
+    servers: &str,
+    prefix: &str,
+) -> Result<(), JetStreamError> {
+    use async_nats::jetstream::context::AccountErrorKind;
+    match js.query_account().await {
+        Ok(_) => Ok(()),
+        Err(e) => match e.kind() {
+            AccountErrorKind::JetStreamUnavailable | AccountErrorKind::JetStream(_) => {
+                Err(JetStreamError::NoJetStream {
+                    servers: servers.to_owned(),
+                    detail: e.to_string(),
+                })
+            }
+            AccountErrorKind::TimedOut => Err(JetStreamError::Permission {
+                what: "or did not answer the JetStream account request".into(),
+                prefix: prefix.to_owned(),
+                detail: e.to_string(),
+            }),
+            AccountErrorKind::Other => Err(JetStreamError::Connect {
+                servers: servers.to_owned(),
+                detail: e.to_string(),
+            }),
+        },
+    }
+}
+
+/// Creates a stream, or brings an existing one to the settings of this start (replicas,
+/// quota, windows); its messages stay.
+async fn provision(
+    js: &jetstream::Context,
+    wanted: jetstream::stream::Config,
+    prefix: &str,
+) -> Result<Stream, JetStreamError> {
+    let name = wanted.name.clone();
+    let replicas = wanted.num_replicas;
+    let classify = |detail: String| {
+        let lower = detail.to_lowercase();
+        if lower.contains("replica")
+            || lower.contains("insufficient resources")
+            || lower.contains("no suitable peers")
+            || lower.contains("peer")
+        {
+            JetStreamError::Placement {
+                stream: name.clone(),
+                replicas,
+                detail,
+            }
+        } else if lower.contains("permission") || lower.contains("authorization") {
+            JetStreamError::Permission {
+                what: format!("to create stream {name}"),
+                prefix: prefix.to_owned(),
+                detail,
+            }
+        } else {
+            JetStreamError::Stream {
+                stream: name.clone(),
+                detail,
+            }
+        }
+    };
+    match js.get_stream(&name).await {
+        Ok(mut stream) => {
+            let info = stream.info().await.map_err(|e| classify(e.to_string()))?;
+            let have = &info.config;
+            let differs = have.num_replicas != wanted.num_replicas
+                || have.max_bytes != wanted.max_bytes
+                || have.duplicate_window != wanted.duplicate_window
+                || have.max_age != wanted.max_age;
+            if differs {
+                let mut config = have.clone();
+                config.num_replicas = wanted.num_replicas;
+                config.max_bytes = wanted.max_bytes;
+                config.duplicate_window = wanted.duplicate_window;
+                config.max_age = wanted.max_age;
+                js.update_stream(config)
+                    .await
+                    .map_err(|e| classify(e.to_string()))?;
+            }
+            Ok(stream)
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(ref j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            js.create_stream(wanted)
+                .await
+                .map_err(|e| classify(e.to_string()))
+        }
+        Err(e) => Err(classify(e.to_string())),
+    }
+}
+
+/// A failed JetStream request, as the seam reports it; it also marks the store unreachable.
+pub(crate) fn unavailable(inner: &Inner, e: impl std::fmt::Display) -> QueueError {
+    inner.reachable.store(false, Ordering::Relaxed);
+    QueueError::Unavailable(e.to_string())
+}
+
+impl Inner {
+    pub(crate) fn check_open(&self) -> Result<(), QueueError> {
+        if self.closed.load(Ordering::Relaxed) {
+            Err(QueueError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) async fn refresh_totals(&self) -> Result<(), QueueError> {
+        let info = self
+            .queue
+            .get_info()
+            .await
+            .map_err(|e| unavailable(self, e))?;
+        self.events.store(info.state.messages, Ordering::Relaxed);
+        self.bytes.store(info.state.bytes, Ordering::Relaxed);
+        self.reachable.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes the marker that makes `app_id` known to [`Queue::queued_app_ids`], once per
+    /// process and app id.
+    async fn mark_app(&self, app_id: &str) -> Result<(), AppendError> {
+        if self.marked_contains(app_id) {
+            return Ok(());
+        }
+        self.js
+            .publish(self.layout.app_marker(app_id), Bytes::new())
+            .await
+            .map_err(|e| AppendError::Unavailable(e.to_string()))?
+            .await
+            .map_err(|e| AppendError::Unavailable(e.to_string()))?;
+        self.marked
+            .lock()
+            .expect("marker set lock")
+            .insert(app_id.to_owned());
+        Ok(())
+    }
+
+    fn marked_contains(&self, app_id: &str) -> bool {
+        self.marked
+            .lock()
+            .expect("marker set lock")
+            .contains(app_id)
+    }
+
+    /// Publishes one message with a message id and waits for its `PubAck`.
+    pub(crate) async fn publish(
+        &self,
+        subject: String,
+        msg_id: &str,
+        body: Bytes,
+    ) -> Result<jetstream::publish::PublishAck, jetstream::context::PublishError> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(header::NATS_MESSAGE_ID, msg_id);
+        self.js
+            .publish_with_headers(subject, headers, body)
+            .await?
+            .await
+    }
+
+    async fn append(&self, events: Vec<crate::queue::NewEvent>) -> Result<AppendReceipt, AppendError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(AppendError::Closed);
+        }
+        let received_at = unix_millis();
+        let mut apps: Vec<&str> = events
+            .iter()
+            .filter(|e| e.dead_letter.is_none() && !e.deletion)
+            .map(|e| &*e.app_id)
+            .collect();
+        apps.sort_unstable();
+        apps.dedup();
+        for app in apps {
+            self.mark_app(app).await?;
+        }
+        // Published in order on one connection: JetStream stores them in that order, and a
+        // repeat of an id inside the request is a duplicate of its first.
+        let mut pending = Vec::with_capacity(events.len());
+        for e in &events {
+            let mut meta = Meta {
+                route: e.route.to_string(),
+                app_id: e.app_id.to_string(),
+                workspace: e.workspace.as_deref().map(str::to_owned),
+                event_id: e.event_id.clone(),
+                event_type: e.event_type.clone(),
+                identity: e.identity.clone(),
+                event_time: e.event_time,
+                received_at,
+                braze_user_id: e.braze_user_id.clone(),
+                deletion: e.deletion,
+                ..Meta::default()
+            };
+            meta.set_heap_user(e.heap_user.as_ref());
+            let subject = match e.dead_letter {
+                Some(reason) => {
+                    meta.reason = Some(reason.to_owned());
+                    meta.dead_at = received_at;
+                    self.layout.dead(reason)
+                }
+                None => self.layout.queued(
+                    &e.app_id,
+                    &user_token(&e.route, e.braze_user_id.as_deref()),
+                ),
+            };
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(header::NATS_MESSAGE_ID, e.event_id.as_str());
+            let ack = self
+                .js
+                .publish_with_headers(subject, headers, record::encode(&meta, &e.payload))
+                .await
+                .map_err(|err| self.append_error(err))?;
+            pending.push(ack);
+        }
+        let mut outcomes = Vec::with_capacity(pending.len());
+        let mut first_error = None;
+        for ack in pending {
+            match ack.await {
+                Ok(ack) if ack.duplicate => outcomes.push(Appended::Duplicate),
+                Ok(_) => outcomes.push(Appended::Queued),
+                Err(err) => {
+                    if first_error.is_none() {
+                        first_error = Some(self.append_error(err));
+                    }
+                }
+            }
+        }
+        let _ = self.refresh_totals().await;
+        match first_error {
+            Some(e) => Err(e),
+            None => {
+                self.reachable.store(true, Ordering::Relaxed);
+                Ok(AppendReceipt { outcomes })
+            }
+        }
+    }
+
+    /// A refused publish as the seam reports it: over the stream's limits is the quota, the
+    /// rest is NATS being unavailable.
+    fn append_error(&self, err: jetstream::context::PublishError) -> AppendError {
+        let text = err.to_string();
+        let lower = text.to_lowercase();
+        if lower.contains("maximum bytes")
+            || lower.contains("maximum messages")
+            || lower.contains("resource limits exceeded")
+        {
+            return AppendError::OverQuota {
+                max: self.max_queue_bytes,
+            };
+        }
+        if lower.contains("insufficient") || lower.contains("storage") && lower.contains("full") {
+            return AppendError::DiskFull;
+        }
+        self.reachable.store(false, Ordering::Relaxed);
+        AppendError::Unavailable(text)
+    }
+}
+
+impl Queue for JetStreamQueue {
+    fn append(
+        &self,
+        events: Vec<crate::queue::NewEvent>,
+    ) -> QueueFuture<'_, AppendReceipt, AppendError> {
+        Box::pin(self.inner.append(events))
+    }
+
+    fn ready(&self, request: ReadyRequest) -> QueueFuture<'_, Ready> {
+        Box::pin(self.inner.ready(request))
+    }
+
+    fn apply(&self, op: QueueOp) -> QueueFuture<'_, OpOutcome> {
+        Box::pin(async move {
+            self.inner.check_open()?;
+            let out = self.inner.apply(op).await?;
+            let _ = self.inner.refresh_totals().await;
+            Ok(out)
+        })
+    }
+
+    fn dead_letters(&self, query: DeadLetterQuery) -> QueueFuture<'_, Vec<DeadLetter>> {
+        Box::pin(self.inner.dead_letters(query))
+    }
+
+    fn dead_letter_counts(&self) -> QueueFuture<'_, Vec<(String, u64)>> {
+        Box::pin(self.inner.dead_letter_counts())
+    }
+
+    fn queued_app_ids(&self) -> QueueFuture<'_, Vec<String>> {
+        Box::pin(self.inner.queued_app_ids())
+    }
+
+    fn oldest_received_at(&self) -> QueueFuture<'_, Option<i64>> {
+        Box::pin(self.inner.oldest_received_at())
+    }
+
+    fn deletions(&self, _query: DeletionQuery) -> QueueFuture<'_, Vec<DeletionRecord>> {
+        Box::pin(async move {
+            self.inner.check_open()?;
+            Ok(Vec::new())
+        })
+    }
+
+    fn deletion_summary(&self, _overdue_before: i64) -> QueueFuture<'_, Vec<DeletionSummary>> {
+        Box::pin(async move {
+            self.inner.check_open()?;
+            Ok(Vec::new())
+        })
+    }
+
+    fn saved_lane(&self, app_id: &str) -> QueueFuture<'_, Option<SavedLane>> {
+        let app_id = app_id.to_owned();
+        Box::pin(async move { self.inner.saved_lane(&app_id).await })
+    }
+
+    fn property_stamps(&self, keys: Vec<i64>) -> QueueFuture<'_, Vec<PropertyStamp>> {
+        Box::pin(self.inner.property_stamps(keys))
+    }
+
+    fn totals(&self) -> QueueTotals {
+        let i = &self.inner;
+        QueueTotals {
+            events: i.events.load(Ordering::Relaxed),
+            bytes: i.bytes.load(Ordering::Relaxed),
+            dedup_ids: 0,
+            healthy: i.reachable.load(Ordering::Relaxed)
+                && i.client.connection_state() == async_nats::connection::State::Connected,
+        }
+    }
+
+    fn close(&self) -> QueueFuture<'_, ()> {
+        Box::pin(async move {
+            if self.inner.closed.swap(true, Ordering::Relaxed) {
+                return Ok(());
+            }
+            self.inner
+                .client
+                .flush()
+                .await
+                .map_err(|e| QueueError::Unavailable(e.to_string()))
+        })
+    }
+}
