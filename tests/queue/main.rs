@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use currents_heap::queue::Queue;
+use currents_heap::queue::jetstream::{JetStreamConfig, JetStreamQueue};
 use currents_heap::queue::sqlite::{SqliteQueue, WriterConfig};
 use tempfile::TempDir;
 
@@ -46,3 +47,46 @@ impl Backend for Sqlite {
 }
 
 conformance_suite!(sqlite, Sqlite);
+
+/// The JetStream store, on a three-node cluster on loopback shared by the binary's tests; each
+/// backend has its own stream prefix.
+struct JetStream {
+    prefix: String,
+}
+
+fn nats_urls() -> Option<String> {
+    std::env::var("CURRENTS_HEAP_TEST_NATS_URL").ok()
+}
+
+impl Backend for JetStream {
+    const PAYLOAD_BYTES: bool = false;
+    const MODEL_CASES: u32 = 12;
+
+    async fn fresh() -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        JetStream {
+            prefix: format!("t{}-{n}", std::process::id()),
+        }
+    }
+
+    async fn open(&self, limits: Limits) -> Arc<dyn Queue> {
+        let urls = nats_urls().expect("CURRENTS_HEAP_TEST_NATS_URL");
+        let config = JetStreamConfig {
+            servers: urls.split(',').map(str::to_owned).collect(),
+            prefix: self.prefix.clone(),
+            replicas: 3,
+            creds: None,
+            max_queue_bytes: limits.max_queue_bytes,
+            dedup_window: limits.dedup_window,
+            identity_map_retention: Duration::from_secs(400 * 86_400),
+        };
+        Arc::new(
+            JetStreamQueue::open(config)
+                .await
+                .expect("open the JetStream queue"),
+        )
+    }
+}
+
+conformance_suite!(jetstream, JetStream);

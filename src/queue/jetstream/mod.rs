@@ -431,40 +431,23 @@ impl Inner {
         for app in apps {
             self.mark_app(app).await?;
         }
+        let messages: Vec<Outgoing> = events
+            .iter()
+            .map(|e| self.outgoing(e, received_at))
+            .collect();
+        let adding: u64 = messages.iter().filter(|m| m.queued).map(|m| m.size).sum();
+        if self.bytes.load(Ordering::Relaxed) + adding > self.max_queue_bytes {
+            return self.append_over_quota(&messages).await;
+        }
         // Published in order on one connection: JetStream stores them in that order, and a
         // repeat of an id inside the request is a duplicate of its first.
-        let mut pending = Vec::with_capacity(events.len());
-        for e in &events {
-            let mut meta = Meta {
-                route: e.route.to_string(),
-                app_id: e.app_id.to_string(),
-                workspace: e.workspace.as_deref().map(str::to_owned),
-                event_id: e.event_id.clone(),
-                event_type: e.event_type.clone(),
-                identity: e.identity.clone(),
-                event_time: e.event_time,
-                received_at,
-                braze_user_id: e.braze_user_id.clone(),
-                deletion: e.deletion,
-                ..Meta::default()
-            };
-            meta.set_heap_user(e.heap_user.as_ref());
-            let subject = match e.dead_letter {
-                Some(reason) => {
-                    meta.reason = Some(reason.to_owned());
-                    meta.dead_at = received_at;
-                    self.layout.dead(reason)
-                }
-                None => self.layout.queued(
-                    &e.app_id,
-                    &user_token(&e.route, e.braze_user_id.as_deref()),
-                ),
-            };
+        let mut pending = Vec::with_capacity(messages.len());
+        for m in messages {
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert(header::NATS_MESSAGE_ID, e.event_id.as_str());
+            headers.insert(header::NATS_MESSAGE_ID, m.msg_id.as_str());
             let ack = self
                 .js
-                .publish_with_headers(subject, headers, record::encode(&meta, &e.payload))
+                .publish_with_headers(m.subject, headers, m.body)
                 .await
                 .map_err(|err| self.append_error(err))?;
             pending.push(ack);
@@ -490,6 +473,88 @@ impl Inner {
                 Ok(AppendReceipt { outcomes })
             }
         }
+    }
+
+    /// The message an event becomes.
+    fn outgoing(&self, e: &crate::queue::NewEvent, received_at: i64) -> Outgoing {
+        let mut meta = Meta {
+            route: e.route.to_string(),
+            app_id: e.app_id.to_string(),
+            workspace: e.workspace.as_deref().map(str::to_owned),
+            event_id: e.event_id.clone(),
+            event_type: e.event_type.clone(),
+            identity: e.identity.clone(),
+            event_time: e.event_time,
+            received_at,
+            braze_user_id: e.braze_user_id.clone(),
+            deletion: e.deletion,
+            ..Meta::default()
+        };
+        meta.set_heap_user(e.heap_user.as_ref());
+        let subject = match e.dead_letter {
+            Some(reason) => {
+                meta.reason = Some(reason.to_owned());
+                meta.dead_at = received_at;
+                self.layout.dead(reason)
+            }
+            None => self.layout.queued(
+                &e.app_id,
+                &user_token(&e.route, e.braze_user_id.as_deref()),
+            ),
+        };
+        let body = record::encode(&meta, &e.payload);
+        Outgoing {
+            size: stored_size(&subject, &e.event_id, body.len()),
+            queued: e.dead_letter.is_none(),
+            subject,
+            msg_id: e.event_id.clone(),
+            body,
+        }
+    }
+
+    /// A request that may not fit: which of its events are new is asked first, without
+    /// storing anything (each is published expecting a last sequence no stream ever has, which
+    /// JetStream checks after its duplicate window). A request of re-sends only is
+    /// acknowledged; one whose new events do not fit is refused whole.
+    async fn append_over_quota(&self, messages: &[Outgoing]) -> Result<AppendReceipt, AppendError> {
+        let mut pending = Vec::with_capacity(messages.len());
+        for m in messages {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(header::NATS_MESSAGE_ID, m.msg_id.as_str());
+            headers.insert(header::NATS_EXPECTED_LAST_SEQUENCE, "18446744073709551615");
+            let ack = self
+                .js
+                .publish_with_headers(m.subject.clone(), headers, m.body.clone())
+                .await
+                .map_err(|err| self.append_error(err))?;
+            pending.push(ack);
+        }
+        let mut adding = 0;
+        let mut seen = HashSet::new();
+        for (m, ack) in messages.iter().zip(pending) {
+            match ack.await {
+                Ok(ack) if ack.duplicate => {}
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                    if m.queued && seen.insert(&m.msg_id) {
+                        adding += m.size;
+                    }
+                }
+                Ok(_) => {
+                    return Err(AppendError::Unavailable(
+                        "JetStream stored a message it was asked only to check".into(),
+                    ));
+                }
+                Err(e) => return Err(self.append_error(e)),
+            }
+        }
+        if adding == 0 {
+            return Ok(AppendReceipt {
+                outcomes: vec![Appended::Duplicate; messages.len()],
+            });
+        }
+        Err(AppendError::OverQuota {
+            max: self.max_queue_bytes,
+        })
     }
 
     /// A refused publish as the seam reports it: over the stream's limits is the quota, the
@@ -596,4 +661,23 @@ impl Queue for JetStreamQueue {
                 .map_err(|e| QueueError::Unavailable(e.to_string()))
         })
     }
+}
+
+/// An event as the message it is published as.
+#[derive(Debug)]
+struct Outgoing {
+    subject: String,
+    msg_id: String,
+    body: Bytes,
+    /// What JetStream's file store counts for it.
+    size: u64,
+    /// Into the queue stream (the quota's), not the dead letters.
+    queued: bool,
+}
+
+/// The bytes JetStream's file store counts for a message: a 22-byte record header, the
+/// subject, the NATS header (`Nats-Msg-Id`), the body and an 8-byte checksum.
+fn stored_size(subject: &str, msg_id: &str, body: usize) -> u64 {
+    let header = "NATS/1.0\r\nNats-Msg-Id: ".len() + msg_id.len() + 4;
+    (22 + subject.len() + header + body + 8) as u64
 }
