@@ -15,8 +15,8 @@
 //! 4. Once no request routed by the old configuration is still in flight, queued events of app
 //!    ids that no lane serves any more are dead-lettered `unroutable` — the start-up rule.
 //!
-//! Settings that shape the process itself (listen address, data directory, store limits,
-//! connection limits, TLS file paths, log format, dry run) and the deletion settings (API keys,
+//! Settings that shape the process itself (listen address, data directory, the NATS settings,
+//! store limits, connection limits, TLS file paths, log format, dry run) and the deletion settings (API keys,
 //! account ids, identity map retention, deletion pacing, polling and overdue time) take effect
 //! at the next start; a reload that changes them says so in its log line.
 
@@ -112,6 +112,18 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
     check("log_format", old.log_format != new.log_format);
     check("dry_run", old.dry_run != new.dry_run);
     check("heap_timeout", old.heap_timeout != new.heap_timeout);
+    // The queue: where it lives and how it is opened. Without nats_url the other three are
+    // ignored, so they only count when both configurations use NATS.
+    let (old_nats, new_nats) = (old.nats(), new.nats());
+    check(
+        "nats_url",
+        old_nats.as_ref().map(|n| &n.urls) != new_nats.as_ref().map(|n| &n.urls),
+    );
+    if let (Some(o), Some(n)) = (&old_nats, &new_nats) {
+        check("nats_stream", o.stream != n.stream);
+        check("nats_replicas", o.replicas != n.replicas);
+        check("nats_creds", o.creds != n.creds);
+    }
     // Deletions: the store and the submitter take these at start.
     check(
         "identity_map_retention",
@@ -314,5 +326,32 @@ mod tests {
         let named = needs_restart(&old, &new);
         assert_eq!(named.len(), 1, "{named:?}");
         assert!(named[0].starts_with("deletion accounts"), "{named:?}");
+    }
+
+    #[test]
+    fn nats_settings_take_effect_at_the_next_start() {
+        let old = settings(BASE);
+        // Without nats_url the others are ignored: changing them changes nothing.
+        let new = settings(&format!(
+            "nats_stream = \"other\"\nnats_replicas = 1\n{BASE}"
+        ));
+        assert!(needs_restart(&old, &new).is_empty());
+        let on = format!("nats_url = \"nats://a:4222\"\n{BASE}");
+        assert_eq!(needs_restart(&old, &settings(&on)), ["nats_url"]);
+        assert_eq!(needs_restart(&settings(&on), &old), ["nats_url"]);
+        let old = settings(&on);
+        assert!(needs_restart(&old, &settings(&on)).is_empty());
+        let creds = tempfile::NamedTempFile::new().unwrap();
+        let creds = format!("nats_creds = {:?}\n", creds.path().display().to_string());
+        let new = settings(&on.replace("a:4222", "a:4222,b"));
+        assert_eq!(needs_restart(&old, &new), ["nats_url"]);
+        for (change, named) in [
+            ("nats_stream = \"other\"\n", "nats_stream"),
+            ("nats_replicas = 1\n", "nats_replicas"),
+            (creds.as_str(), "nats_creds"),
+        ] {
+            let new = settings(&format!("{change}{on}"));
+            assert_eq!(needs_restart(&old, &new), [named], "{change}");
+        }
     }
 }

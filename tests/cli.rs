@@ -519,3 +519,86 @@ fn check_config_refuses_a_config_file_over_1_mib() {
         "{err}"
     );
 }
+
+/// The NATS settings through the real command line: file < environment < flag, credentials in
+/// a URL never printed (not by `check-config`, not by `--help`), and a blank variable refused
+/// rather than quietly keeping the queue on the local disk.
+#[test]
+fn nats_settings_layer_and_never_print_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    let creds = dir.path().join("user.creds");
+    std::fs::write(&creds, "creds").unwrap();
+    std::fs::write(
+        &file,
+        "nats_url = [\"nats://file:4222\"]\nnats_stream = \"from-file\"\nnats_replicas = 5\n",
+    )
+    .unwrap();
+    let url = "nats://alice:pa55word@n1,tls://n2:4443";
+    let out = output_within(
+        bin()
+            .args([
+                "check-config",
+                "--dry-run",
+                "--config",
+                file.to_str().unwrap(),
+            ])
+            .args(["--nats-replicas", "1"])
+            .env("CURRENTS_HEAP_NATS_URL", url)
+            .env("CURRENTS_HEAP_NATS_REPLICAS", "2")
+            .env("CURRENTS_HEAP_NATS_CREDS", &creds),
+        30,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !text.contains("alice") && !text.contains("pa55word"),
+        "{text}"
+    );
+    let table: toml::Table = toml::from_str(&text).expect("the output is TOML");
+    let urls: Vec<&str> = table["nats_url"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(urls, ["nats://<redacted>@n1:4222", "tls://n2:4443"]);
+    assert_eq!(table["nats_stream"].as_str(), Some("from-file"));
+    assert_eq!(table["nats_replicas"].as_integer(), Some(1));
+    assert_eq!(table["nats_creds"].as_str(), creds.to_str());
+
+    let help = output_within(
+        bin()
+            .args(["serve", "--help"])
+            .env("CURRENTS_HEAP_NATS_URL", url),
+        30,
+    );
+    let help = String::from_utf8(help.stdout).unwrap();
+    assert!(
+        help.contains("--nats-url") && !help.contains("pa55word"),
+        "{help}"
+    );
+
+    for (var, value, why) in [
+        ("CURRENTS_HEAP_NATS_URL", "", "holds no URL"),
+        ("CURRENTS_HEAP_NATS_URL", "http://n1", "nats:// or tls://"),
+        ("CURRENTS_HEAP_NATS_STREAM", "a.b", "no dots"),
+        ("CURRENTS_HEAP_NATS_REPLICAS", "6", "from 1 to 5"),
+        (
+            "CURRENTS_HEAP_NATS_CREDS",
+            "/nonexistent.creds",
+            "cannot read",
+        ),
+    ] {
+        let out = output_within(
+            bin().args(["check-config", "--dry-run"]).env(var, value),
+            30,
+        );
+        assert_eq!(out.status.code(), Some(2), "{var}={value:?}: {out:?}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(
+            err.contains(var) && err.contains(why),
+            "{var}={value:?}: {err}"
+        );
+    }
+}

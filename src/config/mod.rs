@@ -15,6 +15,7 @@ mod declare;
 mod deletions;
 mod edge;
 mod mapping;
+mod nats;
 mod parse;
 mod print;
 mod routes;
@@ -33,6 +34,9 @@ pub use deletions::DeletionAccount;
 pub use edge::{EdgeSettings, TlsFiles};
 pub use mapping::{
     AnonymousMode, MAX_PREFIX_CHARS, MappingSettings, Naming, check_prefix, patterns,
+};
+pub use nats::{
+    DEFAULT_NATS_PORT, MAX_NATS_REPLICAS, MAX_NATS_STREAM_CHARS, NatsScheme, NatsSettings, NatsUrl,
 };
 pub use routes::{DEFAULT_ROUTE, Route, RouteSettings};
 pub use sources::{Scalar, Tokens};
@@ -89,6 +93,8 @@ pub struct Settings {
     pub deletion_overdue_after: Duration,
     /// `[[route]]` tables, in file order.
     pub routes: Vec<RouteSettings>,
+    /// The queue on NATS JetStream, when `nats_url` is set; read with [`Settings::nats`].
+    nats: Option<NatsSettings>,
     /// The declared settings as resolved, for `check-config`.
     flat: Flat,
     shared: Shared,
@@ -98,11 +104,17 @@ impl Settings {
     /// Reads the file named by `args.config` (if any) and resolves the layers.
     ///
     /// clap takes an environment variable set to the empty string for an absent one; here an
-    /// empty `CURRENTS_HEAP_INGEST_TOKEN` or `HEAP_API_KEY` counts as given (and is refused as
-    /// blank), because an empty secret mounted into it must not silently turn authentication
-    /// off, or leave deletions unsent.
+    /// empty `CURRENTS_HEAP_INGEST_TOKEN`, `HEAP_API_KEY` or `CURRENTS_HEAP_NATS_URL` counts as
+    /// given (and is refused as blank), because an empty secret mounted into it must not
+    /// silently turn authentication off, leave deletions unsent, or move the queue from NATS
+    /// onto a local disk that a deployment without a volume loses.
     pub fn load(args: &SettingsArgs) -> Result<Self, ConfigError> {
         let mut args = std::borrow::Cow::Borrowed(args);
+        if args.nats_url.is_none()
+            && let Some(v) = std::env::var_os(setting::nats_url.env)
+        {
+            args.to_mut().nats_url = Some(v.to_string_lossy().into_owned());
+        }
         if args.ingest_token.is_none()
             && let Some(v) = std::env::var_os(setting::ingest_token.env)
         {
@@ -146,6 +158,9 @@ impl Settings {
             ));
         }
         let routes = routes::validate_routes(&file.route, &shared)?;
+        // Without nats_url the other NATS settings are ignored (not an error), and with it
+        // data_dir is not where the queue lives (not an error either: nothing to refuse).
+        let nats = NatsSettings::from_flat(&flat);
         let settings = Settings {
             listen: flat.listen,
             ingest_tokens: flat.ingest_token.clone().unwrap_or_default(),
@@ -183,6 +198,7 @@ impl Settings {
             deletion_poll_interval: flat.deletion_poll_interval,
             deletion_overdue_after: flat.deletion_overdue_after,
             routes,
+            nats,
             flat,
             shared,
         };
@@ -200,6 +216,13 @@ impl Settings {
         }
         Ok(())
     }
+
+    /// The queue on NATS JetStream (product.md §8): `Some` when `nats_url` is set, `None` for
+    /// the SQLite store in `data_dir`. Its URLs carry any credentials the setting gave.
+    pub fn nats(&self) -> Option<NatsSettings> {
+        self.nats.clone()
+    }
+
     /// The effective settings as TOML, secrets redacted (printed by `check-config`).
     pub fn to_redacted_toml(&self) -> String {
         print::redacted(&self.flat, &self.shared, &self.routes)

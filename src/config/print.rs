@@ -10,6 +10,7 @@ use glob::Pattern;
 
 use super::declare::{Show, line};
 use super::mapping::{AnonymousMode, Naming};
+use super::nats::NatsUrl;
 use super::routes::RouteSettings;
 use super::table::{Flat, Shared};
 use super::values::{HeapAppId, LogFormat, Secret};
@@ -57,6 +58,10 @@ show_as! {
     Vec<Pattern> => |v| array(v.iter().map(Pattern::as_str));
     Vec<Secret> => |v| array(v.iter().map(|_| "<redacted>"));
     Secret => |_v| quoted("<redacted>");
+    Vec<NatsUrl> => |v| {
+        let urls: Vec<String> = v.iter().map(NatsUrl::redacted).collect();
+        array(urls.iter().map(String::as_str))
+    };
 }
 
 /// A duration as humantime writes it, except whole days, which stay days: humantime would write

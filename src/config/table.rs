@@ -16,6 +16,7 @@ use glob::Pattern;
 
 use super::declare::{Kind, Show, help, inherit, layer, line, maybe, need};
 use super::mapping::{self, AnonymousMode, Naming};
+use super::nats::{self, NatsUrl};
 use super::parse::{
     address, app_id, base_url, count, duration, log_format, path, per_minute, secret, size,
     strings, switch, tokens,
@@ -44,6 +45,22 @@ settings! {
             unset "requests are accepted unauthenticated";
         /// Directory of the durable queue and dead-letter store.
         data_dir: PathBuf = need(path), Path, env "CURRENTS_HEAP_DATA_DIR", default "./data";
+        /// Comma-separated NATS server URLs (nats://host:port, tls://host:port or a bare
+        /// host:port; port 4222 when omitted); setting it selects the queue on NATS JetStream
+        /// instead of the SQLite store in --data-dir.
+        nats_url: Option<Vec<NatsUrl>> = maybe(nats::urls), Secret, env "CURRENTS_HEAP_NATS_URL",
+            unset "the queue is the SQLite store in data_dir";
+        /// Name prefix of the JetStream streams, consumers and key-value buckets the forwarder
+        /// creates (1 to 32 characters of A-Z, a-z, 0-9, _ and -; only with --nats-url).
+        nats_stream: String = need(nats::stream), Text, env "CURRENTS_HEAP_NATS_STREAM",
+            default "currents-heap";
+        /// Replicas of every JetStream stream and bucket, 1 to 5 (1 for a single development
+        /// server; only with --nats-url).
+        nats_replicas: usize = need(nats::replicas), Scalar, env "CURRENTS_HEAP_NATS_REPLICAS",
+            default "3";
+        /// NATS credentials file (only with --nats-url; tls:// URLs use TLS).
+        nats_creds: Option<PathBuf> = maybe(nats::creds), Path, env "CURRENTS_HEAP_NATS_CREDS",
+            unset "no credentials file";
         /// Heap environment id (numeric) of the default route.
         heap_app_id: Option<HeapAppId> = maybe(app_id), Scalar, env "HEAP_APP_ID";
         /// Disk quota of the backlog (e.g. 10GiB); above it ingest answers 503.

@@ -435,3 +435,231 @@ fn routes_of_one_app_id_must_name_one_account() {
     let s = Settings::resolve(&SettingsArgs::default(), file(&same)).unwrap();
     assert_eq!(s.deletion_accounts()[0].routes, ["a", "b"]);
 }
+
+#[test]
+fn nats_is_off_by_default_and_its_defaults_are_the_documented_ones() {
+    let s = Settings::resolve(&SettingsArgs::default(), FileConfig::default()).unwrap();
+    assert_eq!(s.nats(), None);
+    let printed = s.to_redacted_toml();
+    assert!(
+        printed.contains("# nats_url = (not set: the queue is the SQLite store in data_dir)"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("nats_stream = \"currents-heap\"\nnats_replicas = 3\n"),
+        "{printed}"
+    );
+    assert!(printed.contains("# nats_creds = (not set"), "{printed}");
+    let s = Settings::resolve(&SettingsArgs::default(), file("nats_url = \"nats://n1\"")).unwrap();
+    assert_eq!(
+        s.nats(),
+        Some(NatsSettings {
+            urls: vec!["nats://n1:4222".into()],
+            stream: "currents-heap".into(),
+            replicas: 3,
+            creds: None,
+        })
+    );
+}
+
+#[test]
+fn nats_settings_are_layered_file_then_flags() {
+    let args = SettingsArgs {
+        nats_url: Some("tls://n1:4443, n2:4223".into()),
+        nats_replicas: Some("1".into()),
+        ..Default::default()
+    };
+    let s = Settings::resolve(
+        &args,
+        file("nats_url = [\"nats://file:4222\"]\nnats_stream = \"ch_prod-1\"\nnats_replicas = 5\n"),
+    )
+    .unwrap();
+    let nats = s.nats().unwrap();
+    assert_eq!(nats.urls, ["tls://n1:4443", "nats://n2:4223"]);
+    assert_eq!(nats.stream, "ch_prod-1");
+    assert_eq!(nats.replicas, 1);
+    // The same through clap, as the command line and the environment give them.
+    use clap::FromArgMatches;
+    let command = <SettingsArgs as clap::Args>::augment_args(clap::Command::new("t"));
+    let matches = command
+        .try_get_matches_from([
+            "t",
+            "--nats-url",
+            "nats://a:1,nats://b:2",
+            "--nats-stream",
+            "x",
+            "--nats-replicas",
+            "2",
+        ])
+        .unwrap();
+    let args = SettingsArgs::from_arg_matches(&matches).unwrap();
+    let nats = Settings::resolve(&args, FileConfig::default())
+        .unwrap()
+        .nats()
+        .unwrap();
+    assert_eq!(nats.urls, ["nats://a:1", "nats://b:2"]);
+    assert_eq!((nats.stream.as_str(), nats.replicas), ("x", 2));
+}
+
+#[test]
+fn nats_urls_take_a_scheme_a_host_and_a_port() {
+    for (given, url) in [
+        ("nats://n1:4222", "nats://n1:4222"),
+        ("tls://n1.example.com", "tls://n1.example.com:4222"),
+        ("NATS://n1:5/", "nats://n1:5"),
+        ("n1:4300", "nats://n1:4300"),
+        ("10.0.0.1", "nats://10.0.0.1:4222"),
+        ("[::1]:4300", "nats://[::1]:4300"),
+        ("tls://[fe80::1]", "tls://[fe80::1]:4222"),
+        ("nats://u:p@n1", "nats://u:p@n1:4222"),
+        ("tok@n1:1", "nats://tok@n1:1"),
+    ] {
+        let parsed = NatsUrl::parse(given).unwrap_or_else(|e| panic!("{given}: {e}"));
+        assert_eq!(parsed.expose(), url, "{given}");
+    }
+    for bad in [
+        "http://n1:4222",
+        "ws://n1",
+        "nats://",
+        "nats://:4222",
+        "nats://n1:0",
+        "nats://n1:65536",
+        "nats://n1:port",
+        "nats://n1/path",
+        "nats://n1?x=1",
+        "::1:4222",
+        "[::1",
+        "[nope]:1",
+        "nats://@n1",
+        "nats://n 1",
+    ] {
+        assert!(NatsUrl::parse(bad).is_err(), "{bad} was accepted");
+    }
+}
+
+#[test]
+fn bad_nats_values_are_refused_naming_the_setting() {
+    let cases = [
+        (
+            "nats_url = \"http://n1:4222\"",
+            "nats_url",
+            "nats:// or tls://",
+        ),
+        ("nats_url = \"nats://a,,nats://b\"", "nats_url", "empty URL"),
+        ("nats_url = \"nats://a,\"", "nats_url", "empty URL"),
+        ("nats_url = \"\"", "nats_url", "holds no URL"),
+        ("nats_url = [\" \"]", "nats_url", "holds no URL"),
+        ("nats_url = []", "nats_url", "holds no URL"),
+        ("nats_stream = \"a.b\"", "nats_stream", "no dots"),
+        ("nats_stream = \"a b\"", "nats_stream", "no dots"),
+        ("nats_stream = \"ev.*\"", "nats_stream", "no dots"),
+        ("nats_stream = \">\"", "nats_stream", "no dots"),
+        ("nats_stream = \"\"", "nats_stream", "1 to 32"),
+        (
+            "nats_stream = \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"",
+            "nats_stream",
+            "1 to 32",
+        ),
+        ("nats_replicas = 0", "nats_replicas", "from 1 to 5"),
+        ("nats_replicas = 6", "nats_replicas", "from 1 to 5"),
+        ("nats_replicas = \"three\"", "nats_replicas", "from 1 to 5"),
+        (
+            "nats_creds = \"/nonexistent/x.creds\"",
+            "nats_creds",
+            "cannot read",
+        ),
+        ("nats_creds = \"/\"", "nats_creds", "not a file"),
+    ];
+    for (text, key, why) in cases {
+        let err = Settings::resolve(&SettingsArgs::default(), file(text))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
+        assert!(
+            err.contains(&format!("--{}", key.replace('_', "-"))),
+            "{err}"
+        );
+        assert!(err.contains(why), "{text}: {err}");
+    }
+    // The limits themselves are fine; 32 characters is the longest prefix.
+    let s = Settings::resolve(
+        &SettingsArgs::default(),
+        file(&format!(
+            "nats_url = \"n\"\nnats_replicas = 5\nnats_stream = \"{}\"",
+            "a".repeat(32)
+        )),
+    )
+    .unwrap();
+    assert_eq!(s.nats().unwrap().replicas, 5);
+    let s = Settings::resolve(&SettingsArgs::default(), file("nats_replicas = 1")).unwrap();
+    assert_eq!(s.nats(), None, "without nats_url the others are ignored");
+}
+
+#[test]
+fn nats_credentials_never_print() {
+    let creds = tempfile::NamedTempFile::new().unwrap();
+    let args = SettingsArgs {
+        nats_url: Some("nats://alice:pa55word@n1:4222,tls://t0k3n@n2,n3".into()),
+        nats_creds: Some(creds.path().to_owned()),
+        ..Default::default()
+    };
+    let s = Settings::resolve(&args, FileConfig::default()).unwrap();
+    let nats = s.nats().unwrap();
+    // The app connects with them...
+    assert_eq!(
+        nats.urls,
+        [
+            "nats://alice:pa55word@n1:4222",
+            "tls://t0k3n@n2:4222",
+            "nats://n3:4222"
+        ]
+    );
+    assert_eq!(nats.creds.as_deref(), Some(creds.path()));
+    // ...and nothing prints them.
+    let printed = s.to_redacted_toml();
+    let debug = format!("{s:?}{nats:?}");
+    for shown in [&printed, &debug] {
+        for secret in ["alice", "pa55word", "t0k3n"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
+    let table: toml::Table = toml::from_str(&printed).expect("printed settings are TOML");
+    let urls: Vec<&str> = table["nats_url"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            "nats://<redacted>@n1:4222",
+            "tls://<redacted>@n2:4222",
+            "nats://n3:4222"
+        ]
+    );
+    assert_eq!(
+        table["nats_creds"].as_str(),
+        Some(creds.path().to_str().unwrap())
+    );
+    // Nor does an error about a URL with credentials.
+    let args = SettingsArgs {
+        nats_url: Some("nats://alice:pa55word@n1:99999".into()),
+        ..Default::default()
+    };
+    let err = Settings::resolve(&args, FileConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        !err.contains("pa55word") && err.contains("<redacted>@n1"),
+        "{err}"
+    );
+    let args = SettingsArgs {
+        nats_url: Some("http://alice:pa55word@n1".into()),
+        ..Default::default()
+    };
+    let err = Settings::resolve(&args, FileConfig::default())
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("pa55word"), "{err}");
+}
