@@ -669,7 +669,8 @@ pub async fn dedup_forgets_ids_after_its_window<B: Backend>() {
     })
     .await;
     q.append(events(&["a"])).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // JetStream's shortest duplicate window is 100 ms (a shorter one is raised to it).
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let r = q.append(events(&["a"])).await.unwrap();
     assert_eq!(
         r.fresh(),

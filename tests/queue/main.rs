@@ -35,7 +35,9 @@ impl Backend for Sqlite {
     async fn open(&self, limits: Limits) -> Arc<dyn Queue> {
         let dir: PathBuf = self.dir.path().into();
         let config = WriterConfig {
-            max_queue_bytes: limits.max_queue_bytes,
+            // JetStream reserves a stream's `max_bytes` on every replica's disk: the suite's
+            // unlimited 1 GiB, over dozens of streams, would not be placed.
+            max_queue_bytes: limits.max_queue_bytes.min(16 << 20),
             min_free_disk_bytes: 0,
             dedup_window: limits.dedup_window,
             dedup_capacity: 100_000,
@@ -77,7 +79,9 @@ impl Backend for JetStream {
             prefix: self.prefix.clone(),
             replicas: 3,
             creds: None,
-            max_queue_bytes: limits.max_queue_bytes,
+            // JetStream reserves a stream's `max_bytes` on every replica's disk: the suite's
+            // unlimited 1 GiB, over dozens of streams, would not be placed.
+            max_queue_bytes: limits.max_queue_bytes.min(16 << 20),
             dedup_window: limits.dedup_window,
             identity_map_retention: Duration::from_secs(400 * 86_400),
         };

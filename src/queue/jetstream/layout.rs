@@ -116,11 +116,11 @@ impl Layout {
                 // still acknowledges a re-send as a duplicate.
                 max_bytes: i64::try_from(shape.max_queue_bytes).unwrap_or(i64::MAX),
                 discard: DiscardPolicy::New,
-                duplicate_window: shape.dedup_window,
+                duplicate_window: shape.dedup_window.max(MIN_DUPLICATE_WINDOW),
                 ..base(self.queue_stream(), vec![format!("{p}.q.>")])
             },
             Config {
-                duplicate_window: shape.dedup_window,
+                duplicate_window: shape.dedup_window.max(MIN_DUPLICATE_WINDOW),
                 ..base(self.dead_stream(), vec![format!("{p}.d.>")])
             },
             Config {
@@ -140,6 +140,9 @@ impl Layout {
         ]
     }
 }
+
+/// JetStream's shortest duplicate window: a shorter dedup window is raised to it.
+const MIN_DUPLICATE_WINDOW: Duration = Duration::from_millis(100);
 
 /// What the streams are created with.
 #[derive(Debug, Clone)]
