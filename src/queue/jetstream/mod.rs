@@ -439,40 +439,58 @@ impl Inner {
         if self.bytes.load(Ordering::Relaxed) + adding > self.max_queue_bytes {
             return self.append_over_quota(&messages).await;
         }
-        // Published in order on one connection: JetStream stores them in that order, and a
-        // repeat of an id inside the request is a duplicate of its first.
-        let mut pending = Vec::with_capacity(messages.len());
-        for m in messages {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(header::NATS_MESSAGE_ID, m.msg_id.as_str());
-            let ack = self
-                .js
-                .publish_with_headers(m.subject, headers, m.body)
-                .await
-                .map_err(|err| self.append_error(err))?;
-            pending.push(ack);
-        }
-        let mut outcomes = Vec::with_capacity(pending.len());
-        let mut first_error = None;
-        for ack in pending {
-            match ack.await {
-                Ok(ack) if ack.duplicate => outcomes.push(Appended::Duplicate),
-                Ok(_) => outcomes.push(Appended::Queued),
-                Err(err) => {
-                    if first_error.is_none() {
-                        first_error = Some(self.append_error(err));
-                    }
-                }
-            }
-        }
+        let acks = self
+            .publish_all(messages.into_iter().map(|m| (m.subject, m.msg_id, m.body)).collect())
+            .await;
         let _ = self.refresh_totals().await;
-        match first_error {
-            Some(e) => Err(e),
-            None => {
-                self.reachable.store(true, Ordering::Relaxed);
-                Ok(AppendReceipt { outcomes })
-            }
+        let outcomes = acks
+            .into_iter()
+            .map(|ack| match ack {
+                Ok(ack) if ack.duplicate => Ok(Appended::Duplicate),
+                Ok(_) => Ok(Appended::Queued),
+                Err(err) => Err(self.append_error(err)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.reachable.store(true, Ordering::Relaxed);
+        Ok(AppendReceipt { outcomes })
+    }
+
+    /// Publishes messages (subject, message id, body) in order on one connection, so
+    /// JetStream stores them in that order and a repeat of an id among them is a duplicate of
+    /// its first; returns each one's `PubAck` or refusal.
+    ///
+    /// A clustered stream refuses an id whose first publish is still being replicated ("in
+    /// process"); that one is published again once the ones before it are acknowledged, and
+    /// is then a duplicate.
+    pub(crate) async fn publish_all(
+        &self,
+        messages: Vec<(String, String, Bytes)>,
+    ) -> Vec<Result<jetstream::publish::PublishAck, jetstream::context::PublishError>> {
+        let mut pending = Vec::with_capacity(messages.len());
+        for (subject, msg_id, body) in &messages {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(header::NATS_MESSAGE_ID, msg_id.as_str());
+            pending.push(
+                self.js
+                    .publish_with_headers(subject.clone(), headers, body.clone())
+                    .await,
+            );
         }
+        let mut acks = Vec::with_capacity(pending.len());
+        for (sent, (subject, msg_id, body)) in pending.into_iter().zip(messages) {
+            let mut ack = match sent {
+                Ok(future) => future.await,
+                Err(e) => Err(e),
+            };
+            let mut tries = 0;
+            while ack.as_ref().is_err_and(in_process) && tries < 50 {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(2 * tries)).await;
+                ack = self.publish(subject.clone(), &msg_id, body.clone()).await;
+            }
+            acks.push(ack);
+        }
+        acks
     }
 
     /// The message an event becomes.
@@ -532,7 +550,24 @@ impl Inner {
         let mut adding = 0;
         let mut seen = HashSet::new();
         for (m, ack) in messages.iter().zip(pending) {
-            match ack.await {
+            let mut ack = ack.await;
+            let mut tries = 0;
+            while ack.as_ref().is_err_and(in_process) && tries < 50 {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(2 * tries)).await;
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(header::NATS_MESSAGE_ID, m.msg_id.as_str());
+                headers.insert(header::NATS_EXPECTED_LAST_SEQUENCE, "18446744073709551615");
+                ack = match self
+                    .js
+                    .publish_with_headers(m.subject.clone(), headers, m.body.clone())
+                    .await
+                {
+                    Ok(f) => f.await,
+                    Err(e) => Err(e),
+                };
+            }
+            match ack {
                 Ok(ack) if ack.duplicate => {}
                 Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
                     if m.queued && seen.insert(&m.msg_id) {
@@ -593,8 +628,14 @@ impl Queue for JetStreamQueue {
     fn apply(&self, op: QueueOp) -> QueueFuture<'_, OpOutcome> {
         Box::pin(async move {
             self.inner.check_open()?;
-            let out = self.inner.apply(op).await?;
-            let _ = self.inner.refresh_totals().await;
+            let before = self.inner.bytes.load(Ordering::Relaxed);
+            let mut out = self.inner.apply(op).await?;
+            // JetStream does not say what a removed message held: the delta is what the
+            // stream's bytes moved by (other replicas' changes meanwhile included).
+            if self.inner.refresh_totals().await.is_ok() {
+                let after = self.inner.bytes.load(Ordering::Relaxed);
+                out.queue_bytes_delta = after as i64 - before as i64;
+            }
             Ok(out)
         })
     }
@@ -680,4 +721,11 @@ struct Outgoing {
 fn stored_size(subject: &str, msg_id: &str, body: usize) -> u64 {
     let header = "NATS/1.0\r\nNats-Msg-Id: ".len() + msg_id.len() + 4;
     (22 + subject.len() + header + body + 8) as u64
+}
+
+/// JetStream's answer to an id whose first publish is still being replicated (10158).
+fn in_process(e: &jetstream::context::PublishError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|j| j.error_code() == jetstream::ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT)
 }

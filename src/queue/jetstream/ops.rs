@@ -43,20 +43,23 @@ impl Inner {
                 self.change_states(changes).await
             }
             QueueOp::DeadLetter { items } => {
-                let moved: Vec<bool> = stream::iter(items)
-                    .map(|item| async move {
-                        let Ok(seq) = u64::try_from(item.seq) else {
-                            return Ok(false);
-                        };
-                        match self.get_queued(seq).await? {
-                            Some(m) => self.dead_letter_one(m, &item).await,
-                            None => Ok(false),
+                let seqs: Vec<i64> = items.iter().map(|i| i.seq).collect();
+                let found: Vec<Option<Msg>> = stream::iter(seqs)
+                    .map(|seq| async move {
+                        match u64::try_from(seq) {
+                            Ok(seq) => self.get_queued(seq).await,
+                            Err(_) => Ok(None),
                         }
                     })
                     .buffered(CONCURRENCY)
                     .try_collect()
                     .await?;
-                Ok(removed_outcome(moved.iter().filter(|m| **m).count() as u64))
+                let moves = found
+                    .into_iter()
+                    .zip(&items)
+                    .filter_map(|(m, item)| Some((m?, item.clone())))
+                    .collect();
+                Ok(removed_outcome(self.dead_letter_all(moves).await?))
             }
             QueueOp::DeadLetterApp { app_id, reason } => {
                 let mut scanner = Scanner::open(self, &self.queue, self.layout.lane(&app_id), 1)
@@ -67,30 +70,24 @@ impl Inner {
                     if page.is_empty() {
                         break;
                     }
-                    let done: Vec<bool> = stream::iter(page)
+                    let moves = page
+                        .into_iter()
                         .map(|m| {
                             let item = DeadLetterItem {
                                 seq: m.seq as i64,
                                 reason: reason.clone(),
                                 detail: None,
                             };
-                            async move { self.dead_letter_one(m, &item).await }
+                            (m, item)
                         })
-                        .buffered(CONCURRENCY)
-                        .try_collect()
-                        .await?;
-                    moved += done.iter().filter(|d| **d).count() as u64;
+                        .collect();
+                    moved += self.dead_letter_all(moves).await?;
                 }
                 scanner.close();
                 Ok(removed_outcome(moved))
             }
             QueueOp::Replay { items } => {
-                let replayed: Vec<bool> = stream::iter(items)
-                    .map(|item| async move { self.replay_one(&item).await })
-                    .buffered(CONCURRENCY)
-                    .try_collect()
-                    .await?;
-                let n = replayed.iter().filter(|r| **r).count() as u64;
+                let n = self.replay_all(&items).await?;
                 Ok(OpOutcome {
                     rows: n,
                     queue_events_delta: n as i64,
@@ -207,60 +204,86 @@ impl Inner {
         Ok(true)
     }
 
-    /// Moves one queued event to the dead letters; false when it was gone.
-    async fn dead_letter_one(&self, m: Msg, item: &DeadLetterItem) -> Result<bool, QueueError> {
-        let Some((mut meta, payload)) = record::decode(&m.body) else {
-            return Ok(false);
-        };
-        if let Some(app) = self.layout.app_of(&m.subject) {
-            let lanes = self.lanes.lock().expect("lane states lock");
-            if let Some(state) = lanes.by_app.get(&app).and_then(|s| s.get(&m.seq)) {
-                meta.attempts = state.attempts;
+    /// Moves queued events to the dead letters, in the order given (which their dead-letter
+    /// seqs follow); how many moved.
+    async fn dead_letter_all(&self, moves: Vec<(Msg, DeadLetterItem)>) -> Result<u64, QueueError> {
+        let now = unix_millis();
+        let mut outgoing = Vec::with_capacity(moves.len());
+        let mut seqs = Vec::with_capacity(moves.len());
+        for (m, item) in &moves {
+            let Some((mut meta, payload)) = record::decode(&m.body) else {
+                continue;
+            };
+            if let Some(app) = self.layout.app_of(&m.subject) {
+                let lanes = self.lanes.lock().expect("lane states lock");
+                if let Some(state) = lanes.by_app.get(&app).and_then(|s| s.get(&m.seq)) {
+                    meta.attempts = state.attempts;
+                }
             }
+            meta.reason = Some(item.reason.clone());
+            meta.detail = item.detail.clone();
+            meta.dead_at = now;
+            outgoing.push((
+                self.layout.dead(&item.reason),
+                format!("q-{}", m.seq),
+                record::encode(&meta, &payload),
+            ));
+            seqs.push(m.seq);
         }
-        meta.reason = Some(item.reason.clone());
-        meta.detail = item.detail.clone();
-        meta.dead_at = unix_millis();
-        self.publish(
-            self.layout.dead(&item.reason),
-            &format!("q-{}", m.seq),
-            record::encode(&meta, &payload),
-        )
-        .await
-        .map_err(|e| unavailable(self, e))?;
-        Ok(self.remove_queued(vec![m.seq]).await? > 0)
+        for ack in self.publish_all(outgoing).await {
+            ack.map_err(|e| unavailable(self, e))?;
+        }
+        self.remove_queued(seqs).await
     }
 
-    /// Moves one dead letter back to a lane as a fresh event; false when it was gone.
-    async fn replay_one(&self, item: &ReplayItem) -> Result<bool, QueueError> {
-        let Ok(seq) = u64::try_from(item.seq) else {
-            return Ok(false);
-        };
-        let Some(m) = get(self, &self.dead, seq).await? else {
-            return Ok(false);
-        };
-        let Some((mut meta, payload)) = record::decode(&m.body) else {
-            return Ok(false);
-        };
-        meta.route = item.route.clone();
-        meta.app_id = item.app_id.clone();
-        meta.attempts = 0;
-        meta.reason = None;
-        meta.detail = None;
-        meta.dead_at = 0;
-        meta.received_at = unix_millis();
-        meta.set_heap_user(item.heap_user.as_ref());
-        self.mark_app(&item.app_id)
-            .await
-            .map_err(|e| QueueError::Unavailable(e.to_string()))?;
-        let subject = self.layout.queued(
-            &item.app_id,
-            &user_token(&item.route, meta.braze_user_id.as_deref()),
-        );
-        self.publish(subject, &format!("d-{seq}"), record::encode(&meta, &payload))
-            .await
-            .map_err(|e| unavailable(self, e))?;
-        self.delete(&self.dead, seq).await
+    /// Moves dead letters back to lanes as fresh events, in the order given; how many moved.
+    async fn replay_all(&self, items: &[ReplayItem]) -> Result<u64, QueueError> {
+        let seqs: Vec<i64> = items.iter().map(|i| i.seq).collect();
+        let found: Vec<Option<Msg>> = stream::iter(seqs)
+            .map(|seq| async move {
+                match u64::try_from(seq) {
+                    Ok(seq) => get(self, &self.dead, seq).await,
+                    Err(_) => Ok(None),
+                }
+            })
+            .buffered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        let now = unix_millis();
+        let mut outgoing = Vec::new();
+        let mut moved = Vec::new();
+        for (m, item) in found.into_iter().zip(items) {
+            let Some(m) = m else { continue };
+            let Some((mut meta, payload)) = record::decode(&m.body) else {
+                continue;
+            };
+            meta.route = item.route.clone();
+            meta.app_id = item.app_id.clone();
+            meta.attempts = 0;
+            meta.reason = None;
+            meta.detail = None;
+            meta.dead_at = 0;
+            meta.received_at = now;
+            meta.set_heap_user(item.heap_user.as_ref());
+            self.mark_app(&item.app_id)
+                .await
+                .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+            let subject = self.layout.queued(
+                &item.app_id,
+                &user_token(&item.route, meta.braze_user_id.as_deref()),
+            );
+            outgoing.push((subject, format!("d-{}", m.seq), record::encode(&meta, &payload)));
+            moved.push(m.seq);
+        }
+        for ack in self.publish_all(outgoing).await {
+            ack.map_err(|e| unavailable(self, e))?;
+        }
+        let removed: Vec<bool> = stream::iter(moved)
+            .map(|seq| async move { self.delete(&self.dead, seq).await })
+            .buffered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(removed.iter().filter(|r| **r).count() as u64)
     }
 
     async fn purge_dead(
