@@ -374,6 +374,34 @@ impl NatsCluster {
         get_json(&self.nodes[i], path)
     }
 
+    /// Leaves this cluster to the process: kills its nodes and removes their directory once
+    /// this process has exited, however it exits (a shared cluster held in a `static` is
+    /// never dropped). A watchdog shell polls the process; restarted nodes are not covered.
+    pub fn outlive_nothing(self) -> SharedCluster {
+        let pids: Vec<String> = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref().map(|c| c.id().to_string()))
+            .collect();
+        let script = format!(
+            "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill -9 {pids} 2>/dev/null; rm -rf '{dir}'",
+            me = std::process::id(),
+            pids = pids.join(" "),
+            dir = self.dir.path().display(),
+        );
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        SharedCluster {
+            urls: self.urls(),
+            _cluster: std::mem::ManuallyDrop::new(self),
+        }
+    }
+
     /// The directory that holds every node's directory (`n0/`, …).
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -624,5 +652,19 @@ mod tests {
             "{}",
             cluster.log(0)
         );
+    }
+}
+
+/// A cluster shared by a test binary's tests (see [`NatsCluster::outlive_nothing`]).
+#[derive(Debug)]
+pub struct SharedCluster {
+    urls: String,
+    _cluster: std::mem::ManuallyDrop<NatsCluster>,
+}
+
+impl SharedCluster {
+    /// The `--nats-url` of the cluster.
+    pub fn urls(&self) -> &str {
+        &self.urls
     }
 }

@@ -170,7 +170,9 @@ async fn run<B: Backend>(steps: &[Step]) -> Checked {
                 ensure_eq(got, m.apply(&op), || format!("the outcome of {op:?}")).map_err(at)?;
             }
         }
-        check(&*q, &mut m, now, B::PAYLOAD_BYTES).await.map_err(at)?;
+        check(&*q, &mut m, now, B::PAYLOAD_BYTES)
+            .await
+            .map_err(at)?;
     }
     q.close().await.map_err(unavailable)
 }

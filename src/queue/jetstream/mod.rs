@@ -189,7 +189,7 @@ impl JetStreamQueue {
             .timeout(REQUEST_TIMEOUT)
             .build(client.clone());
         let layout = Layout::new(&config.prefix);
-        check_account(&js, &servers_text, &config.prefix).await?;
+        check_account(&client, &servers_text, &config.prefix).await?;
         let shape = Shape {
             replicas: config.replicas,
             max_queue_bytes: config.max_queue_bytes,
@@ -250,32 +250,48 @@ impl JetStreamQueue {
     }
 }
 
-/// Fails clearly when the account has no JetStream or may not use its API.
+/// Fails clearly when the account has no JetStream or may not use its API. The account
+/// request is read by hand: async-nats's `query_account` does not understand NATS 2.9's answer.
 async fn check_account(
-    js: &jetstream::Context,
+    client: &async_nats::Client,
     servers: &str,
     prefix: &str,
 ) -> Result<(), JetStreamError> {
-    use async_nats::jetstream::context::AccountErrorKind;
-    match js.query_account().await {
-        Ok(_) => Ok(()),
-        Err(e) => match e.kind() {
-            AccountErrorKind::JetStreamUnavailable | AccountErrorKind::JetStream(_) => {
-                Err(JetStreamError::NoJetStream {
+    let answer = match client.request("$JS.API.INFO", Bytes::new()).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            return Err(match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => JetStreamError::NoJetStream {
+                    servers: servers.to_owned(),
+                    detail: "no server answered $JS.API.INFO".into(),
+                },
+                async_nats::RequestErrorKind::TimedOut => JetStreamError::Permission {
+                    what: "or did not answer the JetStream account request".into(),
+                    prefix: prefix.to_owned(),
+                    detail: e.to_string(),
+                },
+                _ => JetStreamError::Connect {
                     servers: servers.to_owned(),
                     detail: e.to_string(),
-                })
-            }
-            AccountErrorKind::TimedOut => Err(JetStreamError::Permission {
-                what: "or did not answer the JetStream account request".into(),
-                prefix: prefix.to_owned(),
-                detail: e.to_string(),
-            }),
-            AccountErrorKind::Other => Err(JetStreamError::Connect {
-                servers: servers.to_owned(),
-                detail: e.to_string(),
-            }),
-        },
+                },
+            });
+        }
+    };
+    let info: serde_json::Value =
+        serde_json::from_slice(&answer.payload).map_err(|e| JetStreamError::NoJetStream {
+            servers: servers.to_owned(),
+            detail: format!("unreadable answer to $JS.API.INFO: {e}"),
+        })?;
+    match info.get("error") {
+        None => Ok(()),
+        Some(error) => Err(JetStreamError::NoJetStream {
+            servers: servers.to_owned(),
+            detail: error
+                .get("description")
+                .and_then(|d| d.as_str())
+                .unwrap_or("JetStream refused the account request")
+                .to_owned(),
+        }),
     }
 }
 
@@ -416,7 +432,10 @@ impl Inner {
             .await
     }
 
-    async fn append(&self, events: Vec<crate::queue::NewEvent>) -> Result<AppendReceipt, AppendError> {
+    async fn append(
+        &self,
+        events: Vec<crate::queue::NewEvent>,
+    ) -> Result<AppendReceipt, AppendError> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(AppendError::Closed);
         }
@@ -440,7 +459,12 @@ impl Inner {
             return self.append_over_quota(&messages).await;
         }
         let acks = self
-            .publish_all(messages.into_iter().map(|m| (m.subject, m.msg_id, m.body)).collect())
+            .publish_all(
+                messages
+                    .into_iter()
+                    .map(|m| (m.subject, m.msg_id, m.body))
+                    .collect(),
+            )
             .await;
         let _ = self.refresh_totals().await;
         let outcomes = acks
@@ -515,10 +539,9 @@ impl Inner {
                 meta.dead_at = received_at;
                 self.layout.dead(reason)
             }
-            None => self.layout.queued(
-                &e.app_id,
-                &user_token(&e.route, e.braze_user_id.as_deref()),
-            ),
+            None => self
+                .layout
+                .queued(&e.app_id, &user_token(&e.route, e.braze_user_id.as_deref())),
         };
         let body = record::encode(&meta, &e.payload);
         Outgoing {
