@@ -109,6 +109,7 @@ impl Backend for JetStream {
             max_queue_bytes: limits.max_queue_bytes.min(16 << 20),
             dedup_window: limits.dedup_window,
             identity_map_retention: Duration::from_secs(400 * 86_400),
+            provision: true,
         };
         Arc::new(
             JetStreamQueue::open(config)

@@ -70,6 +70,9 @@ pub struct JetStreamConfig {
     pub dedup_window: Duration,
     /// How long property stamps are kept (`--identity-map-retention`).
     pub identity_map_retention: Duration,
+    /// Create missing streams and bring existing ones to these settings (`serve`); false for
+    /// the maintenance commands, which only open what is there.
+    pub provision: bool,
 }
 
 /// Why the JetStream queue could not be opened. Each says what to check.
@@ -110,6 +113,11 @@ pub enum JetStreamError {
     },
     #[error("JetStream stream {stream}: {detail}")]
     Stream { stream: String, detail: String },
+    #[error(
+        "no JetStream stream {stream} on {servers} (is --nats-stream right? `currents-heap serve` \
+         creates the streams)"
+    )]
+    Missing { stream: String, servers: String },
 }
 
 /// The queue in JetStream. Cheap to share (`Arc<dyn Queue>`); every method is a few JetStream
@@ -198,7 +206,17 @@ impl JetStreamQueue {
         };
         let mut streams = Vec::new();
         for wanted in layout.streams(&shape) {
-            streams.push(provision(&js, wanted, &config.prefix).await?);
+            let stream = if config.provision {
+                provision(&js, wanted, &config.prefix).await?
+            } else {
+                js.get_stream(&wanted.name)
+                    .await
+                    .map_err(|_| JetStreamError::Missing {
+                        stream: wanted.name.clone(),
+                        servers: servers_text.clone(),
+                    })?
+            };
+            streams.push(stream);
         }
         let [queue, dead, state, stamps]: [Stream; 4] =
             streams.try_into().expect("four streams in the layout");
