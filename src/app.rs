@@ -24,6 +24,7 @@ use crate::delivery::Backoff;
 use crate::heap::deletion::HeapDeletionClient;
 use crate::ingest::IngestState;
 use crate::lanes::{LaneSet, dead_letter_orphans};
+use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 use crate::queue::jetstream::{JetStreamConfig, JetStreamError, JetStreamQueue};
 use crate::queue::sqlite::{SqliteQueue, StoreError, WriterConfig};
@@ -67,7 +68,7 @@ pub struct App {
 
 impl App {
     pub async fn build(settings: &Settings) -> Result<App, AppError> {
-        let queue = open_queue(settings).await?;
+        let (queue, leadership) = open_queue(settings).await?;
         let route_names: Vec<&str> = settings.all_routes().map(|r| r.name).collect();
         let metrics = Metrics::with_routes(&route_names)?;
         metrics.queue.set_max_bytes(settings.max_queue_bytes);
@@ -79,7 +80,7 @@ impl App {
                     addr: settings.listen,
                     source,
                 })?;
-        let lanes = LaneSet::build(settings, &queue, &metrics);
+        let lanes = LaneSet::build(settings, &queue, &metrics, leadership);
         let served: Vec<&str> = lanes.app_ids().collect();
         dead_letter_orphans(&*queue, &served).await?;
         let state = Arc::new(
@@ -212,10 +213,19 @@ impl App {
 }
 
 /// Opens the queue the settings select: JetStream with `--nats-url` (its streams created or
-/// brought to these settings), else the SQLite store in `--data-dir`.
-async fn open_queue(settings: &Settings) -> Result<Arc<dyn Queue>, AppError> {
-    if let Some(config) = jetstream_config(settings, true) {
+/// brought to these settings, and the lanes held under leases), else the SQLite store in
+/// `--data-dir` (one process holds every lane).
+async fn open_queue(
+    settings: &Settings,
+) -> Result<(Arc<dyn Queue>, Option<Leadership>), AppError> {
+    if let (Some(config), Some(nats)) = (jetstream_config(settings, true), settings.nats()) {
         let jetstream = JetStreamQueue::open(config).await?;
+        let leases = jetstream.leases().await?;
+        tracing::info!(message = "Lanes are held under leases.", holder = %leases.holder(), lease = ?nats.lease);
+        let leadership = Leadership {
+            leases: Arc::new(leases),
+            ttl: nats.lease,
+        };
         let totals = jetstream.totals();
         tracing::info!(
             message = "Queue open.",
@@ -223,7 +233,7 @@ async fn open_queue(settings: &Settings) -> Result<Arc<dyn Queue>, AppError> {
             queued_events = totals.events,
             queued_bytes = totals.bytes,
         );
-        return Ok(Arc::new(jetstream));
+        return Ok((Arc::new(jetstream), Some(leadership)));
     }
     let sqlite = SqliteQueue::open(
         &settings.data_dir,
@@ -242,7 +252,7 @@ async fn open_queue(settings: &Settings) -> Result<Arc<dyn Queue>, AppError> {
         queued_events = totals.events,
         queued_bytes = totals.bytes,
     );
-    Ok(Arc::new(sqlite))
+    Ok((Arc::new(sqlite), None))
 }
 
 /// The JetStream queue the settings select (`--nats-url`), if any. `provision`: create and

@@ -32,6 +32,7 @@
 //! Layout of streams and subjects: [`layout`].
 
 mod layout;
+mod lease;
 mod ops;
 mod read;
 mod record;
@@ -52,6 +53,7 @@ use crate::queue::{
     QueueOp, QueueTotals, Ready, ReadyRequest, SavedLane, unix_millis,
 };
 
+pub use lease::JetStreamLeases;
 use layout::{Layout, Shape, user_token};
 use record::{EventState, Meta};
 
@@ -147,6 +149,9 @@ pub(crate) struct Inner {
     /// App ids whose marker this process wrote already.
     marked: Mutex<HashSet<String>>,
     max_queue_bytes: u64,
+    replicas: usize,
+    /// Whether this process creates and updates streams (`serve`) or only opens them.
+    provision: bool,
 }
 
 /// The delivery state records of queued events, mirrored: per app id, by seq.
@@ -235,6 +240,8 @@ impl JetStreamQueue {
             lanes: Mutex::new(LaneStates::default()),
             marked: Mutex::new(HashSet::new()),
             max_queue_bytes: config.max_queue_bytes,
+            replicas: config.replicas,
+            provision: config.provision,
         });
         inner
             .refresh_totals()
@@ -256,6 +263,17 @@ impl JetStreamQueue {
             }
         });
         Ok(Self { inner })
+    }
+
+    /// The lanes' leases, in a stream beside the queue's (created like them).
+    pub async fn leases(&self) -> Result<JetStreamLeases, JetStreamError> {
+        let prefix = self
+            .inner
+            .layout
+            .queue_stream()
+            .trim_end_matches("-queue")
+            .to_owned();
+        JetStreamLeases::open(Arc::clone(&self.inner), &prefix).await
     }
 
     /// The servers this queue is connected to, for the start-up log.
