@@ -215,9 +215,7 @@ impl App {
 /// Opens the queue the settings select: JetStream with `--nats-url` (its streams created or
 /// brought to these settings, and the lanes held under leases), else the SQLite store in
 /// `--data-dir` (one process holds every lane).
-async fn open_queue(
-    settings: &Settings,
-) -> Result<(Arc<dyn Queue>, Option<Leadership>), AppError> {
+async fn open_queue(settings: &Settings) -> Result<(Arc<dyn Queue>, Option<Leadership>), AppError> {
     if let (Some(config), Some(nats)) = (jetstream_config(settings, true), settings.nats()) {
         let jetstream = JetStreamQueue::open(config).await?;
         let leases = jetstream.leases().await?;

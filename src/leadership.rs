@@ -163,11 +163,7 @@ pub async fn run_led(
             return carry;
         }
         let asked = Instant::now();
-        let lease = match leadership
-            .leases
-            .acquire(&app_id, leadership.ttl)
-            .await
-        {
+        let lease = match leadership.leases.acquire(&app_id, leadership.ttl).await {
             Ok(Some(lease)) => lease,
             Ok(None) => {
                 wait(leadership.standby_every(), &stop).await;

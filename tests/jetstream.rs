@@ -96,6 +96,9 @@ impl Cluster {
                 "3",
                 "--nats-lease",
                 LEASE,
+                // JetStream reserves the queue's limit on each server's disk.
+                "--max-queue-bytes",
+                "64MiB",
                 "--heap-events-per-minute",
                 &per_minute,
                 "--heap-identity-events-per-minute",
@@ -145,7 +148,10 @@ fn batches(tag: &str, batches: usize, per_batch: usize) -> (Vec<Bytes>, Vec<Stri
 async fn post_until_accepted(braze: &Braze, addr: SocketAddr, body: Bytes, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
-        match braze.post(addr, body.clone(), Duration::from_secs(20)).await {
+        match braze
+            .post(addr, body.clone(), Duration::from_secs(20))
+            .await
+        {
             Ok(reply) if reply.status.is_success() => return,
             Ok(reply) => assert_eq!(
                 reply.status,
@@ -189,7 +195,10 @@ async fn the_leader(braze: &Braze, replicas: &[SocketAddr], within: Duration) ->
                 leaders.push(i);
             }
         }
-        assert!(leaders.len() <= 1, "two replicas hold one lane: {leaders:?}");
+        assert!(
+            leaders.len() <= 1,
+            "two replicas hold one lane: {leaders:?}"
+        );
         if let [one] = leaders[..] {
             return one;
         }
@@ -231,7 +240,9 @@ fn within_budgets(heap: &HeapStandIn) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_take_traffic_and_one_delivers_each_app_id() {
-    let Some(c) = Cluster::start(1200) else { return };
+    let Some(c) = Cluster::start(1200) else {
+        return;
+    };
     let r = [c.replica(1200), c.replica(1200)];
     let addrs = [r[0].addr, r[1].addr];
     let braze = Braze::new();
@@ -240,14 +251,22 @@ async fn two_replicas_take_traffic_and_one_delivers_each_app_id() {
         post_until_accepted(&braze, addrs[i % 2], body.clone(), Duration::from_secs(30)).await;
         // Braze re-sends an accepted batch, to the other replica.
         if i % 3 == 0 {
-            post_until_accepted(&braze, addrs[(i + 1) % 2], body.clone(), Duration::from_secs(30))
-                .await;
+            post_until_accepted(
+                &braze,
+                addrs[(i + 1) % 2],
+                body.clone(),
+                Duration::from_secs(30),
+            )
+            .await;
         }
     }
     all_delivered(&c.heap, &ids, Duration::from_secs(60)).await;
     let leader = the_leader(&braze, &addrs, Duration::from_secs(10)).await;
     let (_, standby_requests) = leadership(&braze, addrs[1 - leader]).await.unwrap();
-    assert_eq!(standby_requests, 0, "the replica without the lane sent to Heap");
+    assert_eq!(
+        standby_requests, 0,
+        "the replica without the lane sent to Heap"
+    );
     let report = c.heap.report();
     assert_eq!(
         report.duplicate_deliveries(),
@@ -308,11 +327,13 @@ async fn kill_9_of_the_delivering_replica_hands_the_lane_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_frozen_past_its_lease_sends_nothing_when_it_wakes() {
+    let t0 = Instant::now();
     let Some(c) = Cluster::start(300) else { return };
     let mut r = vec![Some(c.replica(300)), Some(c.replica(300))];
     let addrs = [r[0].as_ref().unwrap().addr, r[1].as_ref().unwrap().addr];
     let braze = Braze::new();
     let (bodies, ids) = batches("stop", 80, 25);
+    eprintln!("{:?} started", t0.elapsed());
     for (i, body) in bodies.iter().enumerate() {
         post_until_accepted(&braze, addrs[i % 2], body.clone(), Duration::from_secs(30)).await;
     }
@@ -333,6 +354,7 @@ async fn a_replica_frozen_past_its_lease_sends_nothing_when_it_wakes() {
         );
     };
     signal("-STOP");
+    eprintln!("{:?} stopped", t0.elapsed());
     the_leader(&braze, &addrs[other..=other], Duration::from_secs(20)).await;
     // The other replica delivers for a while; then the frozen one wakes up.
     let resumed_at = c.heap.report().events_accepted;
@@ -341,9 +363,13 @@ async fn a_replica_frozen_past_its_lease_sends_nothing_when_it_wakes() {
     })
     .await;
     signal("-CONT");
+    eprintln!("{:?} continued", t0.elapsed());
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (leader_again, _) = leadership(&braze, addrs[frozen]).await.unwrap();
-    assert!(!leader_again, "the woken replica believes it holds the lane");
+    assert!(
+        !leader_again,
+        "the woken replica believes it holds the lane"
+    );
     assert!(
         r[frozen]
             .as_ref()
@@ -355,7 +381,9 @@ async fn a_replica_frozen_past_its_lease_sends_nothing_when_it_wakes() {
     within_budgets(&c.heap);
     // It takes part again: once the other is gone, it takes the lane and finishes.
     kill_9(r[other].take().unwrap()).await;
+    eprintln!("{:?} killed the other", t0.elapsed());
     the_leader(&braze, &addrs[frozen..=frozen], Duration::from_secs(20)).await;
+    eprintln!("{:?} took over again", t0.elapsed());
     all_delivered(&c.heap, &ids, Duration::from_secs(60)).await;
     within_budgets(&c.heap);
     let report = c.heap.report();
@@ -383,7 +411,10 @@ async fn losing_one_nats_node_of_three_loses_nothing() {
             let braze = Braze::unpooled();
             for (i, body) in bodies.into_iter().enumerate() {
                 loop {
-                    match braze.post(addrs[i % 2], body.clone(), Duration::from_secs(20)).await {
+                    match braze
+                        .post(addrs[i % 2], body.clone(), Duration::from_secs(20))
+                        .await
+                    {
                         Ok(reply) => {
                             statuses.lock().unwrap().insert(reply.status.as_u16());
                             if reply.status.is_success() {
@@ -400,9 +431,11 @@ async fn losing_one_nats_node_of_three_loses_nothing() {
             done.store(true, Ordering::SeqCst);
         })
     };
-    wait_until("ingest and delivery are under way", Duration::from_secs(30), || {
-        acked.load(Ordering::SeqCst) >= 20 && c.heap.report().events_accepted >= 100
-    })
+    wait_until(
+        "ingest and delivery are under way",
+        Duration::from_secs(30),
+        || acked.load(Ordering::SeqCst) >= 20 && c.heap.report().events_accepted >= 100,
+    )
     .await;
     tokio::task::block_in_place(|| c.nats.kill(0));
     wait_until("ingest goes on", Duration::from_secs(60), || {

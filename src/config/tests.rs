@@ -458,6 +458,7 @@ fn nats_is_off_by_default_and_its_defaults_are_the_documented_ones() {
             stream: "currents-heap".into(),
             replicas: 3,
             creds: None,
+            lease: Duration::from_secs(10),
         })
     );
 }

@@ -53,8 +53,8 @@ use crate::queue::{
     QueueOp, QueueTotals, Ready, ReadyRequest, SavedLane, unix_millis,
 };
 
-pub use lease::JetStreamLeases;
 use layout::{Layout, Shape, user_token};
+pub use lease::JetStreamLeases;
 use record::{EventState, Meta};
 
 /// How to reach JetStream and what to create there.
@@ -113,6 +113,17 @@ pub enum JetStreamError {
         replicas: usize,
         detail: String,
     },
+    #[error(
+        "JetStream cannot place stream {stream} on {replicas} replicas ({detail}); JetStream \
+         reserves the stream's limit (--max-queue-bytes) on the disk of each server that holds a \
+         replica: lower --max-queue-bytes, or give the servers more JetStream storage \
+         (max_file_store)"
+    )]
+    Storage {
+        stream: String,
+        replicas: usize,
+        detail: String,
+    },
     #[error("JetStream stream {stream}: {detail}")]
     Stream { stream: String, detail: String },
     #[error(
@@ -146,6 +157,8 @@ pub(crate) struct Inner {
     /// False after a request to JetStream failed, true again after one succeeded.
     reachable: AtomicBool,
     lanes: Mutex<LaneStates>,
+    /// Per app id, the consumer its lane reads on with ([`read::LaneCursor`]).
+    cursors: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<read::LaneCursor>>>>>,
     /// App ids whose marker this process wrote already.
     marked: Mutex<HashSet<String>>,
     max_queue_bytes: u64,
@@ -238,6 +251,7 @@ impl JetStreamQueue {
             bytes: AtomicU64::new(0),
             reachable: AtomicBool::new(true),
             lanes: Mutex::new(LaneStates::default()),
+            cursors: Mutex::new(HashMap::new()),
             marked: Mutex::new(HashSet::new()),
             max_queue_bytes: config.max_queue_bytes,
             replicas: config.replicas,
@@ -342,7 +356,13 @@ async fn provision(
     let replicas = wanted.num_replicas;
     let classify = |detail: String| {
         let lower = detail.to_lowercase();
-        if lower.contains("replica")
+        if lower.contains("insufficient storage") {
+            JetStreamError::Storage {
+                stream: name.clone(),
+                replicas,
+                detail,
+            }
+        } else if lower.contains("replica")
             || lower.contains("insufficient resources")
             || lower.contains("no suitable peers")
             || lower.contains("peer")

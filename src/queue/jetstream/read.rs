@@ -6,6 +6,7 @@
 //! to the requests to Heap it feeds, and nothing is left behind when a replica dies.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
@@ -89,17 +90,29 @@ impl Scanner {
         if self.done {
             return Ok(Vec::new());
         }
-        let batch = self
-            .consumer
-            .fetch()
-            .max_messages(max.clamp(1, PAGE))
-            .messages()
-            .await
-            .map_err(|e| unavailable(inner, e))?;
-        let messages: Vec<_> = batch
-            .try_collect()
-            .await
-            .map_err(|e| unavailable(inner, e))?;
+        // A consumer just created on a clustered stream may not answer its first pull yet
+        // (503, no responders): a few quick tries before the read fails.
+        let mut tries = 0;
+        let messages: Vec<_> = loop {
+            let fetched = match self
+                .consumer
+                .fetch()
+                .max_messages(max.clamp(1, PAGE))
+                .messages()
+                .await
+            {
+                Ok(batch) => batch.try_collect().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match fetched {
+                Ok(messages) => break messages,
+                Err(e) if tries >= 5 => return Err(unavailable(inner, e)),
+                Err(_) => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20 * tries)).await;
+                }
+            }
+        };
         let mut page = Vec::with_capacity(messages.len());
         for m in messages {
             let info = m.info().map_err(|e| unavailable(inner, e))?;
@@ -128,6 +141,14 @@ impl Scanner {
             let _ = stream.delete_consumer(&name).await;
         });
     }
+}
+
+/// A lane's read position: the consumer it reads with, and the highest seq that consumer has
+/// delivered.
+#[derive(Debug)]
+pub(crate) struct LaneCursor {
+    scanner: Scanner,
+    last: u64,
 }
 
 /// Adds events to a bounded read: the first always, then while the count and bytes hold.
@@ -283,17 +304,48 @@ impl Inner {
         if bounds.full() {
             return Ok(ready);
         }
-        let start = u64::try_from(req.after).unwrap_or(0) + 1;
-        let mut scanner =
-            Scanner::open(self, &self.queue, self.layout.lane(&req.app_id), start).await?;
+        let after = u64::try_from(req.after).unwrap_or(0);
+        let slot = self.cursor_slot(&req.app_id);
+        let mut cursor = slot.lock().await;
+        // A lane reads on from where its last read ended: the same consumer goes on. Anything
+        // else (a lane starting, a cursor moved back) starts a new one.
+        if cursor.as_ref().is_some_and(|c| c.last > after) {
+            if let Some(old) = cursor.take() {
+                old.scanner.close();
+            }
+        }
+        if cursor.is_none() {
+            let scanner =
+                Scanner::open(self, &self.queue, self.layout.lane(&req.app_id), after + 1).await?;
+            *cursor = Some(LaneCursor {
+                scanner,
+                last: after,
+            });
+        }
+        let c = cursor.as_mut().expect("set above");
+        // Events appended since the last read are there for the taking.
+        c.scanner.done = false;
+        let mut left_unread = false;
         'pages: loop {
             let want = (bounds.max_events - bounds.events).saturating_add(req.held.len());
-            let page = scanner.next_page(self, want).await?;
+            let page = match c.scanner.next_page(self, want).await {
+                Ok(page) => page,
+                Err(e) => {
+                    // The consumer may be gone (idle too long) or not ready yet: next time,
+                    // a new one.
+                    if let Some(old) = cursor.take() {
+                        old.scanner.close();
+                    }
+                    return Err(e);
+                }
+            };
             if page.is_empty() {
                 break;
             }
-            for m in page {
-                if req.held.contains(&(m.seq as i64)) {
+            let mut page = page.into_iter();
+            for m in page.by_ref() {
+                c.last = c.last.max(m.seq);
+                if m.seq <= after || req.held.contains(&(m.seq as i64)) {
                     continue;
                 }
                 let state = self.state_of(&req.app_id, m.seq);
@@ -306,13 +358,31 @@ impl Inner {
                     continue;
                 };
                 if !bounds.admits(e.event.payload.len()) {
+                    left_unread = true;
                     break 'pages;
                 }
                 ready.fresh.push(e);
             }
+            if bounds.full() {
+                left_unread = page.len() > 0;
+                break;
+            }
         }
-        scanner.close();
+        // Fetched but not handed out: the consumer has passed them, so the next read starts
+        // a new one from the lane's cursor (nothing is kept between reads: an event purged
+        // meanwhile must not come back from a buffer).
+        if left_unread {
+            if let Some(old) = cursor.take() {
+                old.scanner.close();
+            }
+        }
         Ok(ready)
+    }
+
+    /// The consumer a lane reads on with, one per app id.
+    fn cursor_slot(&self, app_id: &str) -> Arc<tokio::sync::Mutex<Option<LaneCursor>>> {
+        let mut cursors = self.cursors.lock().expect("cursors lock");
+        Arc::clone(cursors.entry(app_id.to_owned()).or_default())
     }
 
     /// Drops the in-memory records of these seqs.
