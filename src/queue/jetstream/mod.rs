@@ -33,6 +33,7 @@
 
 mod layout;
 mod ops;
+mod privacy;
 mod read;
 mod record;
 
@@ -128,6 +129,8 @@ pub(crate) struct Inner {
     dead: Stream,
     state: Stream,
     stamps: Stream,
+    /// The identity map, the tombstones and the deletion ledger (`privacy.rs`).
+    privacy: privacy::Privacy,
     closed: AtomicBool,
     /// Stream-wide totals of the queue stream, refreshed after every change and every
     /// [`TOTALS_REFRESH`] (other replicas change it too).
@@ -200,8 +203,11 @@ impl JetStreamQueue {
         for wanted in layout.streams(&shape) {
             streams.push(provision(&js, wanted, &config.prefix).await?);
         }
+        let privacy_streams = streams.split_off(4);
         let [queue, dead, state, stamps]: [Stream; 4] =
             streams.try_into().expect("four streams in the layout");
+        let privacy =
+            privacy::Privacy::open(&client, &layout, privacy_streams, config.dedup_window).await?;
         let inner = Arc::new(Inner {
             client,
             js,
@@ -210,6 +216,7 @@ impl JetStreamQueue {
             dead,
             state,
             stamps,
+            privacy,
             closed: AtomicBool::new(false),
             events: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -420,6 +427,9 @@ impl Inner {
         if self.closed.load(Ordering::Relaxed) {
             return Err(AppendError::Closed);
         }
+        if self.append_needs_privacy(&events) {
+            return self.append_in_order(events).await;
+        }
         let received_at = unix_millis();
         let mut apps: Vec<&str> = events
             .iter()
@@ -451,6 +461,7 @@ impl Inner {
                 Err(err) => Err(self.append_error(err)),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        self.remember_appended(&events, &outcomes).await?;
         self.reachable.store(true, Ordering::Relaxed);
         Ok(AppendReceipt { outcomes })
     }
@@ -656,18 +667,12 @@ impl Queue for JetStreamQueue {
         Box::pin(self.inner.oldest_received_at())
     }
 
-    fn deletions(&self, _query: DeletionQuery) -> QueueFuture<'_, Vec<DeletionRecord>> {
-        Box::pin(async move {
-            self.inner.check_open()?;
-            Ok(Vec::new())
-        })
+    fn deletions(&self, query: DeletionQuery) -> QueueFuture<'_, Vec<DeletionRecord>> {
+        Box::pin(self.inner.deletions(query))
     }
 
-    fn deletion_summary(&self, _overdue_before: i64) -> QueueFuture<'_, Vec<DeletionSummary>> {
-        Box::pin(async move {
-            self.inner.check_open()?;
-            Ok(Vec::new())
-        })
+    fn deletion_summary(&self, overdue_before: i64) -> QueueFuture<'_, Vec<DeletionSummary>> {
+        Box::pin(self.inner.deletion_summary(overdue_before))
     }
 
     fn saved_lane(&self, app_id: &str) -> QueueFuture<'_, Option<SavedLane>> {

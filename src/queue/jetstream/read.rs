@@ -89,14 +89,35 @@ impl Scanner {
         if self.done {
             return Ok(Vec::new());
         }
-        let batch = self
-            .consumer
-            .fetch()
-            .max_messages(max.clamp(1, PAGE))
-            .messages()
-            .await
-            .map_err(|e| unavailable(inner, e))?;
-        let messages: Vec<_> = batch.try_collect().await.map_err(|e| unavailable(inner, e))?;
+        // A consumer just created may not answer its first pull yet (503, no responders):
+        // that pull delivered nothing, and is made again.
+        let mut tries = 0;
+        let messages = loop {
+            let batch = self
+                .consumer
+                .fetch()
+                .max_messages(max.clamp(1, PAGE))
+                .messages()
+                .await
+                .map_err(|e| unavailable(inner, e))?;
+            let mut messages = Vec::new();
+            let mut batch = std::pin::pin!(batch);
+            let failed = loop {
+                match batch.next().await {
+                    Some(Ok(m)) => messages.push(m),
+                    Some(Err(e)) => break Some(e),
+                    None => break None,
+                }
+            };
+            match failed {
+                None => break messages,
+                Some(e) if messages.is_empty() && tries < 10 && e.to_string().contains("503") => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(10 * tries)).await;
+                }
+                Some(e) => return Err(unavailable(inner, e)),
+            }
+        };
         let mut page = Vec::with_capacity(messages.len());
         for m in messages {
             let info = m.info().map_err(|e| unavailable(inner, e))?;
@@ -316,10 +337,10 @@ impl Inner {
     pub(crate) fn forget_states(&self, seqs: &[u64]) {
         let mut lanes = self.lanes.lock().expect("lane states lock");
         for seq in seqs {
-            if let Some(app) = lanes.app_of.remove(seq) {
-                if let Some(m) = lanes.by_app.get_mut(&app) {
-                    m.remove(seq);
-                }
+            if let Some(app) = lanes.app_of.remove(seq)
+                && let Some(m) = lanes.by_app.get_mut(&app)
+            {
+                m.remove(seq);
             }
         }
     }
