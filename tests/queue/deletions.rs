@@ -108,7 +108,10 @@ pub async fn a_deletion_purges_the_users_events_and_records_a_ledger_entry<B: Ba
     if B::PAYLOAD_BYTES {
         assert_eq!(after.bytes, before.bytes - 2 * 11);
     } else {
-        assert!(after.bytes < before.bytes - 2 * 11, "the bytes follow the purge");
+        assert!(
+            after.bytes < before.bytes - 2 * 11,
+            "the bytes follow the purge"
+        );
     }
     let dead = dead_letters(&*q).await;
     assert!(dead.is_empty(), "A's dead letter is purged");

@@ -133,7 +133,11 @@ impl Layout {
                 duplicate_window: Duration::from_secs(60),
                 ..base(
                     self.state_stream(),
-                    vec![format!("{p}.s.>"), format!("{p}.lane.>"), format!("{p}.app.>")],
+                    vec![
+                        format!("{p}.s.>"),
+                        format!("{p}.lane.>"),
+                        format!("{p}.app.>"),
+                    ],
                 )
             },
             Config {
@@ -224,7 +228,10 @@ mod tests {
     fn subjects_name_their_lane_and_reason() {
         let l = Layout::new("ch");
         assert_eq!(l.app_of(&l.queued("42", "_")).as_deref(), Some("42"));
-        assert_eq!(l.reason_of(&l.dead("user_deletion")).as_deref(), Some("user_deletion"));
+        assert_eq!(
+            l.reason_of(&l.dead("user_deletion")).as_deref(),
+            Some("user_deletion")
+        );
         assert_eq!(l.app_of_marker(&l.app_marker("7")).as_deref(), Some("7"));
         assert_eq!(Layout::seq_of_state(&l.event_state("7", 99)), Some(99));
         assert_ne!(user_token("r", Some("u")), user_token("r2", Some("u")));

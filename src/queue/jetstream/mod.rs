@@ -423,7 +423,10 @@ impl Inner {
             .await
     }
 
-    async fn append(&self, events: Vec<crate::queue::NewEvent>) -> Result<AppendReceipt, AppendError> {
+    async fn append(
+        &self,
+        events: Vec<crate::queue::NewEvent>,
+    ) -> Result<AppendReceipt, AppendError> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(AppendError::Closed);
         }
@@ -450,7 +453,12 @@ impl Inner {
             return self.append_over_quota(&messages).await;
         }
         let acks = self
-            .publish_all(messages.into_iter().map(|m| (m.subject, m.msg_id, m.body)).collect())
+            .publish_all(
+                messages
+                    .into_iter()
+                    .map(|m| (m.subject, m.msg_id, m.body))
+                    .collect(),
+            )
             .await;
         let _ = self.refresh_totals().await;
         let outcomes = acks
@@ -526,10 +534,9 @@ impl Inner {
                 meta.dead_at = received_at;
                 self.layout.dead(reason)
             }
-            None => self.layout.queued(
-                &e.app_id,
-                &user_token(&e.route, e.braze_user_id.as_deref()),
-            ),
+            None => self
+                .layout
+                .queued(&e.app_id, &user_token(&e.route, e.braze_user_id.as_deref())),
         };
         let body = record::encode(&meta, &e.payload);
         Outgoing {

@@ -62,8 +62,8 @@ impl Inner {
                 Ok(removed_outcome(self.dead_letter_all(moves).await?))
             }
             QueueOp::DeadLetterApp { app_id, reason } => {
-                let mut scanner = Scanner::open(self, &self.queue, self.layout.lane(&app_id), 1)
-                    .await?;
+                let mut scanner =
+                    Scanner::open(self, &self.queue, self.layout.lane(&app_id), 1).await?;
                 let mut moved = 0;
                 loop {
                     let page = scanner.next_page(self, 500).await?;
@@ -262,7 +262,11 @@ impl Inner {
                 &item.app_id,
                 &user_token(&item.route, meta.braze_user_id.as_deref()),
             );
-            outgoing.push((subject, format!("d-{}", m.seq), record::encode(&meta, &payload)));
+            outgoing.push((
+                subject,
+                format!("d-{}", m.seq),
+                record::encode(&meta, &payload),
+            ));
             moved.push(m.seq);
         }
         for ack in self.publish_all(outgoing).await {

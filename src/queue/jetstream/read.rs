@@ -15,7 +15,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 
 use crate::queue::{
     DeadLetter, DeadLetterQuery, PropertyStamp, QueueError, QueuedEvent, Ready, ReadyRequest,
-    SavedLane, SavedIdentity,
+    SavedIdentity, SavedLane,
 };
 
 use super::layout::Layout;
@@ -391,10 +391,8 @@ impl Inner {
             .info_with_subjects(self.layout.all_dead())
             .await
             .map_err(|e| unavailable(self, e))?;
-        let subjects: HashMap<String, usize> = info
-            .try_collect()
-            .await
-            .map_err(|e| unavailable(self, e))?;
+        let subjects: HashMap<String, usize> =
+            info.try_collect().await.map_err(|e| unavailable(self, e))?;
         let mut counts: Vec<(String, u64)> = subjects
             .into_iter()
             .filter(|(_, n)| *n > 0)
@@ -414,7 +412,10 @@ impl Inner {
             if page.is_empty() {
                 break;
             }
-            apps.extend(page.iter().filter_map(|m| self.layout.app_of_marker(&m.subject)));
+            apps.extend(
+                page.iter()
+                    .filter_map(|m| self.layout.app_of_marker(&m.subject)),
+            );
         }
         scanner.close();
         let mut queued = Vec::new();
@@ -483,7 +484,11 @@ impl Inner {
 }
 
 /// A message by sequence; `None` when there is none (acknowledged, moved, never written).
-pub(crate) async fn get(inner: &Inner, stream: &Stream, seq: u64) -> Result<Option<Msg>, QueueError> {
+pub(crate) async fn get(
+    inner: &Inner,
+    stream: &Stream,
+    seq: u64,
+) -> Result<Option<Msg>, QueueError> {
     use async_nats::jetstream::stream::RawMessageErrorKind;
     match stream.get_raw_message(seq).await {
         Ok(m) => Ok(Some(Msg {
