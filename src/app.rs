@@ -24,7 +24,9 @@ use crate::delivery::Backoff;
 use crate::heap::deletion::HeapDeletionClient;
 use crate::ingest::IngestState;
 use crate::lanes::{LaneSet, dead_letter_orphans};
+use crate::leadership::Leadership;
 use crate::metrics::Metrics;
+use crate::queue::jetstream::{JetStreamConfig, JetStreamError, JetStreamQueue};
 use crate::queue::sqlite::{SqliteQueue, StoreError, WriterConfig};
 use crate::queue::{Queue, QueueError};
 use crate::reload::{self, Controller, ReloadHandle, routing_for};
@@ -34,6 +36,8 @@ use crate::server::Server;
 pub enum AppError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    JetStream(#[from] JetStreamError),
     #[error(transparent)]
     Queue(#[from] QueueError),
     #[error("TLS: {0}")]
@@ -64,24 +68,7 @@ pub struct App {
 
 impl App {
     pub async fn build(settings: &Settings) -> Result<App, AppError> {
-        let sqlite = SqliteQueue::open(
-            &settings.data_dir,
-            WriterConfig {
-                max_queue_bytes: settings.max_queue_bytes,
-                min_free_disk_bytes: settings.min_free_disk_bytes,
-                dedup_window: settings.dedup_window,
-                dedup_capacity: settings.dedup_capacity,
-                identity_map_retention: settings.identity_map_retention,
-            },
-        )?;
-        let totals = sqlite.totals();
-        tracing::info!(
-            message = "Store open.",
-            path = %sqlite.path().display(),
-            queued_events = totals.events,
-            queued_bytes = totals.bytes,
-        );
-        let queue: Arc<dyn Queue> = Arc::new(sqlite);
+        let (queue, leadership) = open_queue(settings).await?;
         let route_names: Vec<&str> = settings.all_routes().map(|r| r.name).collect();
         let metrics = Metrics::with_routes(&route_names)?;
         metrics.queue.set_max_bytes(settings.max_queue_bytes);
@@ -93,7 +80,7 @@ impl App {
                     addr: settings.listen,
                     source,
                 })?;
-        let lanes = LaneSet::build(settings, &queue, &metrics);
+        let lanes = LaneSet::build(settings, &queue, &metrics, leadership);
         let served: Vec<&str> = lanes.app_ids().collect();
         dead_letter_orphans(&*queue, &served).await?;
         let state = Arc::new(
@@ -223,6 +210,65 @@ impl App {
         }
         tracing::info!(message = "Stopped.");
     }
+}
+
+/// Opens the queue the settings select: JetStream with `--nats-url` (its streams created or
+/// brought to these settings, and the lanes held under leases), else the SQLite store in
+/// `--data-dir` (one process holds every lane).
+async fn open_queue(
+    settings: &Settings,
+) -> Result<(Arc<dyn Queue>, Option<Leadership>), AppError> {
+    if let (Some(config), Some(nats)) = (jetstream_config(settings, true), settings.nats()) {
+        let jetstream = JetStreamQueue::open(config).await?;
+        let leases = jetstream.leases().await?;
+        tracing::info!(message = "Lanes are held under leases.", holder = %leases.holder(), lease = ?nats.lease);
+        let leadership = Leadership {
+            leases: Arc::new(leases),
+            ttl: nats.lease,
+        };
+        let totals = jetstream.totals();
+        tracing::info!(
+            message = "Queue open.",
+            store = %jetstream.describe(),
+            queued_events = totals.events,
+            queued_bytes = totals.bytes,
+        );
+        return Ok((Arc::new(jetstream), Some(leadership)));
+    }
+    let sqlite = SqliteQueue::open(
+        &settings.data_dir,
+        WriterConfig {
+            max_queue_bytes: settings.max_queue_bytes,
+            min_free_disk_bytes: settings.min_free_disk_bytes,
+            dedup_window: settings.dedup_window,
+            dedup_capacity: settings.dedup_capacity,
+            identity_map_retention: settings.identity_map_retention,
+        },
+    )?;
+    let totals = sqlite.totals();
+    tracing::info!(
+        message = "Store open.",
+        path = %sqlite.path().display(),
+        queued_events = totals.events,
+        queued_bytes = totals.bytes,
+    );
+    Ok((Arc::new(sqlite), None))
+}
+
+/// The JetStream queue the settings select (`--nats-url`), if any. `provision`: create and
+/// update its streams (`serve`), or only open them (maintenance commands).
+pub fn jetstream_config(settings: &Settings, provision: bool) -> Option<JetStreamConfig> {
+    let nats = settings.nats()?;
+    Some(JetStreamConfig {
+        servers: nats.urls,
+        prefix: nats.stream,
+        replicas: nats.replicas,
+        creds: nats.creds,
+        max_queue_bytes: settings.max_queue_bytes,
+        dedup_window: settings.dedup_window,
+        identity_map_retention: settings.identity_map_retention,
+        provision,
+    })
 }
 
 /// Starts one deletion submitter per Heap account (routes that share an account and key share

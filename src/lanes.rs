@@ -22,6 +22,7 @@ use crate::delivery::{
     BudgetShape, Delivery, DeliveryConfig, DryRun, LaneBell, LaneCarry, RouteMapping, Sender,
 };
 use crate::heap::client::HeapClient;
+use crate::leadership::{Fence, FencedSender, Leadership, run_led};
 use crate::metrics::{Metrics, UNROUTABLE};
 use crate::queue::{Queue, QueueError, QueueOp};
 use crate::routing::default_app_id;
@@ -116,7 +117,7 @@ enum LaneState {
     Stopped,
     Running {
         stop: CancellationToken,
-        task: JoinHandle<LaneCarry>,
+        task: JoinHandle<Option<LaneCarry>>,
     },
 }
 
@@ -125,6 +126,21 @@ struct Lane {
     plan: LanePlan,
     bell: Arc<LaneBell>,
     state: LaneState,
+    /// With leases: the fence of the lane's sender, and how to make the lane afresh at a
+    /// takeover.
+    led: Option<Led>,
+}
+
+/// What a lane held under a lease needs besides its first [`Delivery`].
+struct Led {
+    fence: Fence,
+    make: Arc<dyn Fn() -> Delivery + Send + Sync>,
+}
+
+impl std::fmt::Debug for Led {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Led").field("fence", &self.fence).finish()
+    }
 }
 
 /// What a reload did to the lanes.
@@ -144,17 +160,27 @@ pub struct LaneSet {
     metrics: Metrics,
     dry_run: bool,
     heap_timeout: Duration,
+    /// With several replicas (JetStream): each lane runs only while this replica holds its
+    /// lease.
+    leadership: Option<Leadership>,
 }
 
 impl LaneSet {
-    /// Builds the lanes of `settings` (not started: see [`LaneSet::start`]).
-    pub fn build(settings: &Settings, queue: &Arc<dyn Queue>, metrics: &Metrics) -> Self {
+    /// Builds the lanes of `settings` (not started: see [`LaneSet::start`]); with
+    /// `leadership`, each runs only while this replica holds its lease.
+    pub fn build(
+        settings: &Settings,
+        queue: &Arc<dyn Queue>,
+        metrics: &Metrics,
+        leadership: Option<Leadership>,
+    ) -> Self {
         let mut set = LaneSet {
             lanes: Vec::new(),
             queue: Arc::clone(queue),
             metrics: metrics.clone(),
             dry_run: settings.dry_run,
             heap_timeout: settings.heap_timeout,
+            leadership,
         };
         for plan in plan(settings) {
             let lane = set.new_lane(plan, Arc::default());
@@ -164,11 +190,15 @@ impl LaneSet {
     }
 
     fn new_lane(&self, plan: LanePlan, bell: Arc<LaneBell>) -> Lane {
-        let sender = if self.dry_run {
+        let mut sender = if self.dry_run {
             Arc::new(DryRun) as Arc<dyn Sender>
         } else {
             Arc::new(HeapClient::new(&plan.base_url, self.heap_timeout))
         };
+        let fence = self.leadership.as_ref().map(|_| Fence::default());
+        if let Some(fence) = &fence {
+            sender = Arc::new(FencedSender::new(sender, fence.clone()));
+        }
         self.metrics.init_route(&plan.cfg.lane);
         for (budget, v) in [
             ("app", plan.cfg.events_per_window),
@@ -178,17 +208,29 @@ impl LaneSet {
                 .delivery
                 .set_budget(&plan.cfg.lane, budget, v.get());
         }
-        let delivery = Delivery::new(
-            plan.cfg.clone(),
-            sender,
-            Arc::clone(&self.queue),
-            self.metrics.clone(),
-            Arc::clone(&bell),
-        );
+        let make = {
+            let (cfg, queue, metrics, bell) = (
+                plan.cfg.clone(),
+                Arc::clone(&self.queue),
+                self.metrics.clone(),
+                Arc::clone(&bell),
+            );
+            Arc::new(move || {
+                Delivery::new(
+                    cfg.clone(),
+                    Arc::clone(&sender),
+                    Arc::clone(&queue),
+                    metrics.clone(),
+                    Arc::clone(&bell),
+                )
+            })
+        };
+        let delivery = make();
         Lane {
             plan,
             bell,
             state: LaneState::Ready(Box::new(delivery)),
+            led: fence.map(|fence| Led { fence, make }),
         }
     }
 
@@ -199,10 +241,31 @@ impl LaneSet {
                 std::mem::replace(&mut lane.state, LaneState::Stopped)
             {
                 let stop = CancellationToken::new();
-                lane.state = LaneState::Running {
-                    task: tokio::spawn(delivery.run(stop.clone())),
-                    stop,
+                let leader = self.metrics.delivery.leader(&lane.plan.cfg.lane);
+                let task = match (&self.leadership, &lane.led) {
+                    (Some(leadership), Some(led)) => {
+                        let make = Arc::clone(&led.make);
+                        tokio::spawn(run_led(
+                            leadership.clone(),
+                            lane.plan.cfg.app_id.clone(),
+                            led.fence.clone(),
+                            *delivery,
+                            move || make(),
+                            leader,
+                            stop.clone(),
+                        ))
+                    }
+                    _ => {
+                        let stop = stop.clone();
+                        tokio::spawn(async move {
+                            leader.set(1);
+                            let carry = delivery.run(stop).await;
+                            leader.set(0);
+                            Some(carry)
+                        })
+                    }
                 };
+                lane.state = LaneState::Running { task, stop };
             }
         }
     }
@@ -339,7 +402,7 @@ async fn stop_lane(lane: Lane, grace: Duration) -> Option<LaneCarry> {
         LaneState::Running { stop, mut task } => {
             stop.cancel();
             match tokio::time::timeout(grace, &mut task).await {
-                Ok(Ok(carry)) => Some(carry),
+                Ok(Ok(carry)) => carry,
                 _ => {
                     task.abort();
                     let _ = task.await;

@@ -7,13 +7,14 @@
 //! | [`config`] | settings, each declared once (`config/table.rs`): TOML file < environment < flags, validation, redaction |
 //! | [`app`] | process wiring: build the store, writer and HTTP server; run until a signal; drain |
 //! | [`lanes`] | the delivery lanes of a configuration (one per Heap app id) and how a reload replaces them |
+//! | [`leadership`] | with several replicas on JetStream: one holder per lane (a lease), the fence that stops a replica that lost it |
 //! | [`reload`] | `SIGHUP`: re-read the configuration, swap tokens/routes/lanes, refuse an invalid file |
 //! | [`server`] | the listener: connection cap, header-read and idle timeouts, serving each connection |
 //! | [`ingest`] | the HTTP surface: `POST /currents`, `/healthz`, `/readyz`, `/metrics`, status codes |
 //! | [`currents`] | the Braze Currents wire model and its structural validation (no I/O) |
 //! | [`transform`] | the pure, documented mapping of one Currents event to Heap items (`docs/MAPPING.md`) |
 //! | [`heap`] | Heap's server-side API: request shapes and limits ([`heap::model`]), the batch builder ([`heap::bulk`]), HTTPS client, retry classification, the deletion (privacy) API client ([`heap::deletion`]) |
-//! | [`queue`] | the [`queue::Queue`] seam and its stores ([`queue::sqlite`]: queue, dedup window, dead letters, group commit; identity map, tombstones, deletion ledger) |
+//! | [`queue`] | the [`queue::Queue`] seam and its stores ([`queue::sqlite`]: queue, dedup window, dead letters, group commit; identity map, tombstones, deletion ledger; [`queue::jetstream`]: the same in NATS JetStream, and the lanes' leases) |
 //! | [`delivery`] | one lane per Heap app id, as steps: refill, select, send, Heap's answer |
 //! | [`deletions`] | Braze user deletions on their way to Heap: one submitter per Heap account walks the ledger (submit, poll) |
 //! | [`dlq`] | `dlq list/replay/purge` over the queue |
@@ -43,6 +44,7 @@ pub mod dlq;
 pub mod heap;
 pub mod ingest;
 pub mod lanes;
+pub mod leadership;
 pub mod metrics;
 pub mod queue;
 pub mod reload;

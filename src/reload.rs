@@ -123,6 +123,7 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
         check("nats_stream", o.stream != n.stream);
         check("nats_replicas", o.replicas != n.replicas);
         check("nats_creds", o.creds != n.creds);
+        check("nats_lease", o.lease != n.lease);
     }
     // Deletions: the store and the submitter take these at start.
     check(

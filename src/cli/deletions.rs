@@ -54,7 +54,7 @@ pub(super) fn run(action: DeletionsAction) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    with_store(&settings.data_dir, |queue, runtime| match action {
+    with_store(&settings, |queue, runtime| match action {
         DeletionsAction::List { .. } => runtime.block_on(list(queue, status)),
         DeletionsAction::Retry { .. } => {
             let n = runtime

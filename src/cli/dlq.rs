@@ -83,7 +83,7 @@ pub(super) fn run(action: DlqAction) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    with_store(&settings.data_dir, |queue, runtime| {
+    with_store(&settings, |queue, runtime| {
         match action {
         DlqAction::List { limit, payload, .. } => runtime
             .block_on(dlq::list(

@@ -35,6 +35,8 @@ pub struct NatsSettings {
     pub replicas: usize,
     /// NATS credentials file (`--nats-creds`), present when the settings were validated.
     pub creds: Option<PathBuf>,
+    /// Lease of a delivery lane (`--nats-lease`).
+    pub lease: std::time::Duration,
 }
 
 /// Credentials in the URLs never print.
@@ -46,6 +48,7 @@ impl fmt::Debug for NatsSettings {
             .field("stream", &self.stream)
             .field("replicas", &self.replicas)
             .field("creds", &self.creds)
+            .field("lease", &self.lease)
             .finish()
     }
 }
@@ -59,6 +62,7 @@ impl NatsSettings {
             stream: v.nats_stream.clone(),
             replicas: v.nats_replicas,
             creds: v.nats_creds.clone(),
+            lease: v.nats_lease,
         })
     }
 }

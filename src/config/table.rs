@@ -61,6 +61,11 @@ settings! {
         /// NATS credentials file (only with --nats-url; tls:// URLs use TLS).
         nats_creds: Option<PathBuf> = maybe(nats::creds), Path, env "CURRENTS_HEAP_NATS_CREDS",
             unset "no credentials file";
+        /// Lease of a delivery lane with --nats-url: one replica holds each Heap app id's lane
+        /// and renews its lease; when it dies, another takes the lane over within about this
+        /// long (at least 1s).
+        nats_lease: Duration = need(duration(Duration::from_secs(1), "must be at least 1s")),
+            Text, env "CURRENTS_HEAP_NATS_LEASE", default "10s";
         /// Heap environment id (numeric) of the default route.
         heap_app_id: Option<HeapAppId> = maybe(app_id), Scalar, env "HEAP_APP_ID";
         /// Disk quota of the backlog (e.g. 10GiB); above it ingest answers 503.

@@ -52,8 +52,11 @@ pub struct HeapClient {
 impl HeapClient {
     /// `base_url` without a trailing slash, e.g. `https://heapanalytics.com`.
     pub fn new(base_url: &str, timeout: Duration) -> Self {
+        // The crypto provider named, not the process default: two are linked (aws-lc-rs here
+        // and in the TLS listener, ring in the NATS client), and rustls picks none of two.
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_provider_and_webpki_roots(rustls::crypto::aws_lc_rs::default_provider())
+            .expect("aws-lc-rs supports rustls's default protocol versions")
             .https_or_http()
             .enable_http1()
             .build();

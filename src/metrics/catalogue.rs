@@ -138,6 +138,12 @@ pub const CATALOGUE: &[(&str, &str, &str, &str)] = &[
         "1 while delivery waits out a Retry-After or a backoff after a failure.",
     ),
     (
+        "currents_heap_lane_leader",
+        "gauge",
+        "route",
+        "1 on the replica that holds the lane (delivers its Heap app id), else 0. With the SQLite store the one process holds every lane; with --nats-url one replica per lane, through a lease.",
+    ),
+    (
         "currents_heap_delivery_window_bytes",
         "gauge",
         "route",

@@ -37,6 +37,7 @@ pub struct DeliveryMetrics {
     waits: IntCounterVec,
     wait_seconds: CounterVec,
     budgets: IntGaugeVec,
+    leader: IntGaugeVec,
 }
 
 impl DeliveryMetrics {
@@ -62,6 +63,7 @@ impl DeliveryMetrics {
                 "currents_heap_rate_limit_wait_seconds_total",
             )?,
             budgets: super::gauge_vec(registry, "currents_heap_heap_budget_events_per_minute")?,
+            leader: super::gauge_vec(registry, "currents_heap_lane_leader")?,
         };
         m.unroutable();
         Ok(m)
@@ -79,6 +81,7 @@ impl DeliveryMetrics {
     pub fn init_route(&self, route: &str) {
         self.delivered.with_label_values(&[route]);
         self.paused.with_label_values(&[route]);
+        self.leader.with_label_values(&[route]);
         self.window_bytes.with_label_values(&[route]);
         for r in crate::transform::SKIP_REASONS {
             self.skipped.with_label_values(&[route, *r]);
@@ -107,6 +110,11 @@ impl DeliveryMetrics {
         self.budgets
             .with_label_values(&[route, budget])
             .set(i64::from(events_per_minute));
+    }
+
+    /// `currents_heap_lane_leader{route}`: 1 while this replica holds the lane.
+    pub fn leader(&self, route: &str) -> IntGauge {
+        self.leader.with_label_values(&[route])
     }
 
     /// The metrics of one lane, its per-batch series resolved once.

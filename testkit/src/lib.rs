@@ -8,10 +8,12 @@
 //! | [`heap`] | the stand-in's own reading of Heap's item rules (`heap-api.md`), independent of the product's validators |
 //! | [`standin`] | a local Heap stand-in HTTP server (ingestion and the deletion API) that enforces Heap's documented limits (not Heap) |
 //! | [`process`] | a `currents-heap serve` child process on an ephemeral port |
+//! | [`nats`] | real `nats-server` clusters (JetStream) on loopback ports, for the JetStream queue's tests |
 //! | [`loadgen`] | realistic Braze Currents batches for the load harness and benchmarks |
 #![forbid(unsafe_code)]
 
 pub mod heap;
 pub mod loadgen;
+pub mod nats;
 pub mod process;
 pub mod standin;

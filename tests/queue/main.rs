@@ -10,12 +10,13 @@ mod deletions;
 mod model;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use currents_heap::queue::Queue;
 use currents_heap::queue::jetstream::{JetStreamConfig, JetStreamQueue};
 use currents_heap::queue::sqlite::{SqliteQueue, WriterConfig};
+use currents_heap_testkit::nats::{NatsCluster, SharedCluster, nats_server_binary};
 use tempfile::TempDir;
 
 use conformance::{Backend, Limits};
@@ -56,13 +57,37 @@ struct JetStream {
     prefix: String,
 }
 
-fn nats_urls() -> Option<String> {
-    std::env::var("CURRENTS_HEAP_TEST_NATS_URL").ok()
+/// The three-node cluster of this test binary, started at its first use; `None` (the checks
+/// skip) when no `nats-server` is installed, outside CI.
+fn nats_urls() -> Option<&'static str> {
+    static CLUSTER: OnceLock<Option<SharedCluster>> = OnceLock::new();
+    CLUSTER
+        .get_or_init(|| {
+            let Some(binary) = nats_server_binary() else {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "no nats-server: .ci/run installs it (CURRENTS_HEAP_NATS_SERVER)"
+                );
+                eprintln!("no nats-server installed: the JetStream queue checks are skipped");
+                return None;
+            };
+            // Started off the test's runtime thread: the start blocks until the cluster is up.
+            let cluster = std::thread::spawn(move || NatsCluster::start(&binary, 3))
+                .join()
+                .expect("start a three-node NATS cluster");
+            Some(cluster.outlive_nothing())
+        })
+        .as_ref()
+        .map(SharedCluster::urls)
 }
 
 impl Backend for JetStream {
     const PAYLOAD_BYTES: bool = false;
     const MODEL_CASES: u32 = 12;
+
+    fn available() -> bool {
+        nats_urls().is_some()
+    }
 
     async fn fresh() -> Self {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -73,7 +98,7 @@ impl Backend for JetStream {
     }
 
     async fn open(&self, limits: Limits) -> Arc<dyn Queue> {
-        let urls = nats_urls().expect("CURRENTS_HEAP_TEST_NATS_URL");
+        let urls = nats_urls().expect("checked by `available`");
         let config = JetStreamConfig {
             servers: urls.split(',').map(str::to_owned).collect(),
             prefix: self.prefix.clone(),
@@ -84,6 +109,7 @@ impl Backend for JetStream {
             max_queue_bytes: limits.max_queue_bytes.min(16 << 20),
             dedup_window: limits.dedup_window,
             identity_map_retention: Duration::from_secs(400 * 86_400),
+            provision: true,
         };
         Arc::new(
             JetStreamQueue::open(config)

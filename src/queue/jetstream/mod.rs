@@ -32,6 +32,7 @@
 //! Layout of streams and subjects: [`layout`].
 
 mod layout;
+mod lease;
 mod ops;
 mod privacy;
 mod read;
@@ -53,6 +54,7 @@ use crate::queue::{
     QueueOp, QueueTotals, Ready, ReadyRequest, SavedLane, unix_millis,
 };
 
+pub use lease::JetStreamLeases;
 use layout::{Layout, Shape, user_token};
 use record::{EventState, Meta};
 
@@ -71,6 +73,9 @@ pub struct JetStreamConfig {
     pub dedup_window: Duration,
     /// How long property stamps are kept (`--identity-map-retention`).
     pub identity_map_retention: Duration,
+    /// Create missing streams and bring existing ones to these settings (`serve`); false for
+    /// the maintenance commands, which only open what is there.
+    pub provision: bool,
 }
 
 /// Why the JetStream queue could not be opened. Each says what to check.
@@ -111,6 +116,11 @@ pub enum JetStreamError {
     },
     #[error("JetStream stream {stream}: {detail}")]
     Stream { stream: String, detail: String },
+    #[error(
+        "no JetStream stream {stream} on {servers} (is --nats-stream right? `currents-heap serve` \
+         creates the streams)"
+    )]
+    Missing { stream: String, servers: String },
 }
 
 /// The queue in JetStream. Cheap to share (`Arc<dyn Queue>`); every method is a few JetStream
@@ -142,6 +152,9 @@ pub(crate) struct Inner {
     /// App ids whose marker this process wrote already.
     marked: Mutex<HashSet<String>>,
     max_queue_bytes: u64,
+    replicas: usize,
+    /// Whether this process creates and updates streams (`serve`) or only opens them.
+    provision: bool,
 }
 
 /// The delivery state records of queued events, mirrored: per app id, by seq.
@@ -192,7 +205,7 @@ impl JetStreamQueue {
             .timeout(REQUEST_TIMEOUT)
             .build(client.clone());
         let layout = Layout::new(&config.prefix);
-        check_account(&js, &servers_text, &config.prefix).await?;
+        check_account(&client, &servers_text, &config.prefix).await?;
         let shape = Shape {
             replicas: config.replicas,
             max_queue_bytes: config.max_queue_bytes,
@@ -201,7 +214,17 @@ impl JetStreamQueue {
         };
         let mut streams = Vec::new();
         for wanted in layout.streams(&shape) {
-            streams.push(provision(&js, wanted, &config.prefix).await?);
+            let stream = if config.provision {
+                provision(&js, wanted, &config.prefix).await?
+            } else {
+                js.get_stream(&wanted.name)
+                    .await
+                    .map_err(|_| JetStreamError::Missing {
+                        stream: wanted.name.clone(),
+                        servers: servers_text.clone(),
+                    })?
+            };
+            streams.push(stream);
         }
         let privacy_streams = streams.split_off(4);
         let [queue, dead, state, stamps]: [Stream; 4] =
@@ -224,6 +247,8 @@ impl JetStreamQueue {
             lanes: Mutex::new(LaneStates::default()),
             marked: Mutex::new(HashSet::new()),
             max_queue_bytes: config.max_queue_bytes,
+            replicas: config.replicas,
+            provision: config.provision,
         });
         inner
             .refresh_totals()
@@ -247,6 +272,17 @@ impl JetStreamQueue {
         Ok(Self { inner })
     }
 
+    /// The lanes' leases, in a stream beside the queue's (created like them).
+    pub async fn leases(&self) -> Result<JetStreamLeases, JetStreamError> {
+        let prefix = self
+            .inner
+            .layout
+            .queue_stream()
+            .trim_end_matches("-queue")
+            .to_owned();
+        JetStreamLeases::open(Arc::clone(&self.inner), &prefix).await
+    }
+
     /// The servers this queue is connected to, for the start-up log.
     pub fn describe(&self) -> String {
         format!(
@@ -257,32 +293,48 @@ impl JetStreamQueue {
     }
 }
 
-/// Fails clearly when the account has no JetStream or may not use its API.
+/// Fails clearly when the account has no JetStream or may not use its API. The account
+/// request is read by hand: async-nats's `query_account` does not understand NATS 2.9's answer.
 async fn check_account(
-    js: &jetstream::Context,
+    client: &async_nats::Client,
     servers: &str,
     prefix: &str,
 ) -> Result<(), JetStreamError> {
-    use async_nats::jetstream::context::AccountErrorKind;
-    match js.query_account().await {
-        Ok(_) => Ok(()),
-        Err(e) => match e.kind() {
-            AccountErrorKind::JetStreamUnavailable | AccountErrorKind::JetStream(_) => {
-                Err(JetStreamError::NoJetStream {
+    let answer = match client.request("$JS.API.INFO", Bytes::new()).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            return Err(match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => JetStreamError::NoJetStream {
+                    servers: servers.to_owned(),
+                    detail: "no server answered $JS.API.INFO".into(),
+                },
+                async_nats::RequestErrorKind::TimedOut => JetStreamError::Permission {
+                    what: "or did not answer the JetStream account request".into(),
+                    prefix: prefix.to_owned(),
+                    detail: e.to_string(),
+                },
+                _ => JetStreamError::Connect {
                     servers: servers.to_owned(),
                     detail: e.to_string(),
-                })
-            }
-            AccountErrorKind::TimedOut => Err(JetStreamError::Permission {
-                what: "or did not answer the JetStream account request".into(),
-                prefix: prefix.to_owned(),
-                detail: e.to_string(),
-            }),
-            AccountErrorKind::Other => Err(JetStreamError::Connect {
-                servers: servers.to_owned(),
-                detail: e.to_string(),
-            }),
-        },
+                },
+            });
+        }
+    };
+    let info: serde_json::Value =
+        serde_json::from_slice(&answer.payload).map_err(|e| JetStreamError::NoJetStream {
+            servers: servers.to_owned(),
+            detail: format!("unreadable answer to $JS.API.INFO: {e}"),
+        })?;
+    match info.get("error") {
+        None => Ok(()),
+        Some(error) => Err(JetStreamError::NoJetStream {
+            servers: servers.to_owned(),
+            detail: error
+                .get("description")
+                .and_then(|d| d.as_str())
+                .unwrap_or("JetStream refused the account request")
+                .to_owned(),
+        }),
     }
 }
 
