@@ -200,10 +200,10 @@ pub async fn run_led(
         }
         fence.close();
         leader.set(0);
-        if let Some(lease) = held {
-            if let Err(e) = leadership.leases.release(&lease).await {
-                tracing::warn!(message = "Releasing a lane's lease failed; it runs out by itself.", app_id = %app_id, error = %e);
-            }
+        if let Some(lease) = held
+            && let Err(e) = leadership.leases.release(&lease).await
+        {
+            tracing::warn!(message = "Releasing a lane's lease failed; it runs out by itself.", app_id = %app_id, error = %e);
         }
         if stop.is_cancelled() {
             return carry;

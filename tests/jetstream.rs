@@ -281,7 +281,7 @@ async fn two_replicas_take_traffic_and_one_delivers_each_app_id() {
 async fn kill_9_of_the_delivering_replica_hands_the_lane_over() {
     // 300 events per 2 s: 1,500 events take five seconds to deliver.
     let Some(c) = Cluster::start(300) else { return };
-    let mut r = vec![Some(c.replica(300)), Some(c.replica(300))];
+    let mut r = [Some(c.replica(300)), Some(c.replica(300))];
     let addrs = [r[0].as_ref().unwrap().addr, r[1].as_ref().unwrap().addr];
     let braze = Braze::new();
     let (bodies, ids) = batches("kill", 60, 25);
@@ -329,7 +329,7 @@ async fn kill_9_of_the_delivering_replica_hands_the_lane_over() {
 async fn a_replica_frozen_past_its_lease_sends_nothing_when_it_wakes() {
     let t0 = Instant::now();
     let Some(c) = Cluster::start(300) else { return };
-    let mut r = vec![Some(c.replica(300)), Some(c.replica(300))];
+    let mut r = [Some(c.replica(300)), Some(c.replica(300))];
     let addrs = [r[0].as_ref().unwrap().addr, r[1].as_ref().unwrap().addr];
     let braze = Braze::new();
     let (bodies, ids) = batches("stop", 80, 25);
@@ -411,17 +411,14 @@ async fn losing_one_nats_node_of_three_loses_nothing() {
             let braze = Braze::unpooled();
             for (i, body) in bodies.into_iter().enumerate() {
                 loop {
-                    match braze
+                    if let Ok(reply) = braze
                         .post(addrs[i % 2], body.clone(), Duration::from_secs(20))
                         .await
                     {
-                        Ok(reply) => {
-                            statuses.lock().unwrap().insert(reply.status.as_u16());
-                            if reply.status.is_success() {
-                                break;
-                            }
+                        statuses.lock().unwrap().insert(reply.status.as_u16());
+                        if reply.status.is_success() {
+                            break;
                         }
-                        Err(_) => {}
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }

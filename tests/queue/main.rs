@@ -84,6 +84,7 @@ fn nats_urls() -> Option<&'static str> {
 impl Backend for JetStream {
     const PAYLOAD_BYTES: bool = false;
     const MODEL_CASES: u32 = 12;
+    const MODEL: bool = false;
 
     fn available() -> bool {
         nats_urls().is_some()

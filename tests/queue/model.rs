@@ -166,8 +166,15 @@ async fn run<B: Backend>(steps: &[Step]) -> Checked {
             }
             change => {
                 let op = steps::queue_op(change, &m, now).expect("a change");
-                let got = q.apply(op.clone()).await.map_err(|e| at(unavailable(e)))?;
-                ensure_eq(got, m.apply(&op), || format!("the outcome of {op:?}")).map_err(at)?;
+                let mut got = q.apply(op.clone()).await.map_err(|e| at(unavailable(e)))?;
+                let want = m.apply(&op);
+                // A store that counts more than payloads (`Backend::PAYLOAD_BYTES`) moves its
+                // bytes the same way, by at least the payloads.
+                let (g, w) = (got.queue_bytes_delta, want.queue_bytes_delta);
+                if !B::PAYLOAD_BYTES && g.signum() == w.signum() && g.abs() >= w.abs() {
+                    got.queue_bytes_delta = w;
+                }
+                ensure_eq(got, want, || format!("the outcome of {op:?}")).map_err(at)?;
             }
         }
         check(&*q, &mut m, now, B::PAYLOAD_BYTES)

@@ -8,6 +8,7 @@
 //! | `P-dead` | `P.d.<reason>` | dead letters; `seq` is their own stream sequence |
 //! | `P-state` | `P.s.<app>.<seq>`, `P.lane.<app>`, `P.app.<app>` | a queued event's park time and attempts; a lane's saved state; the app ids ever queued (one message per subject) |
 //! | `P-stamps` | `P.stamp.<key>` | the event time of the newest user property value Heap accepted (one per key, kept for the identity-map retention) |
+//! | `P-ids`, `P-deletions`, `P-ledger`, `P-drops` | `P.id.…`, `P.del.…`, `P.ledger.…`, `P.drop` | deletions: see `privacy.rs` |
 //!
 //! `<user>` is the hex [`user_token`] of (route, Braze user id), so a deletion finds a user's
 //! queued events by subject without reading the lane; `<app>` and `<reason>` are [`token`]s.
@@ -32,6 +33,10 @@ impl Layout {
         Self {
             prefix: prefix.to_owned(),
         }
+    }
+
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     pub(crate) fn queue_stream(&self) -> String {
@@ -142,6 +147,10 @@ impl Layout {
                 ..base(self.stamp_stream(), vec![format!("{p}.stamp.>")])
             },
         ]
+        .into_iter()
+        // The identity map, the deletions and their ledger, the drops: see `privacy.rs`.
+        .chain(self.privacy_streams(shape))
+        .collect()
     }
 }
 

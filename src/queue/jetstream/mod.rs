@@ -34,6 +34,7 @@
 mod layout;
 mod lease;
 mod ops;
+mod privacy;
 mod read;
 mod record;
 
@@ -149,6 +150,8 @@ pub(crate) struct Inner {
     dead: Stream,
     state: Stream,
     stamps: Stream,
+    /// The identity map, the tombstones and the deletion ledger (`privacy.rs`).
+    privacy: privacy::Privacy,
     closed: AtomicBool,
     /// Stream-wide totals of the queue stream, refreshed after every change and every
     /// [`TOTALS_REFRESH`] (other replicas change it too).
@@ -236,8 +239,11 @@ impl JetStreamQueue {
             };
             streams.push(stream);
         }
+        let privacy_streams = streams.split_off(4);
         let [queue, dead, state, stamps]: [Stream; 4] =
             streams.try_into().expect("four streams in the layout");
+        let privacy =
+            privacy::Privacy::open(&client, &layout, privacy_streams, config.dedup_window).await?;
         let inner = Arc::new(Inner {
             client,
             js,
@@ -246,6 +252,7 @@ impl JetStreamQueue {
             dead,
             state,
             stamps,
+            privacy,
             closed: AtomicBool::new(false),
             events: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
@@ -495,6 +502,9 @@ impl Inner {
         if self.closed.load(Ordering::Relaxed) {
             return Err(AppendError::Closed);
         }
+        if self.append_needs_privacy(&events) {
+            return self.append_in_order(events).await;
+        }
         let received_at = unix_millis();
         let mut apps: Vec<&str> = events
             .iter()
@@ -531,6 +541,7 @@ impl Inner {
                 Err(err) => Err(self.append_error(err)),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        self.remember_appended(&events, &outcomes).await?;
         self.reachable.store(true, Ordering::Relaxed);
         Ok(AppendReceipt { outcomes })
     }
@@ -735,18 +746,12 @@ impl Queue for JetStreamQueue {
         Box::pin(self.inner.oldest_received_at())
     }
 
-    fn deletions(&self, _query: DeletionQuery) -> QueueFuture<'_, Vec<DeletionRecord>> {
-        Box::pin(async move {
-            self.inner.check_open()?;
-            Ok(Vec::new())
-        })
+    fn deletions(&self, query: DeletionQuery) -> QueueFuture<'_, Vec<DeletionRecord>> {
+        Box::pin(self.inner.deletions(query))
     }
 
-    fn deletion_summary(&self, _overdue_before: i64) -> QueueFuture<'_, Vec<DeletionSummary>> {
-        Box::pin(async move {
-            self.inner.check_open()?;
-            Ok(Vec::new())
-        })
+    fn deletion_summary(&self, overdue_before: i64) -> QueueFuture<'_, Vec<DeletionSummary>> {
+        Box::pin(self.inner.deletion_summary(overdue_before))
     }
 
     fn saved_lane(&self, app_id: &str) -> QueueFuture<'_, Option<SavedLane>> {

@@ -86,20 +86,10 @@ impl Inner {
                 scanner.close();
                 Ok(removed_outcome(moved))
             }
-            QueueOp::Replay { items } => {
-                let n = self.replay_all(&items).await?;
-                Ok(OpOutcome {
-                    rows: n,
-                    queue_events_delta: n as i64,
-                    queue_bytes_delta: 0,
-                })
-            }
+            QueueOp::Replay { items } => self.replay(items).await,
             QueueOp::Purge { reason, ids } => self.purge_dead(reason, ids).await,
             QueueOp::SaveLane(lane) => self.save_lane(&lane).await,
-            QueueOp::DeletionsSubmitted { .. }
-            | QueueOp::DeletionsCompleted { .. }
-            | QueueOp::DeletionsAttempt { .. }
-            | QueueOp::DeletionsMove { .. } => Ok(OpOutcome::default()),
+            ledger => Ok(self.apply_ledger_op(&ledger).await?.unwrap_or_default()),
         }
     }
 
@@ -115,7 +105,7 @@ impl Inner {
     }
 
     /// Deletes one message; false when it was not there.
-    async fn delete(
+    pub(super) async fn delete(
         &self,
         stream: &async_nats::jetstream::stream::Stream,
         seq: u64,
@@ -237,7 +227,7 @@ impl Inner {
     }
 
     /// Moves dead letters back to lanes as fresh events, in the order given; how many moved.
-    async fn replay_all(&self, items: &[ReplayItem]) -> Result<u64, QueueError> {
+    pub(super) async fn replay_all(&self, items: &[ReplayItem]) -> Result<u64, QueueError> {
         let seqs: Vec<i64> = items.iter().map(|i| i.seq).collect();
         let found: Vec<Option<Msg>> = stream::iter(seqs)
             .map(|seq| async move {

@@ -90,27 +90,33 @@ impl Scanner {
         if self.done {
             return Ok(Vec::new());
         }
-        // A consumer just created on a clustered stream may not answer its first pull yet
-        // (503, no responders): a few quick tries before the read fails.
+        // A consumer just created may not answer its first pull yet (503, no responders):
+        // that pull delivered nothing, and is made again.
         let mut tries = 0;
-        let messages: Vec<_> = loop {
-            let fetched = match self
+        let messages = loop {
+            let batch = self
                 .consumer
                 .fetch()
                 .max_messages(max.clamp(1, PAGE))
                 .messages()
                 .await
-            {
-                Ok(batch) => batch.try_collect().await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            match fetched {
-                Ok(messages) => break messages,
-                Err(e) if tries >= 5 => return Err(unavailable(inner, e)),
-                Err(_) => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_millis(20 * tries)).await;
+                .map_err(|e| unavailable(inner, e))?;
+            let mut messages = Vec::new();
+            let mut batch = std::pin::pin!(batch);
+            let failed = loop {
+                match batch.next().await {
+                    Some(Ok(m)) => messages.push(m),
+                    Some(Err(e)) => break Some(e),
+                    None => break None,
                 }
+            };
+            match failed {
+                None => break messages,
+                Some(e) if messages.is_empty() && tries < 10 && e.to_string().contains("503") => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(10 * tries)).await;
+                }
+                Some(e) => return Err(unavailable(inner, e)),
             }
         };
         let mut page = Vec::with_capacity(messages.len());
@@ -309,10 +315,10 @@ impl Inner {
         let mut cursor = slot.lock().await;
         // A lane reads on from where its last read ended: the same consumer goes on. Anything
         // else (a lane starting, a cursor moved back) starts a new one.
-        if cursor.as_ref().is_some_and(|c| c.last > after) {
-            if let Some(old) = cursor.take() {
-                old.scanner.close();
-            }
+        if cursor.as_ref().is_some_and(|c| c.last > after)
+            && let Some(old) = cursor.take()
+        {
+            old.scanner.close();
         }
         if cursor.is_none() {
             let scanner =
@@ -371,10 +377,8 @@ impl Inner {
         // Fetched but not handed out: the consumer has passed them, so the next read starts
         // a new one from the lane's cursor (nothing is kept between reads: an event purged
         // meanwhile must not come back from a buffer).
-        if left_unread {
-            if let Some(old) = cursor.take() {
-                old.scanner.close();
-            }
+        if left_unread && let Some(old) = cursor.take() {
+            old.scanner.close();
         }
         Ok(ready)
     }
@@ -389,10 +393,10 @@ impl Inner {
     pub(crate) fn forget_states(&self, seqs: &[u64]) {
         let mut lanes = self.lanes.lock().expect("lane states lock");
         for seq in seqs {
-            if let Some(app) = lanes.app_of.remove(seq) {
-                if let Some(m) = lanes.by_app.get_mut(&app) {
-                    m.remove(seq);
-                }
+            if let Some(app) = lanes.app_of.remove(seq)
+                && let Some(m) = lanes.by_app.get_mut(&app)
+            {
+                m.remove(seq);
             }
         }
     }
