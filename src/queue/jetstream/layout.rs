@@ -196,19 +196,18 @@ pub(crate) fn untoken(token: &str) -> Option<String> {
     String::from_utf8(bytes?).ok()
 }
 
-/// The subject token of a Braze user on a route: FNV-1a (64 bits, hex) of the two, or `_` for
+/// The subject token of a Braze user on a route: the SQLite store's user key of the two
+/// (FNV-1a, 64 bits) in hex, or `_` for
 /// an event without a Braze user. A collision only makes a deletion read an event of another
 /// user, which its own ids then refuse.
 pub(crate) fn user_token(route: &str, braze_user_id: Option<&str>) -> String {
     let Some(user) = braze_user_id else {
         return "_".to_owned();
     };
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in route.bytes().chain([0xff]).chain(user.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    format!(
+        "{:016x}",
+        crate::queue::sqlite::user_key(route, user) as u64
+    )
 }
 
 #[cfg(test)]

@@ -226,10 +226,9 @@ impl Inner {
         self.remove_queued(seqs).await
     }
 
-    /// Moves dead letters back to lanes as fresh events, in the order given; how many moved.
-    pub(super) async fn replay_all(&self, items: &[ReplayItem]) -> Result<u64, QueueError> {
-        let seqs: Vec<i64> = items.iter().map(|i| i.seq).collect();
-        let found: Vec<Option<Msg>> = stream::iter(seqs)
+    /// Dead letters by seq, in the order given; `None` where one is gone.
+    pub(super) async fn read_dead(&self, seqs: Vec<i64>) -> Result<Vec<Option<Msg>>, QueueError> {
+        stream::iter(seqs)
             .map(|seq| async move {
                 match u64::try_from(seq) {
                     Ok(seq) => get(self, &self.dead, seq).await,
@@ -238,12 +237,19 @@ impl Inner {
             })
             .buffered(CONCURRENCY)
             .try_collect()
-            .await?;
+            .await
+    }
+
+    /// Moves dead letters (as read) back to lanes as fresh events, in the order given; how
+    /// many moved.
+    pub(super) async fn replay_all(
+        &self,
+        moves: Vec<(Msg, ReplayItem)>,
+    ) -> Result<u64, QueueError> {
         let now = unix_millis();
         let mut outgoing = Vec::new();
         let mut moved = Vec::new();
-        for (m, item) in found.into_iter().zip(items) {
-            let Some(m) = m else { continue };
+        for (m, item) in moves {
             let Some((mut meta, payload)) = record::decode(&m.body) else {
                 continue;
             };

@@ -1284,19 +1284,11 @@ impl Inner {
     /// dropped, the others move back to their lanes in runs (their Heap users remembered
     /// first).
     pub(crate) async fn replay(&self, items: Vec<ReplayItem>) -> Result<OpOutcome, QueueError> {
-        let seqs: Vec<i64> = items.iter().map(|i| i.seq).collect();
-        let found: Vec<Option<Msg>> = stream::iter(seqs)
-            .map(|seq| async move {
-                match u64::try_from(seq) {
-                    Ok(seq) => get(self, &self.dead, seq).await,
-                    Err(_) => Ok(None),
-                }
-            })
-            .buffered(CONCURRENCY)
-            .try_collect()
+        let found = self
+            .read_dead(items.iter().map(|i| i.seq).collect())
             .await?;
         let mut out = OpOutcome::default();
-        let mut run: Vec<ReplayItem> = Vec::new();
+        let mut run: Vec<(Msg, ReplayItem)> = Vec::new();
         for (item, m) in items.into_iter().zip(found) {
             let meta = m
                 .as_ref()
@@ -1306,7 +1298,7 @@ impl Inner {
                 continue;
             };
             let Some(user) = meta.braze_user_id.clone() else {
-                run.push(item);
+                run.push((m, item));
                 continue;
             };
             if item.deletion || self.privacy.is_deleted(&item.route, &user) {
@@ -1326,7 +1318,7 @@ impl Inner {
                 self.remember(vec![(item.route.clone(), user, heap.clone())])
                     .await?;
             }
-            run.push(item);
+            run.push((m, item));
         }
         self.replay_run(&mut run, &mut out).await?;
         Ok(out)
@@ -1334,13 +1326,13 @@ impl Inner {
 
     async fn replay_run(
         &self,
-        run: &mut Vec<ReplayItem>,
+        run: &mut Vec<(Msg, ReplayItem)>,
         out: &mut OpOutcome,
     ) -> Result<(), QueueError> {
         if run.is_empty() {
             return Ok(());
         }
-        let n = self.replay_all(&std::mem::take(run)).await?;
+        let n = self.replay_all(std::mem::take(run)).await?;
         out.rows += n;
         out.queue_events_delta += n as i64;
         Ok(())

@@ -40,6 +40,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+pub(crate) use privacy::user_key;
 pub use store::{DataDirLock, QueueStats, Reader, Store, StoreError};
 pub use writer::{Writer, WriterConfig, WriterHandle};
 
